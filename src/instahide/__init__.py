@@ -1,0 +1,26 @@
+"""instahide: InstaHide (Huang, Song, Li, Arora, ICML 2020) for private collaborative learning,
+and the tools to measure how much it hides.
+
+InstaHide is not encryption in the cryptographic sense and has published attacks; see the README's
+"What it hides" and the audit tools before relying on it.
+
+The scheme::
+
+    import instahide
+    enc = instahide.encrypt(images, labels, k=4)               # (N, C, H, W), centred floats
+    enc.images, enc.soft_labels
+
+In a training loop: :class:`InstaHide` (a module) or :class:`InstaHideLoader` (re-encrypts every epoch).
+Data loaders live in :mod:`instahide.data`.
+"""
+from .modules import InstaHide, InstaHideLoader
+from .scheme import (Encryption, Key, KeyGenerator, LegacyGenerator, UncentredInputError, apply_key,
+                     encrypt, mix_labels, sample_coefficients, sample_key)
+from .train.loss import soft_cross_entropy
+
+__version__ = "0.1.0"
+__all__ = [
+    "Encryption", "InstaHide", "InstaHideLoader", "Key", "KeyGenerator", "LegacyGenerator",
+    "UncentredInputError", "apply_key", "encrypt", "mix_labels", "sample_coefficients", "sample_key",
+    "soft_cross_entropy",
+]

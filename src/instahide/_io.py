@@ -1,0 +1,45 @@
+"""Atomic file writes: a crash or a kill never leaves a half-written file under the final name."""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb"):
+    """Open a temporary file next to ``path``; on a clean exit it is flushed, synced and renamed to
+    ``path`` (``os.replace``), on an exception it is removed and ``path`` is left untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_savez(path: str | os.PathLike, arrays: dict) -> None:
+    """``numpy.savez`` of ``arrays`` to ``path``, atomically."""
+    with atomic_open(path) as fh:
+        np.savez(fh, **arrays)
+
+
+def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """``numpy.save`` of ``array`` to ``path``, atomically."""
+    with atomic_open(path) as fh:
+        np.save(fh, array, allow_pickle=False)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)

@@ -1,0 +1,157 @@
+"""Training-loop twins of :func:`instahide.encrypt`: a module and an epoch-wise loader.
+
+Example (three lines added to an existing loop)::
+
+    hide = instahide.InstaHide(k=4, num_classes=10)
+    for x, y in loader:
+        x, soft_y = hide(x, y)               # encrypt the batch with fresh one-time keys
+        loss = instahide.soft_cross_entropy(model(x), soft_y)
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .scheme.encrypt import MODES, check_images, encrypt
+from .scheme.legacy import LegacyGenerator
+from .scheme.rng import KeyGenerator, resolve_generator
+
+
+class _SchemeOptions:
+    """The scheme options shared by :class:`InstaHide` and :class:`InstaHideLoader`."""
+
+    def _init_scheme(self, k, upper, mode, public, num_private, dom, num_classes, seed, generator,
+                     legacy, allow_uncentred):
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if public is not None:
+            public = check_images(public, "public")
+        self.k, self.upper, self.mode, self.num_private, self.dom = k, upper, mode, num_private, dom
+        self.num_classes, self.legacy, self.allow_uncentred = num_classes, legacy, allow_uncentred
+        if legacy:
+            if generator is not None and seed is not None:
+                raise ValueError("give either seed or generator, not both")
+            self.generator = generator if generator is not None else LegacyGenerator(seed)
+        else:
+            self.generator = resolve_generator(seed, generator)
+        return public
+
+    def _encrypt(self, x, y, public, *, return_key=False, out=None):
+        return encrypt(
+            x, y, k=self.k, upper=self.upper, mode=self.mode, public=public,
+            num_private=self.num_private, dom=self.dom, num_classes=self.num_classes,
+            generator=self.generator, legacy=self.legacy, allow_uncentred=self.allow_uncentred,
+            return_key=return_key, out=out,
+        )
+
+
+class InstaHide(nn.Module, _SchemeOptions):
+    """Encrypt each batch with fresh one-time keys: ``(x, y) -> (encrypted x, soft labels)``.
+
+    Same options as :func:`instahide.encrypt`; partners are drawn from within the batch (and from
+    ``public``, which is kept as a non-persistent buffer so ``.to(device)`` moves it). Always
+    encrypts, in training and in eval mode: it is a data transform, not a layer.
+
+    Shapes: ``x`` ``(B, C, H, W)`` float, centred; ``y`` ``(B,)`` class indices or
+    ``(B, num_classes)``; returns ``(B, C, H, W)`` and ``(B, num_classes)`` (None if ``y`` is None).
+
+    Example:
+        >>> hide = InstaHide(k=4, num_classes=10, seed=0)
+        >>> xe, ye = hide(torch.randn(16, 3, 32, 32), torch.randint(0, 10, (16,)))
+        >>> xe.shape, ye.shape
+        (torch.Size([16, 3, 32, 32]), torch.Size([16, 10]))
+    """
+
+    def __init__(self, k: int = 4, *, upper: float = 0.65, mode: str = "instahide", public=None,
+                 num_private: int | None = None, dom: float = 0.3, num_classes: int | None = None,
+                 seed=None, generator: KeyGenerator | LegacyGenerator | None = None, legacy: bool = False,
+                 allow_uncentred: bool = False) -> None:
+        super().__init__()
+        public = self._init_scheme(k, upper, mode, public, num_private, dom, num_classes, seed, generator,
+                                   legacy, allow_uncentred)
+        self.register_buffer("public", public, persistent=False)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        public = self.public
+        if public is not None and (public.device != x.device or public.dtype != x.dtype):
+            public = public.to(device=x.device, dtype=x.dtype)
+        enc = self._encrypt(x, y, public)
+        return enc.images, enc.soft_labels
+
+    def extra_repr(self) -> str:
+        pub = "" if self.public is None else f", public={tuple(self.public.shape)}"
+        return (f"k={self.k}, upper={self.upper}, mode={self.mode!r}{pub}, legacy={self.legacy}, "
+                f"keys={self.generator!r}")
+
+
+class InstaHideLoader(_SchemeOptions):
+    """Batches of a private set that is re-encrypted, whole, at the start of every epoch.
+
+    Every epoch draws fresh one-time keys for all ``N`` images (partners from the whole set, as in
+    the paper), after the optional ``augment`` (a function ``(N, C, H, W) -> (N, C, H, W)``, e.g. random
+    crop and flip as batched tensor operations), then yields shuffled batches of
+    ``(encryptions (B, C, H, W), soft labels (B, num_classes))``. The encrypted set lives in one
+    buffer reused across epochs; batches are copies.
+
+    Args:
+        images: ``(N, C, H, W)`` float, centred private images (on the training device).
+        labels: ``(N,)`` class indices or ``(N, num_classes)``.
+        batch_size, shuffle, drop_last: as for ``torch.utils.data.DataLoader``.
+        augment: optional batched augmentation applied before encryption, every epoch.
+        **scheme: the options of :func:`instahide.encrypt` (``k``, ``upper``, ``mode``, ``public``,
+            ``num_private``, ``dom``, ``num_classes``, ``seed``, ``generator``, ``legacy``,
+            ``allow_uncentred``).
+
+    Example:
+        >>> loader = InstaHideLoader(torch.randn(100, 3, 8, 8), torch.arange(100) % 10, batch_size=32, seed=0)
+        >>> [tuple(xb.shape) for xb, yb in loader][-1]
+        (4, 3, 8, 8)
+    """
+
+    def __init__(self, images, labels, *, batch_size: int = 128, shuffle: bool = True,
+                 drop_last: bool = False, augment=None, k: int = 4, upper: float = 0.65,
+                 mode: str = "instahide", public=None, num_private: int | None = None, dom: float = 0.3,
+                 num_classes: int | None = None, seed=None, generator=None, legacy: bool = False,
+                 allow_uncentred: bool = False) -> None:
+        self.images = check_images(images, "images")
+        if labels is None:
+            raise ValueError("InstaHideLoader needs labels (N,) or (N, num_classes)")
+        self.labels = torch.as_tensor(labels, device=self.images.device)
+        if self.labels.shape[0] != self.images.shape[0]:
+            raise ValueError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if num_classes is None and self.labels.ndim == 1:
+            num_classes = int(self.labels.max()) + 1  # from the whole set, not a batch
+        self.public = self._init_scheme(k, upper, mode, public, num_private, dom, num_classes, seed,
+                                        generator, legacy, allow_uncentred)
+        self.batch_size, self.shuffle, self.drop_last, self.augment = batch_size, shuffle, drop_last, augment
+        self.epoch = 0
+        self._buffer = None
+        # Shuffling order is not secret; it gets its own torch generator, seeded from the key stream
+        # so that a research seed reproduces the whole run.
+        seed_bytes = (self.generator.random_bytes(8) if isinstance(self.generator, KeyGenerator)
+                      else self.generator.numpy.bytes(8))
+        self._order = torch.Generator().manual_seed(int.from_bytes(bytes(seed_bytes), "little") >> 1)
+
+    def __len__(self) -> int:
+        n = self.images.shape[0]
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def encrypt_epoch(self):
+        """Encrypt the whole set once with fresh keys: ``(encryptions (N, ...), soft labels)``."""
+        x = self.images if self.augment is None else self.augment(self.images)
+        if self._buffer is None or self._buffer.shape != x.shape or self._buffer.dtype != x.dtype:
+            self._buffer = torch.empty_like(x, memory_format=torch.contiguous_format)
+        enc = self._encrypt(x, self.labels, self.public, out=self._buffer)
+        self.epoch += 1
+        return enc.images, enc.soft_labels
+
+    def __iter__(self):
+        xe, ye = self.encrypt_epoch()
+        n = xe.shape[0]
+        order = (torch.randperm(n, generator=self._order) if self.shuffle else torch.arange(n)).to(xe.device)
+        stop = n - n % self.batch_size if self.drop_last else n
+        for s in range(0, stop, self.batch_size):
+            b = order[s:s + self.batch_size]
+            yield xe[b], ye[b]

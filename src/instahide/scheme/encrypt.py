@@ -1,0 +1,324 @@
+"""Steps 3-5 of the scheme and the one-call entry point :func:`encrypt`.
+
+``encrypt`` = sample a key (:func:`sample_key`) + apply it (:func:`apply_key`) + mix the labels
+(:func:`mix_labels`). The mixing runs in chunks of rows that fit in cache: for each chunk, one gather
+per slot, fused multiply-adds, and the mask applied as a sign-bit XOR, so the only full-size
+allocation is the output.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .coefficients import check_bounds, sample_coefficients
+from .keys import Key
+from .legacy import LegacyGenerator, legacy_key
+from .masks import apply_mask_, sample_mask_bits
+from .partners import sample_partners
+from .rng import KeyGenerator, resolve_generator
+
+MODES = ("instahide", "mixup")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# Share of negative values under which inputs count as "not centred" (then the mask hides nothing:
+# on non-negative pixels |e| is exactly the Mixup, SPEC section 5).
+_CENTRED_MIN_NEGATIVE = 0.01
+
+
+class UncentredInputError(ValueError):
+    """InstaHide was asked to mask images whose pixels are (almost) all non-negative."""
+
+
+@dataclass
+class Encryption:
+    """What :func:`encrypt` returns.
+
+    Attributes:
+        images: ``(N, C, H, W)`` encryptions, same dtype and device as the input.
+        soft_labels: ``(N, num_classes)`` mixed labels (sum over the private slots of lambda_j y_j),
+            or None when no labels were given.
+        key: the one-time keys (:class:`~instahide.scheme.keys.Key`) when ``return_key=True``.
+    """
+
+    images: torch.Tensor
+    soft_labels: torch.Tensor | None
+    key: Key | None = None
+
+
+def encrypt(
+    images,
+    labels=None,
+    *,
+    k: int = 4,
+    upper: float = 0.65,
+    mode: str = "instahide",
+    public=None,
+    num_private: int | None = None,
+    dom: float = 0.3,
+    num_classes: int | None = None,
+    seed=None,
+    generator: KeyGenerator | LegacyGenerator | None = None,
+    return_key: bool = False,
+    legacy: bool = False,
+    allow_uncentred: bool = False,
+    out: torch.Tensor | None = None,
+) -> Encryption:
+    """Encrypt every image of ``images`` with InstaHide (or Mixup), each under a fresh one-time key.
+
+    For image ``i``: draw lambda (``k`` coefficients, each ``<= upper``; in cross-dataset mode the
+    private ones sum to ``>= dom``), fill slot 1 with image ``i``, slots ``2..num_private`` with other
+    private images and slots ``num_private+1..k`` with public images, mix
+    ``m = sum_j lambda_j image_j``, and (``mode="instahide"``) flip the sign of every value at random:
+    ``e = sigma * m``. Soft label: ``sum over private slots of lambda_j * y_j``.
+
+    Args:
+        images: private images ``(N, C, H, W)``, float (16, bf16, 32 or 64 bits), CPU or CUDA;
+            partners are drawn from this tensor (pass the whole private set or one batch). Should be
+            centred (e.g. normalised with :func:`instahide.data.normalize_images`).
+        labels: ``(N,)`` class indices or ``(N, num_classes)`` one-hot/soft labels, or None.
+        k: images mixed into one encryption (the paper: 4 inside-dataset, 6 cross-dataset).
+        upper: c1, the largest coefficient (reference 0.65).
+        mode: ``"instahide"`` (mix and mask) or ``"mixup"`` (mix only; no privacy from the mask).
+        public: public pool ``(M, C, H, W)`` for cross-dataset InstaHide, or None (inside-dataset).
+        num_private: private slots; default ``k`` inside-dataset, 2 with a public pool.
+        dom: c2, the smallest sum of the private coefficients; cross-dataset mode only (ref. 0.3).
+        num_classes: width of the soft labels; default ``labels.max() + 1`` (pass it for batches).
+        seed: FOR REPRODUCIBLE RESEARCH ONLY: anyone who knows the seed can recompute every key.
+            Default: keys from a generator seeded with 256 bits of OS entropy.
+        generator: a :class:`KeyGenerator` to draw from (instead of ``seed``); with ``legacy=True``
+            a :class:`~instahide.scheme.legacy.LegacyGenerator`, whose streams continue across calls.
+        return_key: also return the keys (secrets: store them apart from the encryptions).
+        legacy: reproduce the reference code's key sampling and its defects (public window,
+            partners by permutation with fixed points, Mersenne-Twister generators seeded with
+            ``seed``, a 32-bit integer, drawn from OS entropy if None). For replaying the published
+            challenge and attacks only.
+        allow_uncentred: mask images whose values are all non-negative anyway (the mask then hides
+            nothing: ``|e|`` equals the Mixup). Without it such input is refused.
+        out: optional preallocated output ``(N, C, H, W)`` of the images' dtype and device.
+
+    Returns:
+        :class:`Encryption` with ``images`` ``(N, C, H, W)``, ``soft_labels`` ``(N, num_classes)`` and
+        ``key`` (if asked).
+
+    Example:
+        >>> x = torch.randn(8, 3, 32, 32); y = torch.arange(8) % 10
+        >>> enc = encrypt(x, y, k=4, num_classes=10)
+        >>> enc.images.shape, enc.soft_labels.shape
+        (torch.Size([8, 3, 32, 32]), torch.Size([8, 10]))
+    """
+    images = check_images(images, "images")
+    n = images.shape[0]
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+    if public is not None:
+        public = check_images(public, "public")
+        if public.shape[1:] != images.shape[1:]:
+            raise ValueError(f"public images have shape {tuple(public.shape[1:])} per image, private images "
+                             f"{tuple(images.shape[1:])}; they must match")
+        if public.device != images.device or public.dtype != images.dtype:
+            raise ValueError(f"public pool is {public.dtype} on {public.device}, images are {images.dtype} "
+                             f"on {images.device}; move/cast the pool once (public.to(images))")
+        num_private = 2 if num_private is None else num_private
+        if num_private >= k:
+            raise ValueError(f"cross-dataset mode with k={k} and num_private={num_private} leaves no public "
+                             "slot; lower num_private or drop the public pool")
+    else:
+        if num_private is not None and num_private != k:
+            raise ValueError(f"num_private={num_private} < k={k} needs a public pool (public=...)")
+        num_private = k
+    if mode == "instahide" and not allow_uncentred:
+        _check_centred(images, "images")
+        if public is not None:
+            _check_centred(public, "public")
+    soft_target = None
+    if labels is not None:
+        soft_target, num_classes = check_labels(labels, n, num_classes, images.device)
+    cross = num_private < k
+    key = sample_key(
+        n, k, tuple(images.shape[1:]), upper=upper, dom=dom if cross else None, num_private=num_private,
+        pool_size=None if public is None else public.shape[0], masked=mode == "instahide",
+        seed=seed, generator=generator, legacy=legacy,
+    )
+    key.meta.update(mode=mode, upper=upper, dom=dom if cross else None)
+    enc = apply_key(images, key, public=public, out=out)
+    soft = None if soft_target is None else mix_labels(soft_target, key)
+    return Encryption(enc, soft, key if return_key else None)
+
+
+def sample_key(
+    n: int,
+    k: int,
+    image_shape: tuple[int, int, int],
+    *,
+    upper: float = 0.65,
+    dom: float | None = None,
+    num_private: int | None = None,
+    pool_size: int | None = None,
+    masked: bool = True,
+    seed=None,
+    generator: KeyGenerator | LegacyGenerator | None = None,
+    legacy: bool = False,
+) -> Key:
+    """Draw the one-time keys of ``n`` encryptions (coefficients, partners, masks) without touching
+    any image. ``dom`` applies to the first ``num_private`` coefficients; pass None inside-dataset."""
+    num_private = k if num_private is None else num_private
+    check_bounds(k, upper, dom, num_private)
+    if legacy:
+        if generator is not None and not isinstance(generator, LegacyGenerator):
+            raise TypeError("legacy=True draws from the reference's Mersenne-Twister generators: pass "
+                            "seed=<int> or generator=LegacyGenerator(seed)")
+        if generator is not None and seed is not None:
+            raise ValueError("give either seed or generator, not both")
+        gen = generator if generator is not None else LegacyGenerator(seed)
+        return legacy_key(n, k, image_shape, upper=upper, dom=dom, num_private=num_private,
+                          pool_size=pool_size, masked=masked, generator=gen)
+    gen = resolve_generator(seed, generator)
+    lam = sample_coefficients(n, k, upper=upper, dom=dom, num_private=num_private, generator=gen)
+    idx = sample_partners(n, k, num_private=num_private, pool_size=pool_size, generator=gen)
+    d = int(np.prod(image_shape))
+    bits = sample_mask_bits(n, d, gen) if masked else None
+    meta = {"origin": gen.origin, "legacy": False}
+    if gen.seed is not None:
+        meta["seed"] = gen.seed
+    return Key(lam, idx, num_private, bits, image_shape, meta)
+
+
+def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = None,
+              out: torch.Tensor | None = None, chunk_rows: int | None = None) -> torch.Tensor:
+    """Encryptions ``(N, C, H, W)`` of ``images`` under ``key``: ``sigma * sum_j lambda_j image_j``.
+
+    Exactly reproduces :func:`encrypt` given its key. Raises a ValueError if any mixed value is NaN or infinite.
+    """
+    n, k = len(key), key.k
+    d = int(np.prod(key.image_shape))
+    if tuple(images.shape[1:]) != key.image_shape:
+        raise ValueError(f"key is for images of shape {key.image_shape}, got {tuple(images.shape[1:])}")
+    if key.num_private < k and public is None:
+        raise ValueError(f"key has {k - key.num_private} public slot(s): pass the public pool")
+    dev, dtype = images.device, images.dtype
+    x = images.reshape(images.shape[0], d)
+    pub = None if public is None else public.reshape(public.shape[0], d)
+    if out is None:
+        out = torch.empty((n, *key.image_shape), dtype=dtype, device=dev)
+    elif out.shape != (n, *key.image_shape) or out.dtype != dtype or out.device != dev or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {(n, *key.image_shape)} on {dev}")
+    flat = out.view(n, d)
+    p = key.num_private
+    lam = key.coefficients.to(device=dev, dtype=dtype)
+    idx = key.indices.to(dev)
+    _check_indices(idx[:, :p], x.shape[0], "private")
+    if p < k:
+        _check_indices(idx[:, p:], pub.shape[0], "public")
+    bits = None if key.mask_bits is None else key.mask_bits.to(dev)
+    if chunk_rows is None:  # ~1 MB of output per chunk on CPU (stays in cache), ~256 MB on GPU
+        budget = (1 << 28) if dev.type == "cuda" else (1 << 20)
+        chunk_rows = max(1, budget // (d * out.element_size()))
+    finite = []
+    for s in range(0, n, chunk_rows):
+        e = min(n, s + chunk_rows)
+        # embedding_bag(mode="sum", per_sample_weights) is a fused weighted gather-sum:
+        # row i = sum_j lam[i, j] * x[idx[i, j]], accumulated in float32 for half inputs.
+        a = F.embedding_bag(idx[s:e, :p], x, per_sample_weights=lam[s:e, :p], mode="sum")
+        if p < k:
+            a += F.embedding_bag(idx[s:e, p:], pub, per_sample_weights=lam[s:e, p:], mode="sum")
+        finite.append(torch.isfinite(a).all())
+        if bits is not None:
+            apply_mask_(a, bits[s:e])
+        flat[s:e] = a
+    if finite and not bool(torch.stack(finite).all()):
+        _raise_nonfinite(images, public)
+    return out
+
+
+def _check_indices(idx: torch.Tensor, size: int, name: str) -> None:
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
+        raise ValueError(f"key indexes {name} images up to {int(idx.max())}, but only {size} were given")
+
+
+def mix_labels(labels: torch.Tensor, key: Key) -> torch.Tensor:
+    """Soft labels ``(N, num_classes)``: ``sum over private slots j of lambda_j * labels[idx_j]``.
+
+    ``labels`` is ``(N_private, num_classes)`` one-hot or soft. In cross-dataset mode the rows sum to
+    the private coefficients' total (< 1), as in the reference code (not renormalised).
+    """
+    p = key.num_private
+    lam = key.coefficients[:, :p].to(device=labels.device, dtype=labels.dtype)
+    idx = key.indices[:, :p].to(labels.device)
+    return torch.einsum("np,npc->nc", lam, labels[idx])
+
+
+# -- input checks ----------------------------------------------------------------------------------
+def check_images(images, name: str = "images") -> torch.Tensor:
+    """A float tensor ``(N, C, H, W)`` or a clear TypeError/ValueError saying what is wrong."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (N, C, H, W), got {type(images).__name__}")
+    if images.ndim != 4:
+        hint = " (for one image use x[None])" if images.ndim == 3 else ""
+        raise ValueError(f"Invalid {name} shape, expected (N, C, H, W). Got: {tuple(images.shape)}{hint}")
+    if images.dtype not in _FLOAT_DTYPES:
+        hint = ("; convert to float and normalise, e.g. instahide.data.normalize_images(x.float() / 255, "
+                "mean, std)") if images.dtype == torch.uint8 else ""
+        raise TypeError(f"{name} must be floating point, got dtype {images.dtype}{hint}")
+    if images.shape[0] == 0:
+        raise ValueError(f"too few images: {name} is empty")
+    if not images.is_contiguous():
+        images = images.contiguous()
+    return images
+
+
+def check_labels(labels, n: int, num_classes: int | None, device) -> tuple[torch.Tensor, int]:
+    """Labels as a float ``(N, num_classes)`` tensor on ``device``, and ``num_classes``."""
+    if isinstance(labels, np.ndarray):
+        labels = torch.from_numpy(labels)
+    if not isinstance(labels, torch.Tensor):
+        labels = torch.as_tensor(labels)
+    if labels.shape[0] != n:
+        raise ValueError(f"{n} images but {labels.shape[0]} labels")
+    labels = labels.to(device)
+    if labels.ndim == 1:
+        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+            raise TypeError(f"class-index labels must be integers, got dtype {labels.dtype}")
+        lo, hi = int(labels.min()), int(labels.max())
+        if num_classes is None:
+            num_classes = hi + 1
+        if lo < 0 or hi >= num_classes:
+            raise ValueError(f"labels must be in [0, num_classes={num_classes}), got range [{lo}, {hi}]")
+        return torch.nn.functional.one_hot(labels.long(), num_classes).float(), num_classes
+    if labels.ndim == 2:
+        if not labels.dtype.is_floating_point:
+            raise TypeError(f"(N, num_classes) labels must be float, got dtype {labels.dtype}")
+        if num_classes is not None and labels.shape[1] != num_classes:
+            raise ValueError(f"labels have {labels.shape[1]} columns but num_classes={num_classes}")
+        if not bool(torch.isfinite(labels).all()):
+            raise ValueError("labels contain NaN or Inf")
+        return labels, labels.shape[1]
+    raise ValueError(f"Invalid labels shape, expected (N,) or (N, num_classes). Got: {tuple(labels.shape)}")
+
+
+def _check_centred(x: torch.Tensor, name: str) -> None:
+    """Refuse (non-negative) inputs on which the mask hides nothing; looks at up to 256 rows."""
+    step = max(1, x.shape[0] // 256)
+    sample = x[::step][:256]
+    negative = float((sample < 0).float().mean())
+    if negative < _CENTRED_MIN_NEGATIVE:
+        raise UncentredInputError(
+            f"{name} are not centred: only {negative:.2%} of sampled values are negative. The sign mask "
+            "hides nothing on non-negative pixels (|encryption| equals the Mixup exactly, so anyone can "
+            "undo it). Normalise them (instahide.data.normalize_images with the dataset's mean/std), or "
+            "pass allow_uncentred=True (CLI: --allow-uncentred) if this is what you want to measure."
+        )
+
+
+def _raise_nonfinite(images: torch.Tensor, public: torch.Tensor | None) -> None:
+    for name, t in (("images", images), ("public", public)):
+        if t is None:
+            continue
+        bad = (~torch.isfinite(t.reshape(t.shape[0], -1))).any(dim=1).nonzero().flatten()
+        if len(bad):
+            rows = bad[:5].tolist()
+            raise ValueError(f"{name} contain NaN or Inf in {len(bad)} image(s), first rows {rows}")
+    raise ValueError("encryption produced NaN or Inf (coefficients overflow the dtype?)")
