@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -134,17 +135,22 @@ class Key:
         """Read a key written by :meth:`save`; refuses pickles and malformed files."""
         try:
             with np.load(path, allow_pickle=False) as f:
-                if "format" not in f or bytes(f["format"]).decode() != _FORMAT:
-                    raise ValueError(f"{path} is not an instahide key file ({_FORMAT})")
-                return cls(
-                    coefficients=torch.from_numpy(f["coefficients"]),
-                    indices=torch.from_numpy(f["indices"]),
-                    num_private=int(f["num_private"]),
-                    mask_bits=torch.from_numpy(f["mask_bits"]) if "mask_bits" in f else None,
-                    image_shape=tuple(f["image_shape"].tolist()),
-                    meta=json.loads(bytes(f["meta"]).decode()),
-                )
-        except (OSError, EOFError, KeyError) as exc:
-            if isinstance(exc, FileNotFoundError):
-                raise
-            raise ValueError(f"cannot read key file {path}: {exc}") from exc
+                fields = {name: f[name] for name in f.files}
+        except FileNotFoundError:
+            raise
+        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+            raise ValueError(f"cannot read key file {path}: {exc} (key files hold plain arrays only; "
+                             "pickled objects are refused)") from exc
+        if "format" not in fields or bytes(fields["format"]).decode(errors="replace") != _FORMAT:
+            raise ValueError(f"{path} is not an instahide key file ({_FORMAT})")
+        try:
+            return cls(
+                coefficients=torch.from_numpy(fields["coefficients"]),
+                indices=torch.from_numpy(fields["indices"]),
+                num_private=int(fields["num_private"]),
+                mask_bits=torch.from_numpy(fields["mask_bits"]) if "mask_bits" in fields else None,
+                image_shape=tuple(fields["image_shape"].tolist()),
+                meta=json.loads(bytes(fields["meta"]).decode()),
+            )
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"malformed key file {path}: {exc}") from exc

@@ -1,0 +1,101 @@
+"""A pickle loader that only rebuilds numpy arrays: enough for CIFAR's "python version" files.
+
+The CIFAR batch files are Python-2 pickles of plain dicts (str keys, lists of ints, str file names)
+plus one numpy array (``data``). Unpickling them needs exactly three globals (checked with
+``pickletools`` on the official files): ``numpy.core.multiarray._reconstruct`` (``numpy._core`` in
+numpy >= 2 pickles), ``numpy.ndarray`` and ``numpy.dtype``. :func:`safe_load_pickle` resolves those
+three itself and refuses every other global, so a tampered file cannot run code (``os.system``,
+``builtins.eval``, ...) while it is read.
+"""
+from __future__ import annotations
+
+import io
+import os
+import pickle
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+__all__ = ["UntrustedPickleError", "safe_load_pickle"]
+
+
+class UntrustedPickleError(pickle.UnpicklingError, ValueError):
+    """A pickle asked for a global that a CIFAR batch file never contains."""
+
+
+def _reconstruct():
+    try:  # numpy >= 2
+        from numpy._core.multiarray import _reconstruct as fn
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core.multiarray import _reconstruct as fn
+    return fn
+
+
+# (module, name) -> object. Both spellings of the numpy core module map to the same function, which
+# is resolved here so that unpickling never imports anything.
+_ALLOWED: dict[tuple[str, str], Any] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct(),
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct(),
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UntrustedPickleError(
+                f"refusing to load untrusted pickle: global '{module}.{name}' is not allowed in a "
+                f"CIFAR batch file ({self.source})"
+            ) from None
+
+    source = "<stream>"
+
+
+def _str_keys(obj: Any) -> Any:
+    """Dict keys (Python-2 ``str`` read as ``bytes``) decoded to ``str``, recursively for dicts."""
+    if isinstance(obj, dict):
+        return {
+            (k.decode("latin1") if isinstance(k, bytes) else k): _str_keys(v) for k, v in obj.items()
+        }
+    return obj
+
+
+def safe_load_pickle(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: str | None = None) -> Any:
+    """Load a CIFAR-style pickle, allowing only the numpy globals such files need.
+
+    Python-2 strings come back as ``bytes`` (``encoding="bytes"``); dict keys are then decoded to
+    ``str``, so ``d["data"]`` works for the official files and for Python-3 re-pickles alike.
+
+    Args:
+        fileobj_or_path: a path or a binary file object.
+        name: how to call the file in error messages (default: the path, or the file object's name).
+
+    Raises:
+        UntrustedPickleError: the pickle refers to any other global (nothing is called).
+        ValueError: the file is truncated or not a pickle; the message names the file.
+
+    Example: ``batch = safe_load_pickle("cifar-10-batches-py/data_batch_1")``
+    """
+    if isinstance(fileobj_or_path, (str, os.PathLike)):
+        path = Path(fileobj_or_path)
+        with open(path, "rb") as f:
+            return safe_load_pickle(f, name=name or str(path))
+    f = fileobj_or_path
+    source = name or str(getattr(f, "name", "<stream>"))
+    data = f.read()
+    unpickler = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes")
+    unpickler.source = source
+    try:
+        obj = unpickler.load()
+    except UntrustedPickleError:
+        raise
+    except Exception as exc:  # EOFError, UnpicklingError, struct/index errors, numpy setstate errors
+        raise ValueError(
+            f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
+            f"the file is {len(data)} bytes"
+        ) from exc
+    return _str_keys(obj)

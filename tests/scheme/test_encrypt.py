@@ -1,0 +1,293 @@
+"""encrypt / apply_key / keys against plain per-image loops written from SPEC section 1."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import instahide
+from instahide.scheme import Key, LegacyGenerator, UncentredInputError, apply_key, encrypt
+
+
+def centred(n, c=3, h=8, w=8, seed=0):
+    return torch.randn(n, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def plain_loop_encrypt(private, labels_onehot, key, public=None):
+    """SPEC section 1, one image at a time, from the key's draws (coefficients, slots, signs)."""
+    n, k = key.coefficients.shape
+    signs = key.signs()
+    enc = torch.zeros((n, *private.shape[1:]), dtype=torch.float64)
+    soft = torch.zeros((n, labels_onehot.shape[1]), dtype=torch.float64)
+    for i in range(n):
+        m = torch.zeros(private.shape[1:], dtype=torch.float64)
+        for j in range(k):
+            lam = float(key.coefficients[i, j])
+            src = private if j < key.num_private else public
+            m += lam * src[int(key.indices[i, j])].double()
+            if j < key.num_private:
+                soft[i] += lam * labels_onehot[int(key.indices[i, j])].double()
+        enc[i] = m if signs is None else signs[i].double() * m
+    return enc, soft
+
+
+def check_key_follows_spec(key, n, k, upper, dom=None, pool=None):
+    lam, idx = key.coefficients.double(), key.indices
+    assert torch.allclose(lam.sum(1), torch.ones(n, dtype=torch.float64), atol=1e-6)
+    if k > 1:
+        assert lam.max() <= upper + 1e-6
+    if dom is not None:
+        assert (lam[:, :key.num_private].sum(1) >= dom - 1e-6).all()
+    assert torch.equal(idx[:, 0], torch.arange(n))
+    for row in idx.tolist():
+        priv, pub = row[:key.num_private], row[key.num_private:]
+        assert len(set(priv)) == len(priv) and len(set(pub)) == len(pub)
+        assert all(0 <= p < n for p in priv) and all(0 <= q < (pool or 0) for q in pub)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 6])
+def test_inside_dataset_matches_plain_loop(k):
+    x, y = centred(40), torch.arange(40) % 10
+    enc = encrypt(x, y, k=k, num_classes=10, seed=1, return_key=True)
+    check_key_follows_spec(enc.key, 40, k, 0.65)
+    ref, ref_soft = plain_loop_encrypt(x, torch.nn.functional.one_hot(y, 10), enc.key)
+    assert torch.allclose(enc.images.double(), ref, atol=1e-5)
+    assert torch.allclose(enc.soft_labels.double(), ref_soft, atol=1e-6)
+    assert torch.allclose(enc.soft_labels.sum(1), torch.ones(40), atol=1e-6)
+
+
+@pytest.mark.parametrize("k,num_private", [(6, 2), (4, 2), (6, 3)])
+def test_cross_dataset_matches_plain_loop(k, num_private):
+    x, y, pub = centred(30), torch.arange(30) % 10, centred(25, seed=1)
+    enc = encrypt(x, y, k=k, public=pub, num_private=num_private, dom=0.3, num_classes=10, seed=2,
+                  return_key=True)
+    check_key_follows_spec(enc.key, 30, k, 0.65, dom=0.3, pool=25)
+    ref, ref_soft = plain_loop_encrypt(x, torch.nn.functional.one_hot(y, 10), enc.key, pub)
+    assert torch.allclose(enc.images.double(), ref, atol=1e-5)
+    assert torch.allclose(enc.soft_labels.double(), ref_soft, atol=1e-6)
+    # soft labels sum to the private coefficients' total (not renormalised, as in the reference)
+    priv = enc.key.coefficients[:, :num_private].sum(1)
+    assert torch.allclose(enc.soft_labels.sum(1), priv, atol=1e-6) and (priv < 1).all()
+
+
+def test_abs_encryption_equals_abs_mixup_exactly():
+    x, y = centred(64), torch.arange(64) % 10
+    hidden = encrypt(x, y, k=4, seed=3, return_key=True)
+    mixed = encrypt(x, y, k=4, seed=3, mode="mixup", return_key=True)
+    assert torch.equal(hidden.key.coefficients, mixed.key.coefficients)
+    assert torch.equal(hidden.images.abs(), mixed.images.abs())
+    assert mixed.key.mask_bits is None and mixed.key.signs() is None
+    assert torch.equal(hidden.images, mixed.images * hidden.key.signs())
+
+
+def test_mask_is_balanced_and_independent_across_channels():
+    x = centred(200, c=3, h=16, w=16)
+    signs = encrypt(x, k=4, seed=4, return_key=True).key.signs().double()
+    assert set(signs.unique().tolist()) == {-1.0, 1.0}
+    m = signs.numel()
+    assert abs(signs.mean()) < 5 / math.sqrt(m)
+    per_pos = 200 * 16 * 16
+    for a, b in [(0, 1), (1, 2), (0, 2)]:
+        corr = (signs[:, a] * signs[:, b]).mean()
+        assert abs(corr) < 5 / math.sqrt(per_pos)
+    # neighbouring pixels and successive encryptions are independent too
+    assert abs((signs[:, :, :, 1:] * signs[:, :, :, :-1]).mean()) < 5 / math.sqrt(m)
+    assert abs((signs[1:] * signs[:-1]).mean()) < 5 / math.sqrt(m)
+
+
+def test_seed_reproduces_and_default_keys_are_fresh():
+    x = centred(16)
+    a, b = encrypt(x, k=4, seed=9).images, encrypt(x, k=4, seed=9).images
+    assert torch.equal(a, b)
+    assert not torch.equal(encrypt(x, k=4).images, encrypt(x, k=4).images)
+    key = encrypt(x, k=4, return_key=True).key
+    assert key.meta["origin"] == "os-entropy" and "seed" not in key.meta
+    assert encrypt(x, k=4, seed=9, return_key=True).key.meta["origin"] == "research-seed"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_other_float_dtypes(dtype):
+    x = centred(32)
+    ref = encrypt(x, k=4, seed=5, return_key=True)
+    enc = encrypt(x.to(dtype), k=4, seed=5)
+    assert enc.images.dtype == dtype
+    tol = {torch.float16: 1e-2, torch.bfloat16: 6e-2, torch.float64: 1e-6}[dtype]
+    assert torch.allclose(enc.images.float(), ref.images, atol=tol, rtol=tol)
+
+
+def test_apply_key_reproduces_encryption_and_keys_roundtrip(tmp_path):
+    x, pub = centred(20), centred(12, seed=1)
+    enc = encrypt(x, k=6, public=pub, seed=6, return_key=True)
+    path = enc.key.save(tmp_path / "key.npz")
+    key = Key.load(path)
+    assert key.meta == enc.key.meta
+    assert torch.equal(apply_key(x, key, public=pub), enc.images)
+    assert torch.equal(key[3:5].coefficients, enc.key.coefficients[3:5])
+
+
+def test_key_file_refuses_pickles_and_foreign_files(tmp_path):
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not an instahide key file"):
+        Key.load(tmp_path / "other.npz")
+    np.savez(tmp_path / "evil.npz", format=np.frombuffer(b"instahide-key/1", np.uint8),
+             coefficients=np.array([object()], dtype=object))
+    with pytest.raises(ValueError, match="cannot read key file"):
+        Key.load(tmp_path / "evil.npz")
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "other.npz").read_bytes()[:40])
+    with pytest.raises(ValueError, match="cannot read key file"):
+        Key.load(tmp_path / "cut.npz")
+
+
+def test_uncentred_images_are_refused_unless_allowed():
+    x = torch.rand(10, 3, 8, 8)  # [0, 1]: the mask would hide nothing
+    with pytest.raises(UncentredInputError, match="not centred.*allow_uncentred=True"):
+        encrypt(x, k=4)
+    enc = encrypt(x, k=4, allow_uncentred=True, seed=0)
+    assert (enc.images < 0).any()
+    encrypt(x, k=4, mode="mixup")  # Mixup has no mask to defeat
+    with pytest.raises(UncentredInputError, match="public are not centred"):
+        encrypt(centred(10), k=6, public=torch.rand(10, 3, 8, 8))
+
+
+@pytest.mark.parametrize("bad,match,exc", [
+    (torch.randn(3, 8, 8), r"Invalid images shape, expected \(N, C, H, W\). Got: \(3, 8, 8\) \(for one image", ValueError),
+    (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), r"must be floating point, got dtype torch.uint8; convert", TypeError),
+    ([[1.0]], r"must be a torch.Tensor", TypeError),
+    (torch.randn(0, 3, 8, 8), r"too few images: images is empty", ValueError),
+])
+def test_bad_images(bad, match, exc):
+    with pytest.raises(exc, match=match):
+        encrypt(bad, k=1)
+
+
+def test_nan_is_named():
+    x = centred(10)
+    x[7, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"images contain NaN or Inf in 1 image\(s\), first rows \[7\]"):
+        encrypt(x, k=4)
+    pub = centred(10, seed=1)
+    pub[2] = float("inf")
+    with pytest.raises(ValueError, match=r"public contain NaN or Inf"):
+        # every pool image is used (10 private x 4 public slots out of 10), so row 2 is mixed in
+        encrypt(centred(30), k=6, public=pub, seed=0)
+
+
+def test_bad_scheme_arguments():
+    x = centred(10)
+    with pytest.raises(ValueError, match="too few images: 3 private image"):
+        encrypt(centred(3), k=4)
+    with pytest.raises(ValueError, match="unknown mode 'hide'"):
+        encrypt(x, mode="hide")
+    with pytest.raises(ValueError, match="needs a public pool"):
+        encrypt(x, k=4, num_private=2)
+    with pytest.raises(ValueError, match="public images have shape"):
+        encrypt(x, k=4, public=torch.randn(10, 3, 4, 4))
+    with pytest.raises(ValueError, match="leaves no public slot"):
+        encrypt(x, k=2, public=centred(10))
+    with pytest.raises(ValueError, match=r"10 images but 9 labels"):
+        encrypt(x, torch.arange(9), k=2)
+    with pytest.raises(ValueError, match=r"labels must be in \[0, num_classes=3\)"):
+        encrypt(x, torch.arange(10), k=2, num_classes=3)
+    with pytest.raises(ValueError, match="infeasible bound upper=0.2"):
+        encrypt(x, k=4, upper=0.2)
+    with pytest.raises(ValueError, match="either seed or generator"):
+        encrypt(x, k=2, seed=1, generator=instahide.KeyGenerator.from_seed(1))
+
+
+def reference_mixup_data(x, y_onehot, x_help, k, upper, dom, mode, num_private):
+    """The reference code's mixup_data, from its published description (SPEC sections 1 and 3):
+    global numpy/torch generators, per-row rejection loop, one permutation per slot, n-row public
+    window, torch.randint mask."""
+    n = x.shape[0]
+    lams = np.random.normal(0, 1, size=(n, k))
+    for i in range(n):
+        lams[i] = np.abs(lams[i]) / np.sum(np.abs(lams[i]))
+        if k > 1:
+            while lams[i].max() > upper or (x_help is not None and lams[i][0] + lams[i][1] < dom):
+                lams[i] = np.random.normal(0, 1, size=(1, k))
+                lams[i] = np.abs(lams[i]) / np.sum(np.abs(lams[i]))
+    lams = torch.from_numpy(lams).float()
+    mixed = lams[:, 0].view(-1, 1, 1, 1) * x
+    ys = lams[:, 0:1] * y_onehot
+    for i in range(1, k):
+        index = torch.randperm(n)
+        if i < num_private:
+            mixed = mixed + lams[:, i].view(-1, 1, 1, 1) * x[index]
+            ys = ys + lams[:, i:i + 1] * y_onehot[index]
+        else:
+            mixed = mixed + lams[:, i].view(-1, 1, 1, 1) * x_help[:n][index]
+    if mode == "instahide":
+        sign = torch.randint(2, size=list(x.shape)) * 2.0 - 1
+        mixed = mixed * sign
+    return mixed, ys
+
+
+@pytest.mark.parametrize("k,cross,mode", [(4, False, "instahide"), (6, True, "instahide"), (4, False, "mixup")])
+def test_legacy_replays_the_reference_code(k, cross, mode):
+    x, y = centred(50), torch.arange(50) % 10
+    pub = centred(80, seed=1) if cross else None
+    np_state, torch_state = np.random.get_state(), torch.get_rng_state()
+    try:
+        np.random.seed(1234)
+        torch.manual_seed(1234)
+        ref, ref_soft = reference_mixup_data(x, torch.nn.functional.one_hot(y, 10).float(), pub, k, 0.65, 0.3,
+                                             mode, 2 if cross else k)
+    finally:
+        np.random.set_state(np_state)
+        torch.set_rng_state(torch_state)
+    enc = encrypt(x, y, k=k, public=pub, num_classes=10, mode=mode, legacy=True, seed=1234, return_key=True)
+    assert torch.allclose(enc.images, ref, atol=1e-6)
+    assert torch.allclose(enc.soft_labels, ref_soft, atol=1e-6)
+    assert enc.key.meta["origin"] == "legacy-seed" and enc.key.meta["seed"] == 1234
+    if cross:
+        assert enc.key.indices[:, 2:].max() < 50  # the n-row public window (defect 1)
+
+
+def test_legacy_has_fixed_points_and_fixed_default_does_not():
+    x = centred(100)
+    legacy = encrypt(x, k=4, legacy=True, seed=0, return_key=True).key.indices
+    fixed = (legacy[:, 1:] == legacy[:, :1]).any(1).sum()
+    assert fixed > 0  # about 3 expected: 3 permutations with one fixed point each on average
+    new = encrypt(x, k=4, return_key=True).key.indices
+    assert not (new[:, 1:] == new[:, :1]).any()
+
+
+def test_legacy_generator_continues_and_seed_is_32_bit():
+    x = centred(20)
+    g = LegacyGenerator(5)
+    a = encrypt(x, k=4, legacy=True, generator=g).images
+    b = encrypt(x, k=4, legacy=True, generator=g).images
+    assert not torch.equal(a, b)
+    assert torch.equal(a, encrypt(x, k=4, legacy=True, seed=5).images)
+    with pytest.raises(ValueError, match=r"\[0, 2\*\*32\)"):
+        encrypt(x, k=4, legacy=True, seed=2 ** 32)
+    with pytest.raises(TypeError, match="legacy=True"):
+        encrypt(x, k=4, legacy=True, generator=instahide.KeyGenerator.from_seed(1))
+
+
+def test_out_buffer_is_used_and_checked():
+    x = centred(12)
+    out = torch.empty_like(x)
+    enc = encrypt(x, k=4, seed=0, out=out)
+    assert enc.images.data_ptr() == out.data_ptr()
+    with pytest.raises(ValueError, match="out must be a contiguous"):
+        encrypt(x, k=4, out=torch.empty(11, 3, 8, 8))
+
+
+def test_chunking_does_not_change_the_result():
+    x, pub = centred(37), centred(20, seed=1)
+    key = encrypt(x, k=6, public=pub, seed=1, return_key=True).key
+    whole = apply_key(x, key, public=pub, chunk_rows=1000)
+    assert torch.equal(apply_key(x, key, public=pub, chunk_rows=5), whole)
+    assert torch.equal(apply_key(x, key, public=pub, chunk_rows=1), whole)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    x, pub = centred(64), centred(40, seed=1)
+    key = encrypt(x, k=6, public=pub, seed=2, return_key=True).key
+    cpu = apply_key(x, key, public=pub)
+    gpu = apply_key(x.cuda(), key, public=pub.cuda())
+    assert gpu.is_cuda and torch.allclose(gpu.cpu(), cpu, atol=1e-5)
+    enc = encrypt(x.cuda().half(), torch.arange(64).cuda() % 10, k=4, num_classes=10)
+    assert enc.images.dtype == torch.float16 and enc.soft_labels.is_cuda

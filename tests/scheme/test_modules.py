@@ -1,0 +1,68 @@
+"""The module and loader twins."""
+import pytest
+import torch
+
+import instahide
+from instahide import InstaHide, InstaHideLoader
+
+
+def test_module_encrypts_batches_with_fresh_keys():
+    hide = InstaHide(k=4, num_classes=10)
+    x, y = torch.randn(16, 3, 8, 8), torch.arange(16) % 10
+    a, ya = hide(x, y)
+    b, _ = hide(x, y)
+    assert a.shape == x.shape and ya.shape == (16, 10)
+    assert not torch.equal(a, b)
+    assert torch.allclose(ya.sum(1), torch.ones(16), atol=1e-6)
+
+
+def test_module_with_seed_matches_encrypt_and_moves_its_pool():
+    pub = torch.randn(30, 3, 8, 8)
+    hide = InstaHide(k=6, public=pub, num_classes=10, seed=3)
+    x, y = torch.randn(8, 3, 8, 8), torch.arange(8)
+    xe, ye = hide(x, y)
+    ref = instahide.encrypt(x, y, k=6, public=pub, num_classes=10, generator=instahide.KeyGenerator.from_seed(3))
+    assert torch.equal(xe, ref.images) and torch.equal(ye, ref.soft_labels)
+    assert "public" not in hide.state_dict()  # not persisted with the model
+    hide.double()
+    assert hide.public.dtype == torch.float64
+
+
+def test_loader_re_encrypts_the_whole_set_every_epoch():
+    x, y = torch.randn(100, 3, 8, 8), torch.arange(100) % 10
+    loader = InstaHideLoader(x, y, batch_size=32, shuffle=False, k=4, seed=0)
+    assert len(loader) == 4
+    e1 = torch.cat([b for b, _ in loader])
+    e2 = torch.cat([b for b, _ in loader])
+    assert e1.shape == x.shape and loader.epoch == 2
+    assert not torch.equal(e1, e2)  # one-time keys: a new encryption every epoch
+    labels = torch.cat([s for _, s in loader])
+    assert labels.shape == (100, 10) and torch.allclose(labels.sum(1), torch.ones(100), atol=1e-6)
+
+
+def test_loader_shuffles_drops_last_and_augments():
+    x, y = torch.randn(50, 1, 4, 4), torch.arange(50) % 5
+    seen = []
+    loader = InstaHideLoader(x, y, batch_size=16, drop_last=True, k=2, seed=1,
+                             augment=lambda t: seen.append(t.shape) or t.flip(3))
+    batches = list(loader)
+    assert len(batches) == len(loader) == 3 and seen == [x.shape]
+    assert batches[0][1].shape == (16, 5)
+
+
+def test_loader_rejects_bad_input():
+    with pytest.raises(ValueError, match="100 images but 99 labels"):
+        InstaHideLoader(torch.randn(100, 3, 4, 4), torch.arange(99))
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        InstaHideLoader(torch.randn(10, 3, 4, 4), torch.arange(10), batch_size=0)
+    with pytest.raises(ValueError, match="unknown mode"):
+        InstaHide(mode="x")
+
+
+def test_soft_cross_entropy_matches_a_plain_computation():
+    logits, t = torch.randn(5, 4), torch.softmax(torch.randn(5, 4), 1) * 0.7
+    ref = sum(-(t[i] * torch.log(torch.exp(logits[i]) / torch.exp(logits[i]).sum())).sum() for i in range(5)) / 5
+    assert torch.allclose(instahide.soft_cross_entropy(logits, t), ref, atol=1e-6)
+    onehot = torch.nn.functional.one_hot(torch.arange(5) % 4, 4).float()
+    assert torch.allclose(instahide.soft_cross_entropy(logits, onehot),
+                          torch.nn.functional.cross_entropy(logits, torch.arange(5) % 4), atol=1e-6)
