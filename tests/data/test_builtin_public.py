@@ -26,10 +26,10 @@ def test_digits_split_is_fixed_stratified_and_disjoint():
     # stratified: every class has round(20 %) of its images in test
     counts_full, counts_test = np.bincount(full.labels), np.bincount(test.labels)
     assert np.all(counts_test == np.round(counts_full * 0.2).astype(int))
-    # disjoint and complete: the split partitions the 1,797 images (compare as rows + label)
+    # disjoint and complete: the split partitions the 1,797 (all distinct) images
     rows = lambda ds: {(x.tobytes(), int(y)) for x, y in zip(ds.images, ds.labels)}  # noqa: E731
-    assert len(rows(train) & rows(test)) <= 1  # sklearn's digits hold one duplicated image pair
-    assert len(train) + len(test) == len(full)
+    assert len(rows(full)) == 1797
+    assert not rows(train) & rows(test) and rows(train) | rows(test) == rows(full)
     # deterministic, and seed-dependent
     np.testing.assert_array_equal(load_digits("test").images, test.images)
     assert not np.array_equal(load_digits("test", seed=1).images, test.images)
@@ -67,6 +67,27 @@ def test_core_import_needs_no_optional_dependency():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "module, call",
+    [
+        ("sklearn.datasets", lambda: load_digits()),
+        ("PIL", lambda: builtin_photographs()),
+        ("skimage.feature", lambda: sift_keypoint_count(np.zeros((32, 32), np.uint8))),
+    ],
+)
+def test_missing_optional_dependency_says_how_to_install(monkeypatch, module, call):
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(ImportError, match=r'pip install "instahide\[data\]"'):
+        call()
+
+
+def test_no_photograph_packages(monkeypatch):
+    monkeypatch.setitem(sys.modules, "skimage", None)
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(ImportError, match=r'neither of which is installed: pip install "instahide\[data\]"'):
+        builtin_photographs()
 
 
 # --- built-in photographs ----------------------------------------------------------------------

@@ -101,7 +101,10 @@ def _stratified_test_mask(y: np.ndarray, test_fraction: float, seed: int) -> np.
 
 
 def _package_dir(package: str) -> Path | None:
-    spec = importlib.util.find_spec(package)
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError, AttributeError):  # e.g. sys.modules[package] is None
+        return None
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(list(spec.submodule_search_locations)[0])
@@ -120,7 +123,7 @@ def builtin_photograph_paths() -> list[Path]:
             paths.append(base / rel)
     if not paths:
         raise ImportError(
-            f"the built-in photographs ship with scikit-image and scikit-learn, and neither has "
+            f"the built-in photographs ship with scikit-image and scikit-learn, neither of which is "
             f"them installed: {_EXTRA_HINT}"
         )
     return paths

@@ -11,8 +11,9 @@ import json
 import os
 import tempfile
 import warnings
+from collections import OrderedDict
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -20,7 +21,10 @@ import torch
 from .arrays import convert_channels, default_stats, load_arrays
 from .dataset import ImageDataset
 
-__all__ = ["random_patches", "load_public_pool", "sift_keypoint_count", "resize_short_side", "SIFT_PARAMS"]
+__all__ = [
+    "random_patches", "load_public_pool", "sift_keypoint_count", "resize_short_side", "PhotoFiles",
+    "SIFT_PARAMS",
+]
 
 # scikit-image's SIFT defaults, which follow Lowe / "Anatomy of the SIFT method" and match OpenCV's
 # SIFT_create() (used by the reference code): the image is upsampled x2 first, 3 scales per octave,
@@ -67,8 +71,7 @@ def resize_short_side(photo: np.ndarray, short: int) -> np.ndarray:
     Example: ``resize_short_side(photo, 40).shape  # (3, 40, 60) for a 400x600 photo``
     """
     c, h, w = photo.shape
-    scale = short / min(h, w)
-    size = (max(short, round(h * scale)), max(short, round(w * scale)))
+    size = _short_side_shape(h, w, short)
     if size == (h, w):
         return photo
     x = torch.from_numpy(np.ascontiguousarray(photo)).to(torch.float32)[None]
@@ -76,8 +79,43 @@ def resize_short_side(photo: np.ndarray, short: int) -> np.ndarray:
     return y[0].round_().clamp_(0, 255).to(torch.uint8).numpy()
 
 
+def _short_side_shape(h: int, w: int, short: int) -> tuple[int, int]:
+    scale = short / min(h, w)
+    return max(short, round(h * scale)), max(short, round(w * scale))
+
+
+class PhotoFiles(Sequence):
+    """Image files as a lazy sequence of ``(C, H, W)`` uint8 arrays: ``shapes`` comes from the file
+    headers, pixels are decoded only when an item is read (so a pool can be cut from a folder far
+    larger than memory).
+
+    Example: ``random_patches(PhotoFiles(list_image_files("imagenet/train")), 10000, resize=40)``
+    """
+
+    def __init__(self, paths, channels: int = 3):
+        from .folders import _pil
+
+        Image = _pil()
+        self.paths, self.channels, self.shapes = list(paths), channels, []
+        for path in self.paths:
+            try:
+                with Image.open(path) as img:
+                    w, h = img.size
+            except Exception as exc:
+                raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
+            self.shapes.append((channels, h, w))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        from .folders import read_image
+
+        return read_image(self.paths[i], self.channels)
+
+
 def random_patches(
-    photos: Sequence[np.ndarray],
+    photos: Sequence[np.ndarray] | PhotoFiles,
     n: int,
     size: tuple[int, int] = (32, 32),
     *,
@@ -96,23 +134,25 @@ def random_patches(
     are kept (:func:`sift_keypoint_count`). At most ``max_tries`` candidates are examined (default:
     ``n`` without the filter, ``50 * n + 1000`` with it); if too few pass, ``RuntimeError``, raised
     early (after 1,000 tries or more) when the pass rate so far says ``max_tries`` cannot suffice.
-    ``return_positions=True`` also returns an ``(n, 3)`` int array of (photo, top, left).
+    ``return_positions=True`` also returns an ``(n, 3)`` int array of (photo, top, left), in the
+    coordinates of the resized photo. Photos are read (and resized) only when a patch needs them.
 
     Example: ``pool = random_patches(builtin_photographs(), 1000, resize=40, min_keypoints=10)``
     """
     h, w = size
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    if not photos:
+    if len(photos) == 0:
         raise ValueError("no photographs to cut patches from")
+    shapes = [tuple(s) for s in getattr(photos, "shapes", None) or (p.shape for p in photos)]
     if resize is not None:
         if resize < max(h, w):
             raise ValueError(f"resize={resize} is smaller than the patch size {size}")
-        photos = [resize_short_side(p, resize) for p in photos]
-    channels = {p.shape[0] for p in photos}
+        shapes = [(c, *_short_side_shape(ph, pw, resize)) for c, ph, pw in shapes]
+    channels = {c for c, _, _ in shapes}
     if len(channels) != 1:
         raise ValueError(f"photos have different channel counts {sorted(channels)}; convert them first")
-    counts = np.array([max(p.shape[1] - h + 1, 0) * max(p.shape[2] - w + 1, 0) for p in photos], dtype=np.int64)
+    counts = np.array([max(ph - h + 1, 0) * max(pw - w + 1, 0) for _, ph, pw in shapes], dtype=np.int64)
     total = int(counts.sum())
     if total == 0:
         raise ValueError(f"no photograph is at least {h}x{w} pixels")
@@ -126,11 +166,12 @@ def random_patches(
     ends = np.cumsum(counts)
     photo_idx = np.searchsorted(ends, flat, side="right")
     local = flat - (ends - counts)[photo_idx]
-    widths = np.array([max(p.shape[2] - w + 1, 1) for p in photos], dtype=np.int64)[photo_idx]
+    widths = np.array([max(pw - w + 1, 1) for _, _, pw in shapes], dtype=np.int64)[photo_idx]
     positions = np.stack([photo_idx, local // widths, local % widths], axis=1)
 
     out = np.empty((n, next(iter(channels)), h, w), dtype=np.uint8)
     kept: list[int] = []
+    recent: OrderedDict = OrderedDict()  # the last few photos read (and resized)
     for i, (p, top, left) in enumerate(positions):
         if len(kept) == n:
             break
@@ -141,7 +182,7 @@ def random_patches(
                 f"than max_tries={len(positions)}; lower min_keypoints, raise max_tries, or use "
                 f"more/larger photos (resize=40 keeps more detail per patch)"
             )
-        patch = photos[p][:, top:top + h, left:left + w]
+        patch = _photo(photos, p, resize, shapes, recent)[:, top:top + h, left:left + w]
         if min_keypoints is not None and sift_keypoint_count(patch, **(sift_params or {})) <= min_keypoints:
             continue
         out[len(kept)] = patch
@@ -153,6 +194,22 @@ def random_patches(
             f"photos (resize=40 keeps more detail per patch)"
         )
     return (out, positions[kept]) if return_positions else out
+
+
+def _photo(photos, i: int, resize: int | None, shapes: list, recent: OrderedDict, keep: int = 64) -> np.ndarray:
+    i = int(i)
+    if i in recent:
+        recent.move_to_end(i)
+        return recent[i]
+    x = photos[i]
+    if resize is not None:
+        x = resize_short_side(x, resize)
+    if tuple(x.shape) != shapes[i]:
+        raise ValueError(f"photo {i} has shape {tuple(x.shape)}, expected {shapes[i]}")
+    recent[i] = x
+    if len(recent) > keep:
+        recent.popitem(last=False)
+    return x
 
 
 def load_public_pool(
@@ -199,19 +256,19 @@ def load_public_pool(
     return ImageDataset(images, None, None, name, mean, std, meta={"source": source_desc, "params": params})
 
 
-def _photos(source, channels: int) -> list[np.ndarray]:
+def _photos(source, channels: int) -> Sequence[np.ndarray]:
     if str(source) == "builtin":
         from .builtin import builtin_photographs
 
         return builtin_photographs(channels)
     path = Path(source).expanduser()
     if path.is_dir():
-        from .folders import list_image_files, read_image
+        from .folders import list_image_files
 
         files = list_image_files(path)
         if not files:
             raise ValueError(f"no image files in {path}")
-        return [read_image(f, channels) for f in files]
+        return PhotoFiles(files, channels)
     if path.is_file() and path.suffix in (".npy", ".npz"):
         return list(convert_channels(load_arrays(path, labels_key=None).images, channels))
     raise FileNotFoundError(

@@ -86,6 +86,10 @@ class Key:
             meta=dict(self.meta),
         )
 
+    def unmasked(self) -> "Key":
+        """The same key without the mask: applying it gives the Mixup of the same images."""
+        return replace(self, mask_bits=None, meta=dict(self.meta))
+
     def to(self, device) -> "Key":
         return replace(
             self,

@@ -1,0 +1,1 @@
+"""The ``instahide`` command line (see ``instahide --help``)."""

@@ -1,0 +1,64 @@
+"""Entry point of the ``instahide`` command."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import demo_cmd, encrypt_cmd, show_cmd
+from ._common import CLIError
+
+DESCRIPTION = """\
+InstaHide (Huang, Song, Li, Arora, ICML 2020): encrypt training images by mixing each with k-1 others
+under random coefficients and flipping the sign of every pixel value at random; train on the
+encryptions. InstaHide is NOT cryptographic encryption and has published attacks: the mask hides
+signs, not magnitudes. Measure what a configuration leaks before relying on it.
+
+start here:
+  instahide demo                      encrypt built-in digits, draw them, measure what the mask hides
+  instahide encrypt --out runs/enc    encrypt a dataset to encryption.npy / label.npy
+  instahide show --out grid.png       originals, Mixup, encryption and |encryption| side by side
+  instahide datasets                  the datasets it reads and where they come from
+"""
+
+
+def _datasets(args) -> int:
+    from ..data import DATASETS
+
+    width = max(map(len, DATASETS))
+    for name, text in DATASETS.items():
+        print(f"{name:<{width}}  {text}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="instahide", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"instahide {__import__('instahide').__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    demo_cmd.add_parser(sub)
+    encrypt_cmd.add_parser(sub)
+    show_cmd.add_parser(sub)
+    p = sub.add_parser("datasets", help="list the datasets instahide reads")
+    p.set_defaults(func=_datasets)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except CLIError as exc:
+        print(f"instahide {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
