@@ -16,7 +16,7 @@ from instahide.data import (
     ChecksumError, DownloadError, download, download_cifar10, download_mnist, load_cifar10,
     load_dataset, load_mnist,
 )
-from instahide.data.download import MNIST_MD5
+from instahide.data.downloads import MNIST_MD5
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -116,8 +116,8 @@ def test_official_mnist_checksums_via_local_mirror(tmp_path, serve, shared_data)
 
 def test_load_dataset_download_flag(tmp_path, serve, monkeypatch, idx_writer):
     """download=True fetches when files are missing (URL redirected to a local mirror)."""
-    # instahide.data.download is also the name of the re-exported function: get the module itself.
-    dl = importlib.import_module("instahide.data.download")
+    # the module (instahide.data.download is the re-exported function)
+    dl = importlib.import_module("instahide.data.downloads")
 
     www = tmp_path / "www"
     www.mkdir()

@@ -25,7 +25,7 @@ from .dataset import (
     denormalize_images,
     normalize_images,
 )
-from .download import (
+from .downloads import (
     ChecksumError,
     DownloadError,
     download,

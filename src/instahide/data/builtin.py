@@ -124,7 +124,7 @@ def builtin_photograph_paths() -> list[Path]:
     if not paths:
         raise ImportError(
             f"the built-in photographs ship with scikit-image and scikit-learn, neither of which is "
-            f"them installed: {_EXTRA_HINT}"
+            f"installed: {_EXTRA_HINT}"
         )
     return paths
 

@@ -67,7 +67,7 @@ def load_dataset(
 
 
 def _loader(name: str):
-    from .download import download_cifar10, download_cifar100, download_fashion_mnist, download_mnist
+    from .downloads import download_cifar10, download_cifar100, download_fashion_mnist, download_mnist
     from .cifar import load_cifar10, load_cifar100
     from .mnist import load_mnist
 
