@@ -130,9 +130,10 @@ class InstaHideLoader(_SchemeOptions):
         self._buffer = None
         # Shuffling order is not secret; it gets its own torch generator, seeded from the key stream
         # so that a research seed reproduces the whole run.
-        seed_bytes = (self.generator.random_bytes(8) if isinstance(self.generator, KeyGenerator)
-                      else self.generator.numpy.bytes(8))
-        self._order = torch.Generator().manual_seed(int.from_bytes(bytes(seed_bytes), "little") >> 1)
+        # (Legacy: seeded from the legacy seed, without drawing from the streams being replayed.)
+        order_seed = (int.from_bytes(bytes(self.generator.random_bytes(8)), "little") >> 1
+                      if isinstance(self.generator, KeyGenerator) else self.generator.seed)
+        self._order = torch.Generator().manual_seed(order_seed)
 
     def __len__(self) -> int:
         n = self.images.shape[0]

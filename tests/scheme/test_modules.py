@@ -66,3 +66,11 @@ def test_soft_cross_entropy_matches_a_plain_computation():
     onehot = torch.nn.functional.one_hot(torch.arange(5) % 4, 4).float()
     assert torch.allclose(instahide.soft_cross_entropy(logits, onehot),
                           torch.nn.functional.cross_entropy(logits, torch.arange(5) % 4), atol=1e-6)
+
+
+def test_legacy_loader_replays_legacy_encrypt():
+    x, y = torch.randn(40, 3, 4, 4), torch.arange(40) % 10
+    loader = InstaHideLoader(x, y, batch_size=40, shuffle=False, k=4, legacy=True, seed=11)
+    xe, ye = next(iter(loader))
+    ref = instahide.encrypt(x, y, k=4, legacy=True, seed=11, num_classes=10)
+    assert torch.equal(xe, ref.images) and torch.equal(ye, ref.soft_labels)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -74,6 +75,29 @@ def scheme_kwargs(args) -> dict:
     elif args.num_private is not None:
         raise CLIError("--num-private needs a public pool (--public SOURCE)")
     return kw
+
+
+def add_encryption_options(p: argparse.ArgumentParser) -> None:
+    """Everything a command that encrypts a dataset takes: data, public pool, scheme."""
+    add_data_options(p)
+    add_public_options(p)
+    add_scheme_options(p)
+
+
+def refuse_overwrite(paths, force: bool) -> None:
+    existing = [str(t) for t in paths if Path(t).exists()]
+    if existing and not force:
+        raise CLIError(f"refusing to overwrite {', '.join(existing)} (pass --force)")
+
+
+def make_generator(seed, legacy: bool):
+    """The key generator for ``--research-seed``/``--legacy``: legacy MT streams, a research-seeded
+    keystream, or (no seed) a keystream keyed from OS entropy."""
+    from ..scheme import KeyGenerator, LegacyGenerator
+
+    if legacy:
+        return LegacyGenerator(seed)
+    return KeyGenerator.from_seed(seed) if seed is not None else KeyGenerator.from_entropy()
 
 
 def load_private(args):

@@ -2,18 +2,16 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .._io import atomic_open, atomic_write_text
-from ..scheme import Key, LegacyGenerator, KeyGenerator, encrypt
-from ._common import (CLIError, Progress, add_data_options, add_public_options, add_scheme_options,
-                      load_private, load_public, scheme_kwargs)
+from ..scheme import Key, encrypt
+from ._common import (CLIError, Progress, add_encryption_options, load_private, load_public,
+                      make_generator, refuse_overwrite, scheme_kwargs)
 
 HELP = "encrypt a dataset: writes encryption.npy (N*T, H, W, C) and label.npy (N*T, classes)"
 DESCRIPTION = """\
@@ -42,9 +40,7 @@ def add_parser(sub) -> None:
     p.add_argument("--key-out", default=None, metavar="PATH",
                    help="also write the keys (.npz) here; keep it apart from the encryptions")
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
-    add_data_options(p)
-    add_public_options(p)
-    add_scheme_options(p)
+    add_encryption_options(p)
     p.set_defaults(func=run)
 
 
@@ -53,9 +49,7 @@ def run(args) -> int:
     targets = [out / "encryption.npy", out / "label.npy", out / "meta.json"]
     if args.key_out:
         targets.append(Path(args.key_out))
-    existing = [str(t) for t in targets if t.exists()]
-    if existing and not args.force:
-        raise CLIError(f"refusing to overwrite {', '.join(existing)} (pass --force)")
+    refuse_overwrite(targets, args.force)
     if args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
     kw = scheme_kwargs(args)
@@ -68,8 +62,7 @@ def run(args) -> int:
               "folder can undo the mask", file=sys.stderr)
 
     seed = kw.pop("seed")
-    generator = LegacyGenerator(seed) if kw["legacy"] else (
-        KeyGenerator.from_seed(seed) if seed is not None else KeyGenerator.from_entropy())
+    generator = make_generator(seed, kw["legacy"])
     out.mkdir(parents=True, exist_ok=True)
     keys = []
     progress = Progress(args.epochs, f"encrypting {n} {ds.name} images x {args.epochs} epoch(s)")

@@ -4,12 +4,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 
 from ..report.figures import encryption_grid, to_display
-from ..scheme import KeyGenerator, LegacyGenerator, apply_key, encrypt
-from ._common import (CLIError, add_data_options, add_public_options, add_scheme_options, load_private,
-                      load_public, scheme_kwargs)
+from ..scheme import apply_key, encrypt
+from ._common import (CLIError, add_encryption_options, load_private, load_public, make_generator,
+                      refuse_overwrite, scheme_kwargs)
 
 HELP = "draw originals, their Mixup, their InstaHide encryption and |encryption| as a PNG grid"
 DESCRIPTION = """\
@@ -30,16 +29,13 @@ def add_parser(sub) -> None:
     p.add_argument("--out", default="instahide-show.png", metavar="PNG", help="output picture")
     p.add_argument("--n", type=int, default=8, help="images to show (default 8)")
     p.add_argument("--force", action="store_true", help="overwrite an existing picture")
-    add_data_options(p)
-    add_public_options(p)
-    add_scheme_options(p)
+    add_encryption_options(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     out = Path(args.out)
-    if out.exists() and not args.force:
-        raise CLIError(f"refusing to overwrite {out} (pass --force)")
+    refuse_overwrite([out], args.force)
     if args.n < 1:
         raise CLIError("--n must be >= 1")
     kw = scheme_kwargs(args)
@@ -57,7 +53,7 @@ def run(args) -> int:
 def show(x, public, mean, std, n, out, title=None, **kw):
     """Encrypt all of ``x`` (partners from the whole set) and draw the first ``n``."""
     seed = kw.pop("seed")
-    gen = LegacyGenerator(seed) if kw["legacy"] else (KeyGenerator.from_seed(seed) if seed is not None else None)
+    gen = make_generator(seed, kw["legacy"])
     try:
         enc = encrypt(x, public=public, generator=gen, return_key=True, **kw)
     except ValueError as exc:
