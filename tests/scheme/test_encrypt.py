@@ -291,3 +291,12 @@ def test_cuda_matches_cpu():
     assert gpu.is_cuda and torch.allclose(gpu.cpu(), cpu, atol=1e-5)
     enc = encrypt(x.cuda().half(), torch.arange(64).cuda() % 10, k=4, num_classes=10)
     assert enc.images.dtype == torch.float16 and enc.soft_labels.is_cuda
+
+
+def test_huge_but_finite_values_are_not_mistaken_for_nan():
+    # the chunk sums overflow float32 here; the guard must fall back to the exact check and pass
+    x = torch.full((6, 1, 2, 2), 3e38)
+    x[:, :, 0] = -3e38
+    enc = encrypt(x, k=2, seed=0)
+    assert torch.isfinite(enc.images).all()
+    assert torch.allclose(enc.images.abs(), torch.full_like(x, 3e38), rtol=1e-5)
