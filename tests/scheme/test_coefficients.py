@@ -101,3 +101,11 @@ def test_check_bounds_accepts_reference_defaults():
 def test_same_seed_same_coefficients_no_seed_different():
     assert torch.equal(sample_coefficients(50, 4, seed=7), sample_coefficients(50, 4, seed=7))
     assert not torch.equal(sample_coefficients(50, 4), sample_coefficients(50, 4))
+
+
+def test_own_min_floors_the_first_coefficient_and_checks_feasibility():
+    lam = sample_coefficients(5000, 4, own_min=0.5, seed=0, dtype=torch.float64)
+    assert (lam[:, 0] >= 0.5).all() and lam.max() <= 0.65
+    assert torch.allclose(lam.sum(1), torch.ones(5000, dtype=torch.float64))
+    with pytest.raises(ValueError, match="infeasible bound own_min=0.7"):
+        sample_coefficients(10, 4, own_min=0.7)

@@ -22,7 +22,8 @@ _MIN_ACCEPTANCE = 1e-6
 _MAX_ROWS_PER_ROUND = 1 << 20
 
 
-def check_bounds(k: int, upper: float, dom: float | None = None, num_private: int = 2) -> None:
+def check_bounds(k: int, upper: float, dom: float | None = None, num_private: int = 2,
+                 own_min: float | None = None) -> None:
     """Raise a ValueError naming the bound if no coefficient vector can satisfy it.
 
     Args:
@@ -31,6 +32,7 @@ def check_bounds(k: int, upper: float, dom: float | None = None, num_private: in
             is 1, as in the reference code).
         dom: c2, the smallest allowed sum of the first ``num_private`` coefficients, or None.
         num_private: number of leading slots that ``dom`` constrains.
+        own_min: the smallest allowed first coefficient (the encrypted image's own), or None.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k must be an integer, got {type(k).__name__}")
@@ -43,6 +45,12 @@ def check_bounds(k: int, upper: float, dom: float | None = None, num_private: in
             f"infeasible bound upper={upper} for k={k}: k coefficients that sum to 1 cannot all be "
             f"<= upper unless upper > 1/k = {1.0 / k:.6g}"
         )
+    if own_min is not None:
+        if not isinstance(own_min, (int, float, np.floating)) or not math.isfinite(own_min) or own_min < 0:
+            raise ValueError(f"own_min must be a finite number >= 0, got {own_min!r}")
+        if k > 1 and own_min >= min(upper, 1.0):
+            raise ValueError(f"infeasible bound own_min={own_min}: with k={k} the first coefficient is "
+                             f"< {min(upper, 1.0):.6g} (upper and the other slots)")
     if dom is None:
         return
     if not isinstance(dom, (int, float, np.floating)) or not math.isfinite(dom):
@@ -70,6 +78,7 @@ def sample_coefficients(
     upper: float = 0.65,
     dom: float | None = None,
     num_private: int = 2,
+    own_min: float | None = None,
     seed=None,
     generator: KeyGenerator | None = None,
     dtype: torch.dtype = torch.float32,
@@ -86,6 +95,8 @@ def sample_coefficients(
         upper: c1, the reference default 0.65. Not applied when ``k == 1``.
         dom: c2 (cross-dataset mode, reference 0.3), or None for no such condition.
         num_private: how many leading coefficients ``dom`` constrains (2 in the paper's setting).
+        own_min: if given, also require the first coefficient (the encrypted image's own) to be
+            ``>= own_min`` (inference with InstaHide: the authors report that above 0.5 helps).
         seed: research-only seed (see :class:`~instahide.scheme.rng.KeyGenerator.from_seed`).
         generator: a :class:`KeyGenerator`; default: a fresh one from OS entropy.
 
@@ -101,7 +112,7 @@ def sample_coefficients(
     n = int(n)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    check_bounds(k, upper, dom, num_private)
+    check_bounds(k, upper, dom, num_private, own_min)
     gen = resolve_generator(seed, generator)
     out = np.empty((n, k), dtype=np.float64)
     filled, drawn, accepted = 0, 0, 0
@@ -111,7 +122,7 @@ def sample_coefficients(
         rows = min(_MAX_ROWS_PER_ROUND, int(math.ceil(need / rate * 1.1)) + 16)
         z = gen.half_normal((rows, k))
         lam = z / z.sum(axis=1, keepdims=True)
-        good = lam[_accepted(lam, upper, dom, num_private)]
+        good = lam[_accepted(lam, upper, dom, num_private, own_min)]
         drawn += rows
         accepted += len(good)
         take = min(need, len(good))
@@ -136,11 +147,14 @@ def acceptance_rate(k: int, *, upper: float = 0.65, dom: float | None = None, nu
     return float(_accepted(lam, upper, dom, num_private).mean())
 
 
-def _accepted(lam: np.ndarray, upper: float, dom: float | None, num_private: int) -> np.ndarray:
+def _accepted(lam: np.ndarray, upper: float, dom: float | None, num_private: int,
+              own_min: float | None = None) -> np.ndarray:
     """Boolean ``(rows,)``: which normalised draws ``lam`` ``(rows, k)`` meet both bounds."""
     ok = np.ones(len(lam), dtype=bool)
     if lam.shape[1] > 1:
         ok &= lam.max(axis=1) <= upper
     if dom is not None:
         ok &= lam[:, :num_private].sum(axis=1) >= dom
+    if own_min is not None:
+        ok &= lam[:, 0] >= own_min
     return ok

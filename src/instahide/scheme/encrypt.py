@@ -58,6 +58,7 @@ def encrypt(
     num_private: int | None = None,
     dom: float = 0.3,
     num_classes: int | None = None,
+    own_min: float | None = None,
     seed=None,
     generator: KeyGenerator | LegacyGenerator | None = None,
     return_key: bool = False,
@@ -85,6 +86,8 @@ def encrypt(
         num_private: private slots; default ``k`` inside-dataset, 2 with a public pool.
         dom: c2, the smallest sum of the private coefficients; cross-dataset mode only (ref. 0.3).
         num_classes: width of the soft labels; default ``labels.max() + 1`` (pass it for batches).
+        own_min: optional floor on each image's own coefficient (slot 1), e.g. 0.5 for inference
+            with InstaHide; not part of the reference scheme.
         seed: FOR REPRODUCIBLE RESEARCH ONLY: anyone who knows the seed can recompute every key.
             Default: keys from a generator seeded with 256 bits of OS entropy.
         generator: a :class:`KeyGenerator` to draw from (instead of ``seed``); with ``legacy=True``
@@ -139,7 +142,7 @@ def encrypt(
     key = sample_key(
         n, k, tuple(images.shape[1:]), upper=upper, dom=dom if cross else None, num_private=num_private,
         pool_size=None if public is None else public.shape[0], masked=mode == "instahide",
-        seed=seed, generator=generator, legacy=legacy,
+        own_min=own_min, seed=seed, generator=generator, legacy=legacy,
     )
     key.meta.update(mode=mode, upper=upper, dom=dom if cross else None)
     enc = apply_key(images, key, public=public, out=out)
@@ -157,6 +160,7 @@ def sample_key(
     num_private: int | None = None,
     pool_size: int | None = None,
     masked: bool = True,
+    own_min: float | None = None,
     seed=None,
     generator: KeyGenerator | LegacyGenerator | None = None,
     legacy: bool = False,
@@ -164,8 +168,10 @@ def sample_key(
     """Draw the one-time keys of ``n`` encryptions (coefficients, partners, masks) without touching
     any image. ``dom`` applies to the first ``num_private`` coefficients; pass None inside-dataset."""
     num_private = k if num_private is None else num_private
-    check_bounds(k, upper, dom, num_private)
+    check_bounds(k, upper, dom, num_private, own_min)
     if legacy:
+        if own_min is not None:
+            raise ValueError("own_min is not part of the reference code: it cannot be used with legacy=True")
         if generator is not None and not isinstance(generator, LegacyGenerator):
             raise TypeError("legacy=True draws from the reference's Mersenne-Twister generators: pass "
                             "seed=<int> or generator=LegacyGenerator(seed)")
@@ -175,7 +181,8 @@ def sample_key(
         return legacy_key(n, k, image_shape, upper=upper, dom=dom, num_private=num_private,
                           pool_size=pool_size, masked=masked, generator=gen)
     gen = resolve_generator(seed, generator)
-    lam = sample_coefficients(n, k, upper=upper, dom=dom, num_private=num_private, generator=gen)
+    lam = sample_coefficients(n, k, upper=upper, dom=dom, num_private=num_private, own_min=own_min,
+                              generator=gen)
     idx = sample_partners(n, k, num_private=num_private, pool_size=pool_size, generator=gen)
     d = int(np.prod(image_shape))
     bits = sample_mask_bits(n, d, gen) if masked else None
