@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo_cmd, encrypt_cmd, show_cmd
+from . import demo_cmd, encrypt_cmd, show_cmd, train_cmd
 from ._common import CLIError
 
 DESCRIPTION = """\
@@ -17,6 +17,8 @@ start here:
   instahide demo                      encrypt built-in digits, draw them, measure what the mask hides
   instahide encrypt --out runs/enc    encrypt a dataset to encryption.npy / label.npy
   instahide show --out grid.png       originals, Mixup, encryption and |encryption| side by side
+  instahide train --out runs/t        train on encryptions (re-encrypted every epoch), checkpointed
+  instahide evaluate --checkpoint C   clean accuracy and inference with InstaHide (accuracy vs T)
   instahide datasets                  the datasets it reads and where they come from
 """
 
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.add_parser(sub)
     encrypt_cmd.add_parser(sub)
     show_cmd.add_parser(sub)
+    train_cmd.add_parsers(sub)
     p = sub.add_parser("datasets", help="list the datasets instahide reads")
     p.set_defaults(func=_datasets)
     return parser

@@ -1,0 +1,262 @@
+"""Networks to train on InstaHide encryptions: the reference ResNet-18 and two small CPU-friendly nets.
+
+Every model maps images ``(B, C, H, W)`` to logits ``(B, num_classes)`` and works for any ``H, W >= 8``
+(global pooling before the head), so the same network runs on CIFAR (32x32), MNIST (28x28) and
+scikit-learn's digits (8x8).
+
+=================== ======== ===================================================================
+name                params   what it is
+=================== ======== ===================================================================
+``preact_resnet18`` 11.17 M  the InstaHide reference network (the paper's numbers); GPU-sized
+``fastnet``          2.0 M   CIFAR speed-record style (airbench / Page's ResNet-9 lineage)
+``mnistnet``         0.15 M  conv32-conv64-pool-fc128 for grayscale digits
+=================== ======== ===================================================================
+
+(parameter counts for 10 classes and 3 input channels, 1 for ``mnistnet``.)
+
+Example::
+
+    model = build_model("fastnet", num_classes=10, in_channels=3)
+    logits = model(torch.randn(128, 3, 32, 32))      # (128, 10)
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["PreActBlock", "PreActResNet18", "FastNet", "MnistNet", "MODELS", "build_model", "count_parameters"]
+
+
+def _check_input(x: torch.Tensor, in_channels: int, name: str) -> None:
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"Invalid input shape for {name}, we expect (B, {in_channels}, H, W). Got: {tuple(x.shape)}")
+
+
+def _scaled(width: int, multiplier: float) -> int:
+    return max(1, int(round(width * multiplier)))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pre-activation ResNet-18 (the reference network)
+# ----------------------------------------------------------------------------------------------------
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016, "Identity mappings in deep residual networks").
+
+    ``BN-ReLU-conv3x3(stride)-BN-ReLU-conv3x3`` plus the shortcut. When the shape changes (stride or
+    width), the shortcut is a 1x1 convolution applied to the *pre-activated* input, as in the reference
+    code; otherwise it is the identity on the raw input. Shape ``(B, in_planes, H, W) ->
+    (B, planes, ceil(H / stride), ceil(W / stride))``.
+    """
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=False)
+        self.shortcut = None
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(nn.Module):
+    """Pre-activation ResNet-18 for CIFAR, as trained by the InstaHide reference code.
+
+    Layout: 3x3 stem convolution (stride 1, no max-pool), four stages of two :class:`PreActBlock` at
+    widths ``width * (1, 2, 4, 8)`` (64/128/256/512) and strides 1/2/2/2, global average pool,
+    linear head. 11,171,274 parameters at ``width=64``, 10 classes, 3 channels.
+
+    Faithful to the reference, with two deliberate points:
+
+    - The InstaHide reference (``models/resnet.py``, ``ResNet18 = ResNet(PreActBlock, [2, 2, 2, 2])``,
+      inherited from facebookresearch/mixup-cifar10) follows the stem convolution with BN-ReLU, so the
+      first block pre-activates an already activated map. kuangliu's pytorch-cifar
+      ``PreActResNet18`` has a bare stem convolution (128 parameters fewer). ``stem_bn=True`` (default)
+      is the InstaHide reference; ``stem_bn=False`` is kuangliu's.
+    - Neither of those codes has the final BN-ReLU before the pool that the identity-mappings paper
+      puts there; this one does not either (follow the reference). Both pool with ``avg_pool2d(out,
+      4)``, which is global on the 4x4 map of a 32x32 input; here the pool is adaptive (global), which
+      is identical at 32x32 and also works for other sizes (``H, W >= 8`` recommended).
+
+    Shape: ``(B, in_channels, H, W) -> (B, num_classes)``.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, width: int = 64, *, stem_bn: bool = True):
+        super().__init__()
+        self.in_channels, self.num_classes = in_channels, num_classes
+        widths = [width, 2 * width, 4 * width, 8 * width]
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width) if stem_bn else None
+        stages, in_planes = [], width
+        for planes, stride in zip(widths, (1, 2, 2, 2)):
+            stages.append(nn.Sequential(PreActBlock(in_planes, planes, stride), PreActBlock(planes, planes, 1)))
+            in_planes = planes
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(in_planes, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_channels, type(self).__name__)
+        out = self.conv1(x)
+        if self.bn1 is not None:
+            out = F.relu(self.bn1(out))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small speed-record style net
+# ----------------------------------------------------------------------------------------------------
+
+def _conv_bn_gelu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.GELU()]
+
+
+class _MaxPoolIfLarge(nn.Module):
+    """2x2 max-pool (``ceil_mode``, so odd sizes keep their border) unless a side is already < 2."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if min(x.shape[-2:]) < 2:
+            return x
+        return F.max_pool2d(x, 2, ceil_mode=True)
+
+
+class _ConvGroup(nn.Module):
+    """``conv3x3 - maxpool2 - BN - GELU - conv3x3 - BN - GELU`` (airbench's ConvGroup)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)
+        self.pool = _MaxPoolIfLarge()
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.bn1(self.pool(self.conv1(x))))
+        return F.gelu(self.bn2(self.conv2(x)))
+
+
+class FastNet(nn.Module):
+    """A small, fast CIFAR network in the style of the CIFAR-10 speed records (airbench, Page's ResNet-9).
+
+    Layout: stem ``conv3x3 - BN - GELU`` to ``widths[0]`` channels, then three groups
+    ``conv3x3 - maxpool2 - BN - GELU - conv3x3 - BN - GELU`` at ``widths``, global max pool, linear head
+    without bias whose output is multiplied by ``scale`` (airbench's 1/9 keeps the initial logits small).
+    About 2.0 M parameters at the default widths; ``width=0.5`` gives about 0.5 M.
+
+    Differences from airbench, for simplicity and small inputs: a plain 3x3 stem instead of its frozen
+    2x2 patch-whitening layer, ordinary trainable BatchNorm, and max-pools that use ``ceil_mode`` and are
+    skipped once a side is below 2, so 8x8 inputs (8 -> 4 -> 2 -> 1) and 28x28 inputs (28 -> 14 -> 7 -> 4)
+    never collapse to an empty map.
+
+    Args:
+        num_classes: outputs of the head.
+        in_channels: input channels.
+        widths: channels of the three groups; the stem uses ``widths[0]``.
+        width: multiplier applied to every width (rounded, at least 1).
+        scale: factor on the logits.
+
+    Shape: ``(B, in_channels, H, W) -> (B, num_classes)``.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, widths: Sequence[int] = (64, 256, 256),
+                 width: float = 1.0, scale: float = 1 / 9):
+        super().__init__()
+        if len(widths) != 3:
+            raise ValueError(f"FastNet takes 3 widths, got {tuple(widths)}")
+        w = [_scaled(c, width) for c in widths]
+        self.in_channels, self.num_classes, self.scale = in_channels, num_classes, scale
+        self.stem = nn.Sequential(*_conv_bn_gelu(in_channels, w[0]))
+        self.groups = nn.Sequential(_ConvGroup(w[0], w[0]), _ConvGroup(w[0], w[1]), _ConvGroup(w[1], w[2]))
+        self.head = nn.Linear(w[2], num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_channels, type(self).__name__)
+        out = self.groups(self.stem(x))
+        out = torch.amax(out, dim=(2, 3))
+        return self.head(out) * self.scale
+
+
+# ----------------------------------------------------------------------------------------------------
+# Small MNIST / digits net
+# ----------------------------------------------------------------------------------------------------
+
+class MnistNet(nn.Module):
+    """A small CNN for grayscale digits (MNIST 28x28, scikit-learn digits 8x8).
+
+    Layout: ``conv3x3(32) - BN - ReLU - conv3x3(64) - BN - ReLU - maxpool2 - adaptive avg pool to 4x4
+    - fc(128) - ReLU - fc(num_classes)`` (the classic PyTorch MNIST example, with padding, BatchNorm and
+    an adaptive pool so any ``H, W >= 8`` works and the head's size does not depend on the input size).
+    About 0.15 M parameters at ``width=1``; ``width`` scales every layer.
+
+    Shape: ``(B, in_channels, H, W) -> (B, num_classes)``.
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: float = 1.0):
+        super().__init__()
+        c1, c2, hidden = _scaled(32, width), _scaled(64, width), _scaled(128, width)
+        self.in_channels, self.num_classes = in_channels, num_classes
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, 3, padding=1, bias=False), nn.BatchNorm2d(c1), nn.ReLU(inplace=True),
+            nn.Conv2d(c1, c2, 3, padding=1, bias=False), nn.BatchNorm2d(c2), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2), nn.AdaptiveAvgPool2d(4),
+        )
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(16 * c2, hidden), nn.ReLU(inplace=True),
+                                        nn.Linear(hidden, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_channels, type(self).__name__)
+        return self.classifier(self.features(x))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Registry
+# ----------------------------------------------------------------------------------------------------
+
+def _preact_resnet18(num_classes: int, in_channels: int, width: float) -> nn.Module:
+    return PreActResNet18(num_classes, in_channels, width=_scaled(64, width))
+
+
+def _fastnet(num_classes: int, in_channels: int, width: float) -> nn.Module:
+    return FastNet(num_classes, in_channels, width=width)
+
+
+def _mnistnet(num_classes: int, in_channels: int, width: float) -> nn.Module:
+    return MnistNet(num_classes, in_channels, width=width)
+
+
+MODELS: dict[str, tuple[Callable[[int, int, float], nn.Module], str]] = {
+    "preact_resnet18": (_preact_resnet18, "pre-activation ResNet-18, the InstaHide reference network (11.2 M)"),
+    "fastnet": (_fastnet, "small CIFAR speed-record style net, widths 64/256/256 (2.0 M)"),
+    "mnistnet": (_mnistnet, "small CNN for grayscale digits, conv32-conv64-fc128 (0.15 M)"),
+}
+
+
+def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.0) -> nn.Module:
+    """The model registered as ``name`` in :data:`MODELS`, ``(B, in_channels, H, W) -> (B, num_classes)``.
+
+    ``width`` multiplies every layer width (``preact_resnet18``: base width ``64 * width``).
+    """
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    if num_classes < 1 or in_channels < 1 or width <= 0:
+        raise ValueError(f"need num_classes >= 1, in_channels >= 1 and width > 0; got {num_classes}, "
+                         f"{in_channels}, {width}")
+    return MODELS[name][0](num_classes, in_channels, width)
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameter values in ``model`` (only those with ``requires_grad`` if ``trainable_only``)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
