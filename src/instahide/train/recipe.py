@@ -157,41 +157,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, data: TrainData | None = No
     t_run = time.perf_counter()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
-        model.train()
-        g_aug = _epoch_generator(cfg, epoch, "augment", device)
-        x = data.x_train if augment is None else augment(data.x_train, generator=g_aug)
-        if cfg.mode == "vanilla":
-            xs, ys = x, onehot
-        else:
-            if buffer is None:
-                buffer = torch.empty_like(x)
-            enc = encrypt(
-                x, data.y_train, k=cfg.k, upper=cfg.upper, mode=cfg.mode, public=data.public,
-                num_private=cfg.num_private, dom=cfg.dom, num_classes=data.num_classes,
-                generator=None if cfg.legacy else _key_generator(cfg, epoch), legacy=cfg.legacy,
-                seed=hash_seed(cfg.research_seed, epoch) % 2 ** 32 if cfg.legacy and cfg.research_seed is not None else None,
-                out=buffer,
-            )
-            xs, ys = enc.images, enc.soft_labels
+        if cfg.mode != "vanilla" and buffer is None:
+            buffer = torch.empty_like(data.x_train)
+        xs, ys = epoch_inputs(cfg, data, epoch, augment, onehot, out=buffer)
         t_enc = time.perf_counter() - t0
         order = torch.randperm(len(xs), generator=_epoch_generator(cfg, epoch, "order", "cpu")).to(device)
-        loss_sum, correct, seen = 0.0, 0, 0
         bar = _Bar(math.ceil(len(xs) / cfg.batch_size), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
-        for s in range(0, len(xs), cfg.batch_size):
-            b = order[s:s + cfg.batch_size]
-            xb, yb = xs[b], ys[b]
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                logits = model(xb)
-            loss = soft_cross_entropy(logits.float(), yb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"training diverged: loss {loss.item()} at epoch {epoch + 1}; lower lr")
-            loss_sum += loss.item() * len(b)
-            correct += (logits.argmax(1) == yb.argmax(1)).sum().item()  # agreement with the dominant label
-            seen += len(b)
-            bar.update(f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+        loss_sum, correct, seen = train_steps(model, opt, xs, ys, order, cfg.batch_size, amp, bar)
         lr_used = sched.get_last_lr()[0]
         sched.step()
         metrics = {"epoch": epoch + 1, "lr": lr_used,
@@ -223,6 +195,51 @@ def train(cfg: TrainConfig, *, resume: bool = False, data: TrainData | None = No
     atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
     _plot(out, history)
     return final
+
+
+def epoch_inputs(cfg: TrainConfig, data: TrainData, epoch: int, augment, onehot: torch.Tensor,
+                 out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One epoch's training inputs ``(N, C, H, W)`` and soft targets ``(N, num_classes)``: the
+    private set augmented (if ``augment``), then, unless vanilla, encrypted whole with fresh keys."""
+    device = data.x_train.device
+    x = data.x_train if augment is None else augment(data.x_train, generator=_epoch_generator(cfg, epoch, "augment", device))
+    if cfg.mode == "vanilla":
+        return x, onehot
+    legacy_seed = hash_seed(cfg.research_seed, epoch) % 2 ** 32 if cfg.legacy and cfg.research_seed is not None else None
+    enc = encrypt(
+        x, data.y_train, k=cfg.k, upper=cfg.upper, mode=cfg.mode, public=data.public,
+        num_private=cfg.num_private, dom=cfg.dom, num_classes=data.num_classes,
+        generator=None if cfg.legacy else _key_generator(cfg, epoch), legacy=cfg.legacy, seed=legacy_seed, out=out,
+    )
+    return enc.images, enc.soft_labels
+
+
+def train_steps(model, opt, xs: torch.Tensor, ys: torch.Tensor, order: torch.Tensor, batch_size: int,
+                amp: bool = False, bar=None) -> tuple[float, int, int]:
+    """SGD steps over ``xs[order]`` in batches on soft-label cross-entropy.
+
+    Returns ``(sum of batch losses x batch sizes, predictions agreeing with the dominant label, images)``.
+    """
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for s in range(0, len(xs), batch_size):
+        b = order[s:s + batch_size]
+        xb, yb = xs[b], ys[b]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = model(xb)
+        loss = soft_cross_entropy(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training diverged: loss {value}; lower the learning rate")
+        loss_sum += value * len(b)
+        correct += (logits.argmax(1) == yb.argmax(1)).sum().item()
+        seen += len(b)
+        if bar is not None:
+            bar.update(f"loss {loss_sum / seen:.3f} acc {correct / seen:.3f}")
+    return loss_sum, correct, seen
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
