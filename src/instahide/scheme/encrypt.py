@@ -226,7 +226,7 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
     for s in range(0, n, chunk_rows):
         e = min(n, s + chunk_rows)
         # embedding_bag(mode="sum", per_sample_weights) is a fused weighted gather-sum:
-        # row i = sum_j lam[i, j] * x[idx[i, j]], accumulated in float32 for half inputs.
+        # row i = sum_j lam[i, j] * x[idx[i, j]], one pass over the chunk.
         a = F.embedding_bag(idx[s:e, :p], x, per_sample_weights=lam[s:e, :p], mode="sum")
         if p < k:
             a += F.embedding_bag(idx[s:e, p:], pub, per_sample_weights=lam[s:e, p:], mode="sum")
