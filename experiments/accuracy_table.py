@@ -100,7 +100,13 @@ def run(args) -> None:
 
 
 def report(args) -> None:
-    rows = [json.loads(x) for x in Path(args.results).read_text().splitlines()]
+    rows, seen = [], set()
+    for line in Path(args.results).read_text().splitlines():
+        r = json.loads(line)
+        key = (r["scale"], r["dataset"], r["config"], r["seed"])
+        if key not in seen:  # two processes may have run the same cell: keep the first result
+            seen.add(key)
+            rows.append(r)
     lines = ["| scale | dataset | configuration | test accuracy (mean +- std) | seeds | per seed | wall s / run |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     keys = []

@@ -131,3 +131,15 @@ def test_help_and_datasets_and_entry_point(capsys):
     assert main(["datasets"]) == 0 and "cifar10" in capsys.readouterr().out
     r = subprocess.run([sys.executable, "-m", "instahide.cli.main", "datasets"], capture_output=True, text=True)
     assert r.returncode == 0 and "digits" in r.stdout
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    from instahide._io import atomic_write_text
+
+    atomic_write_text(tmp_path / "a.txt", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import demo_cmd, encrypt_cmd, show_cmd, train_cmd
+from . import challenge_cmd, demo_cmd, encrypt_cmd, show_cmd, train_cmd
 from ._common import CLIError
 
 DESCRIPTION = """\
@@ -19,6 +19,7 @@ start here:
   instahide show --out grid.png       originals, Mixup, encryption and |encryption| side by side
   instahide train --out runs/t        train on encryptions (re-encrypted every epoch), checkpointed
   instahide evaluate --checkpoint C   clean accuracy and inference with InstaHide (accuracy vs T)
+  instahide challenge make / score    the InstaHide challenge: generate one, score a decryption
   instahide datasets                  the datasets it reads and where they come from
 """
 
@@ -42,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     encrypt_cmd.add_parser(sub)
     show_cmd.add_parser(sub)
     train_cmd.add_parsers(sub)
+    challenge_cmd.add_parser(sub)
     p = sub.add_parser("datasets", help="list the datasets instahide reads")
     p.set_defaults(func=_datasets)
     return parser

@@ -1,0 +1,382 @@
+"""Generator-seed recovery against ``legacy`` keys (SPEC 5.C, defect 3 of section 3).
+
+The reference code drew every key from the global numpy and torch Mersenne-Twister generators,
+seeded with one integer below ``2**32``. The whole challenge is then a deterministic function of
+that integer, and ``label.npy`` leaks the coefficients of the first epoch. The attack:
+
+1. **Filter** (vectorised): for a batch of candidate seeds, compute the first outputs of
+   ``numpy.random.RandomState(seed)`` for all seeds at once (:func:`mt19937_outputs`, MT19937 in
+   numpy array arithmetic: ``init_genrand`` and the first twist), turn them into normals exactly as
+   numpy's legacy ``normal`` does (Marsaglia's polar method, two normals per accepted pair of
+   doubles), and form the first draws of the first ``check_rows`` rows of epoch 0. Every row whose
+   first draw passes the reference's rejection test (``max <= upper``, and ``lam_1 + lam_2 >= dom``
+   in cross-dataset mode) has those coefficients as its final coefficients, and must agree with the
+   leaked label row: every non-zero label entry is a sum of some private coefficients (a class can
+   hold several slots), and the entries sum to the private coefficients' total. A random seed
+   passes with probability about ``1e-12`` per checked row. Seeds none of whose checked rows
+   pass the rejection test on the first draw (rare, e.g. 2e-4 for cross k=6 with 10 rows) are
+   checked exactly with a real ``RandomState``.
+2. **Confirm and replay**: for a candidate, replay the reference's draws exactly, epoch after epoch
+   with the streams continuing (:func:`instahide.scheme.legacy.legacy_key` on one
+   :class:`~instahide.scheme.legacy.LegacyGenerator`, i.e. ``normal`` + rejection loop (numpy),
+   one ``randperm`` per slot 2..k, then ``randint(2)`` for the mask (torch)), check all of epoch 0's
+   labels, undo the masks (``e * sigma`` is the mixture, exactly), and solve the linear system for
+   the private images AND the public-window images by least squares (legacy public partners are
+   a permutation of the pool's first ``n`` rows, so only ``n`` public unknowns; see
+   ``public_per_epoch`` for the later "reshuffle every epoch" variant). A small residual confirms
+   the seed.
+
+Assumptions about the challenge (the format of :mod:`instahide.challenge`): rows are epoch-major
+(row ``t * n + i`` is epoch ``t``'s encryption of private image ``i``), each epoch was made by ONE
+call ``encrypt(private, labels, k=k, public=pool, legacy=True, generator=g)`` on a shared
+``LegacyGenerator g`` (the reference re-encrypts the training set each epoch; a challenge made in
+smaller batches per call would need the batch size here). The attack uses that row order: it is
+part of how the data were generated, not ground truth about the images.
+
+Against default keys there is nothing to search: :class:`~instahide.scheme.rng.KeyGenerator` keys
+are SHAKE-256 output under a 256-bit key from ``os.urandom``. No integer seed produces them, so
+:func:`recover_seed` returns None over any range, and searching the key itself takes ``2**256``
+SHAKE evaluations (at 1e9 per second per core, about 1e60 core-years).
+
+Cost, measured on one core of the development machine (see :func:`seed_rate`): the filter runs at
+roughly 0.6-0.9 million seeds per second, so the whole ``2**32`` space takes about 1.3-2 CPU-hours
+(the published attack reported about 120 CPU-hours, dominated by replaying each candidate).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from ..scheme.coefficients import check_bounds
+from ..scheme.keys import Key
+from ..scheme.legacy import LEGACY_SEED_BITS, LegacyGenerator, legacy_coefficients, legacy_key
+from .oracle import check_encryption, check_label
+
+__all__ = ["SeedRecovery", "recover_seed", "mt19937_outputs", "seed_candidates", "seed_rate",
+           "replay_keys"]
+
+# Outputs of the first twist that depend only on the initial state: output j needs state words
+# j, j + 1 and j + 397, all from init_genrand, for j < 624 - 397 = 227.
+_MAX_WORDS = 227
+_LABEL_ATOL = 2e-6  # labels are float32 sums of float32 coefficients (eps 6e-8 near 0.5)
+
+
+@dataclass
+class SeedRecovery:
+    """What :func:`recover_seed` returns when it finds the seed.
+
+    Attributes:
+        seed: the recovered integer seed of the reference's generators.
+        recovered: ``(n, H, W, C)`` float32 private images (least squares on the unmasked mixtures).
+        public: ``(n_pub, H, W, C)`` public-window images solved for alongside (None inside-dataset).
+        decryption: ``(N, H, W, C)``: row ``r`` is the recovered image in its slot 1.
+        key: the replayed :class:`~instahide.scheme.keys.Key` of all ``N`` rows.
+        residual: relative RMS residual of the least-squares fit (about 1e-6 for the right seed).
+        seeds_checked: number of seeds examined before the match.
+        seconds: wall time of the search and the solve.
+    """
+
+    seed: int
+    recovered: np.ndarray
+    public: np.ndarray | None
+    decryption: np.ndarray
+    key: Key
+    residual: float
+    seeds_checked: int
+    seconds: float
+    info: dict = field(default_factory=dict)
+
+
+# -- vectorised Mersenne Twister -------------------------------------------------------------------
+def mt19937_outputs(seeds, count: int) -> np.ndarray:
+    """The first ``count`` 32-bit outputs of ``numpy.random.RandomState(seed)`` for many seeds at once.
+
+    Args:
+        seeds: integers in ``[0, 2**32)``, shape ``(S,)``.
+        count: outputs per seed, ``1 <= count <= 227`` (those of the first twist that depend on the
+            initial state only).
+
+    Returns:
+        uint32 array ``(count, S)``; column ``s`` equals ``RandomState(seeds[s]).randint(0, 2**32,
+        size=count, dtype=np.uint64)``. Cost: 396 + count vector steps (the ``init_genrand``
+        recurrence) over ``S`` values.
+    """
+    if not 1 <= count <= _MAX_WORDS:
+        raise ValueError(f"count must be in [1, {_MAX_WORDS}], got {count}")
+    seeds = np.asarray(seeds)
+    if seeds.ndim != 1:
+        raise ValueError(f"seeds must be 1-D, got shape {seeds.shape}")
+    if seeds.size and (seeds.min() < 0 or seeds.max() >= 2 ** LEGACY_SEED_BITS):
+        raise ValueError("seeds must be integers in [0, 2**32)")
+    x = seeds.astype(np.uint32)
+    lo = np.empty((count + 1, x.size), np.uint32)  # state words 0..count
+    hi = np.empty((count, x.size), np.uint32)      # state words 397..397+count-1
+    lo[0] = x
+    mult, tmp = np.uint32(1812433253), np.empty_like(x)
+    for i in range(1, 397 + count):  # uint32 arithmetic wraps modulo 2**32, as the C code
+        np.right_shift(x, 30, out=tmp)
+        np.bitwise_xor(x, tmp, out=x)
+        np.multiply(x, mult, out=x)
+        np.add(x, np.uint32(i), out=x)
+        if i <= count:
+            lo[i] = x
+        if i >= 397:
+            hi[i - 397] = x
+    y = (lo[:count] & np.uint32(0x80000000)) | (lo[1:] & np.uint32(0x7FFFFFFF))
+    out = hi ^ (y >> np.uint32(1)) ^ np.where((y & np.uint32(1)).astype(bool), np.uint32(0x9908B0DF), np.uint32(0))
+    out ^= out >> np.uint32(11)
+    out ^= (out << np.uint32(7)) & np.uint32(0x9D2C5680)
+    out ^= (out << np.uint32(15)) & np.uint32(0xEFC60000)
+    out ^= out >> np.uint32(18)
+    return out
+
+
+def _legacy_normals(words: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` draws of numpy's legacy ``normal`` from MT outputs ``(W, S)``.
+
+    Polar method as in numpy's ``legacy_gauss``: doubles ``(a >> 5, b >> 6)`` -> ``(a * 2**26 + b) /
+    2**53``; a pair ``x1, x2 = 2u - 1`` is accepted when ``0 < r2 = x1^2 + x2^2 < 1`` and yields
+    ``f * x2`` then ``f * x1`` with ``f = sqrt(-2 log r2 / r2)``. Returns ``(S, count)`` float64,
+    NaN where the words ran out.
+    """
+    w = words[: (words.shape[0] // 4) * 4].astype(np.float64)
+    a, b = np.floor(w[0::2] / 32.0), np.floor(w[1::2] / 64.0)  # exact: w < 2**32
+    u = (a * 67108864.0 + b) / 9007199254740992.0
+    x1, x2 = 2.0 * u[0::2] - 1.0, 2.0 * u[1::2] - 1.0  # (attempts, S)
+    r2 = x1 * x1 + x2 * x2
+    ok = (r2 < 1.0) & (r2 != 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.sqrt(-2.0 * np.log(r2) / r2)
+    pairs = (count + 1) // 2
+    order = np.argsort(~ok, axis=0, kind="stable")[:pairs]  # first accepted attempts, in order
+    have = np.take_along_axis(ok, order, axis=0)
+    g2 = np.where(have, np.take_along_axis(f * x2, order, axis=0), np.nan)
+    g1 = np.where(have, np.take_along_axis(f * x1, order, axis=0), np.nan)
+    normals = np.stack([g2, g1], axis=1).reshape(2 * pairs, -1)[:count]  # f*x2 first, then f*x1
+    return normals.T
+
+
+# -- label consistency -----------------------------------------------------------------------------
+def _label_values(label: np.ndarray, rows: int) -> np.ndarray:
+    """Non-zero entries of the first ``rows`` label rows, padded with NaN: ``(rows, m)``."""
+    vals = [np.sort(label[r][label[r] > 0]) for r in range(rows)]
+    m = max(1, max(len(v) for v in vals))
+    out = np.full((rows, m), np.nan)
+    for r, v in enumerate(vals):
+        out[r, : len(v)] = v
+    return out
+
+
+def _subset_matrix(p: int) -> np.ndarray:
+    """``(p, 2**p - 1)`` 0/1 matrix: column ``s`` selects the non-empty subset ``s + 1``."""
+    s = np.arange(1, 2 ** p)
+    return ((s[None, :] >> np.arange(p)[:, None]) & 1).astype(np.float64)
+
+
+def _consistent(lam: np.ndarray, values: np.ndarray, num_private: int, atol: float) -> np.ndarray:
+    """Whether coefficients ``lam (..., R, k)`` can have produced label values ``values (R, m)``.
+
+    Every non-zero label entry must equal a sum of a subset of the private coefficients, and the
+    entries must sum to the private total. Returns bool ``(..., R)``.
+    """
+    priv = lam[..., :num_private]
+    sums = priv @ _subset_matrix(num_private)  # (..., R, 2**p - 1)
+    valid = ~np.isnan(values)
+    diff = np.abs(sums[..., :, None, :] - np.nan_to_num(values)[:, :, None])  # (..., R, m, subsets)
+    each = (diff.min(axis=-1) <= atol) | ~valid
+    total = np.abs(priv.sum(-1) - np.nansum(values, axis=1)) <= atol * num_private
+    return each.all(-1) & total
+
+
+def _accepted(lam: np.ndarray, upper: float, dom: float | None) -> np.ndarray:
+    ok = lam.max(-1) <= upper
+    if dom is not None:
+        ok &= lam[..., 0] + lam[..., 1] >= dom
+    return ok
+
+
+def seed_candidates(seeds, label: np.ndarray, *, k: int, num_private: int, upper: float,
+                    dom: float | None, check_rows: int = 10, atol: float = _LABEL_ATOL) -> np.ndarray:
+    """The seeds of ``seeds`` whose first epoch-0 coefficients agree with ``label`` (the filter).
+
+    Args:
+        seeds: ``(S,)`` integers in ``[0, 2**32)``.
+        label: ``(N, classes)`` leaked labels; rows ``0..check_rows-1`` (epoch 0) are used.
+        k, num_private, upper: the scheme; ``dom``: c2, or None inside-dataset (as the reference,
+            which applies it only in cross-dataset mode).
+        check_rows: epoch-0 rows compared per seed (more rows: fewer seeds left undecided).
+
+    Returns:
+        int64 array of the seeds that pass (a superset of the true seed, almost always just it).
+    """
+    seeds = np.asarray(seeds, dtype=np.int64)
+    rows = max(1, min(check_rows, label.shape[0], 64 // k))  # 64 normals: ~32 of the 56 attempts
+    values = _label_values(label, rows)
+    words = mt19937_outputs(seeds, _MAX_WORDS)
+    z = _legacy_normals(words, rows * k).reshape(len(seeds), rows, k)
+    a = np.abs(z)
+    lam = a / a.sum(-1, keepdims=True)
+    known = ~np.isnan(lam).any(-1) & _accepted(np.nan_to_num(lam, nan=1.0), upper, dom)  # (S, rows)
+    match = _consistent(np.nan_to_num(lam), values, num_private, atol)
+    passed = known.any(-1) & ~(known & ~match).any(-1)
+    undecided = ~known.any(-1)
+    out = list(seeds[passed])
+    for s in seeds[undecided]:  # rare: no checked row was accepted on its first draw
+        lam_s = legacy_coefficients(rows, k, upper, dom, np.random.RandomState(int(s)))
+        if _consistent(lam_s, values, num_private, atol).all():
+            out.append(int(s))
+    return np.array(sorted(out), dtype=np.int64)
+
+
+def seed_rate(batch: int = 2 ** 16, *, k: int = 6, num_private: int = 2, upper: float = 0.65,
+              dom: float | None = 0.3, repeats: int = 2) -> float:
+    """Measured filter throughput in seeds per second on this machine (one thread of numpy).
+
+    Extrapolate: ``2**32 / seed_rate() / 3600`` CPU-hours for the whole 32-bit space.
+    """
+    label = np.zeros((10, 10), np.float32)
+    label[:, 0] = 0.2
+    label[:, 1] = 0.3
+    best = np.inf
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        seed_candidates(np.arange(r * batch, (r + 1) * batch), label, k=k, num_private=num_private,
+                        upper=upper, dom=dom)
+        best = min(best, time.perf_counter() - t0)
+    return batch / best
+
+
+# -- replay and solve ------------------------------------------------------------------------------
+def replay_keys(seed: int, n_private: int, epochs: int, *, k: int, num_private: int, upper: float,
+                dom: float | None, image_shape: tuple[int, int, int], masked: bool = True) -> Key:
+    """The keys of ``epochs`` reference-style epochs of ``n_private`` images from ``seed``.
+
+    One :class:`LegacyGenerator` whose streams continue across epochs; each epoch is one
+    :func:`legacy_key` call (pool size taken as ``n_private``: legacy public indices are a
+    permutation of the window ``[0, n_private)`` whatever the pool's size). ``dom`` is applied in
+    cross-dataset mode only. Rows are epoch-major; ``image_shape`` is ``(C, H, W)``.
+    """
+    gen = LegacyGenerator(seed)
+    keys = [legacy_key(n_private, k, image_shape, upper=upper, dom=dom, num_private=num_private,
+                       pool_size=n_private, masked=masked, generator=gen) for _ in range(epochs)]
+    return Key.cat(keys)
+
+
+def _design(key: Key, n_private: int, epochs: int, public_per_epoch: bool) -> tuple[np.ndarray, int]:
+    """Coefficient matrix ``(N, n_private + n_public)``: private columns, then public unknowns."""
+    lam = key.coefficients.double().numpy()
+    idx = key.indices.numpy()
+    p, k = key.num_private, key.k
+    n_rows = lam.shape[0]
+    n_pub = 0 if p == k else (n_private * epochs if public_per_epoch else n_private)
+    a = np.zeros((n_rows, n_private + n_pub))
+    rows = np.arange(n_rows)
+    for j in range(k):
+        col = idx[:, j].copy()
+        if j >= p:
+            if public_per_epoch:
+                col += (rows // n_private) * n_private
+            col += n_private
+        np.add.at(a, (rows, col), lam[:, j])  # legacy partners can repeat inside one row
+    return a, n_pub
+
+
+def recover_seed(
+    encryption,
+    label,
+    *,
+    n_private: int,
+    k: int,
+    num_private: int,
+    upper: float = 0.65,
+    dom: float | None = 0.3,
+    seed_range: tuple[int, int] = (0, 2 ** 16),
+    masked: bool = True,
+    batch: int = 2 ** 14,
+    check_rows: int = 10,
+    public_per_epoch: bool = False,
+    max_residual: float = 1e-3,
+) -> SeedRecovery | None:
+    """Search ``seed_range`` for the reference generators' seed; on success decrypt everything.
+
+    Args:
+        encryption: ``(N, H, W, C)`` encryptions, epoch-major (``N = n_private * T``).
+        label: ``(N, classes)`` leaked soft labels (``lambda_1`` at class(p1) plus ``lambda_2`` at
+            class(p2), or the sum over all private slots inside-dataset).
+        n_private: private images per epoch ``n``.
+        k, num_private: images per encryption and private slots (``num_private == k``
+            inside-dataset); ``upper`` (c1) and ``dom`` (c2, used in cross-dataset mode only) as
+            when encrypting.
+        seed_range: ``[start, stop)`` of seeds to search (the reference's are below ``2**32``).
+        masked: whether the challenge is InstaHide (mask drawn) or legacy Mixup (no mask draw).
+        batch: seeds per vectorised filter step (memory about ``batch * 1 KB``).
+        check_rows: epoch-0 rows checked per seed by the filter.
+        public_per_epoch: the later reference fix that reshuffles the pool each epoch: the window
+            then holds different public images in every epoch, so the public unknowns grow to
+            ``n * T`` (as many as the rows), the system is underdetermined in them and the least
+            squares only returns the minimum-norm solution; the private images degrade. Default
+            False: one fixed window of ``n`` public images (the published challenge's code).
+        max_residual: relative RMS residual above which a candidate is rejected.
+
+    Returns:
+        :class:`SeedRecovery`, or None when no seed in ``seed_range`` reproduces the labels and
+        encryptions (e.g. for keys from the default :class:`~instahide.scheme.rng.KeyGenerator`,
+        which no integer seed produces).
+    """
+    t0 = time.perf_counter()
+    enc = check_encryption(encryption, "encryption")
+    lab = check_label(label, enc.shape[0])
+    n_rows = enc.shape[0]
+    if not isinstance(n_private, (int, np.integer)) or n_private < 1:
+        raise ValueError(f"n_private must be a positive integer, got {n_private!r}")
+    if n_rows % n_private:
+        raise ValueError(f"{n_rows} rows are not a whole number of epochs of n_private={n_private} images")
+    if k < 2:
+        raise ValueError("with k=1 the coefficients are all 1 and leak nothing to filter seeds with")
+    if not 1 <= num_private <= k:
+        raise ValueError(f"num_private={num_private} out of range for k={k}")
+    cross = num_private < k
+    dom_used = dom if cross else None
+    check_bounds(k, upper, dom_used, num_private if cross else 1)
+    lo, hi = int(seed_range[0]), int(seed_range[1])
+    if not 0 <= lo < hi <= 2 ** LEGACY_SEED_BITS:
+        raise ValueError(f"seed_range must satisfy 0 <= start < stop <= 2**32, got {seed_range}")
+    epochs = n_rows // n_private
+    h, w, c = enc.shape[1:]
+    values0 = _label_values(lab[:n_private], n_private)
+    for start in range(lo, hi, batch):
+        seeds = np.arange(start, min(hi, start + batch), dtype=np.int64)
+        for seed in seed_candidates(seeds, lab, k=k, num_private=num_private, upper=upper, dom=dom_used,
+                                    check_rows=check_rows):
+            lam0 = legacy_coefficients(n_private, k, upper, dom_used, np.random.RandomState(int(seed)))
+            if not _consistent(lam0, values0, num_private, _LABEL_ATOL).all():
+                continue
+            result = _solve(int(seed), enc, n_private, epochs, k=k, num_private=num_private, upper=upper,
+                            dom=dom_used, masked=masked, public_per_epoch=public_per_epoch)
+            if result.residual <= max_residual:
+                result.seeds_checked = int(seed) - lo + 1
+                result.seconds = time.perf_counter() - t0
+                return result
+    return None
+
+
+def _solve(seed: int, enc: np.ndarray, n_private: int, epochs: int, *, k: int, num_private: int,
+           upper: float, dom: float | None, masked: bool, public_per_epoch: bool) -> SeedRecovery:
+    n_rows, h, w, c = enc.shape
+    key = replay_keys(seed, n_private, epochs, k=k, num_private=num_private, upper=upper, dom=dom,
+                      image_shape=(c, h, w), masked=masked)
+    mix = enc.astype(np.float64)
+    if masked:
+        mix = mix * key.signs().permute(0, 2, 3, 1).numpy()  # e * sigma = the mixture, exactly
+    y = mix.reshape(n_rows, -1)
+    a, n_pub = _design(key, n_private, epochs, public_per_epoch)
+    sol, *_ = np.linalg.lstsq(a, y, rcond=None)
+    resid = float(np.sqrt(np.mean((a @ sol - y) ** 2)) / max(np.sqrt(np.mean(y ** 2)), 1e-12))
+    images = sol.reshape(-1, h, w, c).astype(np.float32)
+    recovered, public = images[:n_private], (images[n_private:] if n_pub else None)
+    decryption = recovered[key.indices[:, 0].numpy()]
+    return SeedRecovery(seed, recovered, public, decryption, key, resid, 0, 0.0,
+                        info={"epochs": epochs, "public_unknowns": n_pub, "rank": int(np.linalg.matrix_rank(a))})

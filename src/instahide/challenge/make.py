@@ -1,0 +1,462 @@
+"""Generate an InstaHide challenge in the published format, and keep its ground truth apart.
+
+The published challenge (SPEC section 4): 100 private CIFAR-10 images, each encrypted T = 50 times
+(one "epoch" = one encryption of each of the 100, with fresh keys), cross-dataset InstaHide with
+k = 6 (2 private + 4 public slots), 5,000 encryptions in all, handed out as
+
+* ``encryption.npy``: float32 ``(N, H, W, C)``, channels last, one encryption per row;
+* ``label.npy``: float32 ``(N, classes)``, lambda_1 e_{y1} + lambda_2 e_{y2} (this leaks the private
+  coefficients, and every published attack uses it);
+
+plus, here, ``meta.json`` (the public parameters, no secrets). Rows are epoch-major: row
+``t * n + i`` is the encryption of private image ``i`` in epoch ``t`` (so image ``i`` is in slot 1
+of rows ``i, n + i, 2n + i, ...``), its partners drawn from the n private images and the public pool.
+
+The ground truth (private images, keys, and the seed of a legacy challenge) goes to a SEPARATE
+``.npz`` file (default ``<OUT>-truth.npz`` next to ``OUT``), never inside ``OUT``: ``OUT`` is what is
+handed to attackers. :func:`load_truth` reads it back without unpickling anything.
+
+Pixel scaling (``scaling``), the unit of the encryptions, of the truth's images and of L2 scores:
+
+* ``"pm1"`` (default): ``x / 127.5 - 1`` in [-1, 1], what the published attacks assume; SSIM data
+  range 2.
+* ``"normalize"``: the reference code's training normalisation, ``(x / 255 - mean) / std`` with the
+  private set's mean/std (CIFAR-10's by default) and ImageNet's for the public pool; SSIM data range
+  = the mean over channels of ``1 / std`` (the range of one normalised channel of the private set).
+* ``"unit"``: ``x / 255`` in [0, 1]. Every mixture is then non-negative, so ``|e|`` IS the mixture and
+  the mask hides nothing (SPEC section 5); the challenge is generated with ``allow_uncentred=True`` and
+  ``meta.json`` says so. SSIM data range 1.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .._io import atomic_save_npy, atomic_savez, atomic_write_text
+from ..data.arrays import default_stats
+from ..data.dataset import CIFAR10_MEAN, CIFAR10_STD
+from ..scheme import Key, KeyGenerator, LegacyGenerator, encrypt, resolve_generator
+
+__all__ = [
+    "SCALINGS", "ChallengeTruth", "make_challenge", "write_challenge", "save_truth", "load_truth",
+    "challenge_meta", "default_truth_path", "scale_images", "to_unit_range", "TRUTH_FORMAT",
+]
+
+TRUTH_FORMAT = "instahide-challenge-truth/1"
+CHALLENGE_FORMAT = "instahide-challenge/1"
+SCALINGS = ("pm1", "normalize", "unit")
+# Parameters that are secrets: kept in the truth file, never written to meta.json.
+_SECRET_PARAMS = ("research_seed", "legacy_seed")
+_UNIT_WARNING = ("scaling 'unit': pixels in [0, 1] are non-negative, so every mixture is non-negative "
+                 "and |encryption| equals it exactly: the sign mask hides NOTHING here (generated with "
+                 "allow_uncentred=True, to measure exactly that)")
+
+
+@dataclass
+class ChallengeTruth:
+    """The ground truth of a challenge of ``N = n * T`` rows (secrets: keep it away from ``OUT``).
+
+    Attributes:
+        private: float32 ``(n, H, W, C)``, the private images in the encryptions' pixel units.
+        private_labels: int64 ``(n,)``.
+        indices: int64 ``(N, k)``, the image in every slot of every row; columns
+            ``< num_private`` index ``private``, the others ``public``. Column 0 of row ``t * n + i``
+            is ``i``.
+        coefficients: float32 ``(N, k)``, lambda of every slot.
+        num_private: private slots per row (2 in the challenge).
+        mask_bits: uint8 ``(N, ceil(C*H*W / 8))``, the packed sign masks in NCHW order, as
+            :class:`instahide.scheme.Key` stores them; None for ``mode="mixup"``.
+        scaling: ``"pm1"``, ``"normalize"`` or ``"unit"`` (see the module docstring).
+        legacy_seed: the 32-bit seed of a ``legacy`` challenge (its keys follow from it), else -1.
+        data_range: the SSIM data range of the pixel units (2.0 for pm1, 1.0 for unit, mean 1/std
+            for normalize).
+        params: every parameter of the generation (including secrets such as the research seed).
+        public: float32 ``(M, H, W, C)``, the public pool in the same units, or None (no public slot).
+    """
+
+    private: np.ndarray
+    private_labels: np.ndarray
+    indices: np.ndarray
+    coefficients: np.ndarray
+    num_private: int
+    mask_bits: np.ndarray | None
+    scaling: str
+    legacy_seed: int
+    data_range: float
+    params: dict = field(default_factory=dict)
+    public: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.private = np.asarray(self.private, dtype=np.float32)
+        self.private_labels = np.asarray(self.private_labels, dtype=np.int64)
+        self.indices = np.asarray(self.indices, dtype=np.int64)
+        self.coefficients = np.asarray(self.coefficients, dtype=np.float32)
+        if self.private.ndim != 4:
+            raise ValueError(f"truth: private images must be (n, H, W, C), got {self.private.shape}")
+        n = len(self.private)
+        if self.private_labels.shape != (n,):
+            raise ValueError(f"truth: {n} private images but labels of shape {self.private_labels.shape}")
+        if self.indices.ndim != 2 or self.coefficients.shape != self.indices.shape:
+            raise ValueError(f"truth: indices {self.indices.shape} and coefficients "
+                             f"{self.coefficients.shape} must both be (N, k)")
+        if n == 0 or len(self.indices) % n:
+            raise ValueError(f"truth: {len(self.indices)} rows are not a whole number of epochs of {n} images")
+        if not 1 <= self.num_private <= self.indices.shape[1]:
+            raise ValueError(f"truth: num_private={self.num_private} out of range for k={self.indices.shape[1]}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"truth: unknown scaling {self.scaling!r}; expected one of {SCALINGS}")
+        if self.public is not None:
+            self.public = np.asarray(self.public, dtype=np.float32)
+
+    # -- shapes -------------------------------------------------------------------------------------
+    @property
+    def n(self) -> int:
+        """Number of private images."""
+        return len(self.private)
+
+    @property
+    def N(self) -> int:  # noqa: N802 - the paper's name
+        """Number of encryptions (rows), ``n * T``."""
+        return len(self.indices)
+
+    @property
+    def T(self) -> int:  # noqa: N802
+        """Encryptions per private image (epochs)."""
+        return self.N // self.n
+
+    @property
+    def k(self) -> int:
+        return self.indices.shape[1]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, C)`` of one image (channels last, as in ``encryption.npy``)."""
+        return tuple(self.private.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def encryption_shape(self) -> tuple[int, int, int, int]:
+        """``(N, H, W, C)``: the shape of ``encryption.npy`` and of a decryption."""
+        return (self.N, *self.image_shape)
+
+    @property
+    def pairs(self) -> np.ndarray:
+        """int64 ``(N, 2)``: the private images in slots 1 and 2 of every row (slot 1 twice when
+        ``num_private == 1``)."""
+        second = 1 if self.num_private >= 2 else 0
+        return self.indices[:, [0, second]]
+
+    def key(self) -> Key:
+        """The keys as a :class:`instahide.scheme.Key` (images ``(C, H, W)``): with the private images
+        and the public pool in NCHW layout, ``apply_key`` recomputes the encryptions."""
+        h, w, c = self.image_shape
+        return Key(torch.from_numpy(self.coefficients), torch.from_numpy(self.indices), self.num_private,
+                   None if self.mask_bits is None else torch.from_numpy(self.mask_bits), (c, h, w),
+                   {"legacy": self.legacy_seed >= 0})
+
+
+# -- pixel scaling ----------------------------------------------------------------------------------
+def _private_stats(channels: int, mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    if mean is None and std is None:
+        if channels != 3:
+            raise ValueError(f"scaling 'normalize' of {channels}-channel images needs the private set's "
+                             "mean= and std= (the default is CIFAR-10's, for 3 channels)")
+        return CIFAR10_MEAN, CIFAR10_STD
+    if mean is None or std is None:
+        raise ValueError("give both mean= and std= (or neither)")
+    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
+    if len(mean) != channels or len(std) != channels or min(std) <= 0:
+        raise ValueError(f"mean/std must have {channels} entries (std > 0), got {mean} / {std}")
+    return mean, std
+
+
+def scale_images(images: torch.Tensor, scaling: str, mean=None, std=None) -> torch.Tensor:
+    """uint8 ``(N, C, H, W)`` -> float32 in the challenge's pixel units (``pm1``, ``normalize`` with
+    ``mean``/``std``, or ``unit``)."""
+    x = images.to(torch.float32)
+    if scaling == "pm1":
+        return x / 127.5 - 1.0
+    if scaling == "unit":
+        return x / 255.0
+    if scaling == "normalize":
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        return (x / 255.0 - m) / s
+    raise ValueError(f"unknown scaling {scaling!r}; expected one of {SCALINGS}")
+
+
+def to_unit_range(images_hwc: np.ndarray, truth: ChallengeTruth) -> np.ndarray:
+    """Images ``(N, H, W, C)`` in the challenge's pixel units -> [0, 1] (clipped), for display."""
+    x = np.asarray(images_hwc, dtype=np.float32)
+    if truth.scaling == "pm1":
+        x = (x + 1.0) / 2.0
+    elif truth.scaling == "normalize":
+        std, mean = truth.params["private_std"], truth.params["private_mean"]
+        x = x * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
+    return np.clip(x, 0.0, 1.0)
+
+
+def _data_range(scaling: str, std) -> float:
+    if scaling == "pm1":
+        return 2.0
+    if scaling == "unit":
+        return 1.0
+    return float(np.mean([1.0 / s for s in std]))
+
+
+# -- generation ---------------------------------------------------------------------------------------
+def _uint8_images(x, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(np.ascontiguousarray(x))
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a uint8 array (N, C, H, W), got {type(x).__name__}")
+    if x.dtype != torch.uint8:
+        raise TypeError(f"{name} must be uint8 pixels (N, C, H, W) as loaded (ImageDataset.images), got {x.dtype}; "
+                        "the challenge scales them itself (scaling=...)")
+    if x.ndim != 4:
+        raise ValueError(f"Invalid {name} shape, expected (N, C, H, W). Got: {tuple(x.shape)}")
+    return x.cpu()
+
+
+def make_challenge(
+    private_images,
+    private_labels,
+    public=None,
+    *,
+    T: int = 50,  # noqa: N803 - the paper's name
+    k: int = 6,
+    num_private: int | None = None,
+    mode: str = "instahide",
+    upper: float = 0.65,
+    dom: float = 0.3,
+    scaling: str = "pm1",
+    legacy: bool = False,
+    seed=None,
+    generator: KeyGenerator | LegacyGenerator | None = None,
+    num_classes: int | None = None,
+    mean=None,
+    std=None,
+    info: dict | None = None,
+) -> tuple[np.ndarray, np.ndarray, ChallengeTruth]:
+    """Encrypt ``n`` private images ``T`` times each (epoch-major), the InstaHide challenge's way.
+
+    Args:
+        private_images: uint8 ``(n, C, H, W)`` (the challenge: 100 CIFAR-10 images).
+        private_labels: ``(n,)`` class indices.
+        public: uint8 ``(M, C, H, W)`` public pool (cross-dataset InstaHide, the challenge's setting),
+            or None for inside-dataset InstaHide (then every slot is private).
+        T: encryptions per private image, one per epoch, each under fresh keys (the challenge: 50).
+        k: images per encryption (the challenge: 6).
+        num_private: private slots; default 2 with a public pool (the challenge), ``k`` without.
+        mode: ``"instahide"`` (mix and mask) or ``"mixup"`` (no mask).
+        upper, dom: c1 and c2 (c2 only with a public pool), the reference's 0.65 and 0.3.
+        scaling: pixel units ``"pm1"`` (default), ``"normalize"`` or ``"unit"`` (module docstring).
+        legacy: draw keys the reference code's way, defects included: one
+            :class:`~instahide.scheme.LegacyGenerator` whose Mersenne-Twister streams continue across
+            epochs as the reference's globals did; public partners come from the pool's first ``n``
+            rows (the public-window defect). ``seed`` is then the 32-bit legacy seed (drawn from
+            OS entropy if None) and is stored in the truth: it alone recovers every key.
+        seed: FOR REPRODUCIBLE RESEARCH ONLY (anyone who knows it recomputes every key); default:
+            keys from 256 bits of OS entropy.
+        generator: a :class:`~instahide.scheme.KeyGenerator` (or ``LegacyGenerator`` with
+            ``legacy=True``) to draw from instead of ``seed``.
+        num_classes: width of the labels; default ``max(private_labels) + 1``.
+        mean, std: the private set's per-channel statistics for ``scaling="normalize"`` (default
+            CIFAR-10's); the public pool uses ImageNet's.
+        info: extra descriptive (non-secret) entries for the parameters, e.g. the data's source.
+
+    Returns:
+        ``(encryption, label, truth)``: float32 ``(n*T, H, W, C)``, float32 ``(n*T, classes)`` and a
+        :class:`ChallengeTruth`. Write them with :func:`write_challenge`.
+
+    Example:
+        >>> from instahide.data import load_dataset, load_public_pool
+        >>> ds = load_dataset("digits", split="test").subset(slice(0, 20))
+        >>> pool = load_public_pool("builtin", n=200, size=(8, 8), channels=1, resize=40)
+        >>> enc, lab, truth = make_challenge(ds.images, ds.labels, pool.images, T=5, seed=0)
+        >>> enc.shape, lab.shape, truth.pairs.shape
+        ((100, 8, 8, 1), (100, 10), (100, 2))
+    """
+    x8 = _uint8_images(private_images, "private_images")
+    n, c, h, w = x8.shape
+    labels = torch.as_tensor(np.asarray(private_labels)).long().flatten()
+    if labels.shape != (n,):
+        raise ValueError(f"{n} private images but private_labels of shape {tuple(np.shape(private_labels))}")
+    if n < 1:
+        raise ValueError("no private images")
+    if not isinstance(T, (int, np.integer)) or T < 1:
+        raise ValueError(f"T (encryptions per image) must be an integer >= 1, got {T!r}")
+    if scaling not in SCALINGS:
+        raise ValueError(f"unknown scaling {scaling!r}; expected one of {SCALINGS}")
+    num_classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    if int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+        raise ValueError(f"private labels must lie in [0, {num_classes}), got {int(labels.min())}..{int(labels.max())}")
+    pub8 = None
+    if public is not None:
+        pub8 = _uint8_images(public, "public")
+        if pub8.shape[1:] != x8.shape[1:]:
+            raise ValueError(f"public images are {tuple(pub8.shape[1:])}, private images {tuple(x8.shape[1:])}; "
+                             "they must match")
+        num_private = 2 if num_private is None else num_private
+    else:
+        num_private = k if num_private is None else num_private
+
+    p_mean = p_std = q_mean = q_std = None
+    if scaling == "normalize":
+        p_mean, p_std = _private_stats(c, mean, std)
+        q_mean, q_std = default_stats(c)
+    x = scale_images(x8, scaling, p_mean, p_std)
+    pub = None if pub8 is None else scale_images(pub8, scaling, q_mean, q_std)
+
+    if legacy:
+        if generator is not None and seed is not None:
+            raise ValueError("give either seed or generator, not both")
+        if generator is not None and not isinstance(generator, LegacyGenerator):
+            raise TypeError("legacy=True draws from the reference's Mersenne-Twister generators: pass "
+                            "seed=<int> or generator=LegacyGenerator(seed)")
+        gen = generator if generator is not None else LegacyGenerator(seed)
+        origin, legacy_seed = "legacy-seed", int(gen.seed)
+    else:
+        gen = resolve_generator(seed, generator)
+        origin, legacy_seed = gen.origin, -1
+
+    encryption = np.empty((n * T, h, w, c), dtype=np.float32)
+    label = np.empty((n * T, num_classes), dtype=np.float32)
+    keys = []
+    for t in range(T):
+        enc = encrypt(x, labels, k=k, upper=upper, mode=mode, public=pub, num_private=num_private, dom=dom,
+                      num_classes=num_classes, generator=gen, return_key=True, legacy=legacy,
+                      allow_uncentred=scaling == "unit")
+        encryption[t * n:(t + 1) * n] = enc.images.permute(0, 2, 3, 1).numpy()
+        label[t * n:(t + 1) * n] = enc.soft_labels.numpy()
+        keys.append(enc.key)
+    key = Key.cat(keys)
+
+    params = {
+        "format": CHALLENGE_FORMAT,
+        "challenge_id": os.urandom(8).hex(),  # ties meta.json to its truth file (not a secret)
+        "n_private": n, "T": int(T), "rows": n * T,
+        "row_order": "epoch-major: row t*n + i is the encryption of private image i in epoch t",
+        "image_shape_hwc": [h, w, c], "num_classes": num_classes,
+        "k": k, "num_private": num_private, "num_public": k - num_private, "mode": mode, "upper": upper,
+        "dom": dom if num_private < k else None,
+        "scaling": scaling, "data_range": _data_range(scaling, p_std),
+        "private_mean": list(p_mean) if p_mean else None, "private_std": list(p_std) if p_std else None,
+        "public_mean": list(q_mean) if q_mean else None, "public_std": list(q_std) if q_std else None,
+        "public_pool_size": None if pub8 is None else len(pub8),
+        "legacy": bool(legacy), "key_origin": origin,
+        "research_seed": gen.seed if (not legacy and getattr(gen, "seed", None) is not None) else None,
+        "legacy_seed": legacy_seed if legacy else None,
+        "label": "sum over the private slots of lambda_j * one_hot(y_j) (not renormalised)",
+        "mask_hides_nothing": scaling == "unit" and mode == "instahide",
+    }
+    if legacy and pub8 is not None:
+        params["public_window"] = f"legacy: public partners come from the pool's first {n} rows only"
+    if scaling == "unit":
+        params["warning"] = _UNIT_WARNING
+    params.update(info or {})
+    truth = ChallengeTruth(
+        private=x.permute(0, 2, 3, 1).numpy(), private_labels=labels.numpy(),
+        indices=key.indices.numpy(), coefficients=key.coefficients.numpy(), num_private=num_private,
+        mask_bits=None if key.mask_bits is None else key.mask_bits.numpy(), scaling=scaling,
+        legacy_seed=legacy_seed, data_range=params["data_range"], params=params,
+        public=None if pub is None else pub.permute(0, 2, 3, 1).numpy(),
+    )
+    return encryption, label, truth
+
+
+def challenge_meta(truth: ChallengeTruth) -> dict:
+    """The public description of a challenge (what ``meta.json`` holds): every parameter except
+    the secrets (research or legacy seed)."""
+    meta = {key: value for key, value in truth.params.items() if key not in _SECRET_PARAMS}
+    meta["files"] = {"encryption.npy": f"float32 {list(truth.encryption_shape)} (N, H, W, C), channels last",
+                     "label.npy": f"float32 [{truth.N}, {truth.params.get('num_classes')}]"}
+    meta["submission"] = (f"decryption.npy: float32 {list(truth.encryption_shape)}, one recovered image per row, "
+                          "in the same pixel units; scored by Max_SSIM (see instahide challenge score)")
+    return meta
+
+
+# -- files ---------------------------------------------------------------------------------------------
+def default_truth_path(out: str | os.PathLike) -> Path:
+    """``<OUT>-truth.npz`` next to the folder ``OUT`` (never inside it)."""
+    out = Path(out)
+    return out.resolve().parent / f"{out.resolve().name}-truth.npz"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+def write_challenge(out: str | os.PathLike, encryption: np.ndarray, label: np.ndarray, truth: ChallengeTruth,
+                    *, truth_path: str | os.PathLike | None = None, force: bool = False) -> dict[str, Path]:
+    """Write ``OUT/encryption.npy``, ``OUT/label.npy``, ``OUT/meta.json`` and the truth file
+    (default :func:`default_truth_path`), each atomically. Refuses a truth path inside ``OUT`` and,
+    without ``force``, existing files. Returns the paths written."""
+    out = Path(out)
+    truth_path = default_truth_path(out) if truth_path is None else Path(truth_path)
+    if _inside(truth_path, out):
+        raise ValueError(f"the truth file {truth_path} would be inside {out}, which is what is handed to "
+                         "attackers; put it elsewhere (default: <OUT>-truth.npz next to OUT)")
+    if encryption.shape != truth.encryption_shape or label.shape[0] != truth.N:
+        raise ValueError(f"mismatched ground truth: encryption {encryption.shape} and label {label.shape} "
+                         f"vs a truth of {truth.encryption_shape}")
+    paths = {"encryption": out / "encryption.npy", "label": out / "label.npy", "meta": out / "meta.json",
+             "truth": truth_path}
+    existing = [str(p) for p in paths.values() if p.exists()]
+    if existing and not force:
+        raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (force=True / --force)")
+    atomic_save_npy(paths["encryption"], np.ascontiguousarray(encryption, dtype=np.float32))
+    atomic_save_npy(paths["label"], np.ascontiguousarray(label, dtype=np.float32))
+    atomic_write_text(paths["meta"], json.dumps(challenge_meta(truth), indent=2, default=str) + "\n")
+    save_truth(truth_path, truth)
+    return paths
+
+
+def save_truth(path: str | os.PathLike, truth: ChallengeTruth) -> Path:
+    """Write the truth to ``path`` (``.npz`` of plain arrays, no pickles), atomically."""
+    path = Path(path)
+    arrays = {
+        "format": np.frombuffer(TRUTH_FORMAT.encode(), dtype=np.uint8),
+        "private": truth.private, "private_labels": truth.private_labels,
+        "indices": truth.indices, "coefficients": truth.coefficients,
+        "num_private": np.array(truth.num_private, dtype=np.int64),
+        "scaling": np.array(truth.scaling), "legacy_seed": np.array(truth.legacy_seed, dtype=np.int64),
+        "data_range": np.array(truth.data_range, dtype=np.float64),
+        "params": np.array(json.dumps(truth.params, default=str)),
+    }
+    if truth.mask_bits is not None:
+        arrays["mask_bits"] = np.asarray(truth.mask_bits, dtype=np.uint8)
+    if truth.public is not None:
+        arrays["public"] = truth.public
+    atomic_savez(path, arrays)
+    return path
+
+
+def load_truth(path: str | os.PathLike) -> ChallengeTruth:
+    """Read a truth file written by :func:`save_truth`/:func:`write_challenge` (``allow_pickle=False``)."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            fields = {name: f[name] for name in f.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no ground-truth file at {path}") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read ground-truth file {path}: {exc} (truth files hold plain arrays only; "
+                         "pickled objects are refused)") from exc
+    if "format" not in fields or bytes(fields["format"]).decode(errors="replace") != TRUTH_FORMAT:
+        raise ValueError(f"{path} is not an instahide challenge truth file ({TRUTH_FORMAT})")
+    try:
+        return ChallengeTruth(
+            private=fields["private"], private_labels=fields["private_labels"], indices=fields["indices"],
+            coefficients=fields["coefficients"], num_private=int(fields["num_private"]),
+            mask_bits=fields.get("mask_bits"), scaling=str(fields["scaling"]),
+            legacy_seed=int(fields["legacy_seed"]), data_range=float(fields["data_range"]),
+            params=json.loads(str(fields["params"])), public=fields.get("public"),
+        )
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ValueError(f"malformed ground-truth file {path}: {exc}") from exc

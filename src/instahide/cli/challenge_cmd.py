@@ -1,0 +1,257 @@
+"""``instahide challenge make|score``: generate an InstaHide challenge, and score a decryption of it."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ._common import CLIError, refuse_overwrite
+
+HELP = "generate an InstaHide challenge (make) or score a decryption of one (score)"
+MAKE_DESCRIPTION = """\
+Generate an InstaHide challenge in the published format (SPEC section 4): the first --n-private
+images of the --split (default test) split, each encrypted --T times (one epoch = one encryption of
+each image, fresh keys every time), cross-dataset InstaHide with --k 6 = --num-private 2 private +
+4 public slots, public partners drawn from a pool of --public-size photograph patches. Writes
+  OUT/encryption.npy  float32 (n*T, H, W, C), channels last; row t*n + i encrypts image i in epoch t
+  OUT/label.npy       float32 (n*T, classes): lambda_1 e_y1 + lambda_2 e_y2
+  OUT/meta.json       the public parameters (no secrets)
+and the ground truth (private images, keys, seeds) to --truth, by default <OUT>-truth.npz NEXT TO
+OUT, never inside it: OUT is what you hand to the attacker.
+
+Pixels are --scaling pm1 ([-1, 1], what the published attacks assume) by default; normalize =
+the training normalisation (CIFAR-10 / ImageNet mean and std); unit = [0, 1], on which the mask
+hides nothing (said in meta.json).
+
+examples:
+  instahide challenge make --dataset cifar10 --root data/cifar-10-batches-py --out runs/challenge
+  instahide challenge make --dataset digits --n-private 50 --T 10 --out runs/tiny     # no download
+  instahide challenge make --dataset cifar10 --root data/cifar-10-batches-py --legacy --out runs/legacy
+"""
+SCORE_DESCRIPTION = """\
+Score a decryption (a .npy of the encryption's shape (N, H, W, C), one recovered image per row, in
+the encryption's pixel units) against the challenge's ground truth. For each row, p1 and p2 are the
+private images in slots 1 and 2; Max_SSIM = mean over rows of max(SSIM(dec, p1), SSIM(dec, p2)) (the
+ranking metric), Mean_SSIM = mean of their average; Best_L2 / Mean_L2 the same for the per-pixel RMSE.
+SSIM is scikit-image's structural_similarity (7x7 uniform window, channel_axis=-1) with data range 2
+for pm1 pixels, 1 for unit, mean 1/std for normalize.
+
+examples:
+  instahide challenge score --challenge runs/challenge --decryption dec.npy --out runs/score
+  instahide challenge score --truth runs/challenge-truth.npz --decryption dec.npy
+"""
+
+
+def add_parser(sub) -> None:
+    """Register ``instahide challenge`` (with ``make`` and ``score``) on the subparsers ``sub``."""
+    p = sub.add_parser("challenge", help=HELP, description=HELP)
+    csub = p.add_subparsers(dest="challenge_command", metavar="ACTION")
+    p.set_defaults(func=lambda args: _usage(p))
+    _add_make(csub)
+    _add_score(csub)
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    p.print_help()
+    return 2
+
+
+def _add_make(csub) -> None:
+    p = csub.add_parser("make", help="generate a challenge: encryption.npy, label.npy, meta.json (+ truth apart)",
+                        description=MAKE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, metavar="DIR", help="challenge folder (what attackers get)")
+    p.add_argument("--truth", default=None, metavar="FILE",
+                   help="ground-truth file (default: <OUT>-truth.npz next to OUT; never inside OUT)")
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    g = p.add_argument_group("private images")
+    g.add_argument("--dataset", default="cifar10", metavar="NAME",
+                   help="cifar10 (default; needs --root), digits (built in, no download), cifar100, mnist, ...")
+    g.add_argument("--root", default=None, metavar="PATH",
+                   help="where the dataset is, e.g. the cifar-10-batches-py folder or the .tar.gz "
+                        "(nothing is downloaded); not needed for digits")
+    g.add_argument("--split", default="test", choices=["train", "test"],
+                   help="split the private images come from (default test)")
+    g.add_argument("--n-private", type=int, default=100, metavar="n",
+                   help="number of private images: the FIRST n of the split (default 100)")
+    g = p.add_argument_group("scheme (the challenge's defaults)")
+    g.add_argument("--T", type=int, default=50, help="encryptions per private image, one per epoch (default 50)")
+    g.add_argument("--k", type=int, default=6, help="images per encryption (default 6)")
+    g.add_argument("--num-private", type=int, default=None,
+                   help="private slots (default 2 with a public pool, k with --public none)")
+    g.add_argument("--mode", default="instahide", choices=["instahide", "mixup"],
+                   help="instahide (mix and mask, default) or mixup (no mask)")
+    g.add_argument("--upper", type=float, default=0.65, help="c1, the largest coefficient (default 0.65)")
+    g.add_argument("--dom", type=float, default=0.3, help="c2, smallest sum of the private coefficients (default 0.3)")
+    g.add_argument("--scaling", default="pm1", choices=["pm1", "normalize", "unit"],
+                   help="pixel units: pm1 = [-1, 1] (default), normalize = mean/std, unit = [0, 1] "
+                        "(mask hides nothing)")
+    g.add_argument("--legacy", action="store_true",
+                   help="the reference code's keys and defects (public window, self-mixing, Mersenne-Twister "
+                        "seeded with a 32-bit integer, streams continuing across epochs); the seed goes to "
+                        "the truth file only")
+    g.add_argument("--research-seed", type=int, default=None, metavar="N",
+                   help="REPRODUCIBLE RESEARCH ONLY: derive every key from N (with --legacy: the 32-bit "
+                        "legacy seed). Default: OS entropy")
+    g = p.add_argument_group("public pool")
+    g.add_argument("--public", default="builtin", metavar="SOURCE",
+                   help="builtin (photographs shipped with scikit-image/scikit-learn, default), a folder of "
+                        "photographs, a .npy/.npz array, or none (inside-dataset InstaHide)")
+    g.add_argument("--public-size", type=int, default=4000, metavar="M", help="patches in the pool (default 4000)")
+    g.add_argument("--public-resize", type=int, default=None, metavar="S",
+                   help="resize photographs to short side S before cropping (default: no resize; the "
+                        "built-in photos at S=40 only hold 2,610 distinct 32x32 patches)")
+    g.add_argument("--public-min-keypoints", type=int, default=None, metavar="K",
+                   help="keep only patches with more than K SIFT keypoints (slow)")
+    g.add_argument("--public-seed", type=int, default=0, metavar="S",
+                   help="seed of the patch positions (the pool is public; default 0)")
+    p.set_defaults(func=run_make)
+
+
+def _add_score(csub) -> None:
+    p = csub.add_parser("score", help="score a decryption: Max_SSIM, Mean_SSIM, Best_L2, Mean_L2",
+                        description=SCORE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--challenge", default=None, metavar="DIR",
+                   help="challenge folder; its truth is read from <DIR>-truth.npz unless --truth is given, "
+                        "and its meta.json and encryption.npy are checked against the truth")
+    p.add_argument("--truth", default=None, metavar="FILE", help="ground-truth file")
+    p.add_argument("--decryption", required=True, metavar="FILE", help="decryption.npy (N, H, W, C)")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="write rows.csv, scores.json and best_worst.png here (default: print only)")
+    p.add_argument("--force", action="store_true", help="overwrite an existing report")
+    p.set_defaults(func=run_score)
+
+
+# -- make ----------------------------------------------------------------------------------------------
+def run_make(args) -> int:
+    from ..challenge import default_truth_path, make_challenge, write_challenge
+    from ..data import load_dataset, load_public_pool
+
+    out = Path(args.out)
+    truth_path = Path(args.truth) if args.truth else default_truth_path(out)
+    refuse_overwrite([out / "encryption.npy", out / "label.npy", out / "meta.json", truth_path], args.force)
+    if args.dataset != "digits" and args.root is None:
+        raise CLIError(f"--dataset {args.dataset} needs --root PATH (e.g. the cifar-10-batches-py folder or "
+                       "cifar-10-python.tar.gz; nothing is downloaded), or use --dataset digits (built in)")
+    for flag, value in (("--n-private", args.n_private), ("--T", args.T), ("--public-size", args.public_size)):
+        if value < 1:
+            raise CLIError(f"{flag} must be >= 1, got {value}")
+    try:
+        ds = load_dataset(args.dataset, root=args.root, split=args.split)
+    except (ValueError, FileNotFoundError, ImportError) as exc:
+        raise CLIError(str(exc)) from exc
+    if ds.labels is None:
+        raise CLIError(f"{ds.name} has no labels; the challenge needs labelled private images")
+    if args.n_private > len(ds):
+        raise CLIError(f"--n-private {args.n_private} is more than the {len(ds)} images of {ds.name} ({args.split})")
+    ds = ds.subset(slice(0, args.n_private))
+    c, h, w = ds.shape
+    pool = None
+    public_info = None
+    if args.public.lower() != "none":
+        try:
+            pool = load_public_pool(args.public, n=args.public_size, size=(h, w), channels=c,
+                                    min_keypoints=args.public_min_keypoints, seed=args.public_seed,
+                                    resize=args.public_resize)
+        except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
+            raise CLIError(f"public pool: {exc}") from exc
+        public_info = {"source": pool.meta.get("source"), "size": len(pool), "seed": args.public_seed,
+                       "resize": args.public_resize, "min_keypoints": args.public_min_keypoints}
+    info = {
+        "private_source": {"dataset": ds.name, "split": args.split, "selection": f"first {args.n_private}",
+                           "root": args.root, "classes": ds.classes},
+        "public_source": public_info,
+        "instahide_version": __import__("instahide").__version__,
+    }
+    if args.research_seed is not None and args.research_seed < 0:
+        raise CLIError(f"--research-seed must be >= 0, got {args.research_seed}")
+    t0 = time.perf_counter()
+    try:
+        enc, lab, truth = make_challenge(
+            ds.images, ds.labels, None if pool is None else pool.images, T=args.T, k=args.k,
+            num_private=args.num_private, mode=args.mode, upper=args.upper, dom=args.dom, scaling=args.scaling,
+            legacy=args.legacy, seed=args.research_seed, num_classes=ds.num_classes,
+            mean=ds.mean if args.scaling == "normalize" else None,
+            std=ds.std if args.scaling == "normalize" else None, info=info)
+        paths = write_challenge(out, enc, lab, truth, truth_path=truth_path, force=args.force)
+    except (ValueError, TypeError, FileExistsError) as exc:
+        raise CLIError(str(exc)) from exc
+    seconds = time.perf_counter() - t0
+    print(f"wrote {paths['encryption']} {enc.shape}, {paths['label']} {lab.shape}, {paths['meta']} "
+          f"in {seconds:.1f} s")
+    print(f"ground truth (keep it from attackers): {paths['truth']}")
+    if args.scaling == "unit":
+        print("warning: --scaling unit: pixels are non-negative, so the mask hides nothing", file=sys.stderr)
+    if args.research_seed is not None:
+        print(f"note: keys derive from research seed {args.research_seed}: anyone who knows it can undo the "
+              "mask", file=sys.stderr)
+    return 0
+
+
+# -- score ---------------------------------------------------------------------------------------------
+def _load_npy(path: str, what: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise CLIError(f"no {what} at {path}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise CLIError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def run_score(args) -> int:
+    from ..challenge import default_truth_path, load_truth, score, write_score_report
+
+    if args.challenge is None and args.truth is None:
+        raise CLIError("give --challenge DIR (truth read from <DIR>-truth.npz) or --truth FILE")
+    truth_path = Path(args.truth) if args.truth else default_truth_path(args.challenge)
+    if args.out:
+        out = Path(args.out)
+        refuse_overwrite([out / "rows.csv", out / "scores.json", out / "best_worst.png"], args.force)
+    try:
+        truth = load_truth(truth_path)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from exc
+    if args.challenge is not None:
+        _check_challenge_matches(Path(args.challenge), truth, truth_path)
+    dec = _load_npy(args.decryption, "decryption")
+    try:
+        result = score(dec, truth)
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc)) from exc
+    summary = result.summary()
+    print(f"Max_SSIM {result.max_ssim:.4f}  Mean_SSIM {result.mean_ssim:.4f}  Best_L2 {result.best_l2:.4f}  "
+          f"Mean_L2 {result.mean_l2:.4f}  (rows with max SSIM > {result.threshold}: {result.share_above:.1%}; "
+          f"{summary['private_images_recovered_above_threshold']}/{truth.n} private images recovered above it)")
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    if args.out:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            paths = write_score_report(result, args.out, dec, truth)
+        for w in caught:
+            print(f"warning: {w.message}", file=sys.stderr)
+        print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+def _check_challenge_matches(folder: Path, truth, truth_path: Path) -> None:
+    meta_path = folder / "meta.json"
+    if meta_path.is_file():
+        try:
+            meta = json.loads(meta_path.read_text())
+        except ValueError as exc:
+            raise CLIError(f"cannot read {meta_path}: {exc}") from exc
+        a, b = meta.get("challenge_id"), truth.params.get("challenge_id")
+        if a is not None and b is not None and a != b:
+            raise CLIError(f"mismatched ground truth: {truth_path} belongs to challenge {b}, but {folder} is "
+                           f"challenge {a}")
+    enc_path = folder / "encryption.npy"
+    if enc_path.is_file():
+        shape = tuple(np.load(enc_path, mmap_mode="r", allow_pickle=False).shape)
+        if shape != truth.encryption_shape:
+            raise CLIError(f"mismatched ground truth: {enc_path} is {shape} but {truth_path} describes "
+                           f"{truth.encryption_shape}")

@@ -1,0 +1,287 @@
+"""instahide.challenge: generating a challenge in the published format, its truth file, and scoring."""
+import argparse
+import json
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+from instahide.challenge import (ChallengeTruth, default_truth_path, load_truth,  # noqa: E402
+                                 make_challenge, save_truth, score, write_challenge, write_score_report)
+from instahide.cli import challenge_cmd  # noqa: E402
+from instahide.cli._common import CLIError  # noqa: E402
+from instahide.data import DIGITS_MEAN, DIGITS_STD, load_dataset, load_public_pool  # noqa: E402
+from instahide.scheme import LegacyGenerator, apply_key, encrypt  # noqa: E402
+
+N_PRIVATE, T, POOL = 20, 4, 150
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_dataset("digits", split="test").subset(slice(0, N_PRIVATE))
+    pool = load_public_pool("builtin", n=POOL, size=(8, 8), channels=1, seed=0)
+    return ds, pool
+
+
+@pytest.fixture(scope="module")
+def challenge(digits):
+    ds, pool = digits
+    return make_challenge(ds.images, ds.labels, pool.images, T=T, seed=123)
+
+
+def nchw(x_hwc):
+    return torch.from_numpy(np.ascontiguousarray(x_hwc)).permute(0, 3, 1, 2).contiguous()
+
+
+def test_shapes_order_and_labels(challenge, digits):
+    enc, lab, truth = challenge
+    ds, _ = digits
+    n = N_PRIVATE
+    assert enc.shape == (n * T, 8, 8, 1) and enc.dtype == np.float32
+    assert lab.shape == (n * T, 10) and lab.dtype == np.float32
+    assert truth.N == n * T and truth.T == T and truth.k == 6 and truth.num_private == 2
+    # epoch-major: row t*n + i has private image i in slot 1, and fresh keys every epoch
+    assert np.array_equal(truth.indices[:, 0], np.tile(np.arange(n), T))
+    assert not np.allclose(truth.coefficients[:n], truth.coefficients[n:2 * n])
+    assert (truth.indices[:, 1] < n).all() and (truth.indices[:, 2:] < POOL).all()
+    # labels: lambda_1 e_{y1} + lambda_2 e_{y2}, recomputed from the truth
+    expected = np.zeros_like(lab)
+    rows = np.arange(len(lab))
+    for j in (0, 1):
+        np.add.at(expected, (rows, ds.labels[truth.indices[:, j]]), truth.coefficients[:, j])
+    np.testing.assert_allclose(lab, expected, atol=1e-6)
+    assert (lab.sum(1) >= 0.3 - 1e-6).all() and (truth.coefficients.max(1) <= 0.65 + 1e-6).all()
+    # pm1 units, and the key in the truth recomputes every encryption exactly
+    assert truth.scaling == "pm1" and truth.data_range == 2.0 and truth.legacy_seed == -1
+    np.testing.assert_array_equal(truth.private, ds.images.transpose(0, 2, 3, 1) / np.float32(127.5) - 1)
+    again = apply_key(nchw(truth.private), truth.key(), public=nchw(truth.public))
+    np.testing.assert_array_equal(again.permute(0, 2, 3, 1).numpy(), enc)
+
+
+def test_research_seed_reproduces_and_entropy_does_not(digits, challenge):
+    ds, pool = digits
+    enc, _, truth = challenge
+    enc2, _, truth2 = make_challenge(ds.images, ds.labels, pool.images, T=T, seed=123)
+    assert np.array_equal(enc, enc2) and np.array_equal(truth.mask_bits, truth2.mask_bits)
+    enc3, _, truth3 = make_challenge(ds.images, ds.labels, pool.images, T=T)
+    assert not np.array_equal(enc, enc3)
+    assert truth3.params["key_origin"] == "os-entropy" and truth3.params["research_seed"] is None
+
+
+def test_files_truth_apart_and_loadable(tmp_path, challenge):
+    enc, lab, truth = challenge
+    out = tmp_path / "chal"
+    paths = write_challenge(out, enc, lab, truth)
+    assert sorted(p.name for p in out.iterdir()) == ["encryption.npy", "label.npy", "meta.json"]
+    assert paths["truth"] == tmp_path / "chal-truth.npz" == default_truth_path(out)
+    assert np.array_equal(np.load(out / "encryption.npy"), enc) and np.array_equal(np.load(out / "label.npy"), lab)
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["T"] == T and meta["k"] == 6 and meta["scaling"] == "pm1" and meta["data_range"] == 2.0
+    assert "research_seed" not in meta and 123 not in meta.values()
+    back = load_truth(paths["truth"])
+    assert isinstance(back, ChallengeTruth) and back.params == truth.params
+    for name in ("private", "private_labels", "indices", "coefficients", "mask_bits", "public"):
+        assert np.array_equal(getattr(back, name), getattr(truth, name)), name
+    assert back.indices.dtype == np.int64 and back.coefficients.dtype == np.float32
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        write_challenge(out, enc, lab, truth)
+    with pytest.raises(ValueError, match="inside .*handed to attackers"):
+        write_challenge(tmp_path / "x", enc, lab, truth, truth_path=tmp_path / "x" / "truth.npz")
+
+
+def test_bad_truth_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no ground-truth file"):
+        load_truth(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(ValueError, match="not an instahide challenge truth file"):
+        load_truth(tmp_path / "other.npz")
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="cannot read ground-truth file"):
+        load_truth(tmp_path / "obj.npy")
+
+
+def test_scoring_the_truth_and_noise(challenge):
+    enc, _, truth = challenge
+    res = score(truth.private[truth.indices[:, 0]], truth)
+    assert res.max_ssim == pytest.approx(1.0, abs=1e-12) and res.best_l2 == pytest.approx(0.0, abs=1e-12)
+    assert res.share_above == 1.0 and np.allclose(res.per_private_best_ssim, 1.0)
+    assert res.mean_ssim < 1 and res.mean_l2 > 0  # the other image of the pair differs
+    np.testing.assert_allclose(res.mean_ssim, np.mean((res.ssim1 + res.ssim2) / 2))
+    slot2 = score(torch.from_numpy(truth.private[truth.indices[:, 1]]), truth)  # torch input works too
+    assert slot2.max_ssim == pytest.approx(1.0, abs=1e-12)
+    noise = np.random.default_rng(0).uniform(-1, 1, enc.shape).astype(np.float32)
+    low = score(noise, truth)
+    assert low.max_ssim < 0.2 and low.share_above == 0.0 and low.best_l2 > 0.5
+    assert score(enc, truth).max_ssim < 0.5  # the encryption itself is no decryption
+    assert set(res.summary()) >= {"Max_SSIM", "Mean_SSIM", "Best_L2", "Mean_L2", "share_max_ssim_above_0.8"}
+
+
+def test_scoring_errors_are_named(challenge):
+    enc, _, truth = challenge
+    with pytest.raises(ValueError, match=r"wrong decryption shape \(80, 8, 8\).*\(80, 8, 8, 1\)"):
+        score(enc[..., 0], truth)
+    with pytest.raises(ValueError, match="wrong decryption shape"):
+        score(enc.transpose(0, 3, 1, 2), truth)
+    with pytest.raises(ValueError, match="mismatched ground truth: the decryption has 60 rows"):
+        score(enc[:60], truth)
+    bad = enc.copy()
+    bad[7, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or Inf in 1 row\(s\), first rows \[7\]"):
+        score(bad, truth)
+    bad[7, 0, 0, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        score(bad, truth)
+    with pytest.raises(TypeError, match="must be float"):
+        score(enc.astype(np.int32), truth)
+
+
+def test_score_report_files(tmp_path, challenge, monkeypatch):
+    enc, _, truth = challenge
+    noise = np.random.default_rng(1).standard_normal(enc.shape, np.float32)
+    dec = truth.private[truth.indices[:, 0]] + np.float32(0.2) * noise
+    res = score(dec, truth)
+    paths = write_score_report(res, tmp_path / "rep", dec, truth)
+    lines = (tmp_path / "rep" / "rows.csv").read_text().splitlines()
+    assert lines[0] == "row,p1,p2,ssim1,ssim2,max_ssim,l2_1,l2_2" and len(lines) == truth.N + 1
+    row = lines[5].split(",")
+    assert int(row[1]) == truth.indices[4, 0] and float(row[5]) == pytest.approx(res.row_max_ssim[4], abs=1e-6)
+    report = json.loads((tmp_path / "rep" / "scores.json").read_text())
+    assert report["scores"]["Max_SSIM"] == pytest.approx(res.max_ssim)
+    assert len(report["per_private_best_ssim"]) == N_PRIVATE and "research_seed" not in report["challenge"]
+    assert paths["picture"].stat().st_size > 1000
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.warns(UserWarning, match="best_worst.png skipped"):
+        paths = write_score_report(res, tmp_path / "rep2", dec, truth)
+    assert "picture" not in paths and (tmp_path / "rep2" / "rows.csv").exists()
+
+
+def test_legacy_window_and_replay(digits):
+    ds, pool = digits
+    enc, lab, truth = make_challenge(ds.images, ds.labels, pool.images, T=3, legacy=True, seed=77)
+    assert truth.legacy_seed == 77 and truth.params["key_origin"] == "legacy-seed"
+    assert (truth.indices[:, 2:] < N_PRIVATE).all()  # public window: the pool's first n rows only
+    enc2, _, truth2 = make_challenge(ds.images, ds.labels, pool.images, T=3, legacy=True, seed=77)
+    assert np.array_equal(enc, enc2) and np.array_equal(truth.indices, truth2.indices)
+    # the reference's globals: one generator whose streams continue across epochs
+    gen = LegacyGenerator(77)
+    x = torch.from_numpy(ds.images).float() / 127.5 - 1
+    p = torch.from_numpy(pool.images).float() / 127.5 - 1
+    replay = torch.cat([encrypt(x, torch.from_numpy(ds.labels), k=6, public=p, num_classes=10, generator=gen,
+                                legacy=True).images for _ in range(3)])
+    np.testing.assert_array_equal(replay.permute(0, 2, 3, 1).numpy(), enc)
+    from instahide.challenge import challenge_meta
+
+    meta = challenge_meta(truth)
+    assert meta["legacy"] and "legacy_seed" not in meta and 77 not in meta.values()
+
+
+def test_scalings(digits):
+    ds, pool = digits
+    enc, _, truth = make_challenge(ds.images, ds.labels, pool.images, T=2, scaling="unit", seed=1)
+    assert truth.data_range == 1.0 and truth.params["mask_hides_nothing"] and "hides NOTHING" in truth.params["warning"]
+    mix = apply_key(nchw(truth.private), truth.key().unmasked(), public=nchw(truth.public))
+    np.testing.assert_allclose(np.abs(enc), mix.permute(0, 2, 3, 1).numpy(), atol=1e-6)  # |e| is the mixture
+    with pytest.raises(ValueError, match="needs the private set's mean= and std="):
+        make_challenge(ds.images, ds.labels, pool.images, T=1, scaling="normalize")
+    _, _, truth = make_challenge(ds.images, ds.labels, pool.images, T=1, scaling="normalize", mean=DIGITS_MEAN,
+                                 std=DIGITS_STD, seed=1)
+    assert truth.data_range == pytest.approx(1 / DIGITS_STD[0])
+    np.testing.assert_allclose(truth.private[..., 0], (ds.images[:, 0] / 255 - DIGITS_MEAN[0]) / DIGITS_STD[0],
+                               atol=1e-5)
+    assert score(truth.private[truth.indices[:, 0]], truth).max_ssim == pytest.approx(1.0)
+
+
+def test_inside_dataset_mixup_and_one_private_slot(digits):
+    ds, pool = digits
+    enc, _, truth = make_challenge(ds.images, ds.labels, None, T=2, k=4, mode="mixup", seed=2)
+    assert truth.num_private == 4 and truth.mask_bits is None and truth.public is None
+    assert truth.params["dom"] is None
+    _, _, truth1 = make_challenge(ds.images, ds.labels, pool.images, T=2, k=3, num_private=1, seed=3)
+    res = score(truth1.private[truth1.indices[:, 0]], truth1)
+    assert np.array_equal(res.p1, res.p2) and res.mean_ssim == pytest.approx(1.0) and "num_private=1" in res.notes[0]
+
+
+@pytest.mark.parametrize("change,error,message", [
+    (dict(private_images=np.zeros((4, 1, 8, 8), np.float32)), TypeError, "must be uint8 pixels"),
+    (dict(private_images=np.zeros((4, 8, 8), np.uint8)), ValueError, r"expected \(N, C, H, W\)"),
+    (dict(private_labels=np.zeros(3, np.int64)), ValueError, "4 private images but private_labels"),
+    (dict(T=0), ValueError, "T .* must be an integer >= 1"),
+    (dict(scaling="minmax"), ValueError, "unknown scaling 'minmax'"),
+    (dict(public=np.zeros((50, 3, 8, 8), np.uint8)), ValueError, "public images are"),
+    (dict(num_classes=2), ValueError, r"labels must lie in \[0, 2\)"),
+])
+def test_make_errors(digits, change, error, message):
+    ds, pool = digits
+    kw = dict(private_images=ds.images[:4], private_labels=ds.labels[:4], public=pool.images, T=1, seed=0)
+    kw.update(change)
+    with pytest.raises(error, match=message):
+        make_challenge(**kw)
+
+
+# -- command line -----------------------------------------------------------------------------------------
+def cli(argv):
+    parser = argparse.ArgumentParser(prog="instahide")
+    challenge_cmd.add_parser(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_cli_make_and_score_round_trip(tmp_path, capsys):
+    out = tmp_path / "tiny"
+    make = ["challenge", "make", "--dataset", "digits", "--n-private", "12", "--T", "3", "--public-size", "100",
+            "--research-seed", "5", "--out", str(out)]
+    assert cli(make) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["encryption.npy", "label.npy", "meta.json"]
+    assert "ground truth" in capsys.readouterr().out
+    truth = load_truth(tmp_path / "tiny-truth.npz")
+    meta = json.loads((out / "meta.json").read_text())
+    assert truth.N == 36 and meta["private_source"]["selection"] == "first 12" and meta["public_source"]["size"] == 100
+    assert meta["challenge_id"] == truth.params["challenge_id"]
+    np.save(tmp_path / "dec.npy", truth.private[truth.indices[:, 1]])
+    assert cli(["challenge", "score", "--challenge", str(out), "--decryption", str(tmp_path / "dec.npy"),
+                "--out", str(tmp_path / "rep")]) == 0
+    text = capsys.readouterr().out
+    assert "Max_SSIM 1.0000" in text and (tmp_path / "rep" / "scores.json").exists()
+    assert cli(["challenge", "score", "--truth", str(tmp_path / "tiny-truth.npz"), "--decryption",
+                str(tmp_path / "dec.npy")]) == 0
+    with pytest.raises(CLIError, match="refusing to overwrite"):
+        cli(make)
+    with pytest.raises(CLIError, match="refusing to overwrite"):
+        cli(["challenge", "score", "--challenge", str(out), "--decryption", str(tmp_path / "dec.npy"),
+             "--out", str(tmp_path / "rep")])
+    # a truth file from another challenge is refused
+    other = tmp_path / "other"
+    assert cli(make[:-1] + [str(other)]) == 0
+    with pytest.raises(CLIError, match="mismatched ground truth: .* belongs to challenge"):
+        cli(["challenge", "score", "--challenge", str(out), "--truth", str(tmp_path / "other-truth.npz"),
+             "--decryption", str(tmp_path / "dec.npy")])
+
+
+def test_cli_errors(tmp_path):
+    with pytest.raises(CLIError, match="--dataset cifar10 needs --root PATH"):
+        cli(["challenge", "make", "--out", str(tmp_path / "c")])
+    with pytest.raises(CLIError, match="--n-private 5000 is more than the 359 images"):
+        cli(["challenge", "make", "--dataset", "digits", "--n-private", "5000", "--out", str(tmp_path / "c")])
+    with pytest.raises(CLIError, match="give --challenge DIR .* or --truth FILE"):
+        cli(["challenge", "score", "--decryption", "x.npy"])
+    with pytest.raises(CLIError, match="no ground-truth file"):
+        cli(["challenge", "score", "--challenge", str(tmp_path / "none"), "--decryption", "x.npy"])
+    assert cli(["challenge", "make", "--dataset", "digits", "--n-private", "10", "--T", "2", "--public", "none",
+                "--k", "4", "--legacy", "--out", str(tmp_path / "c")]) == 0
+    truth = load_truth(tmp_path / "c-truth.npz")
+    assert 0 <= truth.legacy_seed < 2 ** 32 and truth.num_private == 4
+    with pytest.raises(CLIError, match="no decryption at"):
+        cli(["challenge", "score", "--challenge", str(tmp_path / "c"), "--decryption", str(tmp_path / "x.npy")])
+    np.save(tmp_path / "short.npy", np.zeros((5, 8, 8, 1), np.float32))
+    with pytest.raises(CLIError, match="mismatched ground truth: the decryption has 5 rows"):
+        cli(["challenge", "score", "--challenge", str(tmp_path / "c"), "--decryption", str(tmp_path / "short.npy")])
+
+
+def test_save_truth_round_trip_without_optional_fields(tmp_path, digits):
+    ds, _ = digits
+    _, _, truth = make_challenge(ds.images, ds.labels, None, T=1, k=2, mode="mixup", seed=4)
+    save_truth(tmp_path / "t.npz", truth)
+    back = load_truth(tmp_path / "t.npz")
+    assert back.mask_bits is None and back.public is None and back.num_private == 2
