@@ -8,14 +8,15 @@ that integer, and ``label.npy`` leaks the coefficients of the first epoch. The a
    ``numpy.random.RandomState(seed)`` for all seeds at once (:func:`mt19937_outputs`, MT19937 in
    numpy array arithmetic: ``init_genrand`` and the first twist), turn them into normals exactly as
    numpy's legacy ``normal`` does (Marsaglia's polar method, two normals per accepted pair of
-   doubles), and form the first draws of the first ``check_rows`` rows of epoch 0. Every row whose
-   first draw passes the reference's rejection test (``max <= upper``, and ``lam_1 + lam_2 >= dom``
-   in cross-dataset mode) has those coefficients as its final coefficients, and must agree with the
+   doubles), and form the first draws of the first rows of epoch 0. Every row whose first draw
+   passes the reference's rejection test (``max <= upper``, and ``lam_1 + lam_2 >= dom`` in
+   cross-dataset mode) has those coefficients as its final coefficients, and must agree with the
    leaked label row: every non-zero label entry is a sum of some private coefficients (a class can
-   hold several slots), and the entries sum to the private coefficients' total. A random seed
-   passes with probability about ``1e-12`` per checked row. Seeds none of whose checked rows
-   pass the rejection test on the first draw (rare, e.g. 2e-4 for cross k=6 with 10 rows) are
-   checked exactly with a real ``RandomState``.
+   hold several slots), and the entries sum to the private coefficients' total (tolerance 2e-6; a
+   random seed passes one row with probability below 1e-9). A first pass checks 3 rows from 48
+   outputs; the seeds it cannot decide (no row accepted on its first draw, about 10% for cross
+   k=6) get a second pass over up to 10 rows from 227 outputs, and the few still undecided (about
+   2e-4) are checked with a real ``RandomState``.
 2. **Confirm and replay**: for a candidate, replay the reference's draws exactly, epoch after epoch
    with the streams continuing (:func:`instahide.scheme.legacy.legacy_key` on one
    :class:`~instahide.scheme.legacy.LegacyGenerator`, i.e. ``normal`` + rejection loop (numpy),
@@ -38,9 +39,12 @@ are SHAKE-256 output under a 256-bit key from ``os.urandom``. No integer seed pr
 :func:`recover_seed` returns None over any range, and searching the key itself takes ``2**256``
 SHAKE evaluations (at 1e9 per second per core, about 1e60 core-years).
 
-Cost, measured on one core of the development machine (see :func:`seed_rate`): the filter runs at
-roughly 0.6-0.9 million seeds per second, so the whole ``2**32`` space takes about 1.3-2 CPU-hours
-(the published attack reported about 120 CPU-hours, dominated by replaying each candidate).
+Cost, measured on one core of the development machine (a shared 2-core VM; :func:`seed_rate`):
+the filter checks about 3.1e5 seeds per second for cross-dataset k=6 (3.9e5 inside-dataset k=4),
+so the whole ``2**32`` space takes about 4 CPU-hours (3 inside-dataset), and it splits across
+cores by seed range. Replaying and solving one candidate of a full challenge (100 CIFAR-10 images
+x 50 epochs, k=6, 200 unknowns) takes about 10 s. The published attack reported about 120
+CPU-hours, dominated by replaying every candidate with the real generators.
 """
 from __future__ import annotations
 
@@ -48,7 +52,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from ..scheme.coefficients import check_bounds
 from ..scheme.keys import Key
@@ -74,7 +77,7 @@ class SeedRecovery:
         public: ``(n_pub, H, W, C)`` public-window images solved for alongside (None inside-dataset).
         decryption: ``(N, H, W, C)``: row ``r`` is the recovered image in its slot 1.
         key: the replayed :class:`~instahide.scheme.keys.Key` of all ``N`` rows.
-        residual: relative RMS residual of the least-squares fit (about 1e-6 for the right seed).
+        residual: relative RMS residual of the least-squares fit (below 1e-6 for the right seed).
         seeds_checked: number of seeds examined before the match.
         seconds: wall time of the search and the solve.
     """
@@ -142,21 +145,21 @@ def _legacy_normals(words: np.ndarray, count: int) -> np.ndarray:
     ``f * x2`` then ``f * x1`` with ``f = sqrt(-2 log r2 / r2)``. Returns ``(S, count)`` float64,
     NaN where the words ran out.
     """
-    w = words[: (words.shape[0] // 4) * 4].astype(np.float64)
-    a, b = np.floor(w[0::2] / 32.0), np.floor(w[1::2] / 64.0)  # exact: w < 2**32
-    u = (a * 67108864.0 + b) / 9007199254740992.0
+    w = words[: (words.shape[0] // 4) * 4]
+    u = ((w[0::2] >> np.uint32(5)).astype(np.float64) * 67108864.0
+         + (w[1::2] >> np.uint32(6)).astype(np.float64)) / 9007199254740992.0
     x1, x2 = 2.0 * u[0::2] - 1.0, 2.0 * u[1::2] - 1.0  # (attempts, S)
     r2 = x1 * x1 + x2 * x2
     ok = (r2 < 1.0) & (r2 != 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        f = np.sqrt(-2.0 * np.log(r2) / r2)
     pairs = (count + 1) // 2
-    order = np.argsort(~ok, axis=0, kind="stable")[:pairs]  # first accepted attempts, in order
-    have = np.take_along_axis(ok, order, axis=0)
-    g2 = np.where(have, np.take_along_axis(f * x2, order, axis=0), np.nan)
-    g1 = np.where(have, np.take_along_axis(f * x1, order, axis=0), np.nan)
-    normals = np.stack([g2, g1], axis=1).reshape(2 * pairs, -1)[:count]  # f*x2 first, then f*x1
-    return normals.T
+    rank = np.cumsum(ok, axis=0) - 1
+    keep = ok & (rank < pairs)
+    att, col = np.nonzero(keep)  # accepted attempts, scattered to their rank
+    f = np.sqrt(-2.0 * np.log(r2[att, col]) / r2[att, col])
+    out = np.full((2 * pairs, w.shape[1]), np.nan)
+    out[2 * rank[att, col], col] = f * x2[att, col]  # f*x2 first, then f*x1
+    out[2 * rank[att, col] + 1, col] = f * x1[att, col]
+    return out[:count].T
 
 
 # -- label consistency -----------------------------------------------------------------------------
@@ -198,36 +201,59 @@ def _accepted(lam: np.ndarray, upper: float, dom: float | None) -> np.ndarray:
     return ok
 
 
+def _filter(seeds: np.ndarray, label: np.ndarray, rows: int, words: int, k: int, num_private: int,
+            upper: float, dom: float | None, atol: float) -> tuple[np.ndarray, np.ndarray]:
+    """One vectorised pass: (passed, undecided) boolean masks over ``seeds``."""
+    values = _label_values(label, rows)
+    z = _legacy_normals(mt19937_outputs(seeds, words), rows * k).reshape(len(seeds), rows, k)
+    a = np.abs(z)
+    lam = a / a.sum(-1, keepdims=True)
+    known = ~np.isnan(lam).any(-1)
+    lam = np.nan_to_num(lam, nan=1.0)
+    known &= _accepted(lam, upper, dom)  # (S, rows): first draw accepted = final coefficients
+    bad = (known & ~_consistent(lam, values, num_private, atol)).any(-1)
+    decided = known.any(-1)
+    return decided & ~bad, ~decided & ~bad
+
+
 def seed_candidates(seeds, label: np.ndarray, *, k: int, num_private: int, upper: float,
-                    dom: float | None, check_rows: int = 10, atol: float = _LABEL_ATOL) -> np.ndarray:
+                    dom: float | None, check_rows: int = 10, atol: float = _LABEL_ATOL,
+                    chunk: int = 8192) -> np.ndarray:
     """The seeds of ``seeds`` whose first epoch-0 coefficients agree with ``label`` (the filter).
+
+    Two vectorised passes: the first 3 rows from the first 48 outputs of each seed's generator
+    (rejects almost every seed), then up to ``check_rows`` rows from 227 outputs for the seeds the
+    first pass could not decide; seeds still undecided are replayed with a real ``RandomState``.
 
     Args:
         seeds: ``(S,)`` integers in ``[0, 2**32)``.
         label: ``(N, classes)`` leaked labels; rows ``0..check_rows-1`` (epoch 0) are used.
         k, num_private, upper: the scheme; ``dom``: c2, or None inside-dataset (as the reference,
             which applies it only in cross-dataset mode).
-        check_rows: epoch-0 rows compared per seed (more rows: fewer seeds left undecided).
+        check_rows: epoch-0 rows compared per seed in the second pass.
+        chunk: seeds per vector operation (small enough to stay in cache).
 
     Returns:
         int64 array of the seeds that pass (a superset of the true seed, almost always just it).
     """
     seeds = np.asarray(seeds, dtype=np.int64)
-    rows = max(1, min(check_rows, label.shape[0], 64 // k))  # 64 normals: ~32 of the 56 attempts
-    values = _label_values(label, rows)
-    words = mt19937_outputs(seeds, _MAX_WORDS)
-    z = _legacy_normals(words, rows * k).reshape(len(seeds), rows, k)
-    a = np.abs(z)
-    lam = a / a.sum(-1, keepdims=True)
-    known = ~np.isnan(lam).any(-1) & _accepted(np.nan_to_num(lam, nan=1.0), upper, dom)  # (S, rows)
-    match = _consistent(np.nan_to_num(lam), values, num_private, atol)
-    passed = known.any(-1) & ~(known & ~match).any(-1)
-    undecided = ~known.any(-1)
-    out = list(seeds[passed])
-    for s in seeds[undecided]:  # rare: no checked row was accepted on its first draw
-        lam_s = legacy_coefficients(rows, k, upper, dom, np.random.RandomState(int(s)))
-        if _consistent(lam_s, values, num_private, atol).all():
-            out.append(int(s))
+    label = np.asarray(label, dtype=np.float64)
+    rows1 = max(1, min(3, label.shape[0], 24 // k))
+    rows2 = max(1, min(check_rows, label.shape[0], 64 // k))  # 64 normals: ~32 of the 56 attempts
+    out = []
+    for start in range(0, len(seeds), chunk):
+        part = seeds[start:start + chunk]
+        passed, undecided = _filter(part, label, rows1, 48, k, num_private, upper, dom, atol)
+        out.extend(part[passed].tolist())
+        again = part[undecided]
+        if len(again):
+            passed, undecided = _filter(again, label, rows2, _MAX_WORDS, k, num_private, upper, dom, atol)
+            out.extend(again[passed].tolist())
+            values = _label_values(label, rows2)
+            for s in again[undecided]:  # rare: no checked row was accepted on its first draw
+                lam_s = legacy_coefficients(rows2, k, upper, dom, np.random.RandomState(int(s)))
+                if _consistent(lam_s, values, num_private, atol).all():
+                    out.append(int(s))
     return np.array(sorted(out), dtype=np.int64)
 
 
@@ -317,8 +343,11 @@ def recover_seed(
         public_per_epoch: the later reference fix that reshuffles the pool each epoch: the window
             then holds different public images in every epoch, so the public unknowns grow to
             ``n * T`` (as many as the rows), the system is underdetermined in them and the least
-            squares only returns the minimum-norm solution; the private images degrade. Default
-            False: one fixed window of ``n`` public images (the published challenge's code).
+            squares only returns the minimum-norm solution; the private images degrade. This
+            assumes the reshuffle draws from a stream of its own; one drawn from the same torch
+            stream would shift every later draw and would have to be replayed too (not
+            implemented). Default False: one fixed window of ``n`` public images (the published
+            challenge's code, and this library's ``legacy=True``).
         max_residual: relative RMS residual above which a candidate is rejected.
 
     Returns:

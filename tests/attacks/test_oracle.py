@@ -1,0 +1,168 @@
+"""Oracle decoder (SPEC 5.E) on small challenges built with instahide.encrypt, scored with
+scikit-image's structural_similarity (data_range 2 for [-1, 1] pixels, 1 for [0, 1], channel_axis=-1)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import instahide
+from instahide.attacks import oracle_decode
+from instahide.attacks.oracle import align_signs, design_matrix
+
+skimage_metrics = pytest.importorskip("skimage.metrics")
+CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
+
+
+def private_images(name, n, seed=0):
+    from instahide.data import load_dataset
+
+    if name == "cifar10":
+        if not CIFAR.is_dir():
+            pytest.skip(f"CIFAR-10 not present at {CIFAR}")
+        ds = load_dataset("cifar10", root=CIFAR, split="test")
+    else:
+        ds = load_dataset("digits")
+    sel = np.random.default_rng(seed).choice(len(ds.images), n, replace=False)
+    return ds.images[sel], ds.labels[sel], ds.num_classes
+
+
+def challenge(name="digits", n=20, epochs=10, k=4, num_private=None, mode="instahide", scale="pm1",
+              pool=0, seed=0):
+    """Epoch-major challenge: rows t*n+i hide private image i (slot 1) in epoch t."""
+    imgs, labels, classes = private_images(name, n, seed)
+    x = torch.from_numpy(imgs).float() / 255
+    public = None
+    if pool:
+        from instahide.data import load_public_pool
+
+        public = torch.from_numpy(load_public_pool("builtin", pool, imgs.shape[2:], imgs.shape[1]).images).float() / 255
+    if scale == "pm1":
+        x = x * 2 - 1
+        public = None if public is None else public * 2 - 1
+    gen = instahide.KeyGenerator.from_seed(seed)
+    parts = [instahide.encrypt(x, torch.from_numpy(labels), k=k, public=public, num_private=num_private, mode=mode,
+                               num_classes=classes, generator=gen, return_key=True, allow_uncentred=scale == "unit")
+             for _ in range(epochs)]
+    key = instahide.Key.cat([p.key for p in parts])
+    return {
+        "encryption": torch.cat([p.images for p in parts]).permute(0, 2, 3, 1).numpy(),
+        "label": torch.cat([p.soft_labels for p in parts]).numpy(),
+        "private": x.permute(0, 2, 3, 1).numpy(),
+        "indices": key.indices.numpy(), "coefficients": key.coefficients.numpy(), "num_private": key.num_private,
+        "range": 2.0 if scale == "pm1" else 1.0,
+    }
+
+
+def max_ssim(decryption, ch):
+    """Challenge score: mean over rows of max(SSIM(dec, p1), SSIM(dec, p2)), p1/p2 = slots 1 and 2."""
+    ssim = skimage_metrics.structural_similarity
+    x, idx = ch["private"], ch["indices"]
+    return float(np.mean([max(ssim(d, x[idx[r, 0]], data_range=ch["range"], channel_axis=-1),
+                              ssim(d, x[idx[r, 1]], data_range=ch["range"], channel_axis=-1))
+                          for r, d in enumerate(decryption)]))
+
+
+def decode(ch, **kw):
+    return oracle_decode(ch["encryption"], ch["indices"], ch["coefficients"], ch["num_private"],
+                         len(ch["private"]), **kw)
+
+
+# -- near-perfect where the mixtures are linear --------------------------------------------------
+def test_unmasked_inside_dataset_is_exact():
+    ch = challenge("digits", n=20, epochs=8, k=4, mode="mixup")
+    res = decode(ch, masked=False)
+    assert res.method == "least-squares"
+    assert res.recovered.shape == ch["private"].shape
+    np.testing.assert_allclose(res.recovered, ch["private"], atol=1e-4)
+    assert max_ssim(res.decryption, ch) > 0.95
+
+
+def test_unit_pixels_masked_inside_dataset_is_exact():
+    """On non-negative pixels |e| is the mixture: the mask hides nothing."""
+    ch = challenge("digits", n=20, epochs=8, k=4, scale="unit")
+    res = decode(ch, pixel_range="unit")
+    np.testing.assert_allclose(res.recovered, ch["private"], atol=1e-4)
+    assert max_ssim(res.decryption, ch) > 0.95
+
+
+def test_unit_pixels_masked_cross_dataset_cifar():
+    """Cross-dataset k=6: the public slots are a residual (their mean is solved for)."""
+    ch = challenge("cifar10", n=10, epochs=30, k=6, num_private=2, scale="unit", pool=1000)
+    res = decode(ch, pixel_range="unit")
+    assert res.public_mean.shape == (32, 32, 3)
+    assert max_ssim(res.decryption, ch) > 0.9
+
+
+def test_decryption_is_slot_one_image():
+    ch = challenge("digits", n=12, epochs=5, k=4, mode="mixup")
+    res = decode(ch, masked=False)
+    assert res.decryption.shape == ch["encryption"].shape
+    np.testing.assert_array_equal(res.decryption, res.recovered[ch["indices"][:, 0]])
+
+
+# -- masked, centred pixels: phase retrieval ------------------------------------------------------
+def test_pm1_masked_inside_dataset_cifar_gram_step():
+    """Without public noise, the Gram-matrix step already recovers the images (up to one sign)."""
+    ch = challenge("cifar10", n=10, epochs=20, k=4)
+    res = decode(ch, iterations=0, evaluate_with=ch["private"])
+    assert res.method == "phase-retrieval"
+    assert res.sign_chosen_by == "evaluation-mode"
+    assert set(res.scores) == {"+1", "-1"}
+    assert max(res.scores.values()) > 0.9
+    assert max_ssim(res.decryption, ch) > 0.9
+
+
+def test_pm1_masked_without_evaluation_mode_keeps_sign():
+    ch = challenge("digits", n=10, epochs=20, k=4)
+    res = decode(ch, iterations=5)
+    assert res.sign == 1 and res.sign_chosen_by == "none" and res.scores == {}
+    assert np.isfinite(res.recovered).all()
+
+
+def test_align_signs_undoes_random_flips():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:8, 0:8]
+    smooth = np.stack([np.sin(xx / 3 + a) + np.cos(yy / 4 + a) + 2.5 for a in rng.uniform(0, 3, 6)])
+    z = smooth.reshape(6, -1)  # (u, d) for an 8x8x1 image
+    flips = rng.choice([-1.0, 1.0], size=z.shape[1])
+    s = align_signs(z * flips, (8, 8, 1))
+    agree = np.mean(s * flips == 1)
+    assert agree in (0.0, 1.0)
+
+
+def test_design_matrix_public_models():
+    idx = np.array([[0, 1, 5, 7], [1, 1, 7, 7]])
+    lam = np.array([[0.4, 0.3, 0.2, 0.1], [0.5, 0.2, 0.2, 0.1]])
+    a, npriv = design_matrix(idx, lam, 2, 3, "mean")
+    np.testing.assert_allclose(a, [[0.4, 0.3, 0, 0.3], [0, 0.7, 0, 0.3]])
+    a, _ = design_matrix(idx, lam, 2, 3, "solve")
+    np.testing.assert_allclose(a[:, 3:], [[0.2, 0.1], [0, 0.3]])
+    a, _ = design_matrix(idx, lam, 2, 3, "none")
+    assert a.shape == (2, 3)
+
+
+# -- input checks ---------------------------------------------------------------------------------
+def test_bad_inputs():
+    ch = challenge("digits", n=6, epochs=3, k=3, mode="mixup")
+    e, idx, lam = ch["encryption"], ch["indices"], ch["coefficients"]
+    with pytest.raises(ValueError, match="expected \\(N, H, W, C\\)"):
+        oracle_decode(e[0], idx, lam, 3, 6)
+    with pytest.raises(ValueError, match="key arrays have"):
+        oracle_decode(e[:-1], idx, lam, 3, 6)
+    bad = e.copy()
+    bad[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        oracle_decode(bad, idx, lam, 3, 6)
+    with pytest.raises(ValueError, match="n_private=5"):
+        oracle_decode(e, idx, lam, 3, 5)
+    with pytest.raises(ValueError, match="appear in no row"):
+        oracle_decode(e, idx, lam, 3, 8)
+    with pytest.raises(ValueError, match="pixel_range"):
+        oracle_decode(e, idx, lam, 3, 6, pixel_range="0-255")
+    with pytest.raises(ValueError, match="public_model"):
+        oracle_decode(e, idx, lam, 3, 6, public_model="ignore")
+    with pytest.raises(ValueError, match="channels-first"):
+        oracle_decode(np.zeros((18, 3, 8, 8)), idx, lam, 3, 6)
+    with pytest.raises(ValueError, match="evaluate_with"):
+        oracle_decode(e, idx, lam, 3, 6, evaluate_with=ch["private"][:2])

@@ -1,0 +1,135 @@
+"""Generator-seed recovery (SPEC 5.C): exact against legacy keys, nothing to find against the default.
+
+Challenges: epoch-major rows, each epoch one encrypt(..., legacy=True, generator=g) call on a shared
+LegacyGenerator g (the reference's global streams continue across epochs). Pixels in [-1, 1];
+scored with scikit-image's structural_similarity (data_range=2, channel_axis=-1).
+"""
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import instahide
+from instahide.attacks import mt19937_outputs, recover_seed, seed_candidates, seed_rate
+from instahide.attacks.seed import _legacy_normals
+
+skimage_metrics = pytest.importorskip("skimage.metrics")
+CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
+
+
+def challenge(dataset="digits", n=30, epochs=10, k=6, num_private=2, pool=200, legacy_seed=None, seed=0):
+    from instahide.data import load_dataset, load_public_pool
+
+    if dataset == "cifar10":
+        if not CIFAR.is_dir():
+            pytest.skip(f"CIFAR-10 not present at {CIFAR}")
+        ds = load_dataset("cifar10", root=CIFAR, split="test")
+    else:
+        ds = load_dataset(dataset)
+    sel = np.random.default_rng(seed).choice(len(ds.images), n, replace=False)
+    x = torch.from_numpy(ds.images[sel]).float() / 127.5 - 1  # [-1, 1]
+    public = None
+    if num_private < k:
+        pool_images = load_public_pool("builtin", pool, ds.shape[1:], ds.shape[0]).images
+        public = torch.from_numpy(pool_images).float() / 127.5 - 1
+    legacy = legacy_seed is not None
+    gen = instahide.LegacyGenerator(legacy_seed) if legacy else instahide.KeyGenerator.from_entropy()
+    parts = [instahide.encrypt(x, torch.from_numpy(ds.labels[sel]), k=k, public=public,
+                               num_private=num_private if public is not None else None,
+                               num_classes=ds.num_classes, generator=gen, legacy=legacy, return_key=True)
+             for _ in range(epochs)]
+    key = instahide.Key.cat([p.key for p in parts])
+    return {
+        "encryption": torch.cat([p.images for p in parts]).permute(0, 2, 3, 1).numpy(),
+        "label": torch.cat([p.soft_labels for p in parts]).numpy(),
+        "private": x.permute(0, 2, 3, 1).numpy(), "key": key, "n": n, "k": k, "num_private": key.num_private,
+    }
+
+
+def max_ssim(decryption, ch):
+    ssim = skimage_metrics.structural_similarity
+    x, idx = ch["private"], ch["key"].indices.numpy()
+    return float(np.mean([max(ssim(d, x[idx[r, 0]], data_range=2.0, channel_axis=-1),
+                              ssim(d, x[idx[r, 1]], data_range=2.0, channel_axis=-1))
+                          for r, d in enumerate(decryption)]))
+
+
+def attack(ch, **kw):
+    return recover_seed(ch["encryption"], ch["label"], n_private=ch["n"], k=ch["k"], num_private=ch["num_private"],
+                        **kw)
+
+
+# -- the vectorised generator equals numpy's -----------------------------------------------------
+def test_mt19937_outputs_match_randomstate():
+    seeds = np.array([0, 1, 7, 3001, 2 ** 31 + 5, 2 ** 32 - 1])
+    words = mt19937_outputs(seeds, 227)
+    for j, s in enumerate(seeds):
+        ref = np.random.RandomState(s).randint(0, 2 ** 32, size=227, dtype=np.uint64).astype(np.uint32)
+        np.testing.assert_array_equal(words[:, j], ref)
+
+
+def test_legacy_normals_match_randomstate():
+    seeds = np.arange(50) * 7919
+    z = _legacy_normals(mt19937_outputs(seeds, 227), 60)
+    for j, s in enumerate(seeds):
+        np.testing.assert_allclose(z[j], np.random.RandomState(s).normal(size=60), rtol=0, atol=1e-12)
+
+
+# -- the attack ------------------------------------------------------------------------------------
+def test_legacy_cross_dataset_digits_recovered_exactly():
+    ch = challenge(legacy_seed=2741)
+    found = attack(ch, seed_range=(0, 2 ** 12))
+    assert found is not None and found.seed == 2741
+    assert found.seeds_checked == 2742
+    assert found.residual < 1e-5
+    assert found.public.shape == (30, 8, 8, 1)  # the public window: pool rows 0..n-1
+    assert torch.equal(found.key.indices, ch["key"].indices)
+    assert torch.equal(found.key.mask_bits, ch["key"].mask_bits)
+    np.testing.assert_allclose(found.recovered, ch["private"], atol=1e-4)
+    assert max_ssim(found.decryption, ch) > 0.95
+
+
+def test_legacy_inside_dataset_cifar_recovered_exactly():
+    ch = challenge("cifar10", n=20, epochs=5, k=4, num_private=4, legacy_seed=4000)
+    found = attack(ch, seed_range=(0, 2 ** 12))
+    assert found is not None and found.seed == 4000 and found.public is None
+    assert max_ssim(found.decryption, ch) > 0.95
+
+
+def test_default_keys_give_no_seed():
+    """KeyGenerator keys come from SHAKE-256 under 256 bits of OS entropy: no seed reproduces them."""
+    ch = challenge()
+    assert attack(ch, seed_range=(0, 2 ** 12)) is None
+
+
+def test_wrong_range_gives_no_seed():
+    ch = challenge(legacy_seed=2741)
+    assert attack(ch, seed_range=(3000, 4096)) is None
+
+
+def test_filter_keeps_the_seed_and_little_else():
+    ch = challenge(legacy_seed=1234)
+    kept = seed_candidates(np.arange(4096), ch["label"], k=6, num_private=2, upper=0.65, dom=0.3)
+    np.testing.assert_array_equal(kept, [1234])
+
+
+def test_seed_rate_is_measured():
+    assert seed_rate(batch=2048, repeats=1) > 1000
+
+
+def test_bad_inputs():
+    ch = challenge(n=10, epochs=2, legacy_seed=5)
+    e, lab = ch["encryption"], ch["label"]
+    with pytest.raises(ValueError, match="whole number of epochs"):
+        recover_seed(e, lab, n_private=7, k=6, num_private=2)
+    with pytest.raises(ValueError, match="seed_range"):
+        recover_seed(e, lab, n_private=10, k=6, num_private=2, seed_range=(5, 2 ** 33))
+    with pytest.raises(ValueError, match="k=1"):
+        recover_seed(e, lab, n_private=10, k=1, num_private=1)
+    with pytest.raises(ValueError, match="label has 19 rows"):
+        recover_seed(e, lab[:-1], n_private=10, k=6, num_private=2)
+    with pytest.raises(ValueError, match="expected \\(N, H, W, C\\)"):
+        recover_seed(e[..., 0], lab, n_private=10, k=6, num_private=2)
+    with pytest.raises(ValueError, match="count must be"):
+        mt19937_outputs(np.arange(3), 300)
