@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +51,19 @@ def atomic_save_npy(path: str | os.PathLike, array: np.ndarray) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_open(path, "w") as fh:
         fh.write(text)
+
+
+def load_plain_npz(path: str | os.PathLike, what: str) -> dict:
+    """All arrays of an ``.npz`` file as a dict, read with ``allow_pickle=False``.
+
+    Raises FileNotFoundError if there is no file, and a ValueError naming ``what`` and the file when it
+    is truncated, corrupt or holds pickled objects.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            return {name: f[name] for name in f.files}
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} at {path}") from None
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc} ({what}s hold plain arrays only; "
+                         "pickled objects are refused)") from exc

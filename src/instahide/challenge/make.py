@@ -31,14 +31,13 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._io import atomic_save_npy, atomic_savez, atomic_write_text
+from .._io import atomic_save_npy, atomic_savez, atomic_write_text, load_plain_npz
 from ..data.arrays import default_stats
 from ..data.dataset import CIFAR10_MEAN, CIFAR10_STD
 from ..scheme import Key, KeyGenerator, LegacyGenerator, encrypt, resolve_generator
@@ -440,14 +439,7 @@ def save_truth(path: str | os.PathLike, truth: ChallengeTruth) -> Path:
 
 def load_truth(path: str | os.PathLike) -> ChallengeTruth:
     """Read a truth file written by :func:`save_truth`/:func:`write_challenge` (``allow_pickle=False``)."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            fields = {name: f[name] for name in f.files}
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no ground-truth file at {path}") from None
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"cannot read ground-truth file {path}: {exc} (truth files hold plain arrays only; "
-                         "pickled objects are refused)") from exc
+    fields = load_plain_npz(path, "ground-truth file")
     if "format" not in fields or bytes(fields["format"]).decode(errors="replace") != TRUTH_FORMAT:
         raise ValueError(f"{path} is not an instahide challenge truth file ({TRUTH_FORMAT})")
     try:

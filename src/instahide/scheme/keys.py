@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .._io import atomic_savez
+from .._io import atomic_savez, load_plain_npz
 from .masks import packed_width, unpack_signs
 
 _FORMAT = "instahide-key/1"
@@ -137,14 +136,7 @@ class Key:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Key":
         """Read a key written by :meth:`save`; refuses pickles and malformed files."""
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                fields = {name: f[name] for name in f.files}
-        except FileNotFoundError:
-            raise
-        except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
-            raise ValueError(f"cannot read key file {path}: {exc} (key files hold plain arrays only; "
-                             "pickled objects are refused)") from exc
+        fields = load_plain_npz(path, "key file")
         if "format" not in fields or bytes(fields["format"]).decode(errors="replace") != _FORMAT:
             raise ValueError(f"{path} is not an instahide key file ({_FORMAT})")
         try:
