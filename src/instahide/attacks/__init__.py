@@ -1,5 +1,7 @@
 """Attacks on InstaHide and Mixup (SPEC section 5), to measure how much a configuration hides.
 
+Needs scipy (``pip install "instahide[audit]"``), imported inside the functions that use it.
+
 All attacks take the challenge format: encryptions ``(N, H, W, C)`` channels-last, rows
 epoch-major (row ``t * n + i`` hides private image ``i`` in slot 1 in epoch ``t``), leaked labels
 ``(N, classes)``, and return one recovered image per row (a "decryption", ``(N, H, W, C)``).
