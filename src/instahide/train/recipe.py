@@ -177,7 +177,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, data: TrainData | None = No
         bar.close(f"loss {metrics['train_loss']:.3f} train acc {metrics['train_acc']:.3f}"
                   + (f" test acc {metrics['test_acc']:.4f}" if metrics["test_acc"] is not None else "")
                   + f" ({metrics['epoch_seconds']:.1f} s)")
-        save_checkpoint(ckpt_path, model, opt, sched, epoch + 1, cfg, history, model_name)
+        save_checkpoint(ckpt_path, model, opt, sched, epoch + 1, cfg, history,
+                        {"name": model_name, "num_classes": data.num_classes, "in_channels": c})
         _write_metrics(out, history)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
@@ -243,11 +244,12 @@ def train_steps(model, opt, xs: torch.Tensor, ys: torch.Tensor, order: torch.Ten
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
-def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig, history, model_name: str) -> None:
+def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig, history, arch: dict) -> None:
     """Everything needed to resume, written atomically (a killed run never leaves a torn file).
     No key material is stored: keys are regenerated (research seed) or fresh (OS entropy)."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "epoch": epoch, "config": cfg.to_dict(), "history": history, "model_name": model_name,
+             "epoch": epoch, "config": cfg.to_dict(), "history": history, "model_name": arch["name"],
+             "num_classes": arch["num_classes"], "in_channels": arch["in_channels"],
              "format": "instahide-checkpoint/1"}
     with atomic_open(path) as fh:
         torch.save(state, fh)
@@ -271,11 +273,8 @@ def load_model(path: str | os.PathLike, device="cpu"):
     """``(model in eval mode, TrainConfig, checkpoint dict)`` from a training checkpoint."""
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["config"])
-    sd = state["model"]
-    first = next(v for k, v in sd.items() if v.ndim == 4)
-    head = [v for k, v in sd.items() if v.ndim == 2][-1]
-    model = build_model(state["model_name"], head.shape[0], first.shape[1], width=cfg.width)
-    model.load_state_dict(sd)
+    model = build_model(state["model_name"], state["num_classes"], state["in_channels"], width=cfg.width)
+    model.load_state_dict(state["model"])
     return model.to(device).eval(), cfg, state
 
 
