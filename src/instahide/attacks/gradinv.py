@@ -1,0 +1,571 @@
+"""Gradient inversion (SPEC 5.D): recover a training batch from the gradient one client shares.
+
+In federated SGD a client sends the gradient of one training step; in FedAvg with one local step
+of plain SGD it sends the updated weights, from which the gradient follows as
+``(before - after) / lr``. An eavesdropper on that message knows the model, so it can look for
+inputs whose gradient equals the observed one. This module implements the "inverting gradients"
+family (Geiping et al., NeurIPS 2020):
+
+* dummy inputs ``x'`` (and, when not known, dummy soft labels) are optimised so that their gradient
+  ``g(x')`` matches the observed ``g``, under the cosine distance summed over the parameter tensors
+  ``sum_l (1 - <g_l(x'), g_l> / (|g_l(x')| |g_l|))`` plus ``tv_weight`` times a total-variation
+  prior on the images;
+* Adam on the SIGN of the gradient of that objective, learning rate divided by 10 at 3/8, 5/8 and
+  7/8 of the steps; optional box constraint (``bounds``) after every step;
+* several restarts from independent random starts; the one with the lowest final objective wins.
+
+Labels: ``labels`` given (hard labels or the soft labels InstaHide mixes) are used as they are.
+``labels=None`` recovers them: for batch size 1, from the sign of the last layer's bias gradient
+(``dL/db = p * sum(t) - t`` for softmax cross-entropy, whose only negative entry is the label of a
+hard one-hot target: exact) or, when the head has no bias, from the row sums of its weight gradient
+(exact when the features entering the head are non-negative, e.g. after a ReLU); for batch size > 1
+(or ``labels="joint"``) the labels are optimised jointly with the images as ``softmax(logits)``,
+each row summing to 1 (cross-dataset InstaHide labels sum to less than 1; such rows are only
+approximated).
+
+The loss is :func:`instahide.train.loss.soft_cross_entropy`, mean over the batch, as in the
+project's training loop. BatchNorm: the attack runs the model in whatever mode it is in, so pass it
+in the mode the client used (train mode: batch statistics of the dummy batch, which is what the
+client's own step used; eval mode: running statistics). BatchNorm buffers are restored afterwards.
+
+Against InstaHide the client trains on encryptions, so the inversion recovers ENCRYPTIONS, not
+private images: ``e = sigma * sum_j lambda_j x_j`` with a random sign per value. The total
+variation prior assumes a natural image, which an encryption is not (its signs are noise);
+``prior="tv-abs"`` puts the prior on ``|x'|`` instead (``|e|`` is the mixture, a natural image).
+
+Example::
+
+    from instahide.attacks.gradinv import observed_gradient, invert_gradients, match_batches
+    grads = observed_gradient(model, x, y_soft)                        # what the client shares
+    res = invert_gradients(model, grads, batch_size=1, input_shape=x.shape[1:], steps=2000)
+    m = match_batches(res.images, x, data_range=2.0)                   # SSIM, best permutation
+    print(m.mean_ssim, res.labels)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..train.loss import soft_cross_entropy
+
+__all__ = [
+    "GradientInversionResult", "MatchResult", "observed_gradient", "gradient_from_update",
+    "gradient_distance", "invert_gradients", "recover_label_from_gradient", "match_batches",
+    "total_variation", "DISTANCES", "PRIORS",
+]
+
+DISTANCES = ("cosine", "cosine-global", "l2")
+PRIORS = ("tv", "tv-abs")
+_BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+# -- what the client shares ------------------------------------------------------------------------
+def _trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters: there is no gradient to observe")
+    return params
+
+
+def _check_batch(model: nn.Module, inputs: torch.Tensor, soft_labels: torch.Tensor) -> None:
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"Invalid inputs shape, expected (B, C, H, W). Got: {shape}")
+    if not isinstance(soft_labels, torch.Tensor) or soft_labels.dim() != 2 or soft_labels.shape[0] != inputs.shape[0]:
+        shape = tuple(soft_labels.shape) if isinstance(soft_labels, torch.Tensor) else type(soft_labels).__name__
+        raise ValueError(f"Invalid soft_labels shape, expected (B, classes) with B={inputs.shape[0]}. Got: {shape}")
+    for name, t in (("inputs", inputs), ("soft_labels", soft_labels)):
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must be floating point, got {t.dtype}")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains NaN or Inf")
+
+
+def observed_gradient(model: nn.Module, inputs: torch.Tensor, soft_labels: torch.Tensor) -> list[torch.Tensor]:
+    """The gradient one training step computes, as a client of federated SGD shares it.
+
+    ``soft_cross_entropy(model(inputs), soft_labels)`` (mean over the batch), differentiated with
+    respect to every trainable parameter, in ``model.named_parameters()`` order. The model is used
+    in its current mode (train/eval); BatchNorm buffers updated by the forward pass are restored,
+    and no ``.grad`` field is touched.
+
+    Args:
+        model: maps ``(B, C, H, W)`` to logits ``(B, classes)``.
+        inputs: ``(B, C, H, W)`` the training batch (for InstaHide: the encryptions).
+        soft_labels: ``(B, classes)`` one-hot or soft labels.
+
+    Returns:
+        list of detached tensors, one per trainable parameter, same shapes.
+    """
+    _check_batch(model, inputs, soft_labels)
+    names, params = zip(*_trainable(model))
+    saved = _save_buffers(model)
+    try:
+        loss = soft_cross_entropy(model(inputs), soft_labels)
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        _restore_buffers(model, saved)
+    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+
+
+def gradient_from_update(before_state, after_state, lr: float, *, model: nn.Module | None = None,
+                         weight_decay: float = 0.0) -> list[torch.Tensor]:
+    """The gradient implied by ONE local step of plain SGD: ``(before - after) / lr - wd * before``.
+
+    This is what an eavesdropper reads from a FedAvg client that ran one local step of SGD
+    (no momentum) on one batch: the weights it sends back differ from the global weights by exactly
+    ``lr`` times that batch's gradient (plus weight decay, if the client used it).
+
+    Args:
+        before_state, after_state: the weights before and after the step, as state dicts
+            (name -> tensor/array) or, with ``model``, as sequences of arrays in
+            ``model.state_dict()`` order (Flower's ``parameters_to_ndarrays`` convention).
+        lr: the client's learning rate (> 0).
+        model: selects and orders the result as ``model.named_parameters()`` (trainable ones), so
+            it lines up with :func:`observed_gradient` and :func:`invert_gradients`. Without it, every
+            floating entry of the state dict except BatchNorm buffers, in the dict's order.
+        weight_decay: the client's (coupled, SGD-style) weight decay, subtracted back out.
+
+    Returns:
+        list of float tensors, one per parameter.
+    """
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    keys_all = list(model.state_dict().keys()) if model is not None else None
+    before = _as_state(before_state, keys_all, "before_state")
+    after = _as_state(after_state, keys_all, "after_state")
+    if set(before) != set(after):
+        diff = sorted(set(before) ^ set(after))
+        raise ValueError(f"before_state and after_state have different entries: {diff[:5]}")
+    if model is not None:
+        names = [n for n, _ in _trainable(model)]
+        missing = [n for n in names if n not in before]
+        if missing:
+            raise ValueError(f"state lacks the model's parameters {missing[:5]}")
+    else:
+        names = [n for n, v in before.items() if v.is_floating_point() and not n.endswith(_BN_BUFFERS)]
+    out = []
+    for n in names:
+        b, a = before[n], after[n]
+        if b.shape != a.shape:
+            raise ValueError(f"parameter {n!r} has shape {tuple(b.shape)} before and {tuple(a.shape)} after the step")
+        if not (bool(torch.isfinite(b).all()) and bool(torch.isfinite(a).all())):
+            raise ValueError(f"parameter {n!r} contains NaN or Inf")
+        b64, a64 = b.double(), a.double()
+        g = (b64 - a64) / lr - weight_decay * b64
+        out.append(g.to(b.dtype if b.is_floating_point() else torch.float32))
+    return out
+
+
+def _as_state(state, keys, name: str) -> dict[str, torch.Tensor]:
+    if isinstance(state, Mapping):
+        return {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).detach().cpu()
+                for k, v in state.items()}
+    if isinstance(state, Sequence) and not isinstance(state, (str, bytes)):
+        if keys is None:
+            raise ValueError(f"{name} is a list of arrays: pass model=... to say which entry is which")
+        if len(state) != len(keys):
+            raise ValueError(f"{name} has {len(state)} arrays but model.state_dict() has {len(keys)} entries")
+        return {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).detach().cpu()
+                for k, v in zip(keys, state)}
+    raise TypeError(f"{name} must be a state dict or a list of arrays, got {type(state).__name__}")
+
+
+def _save_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {n: b.detach().clone() for n, b in model.named_buffers()}
+
+
+def _restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for n, b in model.named_buffers():
+            if n in saved:
+                b.copy_(saved[n])
+
+
+# -- the objective ---------------------------------------------------------------------------------
+def gradient_distance(trial: Sequence[torch.Tensor], target: Sequence[torch.Tensor], distance: str = "cosine") -> torch.Tensor:
+    """Distance between two gradient lists (differentiable in ``trial``).
+
+    ``"cosine"``: ``sum_l (1 - cos(trial_l, target_l))`` over the parameter tensors (a tensor
+    whose target is all zeros contributes nothing); ``"cosine-global"``: ``1 - cos`` of the
+    concatenated gradients (Geiping et al.'s code); ``"l2"``: ``sum_l |trial_l - target_l|^2``
+    (Zhu et al.'s "deep leakage from gradients").
+    """
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
+    if distance == "l2":
+        return sum(((a - b) ** 2).sum() for a, b in zip(trial, target))
+    if distance == "cosine-global":
+        dot = sum((a * b).sum() for a, b in zip(trial, target))
+        na = sum((a * a).sum() for a in trial)
+        nb = sum((b * b).sum() for b in target)
+        return 1 - dot / (na.sqrt() * nb.sqrt() + 1e-12)
+    total = 0.0
+    for a, b in zip(trial, target):
+        nb = b.norm()
+        if float(nb) == 0.0:
+            continue
+        total = total + 1 - (a * b).sum() / (a.norm() * nb + 1e-12)
+    return torch.as_tensor(total) if not isinstance(total, torch.Tensor) else total
+
+
+def total_variation(x: torch.Tensor) -> torch.Tensor:
+    """Mean absolute difference between horizontally and vertically neighbouring values of ``(B, C, H, W)``."""
+    dx = (x[..., :, 1:] - x[..., :, :-1]).abs().mean() if x.shape[-1] > 1 else x.new_zeros(())
+    dy = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() if x.shape[-2] > 1 else x.new_zeros(())
+    return dx + dy
+
+
+# -- label recovery --------------------------------------------------------------------------------
+def _head_index(params: list[tuple[str, torch.Tensor]], num_classes: int | None) -> tuple[int, int | None]:
+    """Index of the last layer's weight (last 2-D parameter) and of its bias (the 1-D parameter
+    of matching size right after it), or None if it has none."""
+    w = max((i for i, (_, p) in enumerate(params) if p.dim() == 2), default=None)
+    if w is None:
+        raise ValueError("no 2-D parameter (linear head) found: cannot read the labels from the gradient")
+    classes = params[w][1].shape[0]
+    if num_classes is not None and classes != num_classes:
+        raise ValueError(f"the last linear layer has {classes} outputs, expected {num_classes} classes")
+    b = w + 1 if w + 1 < len(params) and params[w + 1][1].shape == (classes,) else None
+    return w, b
+
+
+def recover_label_from_gradient(model: nn.Module, gradients: Sequence[torch.Tensor]) -> int:
+    """The class of a batch-of-one hard label, read off the last layer's gradient (iDLG-style).
+
+    With softmax cross-entropy the bias gradient is ``p - y``: the only negative entry is the label.
+    Without a bias, the row sums of the weight gradient ``(p - y) * sum(h)`` have the same sign
+    pattern when the head's input ``h`` is non-negative (after a ReLU). Exact in those cases; for
+    soft labels (Mixup, InstaHide) it returns the class of the largest coefficient only when that
+    class dominates the gradient, and is not guaranteed.
+    """
+    params = _trainable(model)
+    grads = _check_gradients(params, gradients)
+    w, b = _head_index(params, None)
+    signal = grads[b] if b is not None else grads[w].sum(dim=1)
+    return int(torch.argmin(signal))
+
+
+def _check_gradients(params: list[tuple[str, torch.Tensor]], gradients) -> list[torch.Tensor]:
+    if isinstance(gradients, Mapping):
+        missing = [n for n, _ in params if n not in gradients]
+        if missing:
+            raise ValueError(f"gradients lack the parameters {missing[:5]}")
+        gradients = [gradients[n] for n, _ in params]
+    if isinstance(gradients, torch.Tensor) or not isinstance(gradients, Sequence):
+        raise TypeError(f"gradients must be a list of tensors (one per trainable parameter), got {type(gradients).__name__}")
+    if len(gradients) != len(params):
+        raise ValueError(f"got {len(gradients)} gradient tensors but the model has {len(params)} trainable "
+                         "parameters (pass them in model.named_parameters() order)")
+    out = []
+    for (name, p), g in zip(params, gradients):
+        g = torch.as_tensor(g)
+        if tuple(g.shape) != tuple(p.shape):
+            raise ValueError(f"gradient for {name!r} has shape {tuple(g.shape)}, the parameter has {tuple(p.shape)}")
+        if not g.is_floating_point():
+            raise TypeError(f"gradient for {name!r} must be floating point, got {g.dtype}")
+        if not bool(torch.isfinite(g).all()):
+            raise ValueError(f"gradient for {name!r} contains NaN or Inf")
+        out.append(g.detach().to(device=p.device, dtype=p.dtype))
+    if all(float(g.abs().max()) == 0.0 for g in out):
+        raise ValueError("the observed gradient is zero everywhere: there is nothing to invert")
+    return out
+
+
+# -- the inversion ---------------------------------------------------------------------------------
+@dataclass
+class GradientInversionResult:
+    """What :func:`invert_gradients` returns.
+
+    Attributes:
+        images: ``(B, C, H, W)`` recovered inputs of the best restart (for InstaHide: encryptions).
+        labels: ``(B, classes)`` the labels used (given, recovered one-hot, or jointly optimised).
+        label_source: ``"given"``, ``"bias"`` (read off the last layer) or ``"joint"`` (optimised).
+        loss_history: gradient-matching objective (distance + prior) every step, best restart.
+        best_restart: index of the restart kept.
+        restart_losses: final objective of every restart.
+        gradient_distance: final distance (without the prior) of the kept restart.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    label_source: str
+    loss_history: list[float]
+    best_restart: int
+    restart_losses: list[float] = field(default_factory=list)
+    gradient_distance: float = float("nan")
+
+
+def invert_gradients(
+    model: nn.Module,
+    gradients,
+    *,
+    batch_size: int,
+    input_shape: Sequence[int],
+    labels=None,
+    num_classes: int | None = None,
+    steps: int = 2000,
+    lr: float = 0.1,
+    tv_weight: float = 1e-4,
+    prior: str = "tv",
+    distance: str = "cosine",
+    restarts: int = 1,
+    bounds: tuple[float, float] | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int, float], None] | None = None,
+    progress_every: int = 100,
+) -> GradientInversionResult:
+    """Find a batch whose gradient matches ``gradients`` (Geiping et al.'s "inverting gradients").
+
+    Args:
+        model: the model the client trained (same weights, same train/eval mode).
+        gradients: the observed gradient, one tensor per trainable parameter in
+            ``model.named_parameters()`` order (or a dict name -> tensor), e.g. from
+            :func:`observed_gradient` or :func:`gradient_from_update`.
+        batch_size: ``B``, the client's batch size (assumed known).
+        input_shape: ``(C, H, W)`` of one input.
+        labels: ``(B,)`` class indices or ``(B, classes)`` one-hot/soft labels if known; None to
+            recover them (batch 1: from the last layer, exact for hard labels; batch > 1: jointly
+            optimised); ``"joint"`` to optimise them jointly even for batch 1 (soft labels).
+        num_classes: classes of the head (default: read off the last linear layer).
+        steps: optimisation steps per restart.
+        lr: Adam learning rate (on signed gradients; divided by 10 at 3/8, 5/8, 7/8 of ``steps``).
+        tv_weight: weight of the total-variation prior (0 to disable).
+        prior: ``"tv"`` on the images or ``"tv-abs"`` on their absolute values (for sign-masked
+            inputs such as InstaHide encryptions, whose magnitudes are the natural image).
+        distance: ``"cosine"`` (summed over parameter tensors), ``"cosine-global"`` or ``"l2"``.
+        restarts: independent random starts; the lowest final objective is kept.
+        bounds: optional ``(low, high)`` box for the inputs, applied after every step.
+        seed: seed of the random starts (this is an attack, not key material).
+        progress: optional callback ``(restart, step, objective)`` every ``progress_every`` steps.
+
+    Returns:
+        :class:`GradientInversionResult` with ``images (B, C, H, W)`` and ``labels (B, classes)``.
+    """
+    params = _trainable(model)
+    target = _check_gradients(params, gradients)
+    for name, v in (("batch_size", batch_size), ("steps", steps), ("restarts", restarts)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+    input_shape = tuple(int(s) for s in input_shape)
+    if len(input_shape) != 3 or min(input_shape) < 1:
+        raise ValueError(f"input_shape must be (C, H, W), got {input_shape}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr must be a positive finite number, got {lr!r}")
+    if not (math.isfinite(tv_weight) and tv_weight >= 0):
+        raise ValueError(f"tv_weight must be >= 0, got {tv_weight!r}")
+    if prior not in PRIORS:
+        raise ValueError(f"unknown prior {prior!r}; expected one of {PRIORS}")
+    if distance not in DISTANCES:
+        raise ValueError(f"unknown distance {distance!r}; expected one of {DISTANCES}")
+    if bounds is not None:
+        lo, hi = (float(b) for b in bounds)
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"bounds must be (low, high) with low < high, got {bounds!r}")
+    w_idx, b_idx = _head_index(params, num_classes)
+    classes = params[w_idx][1].shape[0]
+    device, dtype = params[0][1].device, params[0][1].dtype
+
+    # Labels: given, read off the head (batch 1), or optimised jointly.
+    fixed_labels, label_source = None, "joint"
+    if isinstance(labels, str):
+        if labels != "joint":
+            raise ValueError(f"labels must be a tensor, None or 'joint', got {labels!r}")
+    elif labels is not None:
+        fixed_labels = _labels_tensor(labels, batch_size, classes).to(device=device, dtype=dtype)
+        label_source = "given"
+    elif batch_size == 1:
+        signal = target[b_idx] if b_idx is not None else target[w_idx].sum(dim=1)
+        fixed_labels = torch.zeros(1, classes, device=device, dtype=dtype)
+        fixed_labels[0, int(torch.argmin(signal))] = 1.0
+        label_source = "bias" if b_idx is not None else "weight-rows"
+
+    names, plist = zip(*params)
+    saved = _save_buffers(model)
+    gen = torch.Generator().manual_seed(int(seed))
+    best = None
+    restart_losses = []
+    milestones = [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    try:
+        for r in range(restarts):
+            x = torch.randn((batch_size, *input_shape), generator=gen, dtype=dtype).to(device)
+            if bounds is not None:
+                x.clamp_(lo, hi)
+            x.requires_grad_(True)
+            variables = [x]
+            logit = None
+            if fixed_labels is None:
+                logit = torch.randn((batch_size, classes), generator=gen, dtype=dtype).to(device).requires_grad_(True)
+                variables.append(logit)
+            opt = torch.optim.Adam(variables, lr=lr)
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+            history = []
+            for step in range(steps):
+                opt.zero_grad(set_to_none=True)
+                y = fixed_labels if logit is None else torch.softmax(logit, dim=1)
+                loss = soft_cross_entropy(model(x), y)
+                trial = torch.autograd.grad(loss, plist, create_graph=True, allow_unused=True)
+                trial = [torch.zeros_like(p) if g is None else g for p, g in zip(plist, trial)]
+                dist = gradient_distance(trial, target, distance)
+                obj = dist
+                if tv_weight:
+                    obj = obj + tv_weight * total_variation(x.abs() if prior == "tv-abs" else x)
+                if not bool(torch.isfinite(obj.detach())):
+                    raise FloatingPointError(f"restart {r}, step {step}: the objective became {float(obj)}; "
+                                             "lower lr or use bounds")
+                grads = torch.autograd.grad(obj, variables)
+                for v, g in zip(variables, grads):
+                    v.grad = g.sign()
+                opt.step()
+                sched.step()
+                if bounds is not None:
+                    with torch.no_grad():
+                        x.clamp_(lo, hi)
+                history.append(float(obj.detach()))
+                if progress is not None and (step % progress_every == 0 or step == steps - 1):
+                    progress(r, step, history[-1])
+            # score the final point
+            with torch.no_grad():
+                y = fixed_labels if logit is None else torch.softmax(logit, dim=1)
+            final_dist = _final_distance(model, plist, x.detach(), y.detach(), target, distance)
+            final = final_dist + (tv_weight * float(total_variation(x.detach().abs() if prior == "tv-abs" else x.detach()))
+                                  if tv_weight else 0.0)
+            restart_losses.append(final)
+            if best is None or final < best[0]:
+                best = (final, r, x.detach().clone(), y.detach().clone(), history, final_dist)
+    finally:
+        _restore_buffers(model, saved)
+    _, r, x, y, history, final_dist = best
+    return GradientInversionResult(x, y, label_source, history, r, restart_losses, final_dist)
+
+
+def _final_distance(model, plist, x, y, target, distance) -> float:
+    x = x.clone().requires_grad_(False)
+    loss = soft_cross_entropy(model(x), y)
+    trial = torch.autograd.grad(loss, plist, allow_unused=True)
+    trial = [torch.zeros_like(p) if g is None else g for p, g in zip(plist, trial)]
+    return float(gradient_distance(trial, target, distance))
+
+
+def _labels_tensor(labels, batch_size: int, classes: int) -> torch.Tensor:
+    t = torch.as_tensor(labels)
+    if t.dim() == 1:
+        if t.is_floating_point():
+            raise TypeError("1-D labels must be integer class indices; soft labels are (B, classes)")
+        if t.shape[0] != batch_size:
+            raise ValueError(f"labels has {t.shape[0]} entries but batch_size={batch_size}")
+        if int(t.min()) < 0 or int(t.max()) >= classes:
+            raise ValueError(f"labels must be class indices in [0, {classes}), got {t.tolist()[:5]}")
+        return torch.nn.functional.one_hot(t.long(), classes).float()
+    if t.dim() != 2 or t.shape != (batch_size, classes):
+        raise ValueError(f"Invalid labels shape, expected ({batch_size},) or ({batch_size}, {classes}). Got: {tuple(t.shape)}")
+    if not t.is_floating_point():
+        t = t.float()
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("labels contain NaN or Inf")
+    return t
+
+
+# -- scoring ---------------------------------------------------------------------------------------
+@dataclass
+class MatchResult:
+    """What :func:`match_batches` returns.
+
+    Attributes:
+        order: ``(B,)`` ``order[i]`` = index of the true image matched to recovered image ``i``.
+        ssim: ``(B,)`` SSIM of every matched pair.
+        mean_ssim: mean of ``ssim``.
+        mse: ``(B,)`` mean squared error of every matched pair.
+        method: ``"hungarian"`` (scipy) or ``"greedy"`` (scipy missing).
+    """
+
+    order: np.ndarray
+    ssim: np.ndarray
+    mean_ssim: float
+    mse: np.ndarray
+    method: str
+
+
+def match_batches(recovered, truth, *, data_range: float, win_size: int | None = None,
+                  method: str = "auto") -> MatchResult:
+    """Pair recovered images with true ones (a batch comes back in any order) to maximise SSIM.
+
+    The SSIM of every (recovered, true) pair is computed with :func:`instahide.metrics.ssim` (equal
+    to scikit-image's ``structural_similarity`` with ``channel_axis=-1``); the best one-to-one
+    assignment is found with the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``) or,
+    without scipy (or ``method="greedy"``), greedily (best remaining pair first).
+
+    Args:
+        recovered, truth: ``(B, C, H, W)`` channels-first, same shape (tensors or arrays).
+        data_range: pixel range for SSIM (2.0 for ``[-1, 1]``, 1.0 for ``[0, 1]``).
+        win_size: SSIM window (default 7, or the largest odd size that fits images under 7 pixels).
+        method: ``"auto"``, ``"hungarian"`` or ``"greedy"``.
+    """
+    from ..metrics import ssim
+
+    rec = _nchw(recovered, "recovered")
+    tru = _nchw(truth, "truth")
+    if rec.shape != tru.shape:
+        raise ValueError(f"recovered {tuple(rec.shape)} and truth {tuple(tru.shape)} differ in shape")
+    if method not in ("auto", "hungarian", "greedy"):
+        raise ValueError(f"unknown method {method!r}")
+    b = rec.shape[0]
+    if win_size is None:
+        side = min(rec.shape[-2:])
+        win_size = 7 if side >= 7 else (side if side % 2 else side - 1)
+        if win_size < 3:
+            raise ValueError(f"images of {tuple(rec.shape[-2:])} pixels are too small for SSIM")
+    a = rec.permute(0, 2, 3, 1)
+    t = tru.permute(0, 2, 3, 1)
+    ai = a.repeat_interleave(b, dim=0)
+    ti = t.repeat(b, 1, 1, 1)
+    sim = ssim(ai, ti, data_range=data_range, win_size=win_size, reduction="none").reshape(b, b).double().numpy()
+    used = "greedy"
+    order = None
+    if method in ("auto", "hungarian"):
+        try:
+            from scipy.optimize import linear_sum_assignment
+        except ImportError:
+            if method == "hungarian":
+                raise
+        else:
+            rows, cols = linear_sum_assignment(-sim)
+            order = cols[np.argsort(rows)]
+            used = "hungarian"
+    if order is None:
+        order = _greedy(sim)
+    scores = sim[np.arange(b), order]
+    mse = ((rec - tru[torch.as_tensor(order)]) ** 2).flatten(1).mean(1).double().numpy()
+    return MatchResult(order, scores, float(scores.mean()), mse, used)
+
+
+def _greedy(sim: np.ndarray) -> np.ndarray:
+    b = sim.shape[0]
+    order = np.full(b, -1)
+    s = sim.copy()
+    for _ in range(b):
+        i, j = np.unravel_index(np.argmax(s), s.shape)
+        order[i] = j
+        s[i, :] = -np.inf
+        s[:, j] = -np.inf
+    return order
+
+
+def _nchw(x, name: str) -> torch.Tensor:
+    if isinstance(x, np.ndarray):
+        x = torch.from_numpy(x)
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor or array (B, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"Invalid {name} shape, expected (B, C, H, W). Got: {tuple(x.shape)}")
+    if not x.is_floating_point():
+        x = x.float()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf")
+    return x.detach().cpu().double()
