@@ -1,0 +1,204 @@
+"""The federated configuration: one typed dataclass, every field commented, passed through Flower.
+
+:class:`FedConfig` holds every scheme, training and federation option. It travels three ways:
+
+- as Python (``FedConfig(mode="instahide", num_parties=4)``) into :func:`~instahide.federated.run_federated`;
+- as the ``instahide federated --field-name`` options of the command line (typed from the annotations,
+  unknown options are errors);
+- as Flower's ``run_config`` (``[tool.flwr.app.config]`` of a Flower app, ``flwr run --run-config``),
+  with kebab-case keys: :meth:`FedConfig.to_run_config` / :meth:`FedConfig.from_run_config`. The server
+  also sends the whole configuration to the clients in every round's ``ConfigRecord``, so every party
+  trains with the server's settings.
+
+``None`` has no Flower representation: options left at ``None`` are simply absent from a run config.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..train.config import TRAIN_MODES
+
+PARTITIONS = ("iid", "dirichlet")
+STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedmedian",
+              "fedtrimmedavg", "krum")
+# Keys that Flower or its strategies add to a round's ConfigRecord; not FedConfig fields.
+FLOWER_KEYS = ("server-round", "proximal-mu")
+
+
+@dataclass
+class FedConfig:
+    # -- data (each party holds one partition of the training set) ---------------------------------
+    dataset: str = "digits"              # instahide.data.load_dataset name; digits is built in (no download)
+    root: str | None = None              # where the dataset is (not needed for digits); a node may override it
+                                         # with node config data-root=PATH
+    subset: int | None = None            # use N training images drawn at random (seed 0) before partitioning
+    test_subset: int | None = None       # central evaluation on N clean test images (seed 0)
+    augment: str = "auto"                # auto: crop+flip for 3-channel 32x32 data, none otherwise; on / off
+    partition: str = "iid"               # iid | dirichlet (non-IID, per-class Dirichlet proportions)
+    alpha: float = 0.5                   # Dirichlet concentration: small = skewed labels, large = near IID
+    min_party_size: int = 10             # every party gets at least this many images (Dirichlet re-draws)
+    seed: int = 0                        # seed of the partition (which party holds which images); not key material
+    # -- model -------------------------------------------------------------------------------------
+    model: str = "auto"                  # preact_resnet18 | fastnet | mnistnet; auto: mnistnet for 1 channel,
+                                         # fastnet for 3
+    width: float = 1.0                   # channel-width multiplier (scale down for CPU runs)
+    # -- scheme (the paper's names; see instahide.encrypt) -------------------------------------------
+    mode: str = "instahide"              # vanilla (no mixing) | mixup (no mask) | instahide
+    k: int = 4                           # images per encryption (paper: 4 inside, 6 cross)
+    upper: float = 0.65                  # c1, largest coefficient
+    dom: float = 0.3                     # c2, smallest private-coefficient sum (cross-dataset only)
+    num_private: int | None = None       # private slots with a public pool (default 2)
+    public: str | None = None            # public pool source (builtin | folder | .npz): cross-dataset mode;
+                                         # every party loads the same public pool
+    public_size: int = 10_000            # patches in the public pool
+    public_resize: int | None = None     # short side before cropping patches (paper: 40 for 32x32)
+    # -- local training (every party, every round) -------------------------------------------------
+    local_epochs: int = 1                # passes over the party's data per round, each with fresh keys
+    batch_size: int = 32                 # local SGD batch
+    lr: float = 0.05                     # local SGD learning rate (constant over rounds)
+    momentum: float = 0.9                # local SGD momentum (state reset every round)
+    weight_decay: float = 1e-4           # local SGD weight decay
+    proximal_mu: float = 0.0             # FedProx proximal term mu/2 ||w - w_global||^2 (strategy fedprox sends it)
+    threads: int = 1                     # torch threads per party process (1: no oversubscription)
+    # -- federation (server) -----------------------------------------------------------------------
+    rounds: int = 10                     # federated rounds
+    num_parties: int = 2                 # parties (partitions); each node holds one
+    strategy: str = "fedavg"             # fedavg | fedprox | fedavgm | fedadagrad | fedadam | fedyogi | fedmedian
+                                         # | fedtrimmedavg | krum (Flower's strategies)
+    server_lr: float | None = None       # server learning rate eta of fedadagrad/fedadam/fedyogi/fedavgm
+                                         # (None: Flower's default)
+    fraction_train: float = 1.0          # fraction of the connected nodes asked to train each round
+    min_train_nodes: int = 1             # ask at least this many nodes to train each round
+    min_available_nodes: int | None = None  # wait until this many nodes are connected (None: num_parties)
+    fraction_evaluate: float = 0.0       # fraction of nodes that also evaluate on their shard of the test set
+                                         # (0: central evaluation only)
+    timeout: float = 3600.0              # seconds to wait for the replies of one round
+    # -- run ---------------------------------------------------------------------------------------
+    research_seed: int | None = None     # REPRODUCIBLE RESEARCH ONLY: seeds the initial model, order,
+                                         # augmentation AND every party's keys (anyone who knows it can
+                                         # recompute them); None: each party draws keys from OS entropy
+    out: str = "runs/federated"          # server folder: checkpoint.pt, rounds.jsonl, final.json
+    resume: bool = False                 # continue out/checkpoint.pt from its last round
+    drop: str = ""                       # SIMULATED FAILURES for tests/experiments: "round:partition,..."
+                                         # makes that party raise in that round (e.g. "1:1")
+
+    # -- checks ------------------------------------------------------------------------------------
+    def validate(self) -> "FedConfig":
+        """Raise a ValueError naming the first bad field (before any data is loaded)."""
+        if self.mode not in TRAIN_MODES:
+            raise ValueError(f"unknown mode {self.mode!r}; expected one of {TRAIN_MODES}")
+        if self.partition not in PARTITIONS:
+            raise ValueError(f"unknown partition {self.partition!r}; expected one of {PARTITIONS}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {STRATEGIES}")
+        from ..train.models import MODELS
+
+        if self.model != "auto" and self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; known models: auto, {', '.join(MODELS)}")
+        if self.augment not in ("auto", "on", "off"):
+            raise ValueError(f"augment must be auto, on or off, got {self.augment!r}")
+        for name in ("rounds", "num_parties", "local_epochs", "batch_size", "k", "min_party_size",
+                     "public_size", "threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.min_train_nodes < 0:
+            raise ValueError(f"min_train_nodes must be >= 0, got {self.min_train_nodes}")
+        if self.min_available_nodes is not None and self.min_available_nodes < 1:
+            raise ValueError(f"min_available_nodes must be >= 1, got {self.min_available_nodes}")
+        if self.min_train_nodes > self.num_parties:
+            raise ValueError(f"min_train_nodes={self.min_train_nodes} exceeds num_parties={self.num_parties}: "
+                             "the federation would wait for nodes that do not exist")
+        if self.lr <= 0 or self.width <= 0 or self.alpha <= 0 or self.timeout <= 0:
+            raise ValueError("lr, width, alpha and timeout must be > 0")
+        if self.proximal_mu < 0 or self.momentum < 0 or self.weight_decay < 0:
+            raise ValueError("proximal_mu, momentum and weight_decay must be >= 0")
+        for name in ("fraction_train", "fraction_evaluate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.fraction_train == 0 and self.min_train_nodes == 0:
+            raise ValueError("fraction_train=0 and min_train_nodes=0: no party would ever train")
+        if self.mode == "vanilla" and self.public is not None:
+            raise ValueError("vanilla training mixes nothing: drop public or pick mode mixup/instahide")
+        if self.num_private is not None and self.public is None:
+            raise ValueError("num_private needs a public pool (cross-dataset mode): set public")
+        if self.mode != "vanilla":
+            from ..scheme import check_bounds
+
+            cross = self.public is not None
+            num_private = (self.num_private or 2) if cross else self.k
+            check_bounds(self.k, self.upper, self.dom if cross else None, num_private)
+            if cross and num_private >= self.k:
+                raise ValueError(f"cross-dataset mode with k={self.k} and num_private={num_private} "
+                                 "leaves no public slot")
+            if self.min_party_size < num_private:
+                raise ValueError(f"min_party_size={self.min_party_size} is below the {num_private} private "
+                                 f"images one encryption needs (k={self.k}): raise min_party_size")
+        self.drops()
+        return self
+
+    def drops(self) -> set[tuple[int, int]]:
+        """The simulated failures of :attr:`drop` as ``{(round, partition_id)}``."""
+        out = set()
+        for part in filter(None, (p.strip() for p in self.drop.split(","))):
+            try:
+                r, p = (int(v) for v in part.split(":"))
+            except ValueError:
+                raise ValueError(f"drop must look like 'round:partition,...' (e.g. '1:1'), got {self.drop!r}") from None
+            out.add((r, p))
+        return out
+
+    # -- conversions -------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FedConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_run_config(self) -> dict:
+        """Flower run config: kebab-case keys, ``None`` values left out (Flower has no null)."""
+        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+    @classmethod
+    def from_run_config(cls, run_config, ignore=FLOWER_KEYS) -> "FedConfig":
+        """Inverse of :meth:`to_run_config`; values are converted to the fields' types (TOML writes
+        ``lr = 1`` as an int), keys in ``ignore`` are skipped, any other unknown key is an error."""
+        fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
+        kw = {}
+        for key, value in dict(run_config).items():
+            if key in ignore:
+                continue
+            if key not in fields:
+                raise ValueError(f"unknown run-config key {key!r}; known keys: {', '.join(sorted(fields))}")
+            f = fields[key]
+            kw[f.name] = _convert(value, str(f.type), key)
+        return cls(**kw)
+
+
+def _convert(value, annotation: str, key: str):
+    base = annotation.split(" ")[0]
+    if isinstance(value, str) and value.lower() in ("none", "null") and "None" in annotation:
+        return None
+    try:
+        if base == "bool":
+            if isinstance(value, str):
+                low = value.lower()
+                if low not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return low in ("true", "1", "yes")
+            return bool(value)
+        if base == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(value)
+        if base == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"run-config key {key!r}: cannot read {value!r} as {base}") from None
