@@ -1,0 +1,22 @@
+"""Multi-party and multi-process training on encryptions.
+
+- :func:`load_encrypted`: the union of several parties' ``instahide encrypt`` folders (memory-mapped,
+  validated; a folder holding a key is refused).
+- :func:`train_shared` / :class:`SharedConfig`: a central trainer over that union, one process or
+  DistributedDataParallel under ``torchrun`` (gloo on CPU, nccl on CUDA).
+- :mod:`.dist`: the process-group helpers, also used by ``instahide train`` (on-the-fly encryption
+  under DDP: every rank encrypts its own shard with its own keys).
+
+Entry point: ``python -m instahide.distributed train-shared ...`` (or ``train``), also under
+``torchrun --nproc-per-node=N -m instahide.distributed ...``. See docs/distributed.md.
+"""
+from .dist import DistInfo, cleanup, init_distributed, shard_bounds
+from .encrypted import EncryptedUnion, KeyMaterialError, Party, find_key_files, load_encrypted
+from .shared import (SharedConfig, epoch_batches, load_shared_checkpoint, load_shared_model, load_test_set,
+                     rank_slice, train_shared)
+
+__all__ = [
+    "DistInfo", "EncryptedUnion", "KeyMaterialError", "Party", "SharedConfig", "cleanup", "epoch_batches",
+    "find_key_files", "init_distributed", "load_encrypted", "load_shared_checkpoint", "load_shared_model",
+    "load_test_set", "rank_slice", "shard_bounds", "train_shared",
+]
