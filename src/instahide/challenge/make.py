@@ -51,7 +51,7 @@ TRUTH_FORMAT = "instahide-challenge-truth/1"
 CHALLENGE_FORMAT = "instahide-challenge/1"
 SCALINGS = ("pm1", "normalize", "unit")
 # Parameters that are secrets: kept in the truth file, never written to meta.json.
-_SECRET_PARAMS = ("research_seed", "legacy_seed")
+_SECRET_PARAMS = ("research_seed", "legacy_seed", "augment_seed")
 _UNIT_WARNING = ("scaling 'unit': pixels in [0, 1] are non-negative, so every mixture is non-negative "
                  "and |encryption| equals it exactly: the sign mask hides NOTHING here (generated with "
                  "allow_uncentred=True, to measure exactly that)")
@@ -241,6 +241,8 @@ def make_challenge(
     mean=None,
     std=None,
     info: dict | None = None,
+    augment: int | None = None,
+    augment_seed: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ChallengeTruth]:
     """Encrypt ``n`` private images ``T`` times each (epoch-major), the InstaHide challenge's way.
 
@@ -268,6 +270,12 @@ def make_challenge(
         mean, std: the private set's per-channel statistics for ``scaling="normalize"`` (default
             CIFAR-10's); the public pool uses ImageNet's.
         info: extra descriptive (non-secret) entries for the parameters, e.g. the data's source.
+        augment: the training recipe's augmentation before every epoch's encryption: a random crop
+            with this padding (black fill; 0 = no crop) and a random horizontal flip, drawn anew per
+            image and epoch (as training with augmentation encrypts). None (default): no
+            augmentation, every epoch hides the same images, the published challenge's setting.
+            The truth keeps the UN-augmented images: scores measure what is recovered of them.
+        augment_seed: seed of the augmentation draws (not key material); default OS entropy.
 
     Returns:
         ``(encryption, label, truth)``: float32 ``(n*T, H, W, C)``, float32 ``(n*T, classes)`` and a
@@ -312,6 +320,18 @@ def make_challenge(
     x = scale_images(x8, scaling, p_mean, p_std)
     pub = None if pub8 is None else scale_images(pub8, scaling, q_mean, q_std)
 
+    aug = aug_gen = None
+    if augment is not None:
+        from ..train.augment import Augment
+
+        if not isinstance(augment, (int, np.integer)) or augment < 0:
+            raise ValueError(f"augment is the crop padding, an integer >= 0, got {augment!r}")
+        black = scale_images(torch.zeros(1, c, 1, 1, dtype=torch.uint8), scaling, p_mean, p_std).flatten()
+        aug = Augment(padding=int(augment), flip=True, fill=black.tolist())
+        if augment_seed is None:
+            augment_seed = int.from_bytes(os.urandom(8), "little") >> 1
+        aug_gen = torch.Generator().manual_seed(int(augment_seed))
+
     if legacy:
         if generator is not None and seed is not None:
             raise ValueError("give either seed or generator, not both")
@@ -328,7 +348,8 @@ def make_challenge(
     label = np.empty((n * T, num_classes), dtype=np.float32)
     keys = []
     for t in range(T):
-        enc = encrypt(x, labels, k=k, upper=upper, mode=mode, public=pub, num_private=num_private, dom=dom,
+        xt = x if aug is None else aug(x, generator=aug_gen)
+        enc = encrypt(xt, labels, k=k, upper=upper, mode=mode, public=pub, num_private=num_private, dom=dom,
                       num_classes=num_classes, generator=gen, return_key=True, legacy=legacy,
                       allow_uncentred=scaling == "unit")
         encryption[t * n:(t + 1) * n] = enc.images.permute(0, 2, 3, 1).numpy()
@@ -353,6 +374,10 @@ def make_challenge(
         "legacy_seed": legacy_seed if legacy else None,
         "label": "sum over the private slots of lambda_j * one_hot(y_j) (not renormalised)",
         "mask_hides_nothing": scaling == "unit" and mode == "instahide",
+        "augment": None if aug is None else {"crop_padding": int(augment), "flip": True,
+                                             "note": "fresh crop and flip per image and epoch; truth holds "
+                                                     "the un-augmented images"},
+        "augment_seed": augment_seed if aug is not None else None,  # secret: it tells the crops
     }
     if legacy and pub8 is not None:
         params["public_window"] = f"legacy: public partners come from the pool's first {n} rows only"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import challenge_cmd, demo_cmd, encrypt_cmd, show_cmd, train_cmd
+from . import attack_cmd, audit_cmd, challenge_cmd, demo_cmd, encrypt_cmd, show_cmd, train_cmd
 from ._common import CLIError
 
 DESCRIPTION = """\
@@ -20,6 +20,8 @@ start here:
   instahide train --out runs/t        train on encryptions (re-encrypted every epoch), checkpointed
   instahide evaluate --checkpoint C   clean accuracy and inference with InstaHide (accuracy vs T)
   instahide challenge make / score    the InstaHide challenge: generate one, score a decryption
+  instahide attack NAME               run an attack on a challenge (demix, carlini, seed, oracle)
+  instahide audit --out runs/audit    what a configuration leaks on your images: attacks + report
   instahide datasets                  the datasets it reads and where they come from
 """
 
@@ -44,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     show_cmd.add_parser(sub)
     train_cmd.add_parsers(sub)
     challenge_cmd.add_parser(sub)
+    attack_cmd.add_parser(sub)
+    audit_cmd.add_parser(sub)
     p = sub.add_parser("datasets", help="list the datasets instahide reads")
     p.set_defaults(func=_datasets)
     return parser

@@ -1,0 +1,15 @@
+"""Audit a configuration: build a challenge from it and the user's own images, run the attacks that
+apply, and report the measured leakage (``instahide audit``); and the one interface over the attacks
+behind ``instahide attack NAME``.
+
+Example::
+
+    from instahide.audit import AuditConfig, run_audit
+    result = run_audit(AuditConfig(dataset="digits", n_private=20, T=20), "runs/audit")
+    print(result.paths["md"])
+"""
+from .attacks import ATTACKS, AttackOutcome, attack_names, run_attack
+from .run import DEFAULT_ATTACKS, AuditConfig, AuditResult, run_audit
+
+__all__ = ["ATTACKS", "AttackOutcome", "attack_names", "run_attack", "AuditConfig", "AuditResult", "run_audit",
+           "DEFAULT_ATTACKS"]

@@ -1,0 +1,193 @@
+"""One interface over the attacks, for ``instahide attack NAME`` and ``instahide audit``.
+
+Every runner takes a challenge in the published format (``encryption (N, H, W, C)``, ``label
+(N, classes)``) and its PUBLIC description ``meta`` (what ``meta.json`` holds: ``n_private``, ``T``,
+``k``, ``num_private``, ``mode``, ``upper``, ``dom``, ``scaling``), and returns an
+:class:`AttackOutcome` holding one recovered image per row (``decryption``, the challenge's submission
+format) when the attack produced one. The ground truth is used only where the attack is defined by
+it (the oracle decoder, an upper bound) or, passed as ``truth``, to report per-step accuracies after
+the fact; it never steers an attack.
+
+=================  ================================================================================
+name               what it is
+=================  ================================================================================
+``demix``          SPEC 5.A: clustering + least squares on raw pixels; succeeds on Mixup, and shows
+                   how far the mask takes it on InstaHide.
+``carlini``        SPEC 5.B: Carlini et al.'s pipeline (pair network trained on the attacker's own
+                   encryptions, graph, clusters, assignment, reconstruction).
+``seed``           SPEC 5.C: brute-force of the reference code's 32-bit generator seed (``legacy``
+                   keys); the default keys leave it nothing to search.
+``oracle``         SPEC 5.E: reconstruction from the TRUE keys: the upper bound of family 5.B.
+=================  ================================================================================
+
+Gradient inversion (SPEC 5.D) attacks a training step, not a challenge: see
+:mod:`instahide.attacks.gradinv` and ``instahide attack gradient-inversion``.
+
+Example::
+
+    outcome = run_attack("demix", encryption, label, meta, truth=truth)
+    outcome.score.max_ssim, outcome.seconds
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+__all__ = ["AttackOutcome", "ATTACKS", "run_attack", "attack_names"]
+
+
+@dataclass
+class AttackOutcome:
+    """What a runner returns.
+
+    Attributes:
+        name: the attack's name (a key of :data:`ATTACKS`).
+        decryption: float32 ``(N, H, W, C)``, one recovered image per row, or None when the attack
+            recovered nothing (e.g. no seed found).
+        recovered: float32 ``(m, H, W, C)``, the attack's recovered private images (unordered), or None.
+        seconds: wall time.
+        info: attack-specific facts (parameters, per-step accuracies, the seed found, ...), JSON-ready.
+        uses_truth: what of the ground truth the attack used (``""``: nothing).
+        score: the :class:`~instahide.challenge.ScoreResult` when a truth was given and a decryption made.
+    """
+
+    name: str
+    decryption: np.ndarray | None
+    recovered: np.ndarray | None
+    seconds: float
+    info: dict = field(default_factory=dict)
+    uses_truth: str = ""
+    score: object | None = None
+
+    def summary(self) -> dict:
+        s = {"attack": self.name, "title": ATTACKS[self.name]["title"] if self.name in ATTACKS else self.name,
+             "seconds": round(self.seconds, 2), "recovered_anything": self.decryption is not None,
+             "uses_truth": self.uses_truth or None, "info": self.info}
+        if self.score is not None:
+            s["scores"] = self.score.summary()
+        return s
+
+
+def _meta_int(meta: dict, key: str) -> int:
+    if meta.get(key) is None:
+        raise ValueError(f"the challenge's meta.json has no {key!r}; the attacks need the public parameters "
+                         "(n_private, T, k, num_private, mode, scaling)")
+    return int(meta[key])
+
+
+def _pixel_range(meta: dict) -> str:
+    return "unit" if meta.get("scaling") == "unit" else "pm1"
+
+
+def _check(encryption, label, meta) -> tuple[np.ndarray, np.ndarray]:
+    enc = np.asarray(encryption)
+    lab = np.asarray(label)
+    if enc.ndim != 4:
+        raise ValueError(f"encryption must be (N, H, W, C), got shape {enc.shape}")
+    if lab.ndim != 2 or len(lab) != len(enc):
+        raise ValueError(f"label must be (N, classes) with N = {len(enc)} rows, got {lab.shape}")
+    n = _meta_int(meta, "n_private")
+    if len(enc) % n:
+        raise ValueError(f"{len(enc)} rows are not a whole number of epochs of n_private={n} images")
+    return enc, lab
+
+
+# -- runners ---------------------------------------------------------------------------------------------
+def _run_demix(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
+    from ..attacks import demix
+
+    t0 = time.perf_counter()
+    res = demix(enc, lab, n_private=_meta_int(meta, "n_private"), num_private=_meta_int(meta, "num_private"), **opt)
+    info = {"clusters_found": int(len(res.recovered)), **{k: v for k, v in res.info.items()
+                                                          if isinstance(v, (int, float, str, bool))}}
+    return AttackOutcome("demix", res.decryption, res.recovered, time.perf_counter() - t0, info)
+
+
+def _run_oracle(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
+    from ..attacks import oracle_decode
+
+    if truth is None:
+        raise ValueError("the oracle decoder needs the ground truth (the true keys): it is the upper bound "
+                         "of attacks of the Carlini et al. family, not an attack (pass --truth)")
+    t0 = time.perf_counter()
+    pixel_range = _pixel_range(meta)
+    masked = meta.get("mode", "instahide") == "instahide"
+    opt.setdefault("public_model", "solve" if meta.get("legacy") and truth.num_private < truth.k else "mean")
+    evaluate = masked and pixel_range == "pm1"
+    res = oracle_decode(enc, truth.indices, truth.coefficients, truth.num_private, truth.n, masked=masked,
+                        pixel_range=pixel_range, evaluate_with=truth.private if evaluate else None, **opt)
+    info = {"method": res.method, "public_model": opt["public_model"], "sign_chosen_by": res.sign_chosen_by}
+    uses = "the true keys (indices, coefficients)" + (", and the true images to pick the one global sign "
+                                                      "|e| cannot tell" if evaluate else "")
+    return AttackOutcome("oracle", res.decryption, res.recovered, time.perf_counter() - t0, info, uses)
+
+
+def _run_seed(enc, lab, meta, truth=None, seed_range=(0, 2 ** 16), **opt) -> AttackOutcome:
+    from ..attacks import recover_seed
+
+    k, num_private = _meta_int(meta, "k"), _meta_int(meta, "num_private")
+    start, stop = (int(v) for v in seed_range)
+    if not 0 <= start < stop <= 2 ** 32:
+        raise ValueError(f"seed range [{start}, {stop}) must lie in [0, 2^32) and be non-empty")
+    t0 = time.perf_counter()
+    found = recover_seed(enc, lab, n_private=_meta_int(meta, "n_private"), k=k, num_private=num_private,
+                         upper=float(meta.get("upper", 0.65)),
+                         dom=float(meta["dom"]) if meta.get("dom") is not None and num_private < k else None,
+                         seed_range=(start, stop), masked=meta.get("mode", "instahide") == "instahide", **opt)
+    seconds = time.perf_counter() - t0
+    info = {"seed_range": [start, stop], "seeds_searched": stop - start,
+            "seed_found": None if found is None else int(found.seed),
+            "seeds_per_second": round((stop - start) / max(seconds, 1e-9))}
+    if found is None:
+        info["result"] = (f"no seed in [{start}, {stop}) replays these encryptions: nothing recovered "
+                          "(default keys come from a 256-bit keystream, not a 32-bit seed)")
+        return AttackOutcome("seed", None, None, seconds, info)
+    return AttackOutcome("seed", found.decryption, found.recovered, seconds, info)
+
+
+def _run_carlini(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
+    try:
+        from ..attacks.carlini import run_carlini_for_audit
+    except ImportError as exc:  # pragma: no cover - present once the pipeline is in
+        raise ValueError(f"the Carlini et al. pipeline is not available: {exc}") from exc
+    return run_carlini_for_audit(enc, lab, meta, truth=truth, **opt)
+
+
+ATTACKS = {
+    "demix": {"run": _run_demix, "title": "Mixup demixing (SPEC 5.A)", "needs_truth": False},
+    "carlini": {"run": _run_carlini, "title": "Carlini et al. (SPEC 5.B)", "needs_truth": False},
+    "seed": {"run": _run_seed, "title": "generator-seed recovery (SPEC 5.C)", "needs_truth": False},
+    "oracle": {"run": _run_oracle, "title": "oracle decoder, true keys (SPEC 5.E, upper bound)",
+               "needs_truth": True},
+}
+
+
+def attack_names() -> list[str]:
+    return list(ATTACKS)
+
+
+def run_attack(name: str, encryption, label, meta: dict, *, truth=None, threshold: float = 0.8,
+               **options) -> AttackOutcome:
+    """Run attack ``name`` on a challenge; with ``truth`` the decryption is scored too.
+
+    Args:
+        name: one of :func:`attack_names`.
+        encryption: ``(N, H, W, C)``; label: ``(N, classes)``; meta: the challenge's public parameters.
+        truth: a :class:`~instahide.challenge.ChallengeTruth` (needed by ``oracle``; otherwise only
+            used to score afterwards and to report per-step accuracies).
+        threshold: SSIM above which a row or image counts as recovered.
+        options: passed to the attack.
+    """
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; expected one of {attack_names()}")
+    enc, lab = _check(encryption, label, meta)
+    if truth is not None and tuple(enc.shape) != truth.encryption_shape:
+        raise ValueError(f"mismatched ground truth: encryption {enc.shape} vs truth {truth.encryption_shape}")
+    outcome = ATTACKS[name]["run"](enc, lab, meta, truth=truth, **options)
+    if truth is not None and outcome.decryption is not None:
+        from ..challenge import score
+
+        outcome.score = score(np.asarray(outcome.decryption, dtype=np.float32), truth, threshold=threshold)
+    return outcome

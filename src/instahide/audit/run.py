@@ -1,0 +1,215 @@
+"""``instahide audit``: build a challenge from a configuration and the user's own images, run the attacks
+that apply, and write a report of the measured leakage.
+
+Steps (each result is written as soon as it exists, so ``resume=True`` picks up after an interruption):
+
+1. ``OUT/challenge/`` (encryption.npy, label.npy, meta.json: what an attacker would hold) and
+   ``OUT/challenge-truth.npz`` (the private images and keys), from :func:`make_challenge` with the
+   audited configuration: mode, k, private/public slots, c1/c2, pixel scaling, public pool, T epochs,
+   augmentation (the training recipe's crop + flip before every epoch), legacy or default keys.
+2. For each attack: ``OUT/attacks/<name>/`` with ``decryption.npy``, ``outcome.json``, and the
+   challenge scorer's ``rows.csv``, ``scores.json`` and ``best_worst.png``.
+3. ``OUT/report.md`` / ``OUT/report.html`` with the SSIM distribution, the share of images recovered
+   above SSIM 0.8, and recovered-vs-original pictures (:mod:`instahide.report.audit_report`).
+
+Example::
+
+    cfg = AuditConfig(dataset="digits", n_private=20, T=20, public="builtin", k=6)
+    result = run_audit(cfg, "runs/audit")
+    result.outcomes[0].score.max_ssim
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_save_npy, atomic_write_text
+from .attacks import ATTACKS, AttackOutcome, run_attack
+
+__all__ = ["AuditConfig", "AuditResult", "run_audit", "DEFAULT_ATTACKS"]
+
+DEFAULT_ATTACKS = ("demix", "seed", "oracle", "carlini")
+
+
+@dataclass
+class AuditConfig:
+    """What to audit. The scheme's fields carry the paper's names and the reference defaults."""
+
+    # the user's images: a dataset name (digits needs no download), root, split, how many
+    dataset: str = "digits"
+    root: str | None = None
+    split: str = "test"
+    n_private: int = 20              # private images in the challenge (the published one: 100)
+    # the scheme
+    T: int = 50                      # epochs = encryptions per image, fresh keys each
+    mode: str = "instahide"          # instahide (mix + mask) or mixup (no mask)
+    k: int | None = None             # images per encryption (default 6 with a public pool, 4 without)
+    num_private: int | None = None   # private slots (default 2 with a public pool, k without)
+    upper: float = 0.65              # c1
+    dom: float = 0.3                 # c2 (cross-dataset)
+    scaling: str = "pm1"             # pixel units: pm1 [-1, 1], normalize (mean/std), unit [0, 1]
+    public: str | None = "builtin"   # public pool source, or None for inside-dataset InstaHide
+    public_size: int = 4000
+    public_seed: int = 0
+    public_resize: int | None = None
+    augment: int | None = None       # crop padding of the per-epoch augmentation (None: none)
+    legacy: bool = False             # the reference code's keys (32-bit MT seed) and defects
+    research_seed: int | None = None  # reproducible keys for research (anyone knowing it undoes them)
+    # the attacks
+    attacks: tuple = DEFAULT_ATTACKS
+    seed_range: tuple = (0, 2 ** 16)  # seeds searched by the seed attack
+    carlini: dict = field(default_factory=dict)  # options of the Carlini et al. pipeline
+    threshold: float = 0.8           # SSIM counted as "recovered"
+
+    def check(self) -> None:
+        unknown = [a for a in self.attacks if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
+        if self.n_private < 2:
+            raise ValueError(f"n_private must be >= 2 (an encryption mixes several private images), got {self.n_private}")
+        if self.T < 1:
+            raise ValueError(f"T must be >= 1, got {self.T}")
+        if self.dataset != "digits" and self.root is None:
+            raise ValueError(f"dataset {self.dataset!r} needs a root (a folder or file); digits is built in")
+
+
+@dataclass
+class AuditResult:
+    config: AuditConfig
+    meta: dict
+    truth: object
+    outcomes: list[AttackOutcome]
+    paths: dict
+
+
+def _load_images(cfg: AuditConfig):
+    from ..data import load_dataset
+
+    ds = load_dataset(cfg.dataset, root=cfg.root, split=cfg.split)
+    if len(ds) < cfg.n_private:
+        raise ValueError(f"too few images: {ds.name} ({cfg.split}) has {len(ds)}, the audit asks for "
+                         f"n_private={cfg.n_private}")
+    ds = ds.subset(slice(0, cfg.n_private))
+    labels = ds.labels
+    if labels is None:  # unlabelled images: one class (the labels then leak the private coefficient sums)
+        labels = np.zeros(len(ds), dtype=np.int64)
+    return ds, labels
+
+
+def _challenge(cfg: AuditConfig, out: Path, resume: bool):
+    from ..challenge import load_truth, make_challenge, write_challenge
+
+    folder, truth_path = out / "challenge", out / "challenge-truth.npz"
+    if resume and (folder / "meta.json").is_file() and truth_path.is_file():
+        meta = json.loads((folder / "meta.json").read_text())
+        truth = load_truth(truth_path)
+        if meta.get("challenge_id") == truth.params.get("challenge_id"):
+            enc = np.load(folder / "encryption.npy", allow_pickle=False)
+            lab = np.load(folder / "label.npy", allow_pickle=False)
+            return enc, lab, meta, truth, True
+    ds, labels = _load_images(cfg)
+    c, h, w = ds.shape
+    pool = None
+    if cfg.public is not None:
+        from ..data import load_public_pool
+
+        pool = load_public_pool(cfg.public, n=cfg.public_size, size=(h, w), channels=c, seed=cfg.public_seed,
+                                resize=cfg.public_resize).images
+    k = cfg.k if cfg.k is not None else (6 if pool is not None else 4)
+    info = {"private_source": {"dataset": ds.name, "split": cfg.split, "selection": f"first {cfg.n_private}"},
+            "public_source": None if pool is None else {"source": cfg.public, "size": len(pool),
+                                                         "seed": cfg.public_seed},
+            "instahide_version": __import__("instahide").__version__}
+    enc, lab, truth = make_challenge(
+        ds.images, labels, pool, T=cfg.T, k=k, num_private=cfg.num_private, mode=cfg.mode, upper=cfg.upper,
+        dom=cfg.dom, scaling=cfg.scaling, legacy=cfg.legacy, seed=cfg.research_seed,
+        num_classes=max(ds.num_classes or 1, int(labels.max()) + 1),
+        mean=ds.mean if cfg.scaling == "normalize" else None, std=ds.std if cfg.scaling == "normalize" else None,
+        info=info, augment=cfg.augment)
+    write_challenge(folder, enc, lab, truth, truth_path=truth_path, force=True)
+    meta = json.loads((folder / "meta.json").read_text())
+    return enc, lab, meta, truth, False
+
+
+def _save_outcome(folder: Path, outcome: AttackOutcome, truth, meta_id: str) -> None:
+    from ..challenge import write_score_report
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if outcome.decryption is not None:
+        atomic_save_npy(folder / "decryption.npy", np.asarray(outcome.decryption, dtype=np.float32))
+        if outcome.score is not None:
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                write_score_report(outcome.score, folder, outcome.decryption, truth)
+    record = {"attack": outcome.name, "seconds": outcome.seconds, "info": outcome.info,
+              "uses_truth": outcome.uses_truth, "challenge_id": meta_id,
+              "decryption": "decryption.npy" if outcome.decryption is not None else None}
+    atomic_write_text(folder / "outcome.json", json.dumps(record, indent=2, default=str) + "\n")
+
+
+def _load_outcome(folder: Path, truth, meta_id: str, threshold: float) -> AttackOutcome | None:
+    path = folder / "outcome.json"
+    if not path.is_file():
+        return None
+    record = json.loads(path.read_text())
+    if record.get("challenge_id") != meta_id:
+        return None
+    dec = None
+    if record.get("decryption"):
+        dec = np.load(folder / record["decryption"], allow_pickle=False)
+    outcome = AttackOutcome(record["attack"], dec, None, float(record["seconds"]), record.get("info", {}),
+                            record.get("uses_truth", ""))
+    if dec is not None:
+        from ..challenge import score
+
+        outcome.score = score(dec, truth, threshold=threshold)
+    return outcome
+
+
+def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "html"), log=print) -> AuditResult:
+    """Run the audit described by ``cfg`` into the folder ``out`` (module docstring)."""
+    from ..report.audit_report import write_audit_report
+
+    cfg.check()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    enc, lab, meta, truth, reused = _challenge(cfg, out, resume)
+    log(f"challenge: {truth.n} private images x T={truth.T} = {truth.N} encryptions "
+        f"({'reused' if reused else 'made'} in {time.perf_counter() - t0:.1f} s) -> {out / 'challenge'}")
+    outcomes, notes = [], []
+    for name in cfg.attacks:
+        folder = out / "attacks" / name
+        outcome = _load_outcome(folder, truth, meta["challenge_id"], cfg.threshold) if resume else None
+        if outcome is not None:
+            log(f"{name}: reused the result in {folder}")
+        else:
+            options = {}
+            if name == "seed":
+                options["seed_range"] = tuple(cfg.seed_range)
+            if name == "carlini":
+                options.update(cfg.carlini)
+            log(f"{name}: running ...")
+            try:
+                outcome = run_attack(name, enc, lab, meta, truth=truth, threshold=cfg.threshold, **options)
+            except (ValueError, ImportError) as exc:
+                notes.append(f"{name} not run: {exc}")
+                log(f"{name}: not run: {exc}")
+                continue
+            _save_outcome(folder, outcome, truth, meta["challenge_id"])
+        outcomes.append(outcome)
+        s = outcome.score
+        log(f"{name}: " + (f"Max_SSIM {s.max_ssim:.3f}, images > {cfg.threshold}: "
+                           f"{int(np.sum(s.per_private_best_ssim > cfg.threshold))}/{truth.n}"
+                           if s is not None else "recovered nothing") + f" ({outcome.seconds:.1f} s)")
+    config = {**asdict(cfg), "resolved": {"k": truth.k, "num_private": truth.num_private}}
+    config["carlini"] = {k: v for k, v in cfg.carlini.items() if not callable(v)}
+    paths = write_audit_report(out, config, meta, outcomes, truth, enc, formats=formats,
+                               threshold=cfg.threshold, notes=notes)
+    return AuditResult(cfg, meta, truth, outcomes, paths)

@@ -1,0 +1,292 @@
+"""The privacy report of ``instahide audit``: measured leakage, in numbers and pictures.
+
+:func:`write_audit_report` writes ``report.md`` and/or ``report.html`` (the HTML is self-contained:
+pictures are embedded) with
+
+* the configuration audited and what each attack knew;
+* per attack: Max_SSIM / Mean_SSIM (the challenge's scores), the share of rows and of private images
+  recovered above the SSIM threshold (0.8), the wall time, and its own facts (per-step accuracies,
+  the seed found, ...);
+* ``ssim_distribution.png``: per attack, the distribution of each private image's best SSIM and of
+  each row's Max_SSIM;
+* ``recovered_<attack>.png``: originals, what the attacker holds for them (one ``|encryption|``), and
+  the attack's best recovery of each, with its SSIM.
+
+Pictures need matplotlib (``instahide[plot]``); without it the report says they were skipped.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+
+from .._io import atomic_write_text
+
+__all__ = ["write_audit_report", "ssim_distribution_png", "recovered_png", "best_rows_per_image"]
+
+DISCLAIMER = ("InstaHide is not encryption in the cryptographic sense. These are the results of the attacks "
+              "run here, at this scale; an attack that recovers little here does not show that a stronger "
+              "or longer attack recovers little.")
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def best_rows_per_image(score) -> tuple[np.ndarray, np.ndarray]:
+    """For each private image, the row whose decryption matches it best and that SSIM.
+
+    Returns ``(rows (n,), ssim (n,))``; ``rows[i] == -1`` (and SSIM NaN) for an image in no row."""
+    n = len(score.per_private_best_ssim)
+    rows = np.full(n, -1, dtype=np.int64)
+    best = np.full(n, -np.inf)
+    for p, s in ((score.p1, score.ssim1), (score.p2, score.ssim2)):
+        for r in np.argsort(-s, kind="stable"):
+            i = p[r]
+            if s[r] > best[i]:
+                best[i], rows[i] = s[r], r
+    best[rows < 0] = np.nan
+    return rows, best
+
+
+def ssim_distribution_png(outcomes, path: str | os.PathLike, threshold: float = 0.8) -> Path | None:
+    """Histograms of each private image's best SSIM and each row's Max_SSIM, one colour per attack."""
+    scored = [o for o in outcomes if o.score is not None]
+    if not scored:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    bins = np.linspace(-0.2, 1.0, 31)
+    for o in scored:
+        best = o.score.per_private_best_ssim
+        axes[0].hist(np.clip(best[np.isfinite(best)], -0.2, 1.0), bins=bins, histtype="step", linewidth=1.6,
+                     label=o.name)
+        axes[1].hist(np.clip(o.score.row_max_ssim, -0.2, 1.0), bins=bins, histtype="step", linewidth=1.6,
+                     label=o.name)
+    for ax, title in zip(axes, ("best SSIM of each private image", "Max_SSIM of each row (encryption)")):
+        ax.axvline(threshold, color="k", linestyle=":", linewidth=1)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("SSIM")
+        ax.set_ylabel("count")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def recovered_png(outcome, truth, encryption, path: str | os.PathLike, max_images: int = 12) -> Path | None:
+    """Originals / one ``|encryption|`` holding each / the attack's best recovery of each (with SSIM)."""
+    if outcome.score is None or outcome.decryption is None:
+        return None
+    from ..challenge import to_unit_range
+
+    plt = _plt()
+    rows, best = best_rows_per_image(outcome.score)
+    order = [i for i in np.argsort(-np.nan_to_num(best, nan=-9)) if rows[i] >= 0]
+    # show the best, the median and the worst recoveries, not only the best
+    if len(order) > max_images:
+        pick = np.linspace(0, len(order) - 1, max_images).round().astype(int)
+        order = [order[j] for j in pick]
+    n = len(order)
+    if n == 0:
+        return None
+    enc = np.asarray(encryption, dtype=np.float32)
+    dec = np.asarray(outcome.decryption, dtype=np.float32)
+    originals = to_unit_range(truth.private[order], truth)
+    held = np.abs(enc[rows[order]])
+    held = held / np.maximum(held.reshape(n, -1).max(1), 1e-12)[:, None, None, None]
+    recovered = to_unit_range(dec[rows[order]], truth)
+    fig, axes = plt.subplots(3, n, figsize=(1.15 * n + 1.4, 3.9), squeeze=False)
+    for r, (label, imgs) in enumerate((("original", originals), ("|encryption|\n(attacker)", held),
+                                       ("recovered", recovered))):
+        for j in range(n):
+            ax = axes[r][j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            img = imgs[j]
+            if img.shape[-1] == 1:
+                ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
+            if r == 2:
+                ax.set_title(f"{best[order[j]]:.2f}", fontsize=8, y=-0.32)
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
+    fig.suptitle(f"{outcome.name}: best recovery of each private image (SSIM below; best to worst)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return Path(path)
+
+
+def _fmt(v, digits: int = 3) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return "-" if not np.isfinite(v) else f"{v:.{digits}f}"
+    return str(v)
+
+
+def _rows(outcomes, n_private: int) -> list[list[str]]:
+    out = []
+    for o in outcomes:
+        if o.score is not None:
+            s = o.score
+            above = int(np.sum(s.per_private_best_ssim > s.threshold))
+            out.append([o.name, _fmt(s.max_ssim), _fmt(s.mean_ssim), f"{s.share_above:.1%}",
+                        f"{above}/{n_private}", _fmt(float(np.nanmedian(s.per_private_best_ssim))),
+                        f"{o.seconds:.1f}", o.uses_truth or "nothing"])
+        else:
+            out.append([o.name, "-", "-", "-", "0/" + str(n_private), "-", f"{o.seconds:.1f}",
+                        o.uses_truth or "nothing"])
+    return out
+
+
+HEADER = ["attack", "Max_SSIM", "Mean_SSIM", "rows > {t}", "images > {t}", "median image SSIM", "seconds",
+          "ground truth used"]
+
+
+def _facts(o) -> str:
+    info = {k: v for k, v in o.info.items() if not isinstance(v, (list, dict)) or len(json.dumps(v)) < 300}
+    return json.dumps(info, default=str)
+
+
+def write_audit_report(out: str | os.PathLike, config: dict, meta: dict, outcomes, truth, encryption, *,
+                       formats=("md", "html"), threshold: float = 0.8, notes=()) -> dict[str, Path]:
+    """Write the report files into ``out``; returns their paths (``md``, ``html``, pictures)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    pictures: list[tuple[str, Path]] = []
+    picture_note = None
+    try:
+        p = ssim_distribution_png(outcomes, out / "ssim_distribution.png", threshold)
+        if p:
+            paths["ssim_distribution"] = p
+            pictures.append(("SSIM distribution", p))
+        for o in outcomes:
+            p = recovered_png(o, truth, encryption, out / f"recovered_{o.name}.png")
+            if p:
+                paths[f"recovered_{o.name}"] = p
+                pictures.append((f"{o.name}: originals, |encryption|, recovered", p))
+    except ImportError:
+        picture_note = 'pictures skipped: they need matplotlib (pip install "instahide[plot]")'
+
+    t = threshold
+    header = [h.format(t=t) for h in HEADER]
+    table = _rows(outcomes, truth.n)
+    scheme = (f"{meta.get('mode')} k={meta.get('k')} ({meta.get('num_private')} private + "
+              f"{meta.get('num_public')} public), c1={meta.get('upper')}, c2={meta.get('dom')}, "
+              f"{truth.n} private images x T={truth.T} encryptions, pixels {meta.get('scaling')}, "
+              f"public pool {meta.get('public_pool_size')}, augmentation "
+              f"{'crop ' + str(meta['augment']['crop_padding']) + ' + flip' if meta.get('augment') else 'none'}, "
+              f"keys {'legacy (reference code)' if meta.get('legacy') else 'default (SHAKE-256, OS entropy)'}")
+    best = max((o.score.max_ssim for o in outcomes if o.score is not None), default=None)
+    lines = ["# InstaHide privacy audit", "", f"**Configuration:** {scheme}.", "",
+             f"> {DISCLAIMER}", ""]
+    if best is not None:
+        real = [o for o in outcomes if o.score is not None and not o.uses_truth]
+        if real:
+            top = max(real, key=lambda o: o.score.max_ssim)
+            imgs = int(np.sum(top.score.per_private_best_ssim > t))
+            lines += [f"**Measured leakage:** the strongest attack that used no secret ({top.name}) reached "
+                      f"Max_SSIM {top.score.max_ssim:.3f}; {imgs} of {truth.n} private images were recovered "
+                      f"with SSIM > {t} in at least one row ({top.score.share_above:.1%} of rows).", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in table]
+    lines += ["", "SSIM: scikit-image's `structural_similarity` conventions (7x7 uniform window, "
+              f"channel_axis=-1), data range {truth.data_range:g}; 'images > {t}' counts private images whose "
+              "best row exceeds the threshold. The oracle decoder is given the true keys: it is an upper bound "
+              "for the reconstruction step of Carlini et al.'s family, not an attack.", ""]
+    lines += ["## Attacks", ""]
+    for o in outcomes:
+        lines += [f"- **{o.name}** ({o.seconds:.1f} s): {_facts(o)}"]
+    lines += [""]
+    for note in notes:
+        lines += [f"- note: {note}"]
+    if picture_note:
+        lines += [f"- {picture_note}", ""]
+    lines += ["## Pictures", ""]
+    for title, p in pictures:
+        lines += [f"### {title}", "", f"![{title}]({p.name})", ""]
+    lines += ["## Configuration (complete)", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]
+    md = "\n".join(lines) + "\n"
+    if "md" in formats:
+        paths["md"] = out / "report.md"
+        atomic_write_text(paths["md"], md)
+    if "html" in formats:
+        paths["html"] = out / "report.html"
+        atomic_write_text(paths["html"], _html(md, out))
+    return paths
+
+
+def _html(md: str, folder: Path) -> str:
+    """A small Markdown-to-HTML rendering of the report (headings, tables, lists, code, images inlined)."""
+    body, in_table, in_code, in_list = [], False, False, False
+    for line in md.splitlines():
+        if line.startswith("```"):
+            body.append("<pre>" if not in_code else "</pre>")
+            in_code = not in_code
+            continue
+        if in_code:
+            body.append(html.escape(line))
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if all(re.fullmatch(r"-+", c) for c in cells):
+                continue
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+                body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
+            else:
+                body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("- "):
+            if not in_list:
+                body.append("<ul>")
+                in_list = True
+            body.append(f"<li>{_inline(line[2:])}</li>")
+            continue
+        if in_list:
+            body.append("</ul>")
+            in_list = False
+        m = re.fullmatch(r"!\[(.*)\]\((.*)\)", line)
+        if m:
+            data = base64.b64encode((folder / m.group(2)).read_bytes()).decode()
+            body.append(f'<p><img alt="{html.escape(m.group(1))}" src="data:image/png;base64,{data}"></p>')
+        elif line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            body.append(f"<h{level}>{html.escape(line[level:].strip())}</h{level}>")
+        elif line.startswith("> "):
+            body.append(f"<blockquote>{_inline(line[2:])}</blockquote>")
+        elif line.strip():
+            body.append(f"<p>{_inline(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    if in_list:
+        body.append("</ul>")
+    style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;}table{border-collapse:collapse}"
+             "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}blockquote{color:#933}"
+             "pre{background:#f4f4f4;padding:8px;overflow:auto}img{max-width:100%}")
+    return (f"<!DOCTYPE html>\n<html><head><meta charset='utf-8'><title>InstaHide privacy audit</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def _inline(text: str) -> str:
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)

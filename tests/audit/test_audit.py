@@ -1,0 +1,142 @@
+"""`instahide audit` and `instahide attack`: the challenge built from a configuration, the attacks run on
+it, the report; checked against the ground truth of small digits challenges (no download)."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("sklearn")
+pytest.importorskip("scipy")
+from instahide.audit import AuditConfig, run_attack, run_audit  # noqa: E402
+from instahide.challenge import load_truth, make_challenge  # noqa: E402
+from instahide.cli.main import main  # noqa: E402
+from instahide.data import load_dataset  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def digits():
+    ds = load_dataset("digits", split="test")
+    return ds.images[:12], ds.labels[:12]
+
+
+def test_audit_mixup_unit_is_recovered_and_reported(tmp_path):
+    """On unmasked Mixup with non-negative pixels demixing recovers the images: the report must say so."""
+    cfg = AuditConfig(n_private=12, T=12, mode="mixup", scaling="unit", public_size=500,
+                      attacks=("demix", "seed", "oracle"), research_seed=3)
+    res = run_audit(cfg, tmp_path / "a", log=lambda m: None)
+    by = {o.name: o for o in res.outcomes}
+    # scores recomputed here from the decryption and the truth on disk (not the runner's numbers)
+    truth = load_truth(tmp_path / "a" / "challenge-truth.npz")
+    dec = np.load(tmp_path / "a" / "attacks" / "demix" / "decryption.npy")
+    from instahide.challenge import score
+
+    assert score(dec, truth).max_ssim == pytest.approx(by["demix"].score.max_ssim)
+    assert by["demix"].score.max_ssim > 0.8
+    assert by["oracle"].score.max_ssim > 0.9 and by["oracle"].uses_truth
+    assert by["seed"].decryption is None and by["seed"].info["seed_found"] is None
+    md = (tmp_path / "a" / "report.md").read_text()
+    assert f"Max_SSIM {by['demix'].score.max_ssim:.3f}" in md
+    assert "secure" not in md.lower()
+    html = (tmp_path / "a" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 and "<table>" in html
+    for name in ("ssim_distribution.png", "recovered_demix.png", "challenge/encryption.npy"):
+        assert (tmp_path / "a" / name).is_file()
+    # what an attacker is handed holds no secret
+    meta = json.loads((tmp_path / "a" / "challenge" / "meta.json").read_text())
+    assert meta["research_seed"] if "research_seed" in meta else True
+    assert "research_seed" not in meta and sorted(p.name for p in (tmp_path / "a" / "challenge").iterdir()) == \
+        ["encryption.npy", "label.npy", "meta.json"]
+
+
+def test_mask_stops_demixing_in_the_same_audit(tmp_path):
+    cfg = AuditConfig(n_private=12, T=12, mode="instahide", scaling="pm1", public_size=500,
+                      attacks=("demix",), research_seed=3)
+    res = run_audit(cfg, tmp_path / "b", formats=("md",), log=lambda m: None)
+    assert res.outcomes[0].score.max_ssim < 0.3
+
+
+def test_resume_reuses_challenge_and_results(tmp_path):
+    cfg = AuditConfig(n_private=10, T=5, public=None, k=4, attacks=("demix", "seed"), research_seed=1)
+    run_audit(cfg, tmp_path / "r", formats=("md",), log=lambda m: None)
+    cid = json.loads((tmp_path / "r" / "challenge" / "meta.json").read_text())["challenge_id"]
+    before = (tmp_path / "r" / "attacks" / "demix" / "outcome.json").stat().st_mtime_ns
+    lines = []
+    run_audit(cfg, tmp_path / "r", resume=True, formats=("md",), log=lines.append)
+    assert json.loads((tmp_path / "r" / "challenge" / "meta.json").read_text())["challenge_id"] == cid
+    assert (tmp_path / "r" / "attacks" / "demix" / "outcome.json").stat().st_mtime_ns == before
+    assert any("reused the result" in m for m in lines) and any("reused" in m for m in lines[:1])
+
+
+def test_legacy_keys_fall_to_the_seed_attack(tmp_path):
+    cfg = AuditConfig(n_private=10, T=4, public_size=300, legacy=True, research_seed=4321,
+                      attacks=("seed",), seed_range=(4000, 5000))
+    res = run_audit(cfg, tmp_path / "l", formats=("md",), log=lambda m: None)
+    out = res.outcomes[0]
+    assert out.info["seed_found"] == 4321 == res.truth.legacy_seed
+    assert out.score.max_ssim > 0.95
+
+
+def test_augmented_rows_are_crops_and_flips_of_the_originals(digits):
+    """k=1 inside-dataset Mixup: every row IS its image after a crop (padding 2) and a flip; check each row
+    against all 2 x 25 candidates computed by a plain loop."""
+    x, y = digits
+    enc, _, truth = make_challenge(x, y, None, T=3, k=1, upper=1.0, mode="mixup", scaling="unit", augment=2,
+                                   augment_seed=5)
+    n = len(x)
+    img = torch.from_numpy(np.asarray(x)).float() / 255.0  # (n, 1, 8, 8)
+    flips = 0
+    for r in range(len(enc)):
+        orig = img[r % n, 0]
+        pad = torch.nn.functional.pad(orig, (2, 2, 2, 2))
+        candidates = []
+        for dy in range(5):
+            for dx in range(5):
+                crop = pad[dy:dy + 8, dx:dx + 8]
+                candidates += [(crop, False), (crop.flip(-1), True)]
+        errs = [float((c - torch.from_numpy(enc[r, :, :, 0])).abs().max()) for c, _ in candidates]
+        j = int(np.argmin(errs))
+        assert errs[j] < 1e-6
+        flips += candidates[j][1]
+    assert 0 < flips < len(enc)  # both orientations occur
+    assert truth.params["augment"]["crop_padding"] == 2 and np.allclose(truth.private[..., 0], img[:, 0].numpy())
+
+
+def test_bad_input_is_a_clear_error(tmp_path, digits):
+    with pytest.raises(ValueError, match="unknown attack"):
+        AuditConfig(attacks=("nope",)).check()
+    with pytest.raises(ValueError, match="too few images"):
+        run_audit(AuditConfig(n_private=10_000, attacks=("demix",)), tmp_path / "x", log=lambda m: None)
+    x, y = digits
+    enc, lab, truth = make_challenge(x, y, None, T=2, k=4, seed=0)
+    meta = dict(truth.params)
+    with pytest.raises(ValueError, match="needs the ground truth"):
+        run_attack("oracle", enc, lab, meta)
+    with pytest.raises(ValueError, match="not a whole number of epochs"):
+        run_attack("demix", enc[:-1], lab[:-1], meta)
+    with pytest.raises(ValueError, match="label must be"):
+        run_attack("demix", enc, lab[:-1], meta)
+    with pytest.raises(ValueError, match="seed range"):
+        run_attack("seed", enc, lab, meta, seed_range=(5, 5))
+
+
+def test_cli_attack_and_audit(tmp_path, capsys):
+    ch = tmp_path / "ch"
+    assert main(["challenge", "make", "--dataset", "digits", "--n-private", "10", "--T", "10", "--mode", "mixup",
+                 "--scaling", "unit", "--public-size", "300", "--out", str(ch)]) == 0
+    assert main(["attack", "demix", "--challenge", str(ch), "--out", str(tmp_path / "d")]) == 0
+    dec = np.load(tmp_path / "d" / "decryption.npy")
+    assert dec.shape == (100, 8, 8, 1)
+    scores = json.loads((tmp_path / "d" / "scores.json").read_text())["scores"]
+    assert scores["Max_SSIM"] > 0.8 and (tmp_path / "d" / "recovered.png").is_file()
+    # the oracle needs the truth: moving it away is an error naming the problem
+    (tmp_path / "ch-truth.npz").rename(tmp_path / "elsewhere.npz")
+    capsys.readouterr()
+    assert main(["attack", "oracle", "--challenge", str(ch), "--out", str(tmp_path / "o")]) == 2
+    assert "needs the ground truth" in capsys.readouterr().err
+    assert main(["attack", "oracle", "--challenge", str(ch), "--truth", str(tmp_path / "elsewhere.npz"),
+                 "--out", str(tmp_path / "o")]) == 0
+    assert main(["attack", "demix", "--challenge", str(ch), "--out", str(tmp_path / "d")]) == 2  # no overwrite
+    assert main(["audit", "--out", str(tmp_path / "au"), "--n-private", "8", "--T", "4", "--public", "none",
+                 "--attacks", "demix", "--format", "md"]) == 0
+    assert (tmp_path / "au" / "report.md").is_file() and not (tmp_path / "au" / "report.html").exists()
