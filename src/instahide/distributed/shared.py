@@ -163,7 +163,7 @@ def rank_slice(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 
 
 # -- training -------------------------------------------------------------------------------------
-def train_shared(cfg: SharedConfig, *, resume: bool = False, on_epoch_end=None) -> dict:
+def train_shared(cfg: SharedConfig, *, resume: bool = False, on_epoch_end=None, return_model: bool = False):
     """Train on the union of the parties' encryptions; returns the final summary (``final.json``).
 
     Runs as one process, or as one rank of a ``torchrun`` job (joins the process group itself).
@@ -172,11 +172,13 @@ def train_shared(cfg: SharedConfig, *, resume: bool = False, on_epoch_end=None) 
         cfg: the configuration (validated first).
         resume: continue from ``cfg.out/checkpoint.pt`` (its configuration must match).
         on_epoch_end: optional ``f(epoch, metrics)`` called on every rank after each epoch.
+        return_model: return ``(final, model)`` (this rank's unwrapped model) instead of ``final``.
     """
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        return _train(cfg, info, resume, on_epoch_end)
+        final, model = _train(cfg, info, resume, on_epoch_end)
+        return (final, model) if return_model else final
     finally:
         cleanup(info)
 
@@ -327,7 +329,7 @@ def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dic
         atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
         if history:
             _plot(out, history)
-    return final
+    return final, model
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
