@@ -1,0 +1,170 @@
+"""Carlini et al.'s attack (SPEC 5.B) end to end on challenges made here, measured step by step.
+
+Challenge: the first ``--n`` CIFAR-10 TEST images, ``--T`` encryptions each, rows SHUFFLED (the attack
+never sees the epoch-major order), keys from research seed 0; cross-dataset (``--setting cross``:
+2 private + k-2 public slots, public pool of ``--pool`` built-in photograph patches, pool seed 0) or
+inside-dataset (``--setting inside``: all k slots private, no pool). The attacker trains on CIFAR-10
+TRAIN images (``--train-images`` of them) with its own pool (``--pool`` patches, pool seed 1).
+One trained pair network per (k, setting, scaling) is cached in ``--net-dir`` and reused across T.
+Every result is one JSON line appended to ``--out`` as soon as it is measured.
+
+  # the 20-image target at CPU scale (one thread):
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/carlini.py --n 20 --T 50 --k 6 --setting cross --scaling pm1
+  # the sweep over T and k:
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/carlini.py --T 10 20 50 --k 4 6 --setting cross inside
+  # the published scale (100 x 50), on a GPU:
+  .venv/bin/python experiments/carlini.py --scale full --device cuda
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from instahide import KeyGenerator  # noqa: E402
+from instahide.attacks.carlini import carlini_attack, load_pair_network, save_pair_network  # noqa: E402
+from instahide.challenge import make_challenge, score  # noqa: E402
+from instahide.data import load_dataset, load_public_pool  # noqa: E402
+
+PRESETS = {  # --scale: defaults that the explicit flags override
+    "cpu": dict(n=20, T=[50], train_steps=300, train_images=20000),
+    "full": dict(n=100, T=[50], train_steps=20000, train_images=50000, width=64, depth=8),
+}
+
+
+def picture(path: Path, original: np.ndarray, recovered: np.ndarray, scaling: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def show(x):
+        return np.clip((x + 1) / 2 if scaling == "pm1" else x, 0, 1)
+
+    m = len(original)
+    fig, axes = plt.subplots(2, m, figsize=(1.1 * m, 2.6))
+    for j in range(m):
+        for r, img in enumerate((original[j], recovered[j])):
+            ax = axes[r, j] if m > 1 else axes[r]
+            ax.imshow(show(img).squeeze(), cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
+            ax.axis("off")
+    (axes[0, 0] if m > 1 else axes[0]).set_title("original", fontsize=7, loc="left")
+    (axes[1, 0] if m > 1 else axes[1]).set_title("recovered", fontsize=7, loc="left")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py"))
+    p.add_argument("--scale", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--n", type=int, default=None, help="private images attacked")
+    p.add_argument("--T", type=int, nargs="+", default=None, help="encryptions per image (one run each)")
+    p.add_argument("--k", type=int, nargs="+", default=[6])
+    p.add_argument("--setting", nargs="+", choices=("cross", "inside"), default=["cross"])
+    p.add_argument("--scaling", nargs="+", choices=("pm1", "unit"), default=["pm1"])
+    p.add_argument("--pool", type=int, nargs="+", default=[4000], help="public pool size(s), cross-dataset")
+    p.add_argument("--train-steps", type=int, default=None)
+    p.add_argument("--train-images", type=int, default=None, help="attacker's CIFAR-10 train images")
+    p.add_argument("--width", type=int, default=16)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--reconstruction", nargs="+", default=["oracle"], choices=("oracle", "gd", "oracle+gd"))
+    p.add_argument("--gd-steps", type=int, default=1000)
+    p.add_argument("--fit-rounds", type=int, default=1)
+    p.add_argument("--colour", action="store_true", help="also train and apply the colour correction")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "carlini.jsonl"))
+    p.add_argument("--net-dir", default=str(ROOT / "experiments" / "results" / "carlini_nets"))
+    p.add_argument("--img-dir", default=str(ROOT / "docs" / "img"))
+    p.add_argument("--tag", default="")
+    args = p.parse_args()
+    preset = PRESETS[args.scale]
+    n = args.n or preset["n"]
+    t_list = args.T or preset["T"]
+    train_steps = args.train_steps or preset["train_steps"]
+    train_images = args.train_images or preset["train_images"]
+    width = preset.get("width", args.width) if args.width == 16 else args.width
+    depth = preset.get("depth", args.depth) if args.depth == 4 else args.depth
+    torch.set_num_threads(args.threads)
+
+    test = load_dataset("cifar10", root=args.root, split="test")
+    train = load_dataset("cifar10", root=args.root, split="train")
+    a_img, a_lab = train.images[:train_images], train.labels[:train_images]
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for scaling in args.scaling:
+        for setting in args.setting:
+            for k in args.k:
+                for pool_n in (args.pool if setting == "cross" else [0]):
+                    pool = load_public_pool("builtin", n=pool_n, size=(32, 32), channels=3, seed=0).images if pool_n else None
+                    a_pool = load_public_pool("builtin", n=max(pool_n, 4000), size=(32, 32), channels=3,
+                                              seed=1).images if pool_n else None
+                    num_private = 2 if setting == "cross" else k
+                    net_path = Path(args.net_dir) / (f"{setting}-k{k}-{scaling}-s{train_steps}-w{width}-d{depth}"
+                                                     f"-{args.device.split(':')[0]}.pt")
+                    network = load_pair_network(net_path) if net_path.exists() else None
+                    for T in t_list:  # noqa: N806
+                        for rec_method in args.reconstruction:
+                            enc, lab, truth = make_challenge(test.images[:n], test.labels[:n], pool, T=T, k=k,
+                                                             num_private=num_private if pool is not None else None,
+                                                             scaling=scaling, num_classes=10,
+                                                             generator=KeyGenerator.from_seed(args.seed))
+                            perm = np.random.default_rng(args.seed).permutation(len(enc))
+                            enc, lab = enc[perm], lab[perm]
+                            truth = replace(truth, indices=truth.indices[perm], coefficients=truth.coefficients[perm])
+                            t0 = time.perf_counter()
+                            trained_here = network is None
+                            res = carlini_attack(
+                                enc, lab, n_private=n, k=k, num_private=num_private, attacker_images=a_img,
+                                attacker_labels=a_lab, attacker_public=a_pool, scaling=scaling, network=network,
+                                train_steps=train_steps, width_mult=width, depth=depth,
+                                reconstruction=rec_method, gd_steps=args.gd_steps, fit_rounds=args.fit_rounds,
+                                colour_correction=args.colour, truth=truth, seed=args.seed, device=args.device,
+                                progress=lambda step, d: print(step, {kk: v for kk, v in d.items()
+                                                                      if not isinstance(v, list)}, flush=True))
+                            wall = time.perf_counter() - t0
+                            if trained_here:
+                                network = res.network
+                                save_pair_network(network, net_path)
+                            sc = score(res.decryption, truth)
+                            metrics = {kk: v for kk, v in res.metrics.items() if kk != "cluster_image"}
+                            row = {
+                                "tag": args.tag, "n": n, "T": T, "k": k, "setting": setting, "scaling": scaling,
+                                "pool": pool_n or None, "reconstruction": rec_method, "fit_rounds": args.fit_rounds,
+                                "colour": args.colour, "train_steps": train_steps, "train_images": train_images,
+                                "width": width, "depth": depth, "network_trained_in_this_run": trained_here,
+                                "Max_SSIM": sc.max_ssim, "Mean_SSIM": sc.mean_ssim, "share_above_0.8": sc.share_above,
+                                "images_best_above_0.8": int(np.sum(sc.per_private_best_ssim > 0.8)),
+                                "metrics": metrics, "timings": res.timings, "wall_s": wall,
+                                "sign": res.sign, "sign_confidence": res.sign_confidence,
+                                "device": args.device, "threads": args.threads, "date": time.strftime("%Y-%m-%d %H:%M"),
+                                "torch": torch.__version__,
+                            }
+                            with out.open("a") as fh:
+                                fh.write(json.dumps(row, default=float) + "\n")
+                            print(json.dumps({kk: row[kk] for kk in ("T", "k", "setting", "scaling", "pool",
+                                                                     "Max_SSIM", "Mean_SSIM", "wall_s")}), flush=True)
+                            img = np.array(res.metrics["cluster_image"])
+                            order = np.argsort(img)[:10]
+                            picture(Path(args.img_dir) / f"carlini_{setting}_k{k}_{scaling}_T{T}_pool{pool_n}.png",
+                                    truth.private[img[order]], res.recovered[order], scaling,
+                                    f"{setting} k={k} {scaling} n={n} T={T} pool={pool_n or '-'}: Max_SSIM "
+                                    f"{sc.max_ssim:.3f}")
+
+
+if __name__ == "__main__":
+    main()

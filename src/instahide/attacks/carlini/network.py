@@ -1,0 +1,342 @@
+"""Step 2 of Carlini et al.'s attack: a network that says whether two encryptions share a private image.
+
+The original trained a WideResNet-28-6 on the 6-channel pair ``(|a|, |b|)``, so every one of the
+``N^2`` pairs costs a full forward pass. On a CPU this project uses a SIAMESE design instead: a
+small conv encoder ``f(|x|)`` (shared by both sides) maps every encryption's magnitude to an
+embedding once, and a cheap head scores a pair from the two embeddings,
+
+    logit(a, b) = sum_d w_d f_d(a) f_d(b) - sum_d softplus(u_d) (f_d(a) - f_d(b))^2 + bias,
+
+a linear head on ``[f(a) * f(b), (f(a) - f(b))^2]``. The squared difference (instead of Carlini's
+absolute difference) keeps every term a matrix product, so all ``N^2`` pairs are scored from ``N``
+embeddings with two ``(N, D) x (D, N)`` products (:meth:`PairNet.logit_matrix`).
+
+Training data is made here, by the attacker, with the library's own InstaHide on the attacker's own
+images (disjoint from the attacked ones) and its own public pool, with the attacked challenge's
+public parameters (``k``, ``num_private``, ``upper``, ``dom``, ``mode``, ``scaling``). Each step draws
+``batch_images`` of them, encrypts them ``batch_epochs`` times with fresh keys (partners among the
+drawn images, as in a challenge), and trains on ALL positive pairs of the batch (two rows that share
+a private image) against as many HARD negatives (rows whose leaked labels share a class but that
+share no image; class-disjoint pairs are masked out of the similarity graph anyway, so they never
+need to be learned).
+
+Example::
+
+    from instahide.attacks.carlini import PairNetConfig, train_pair_network
+    net, log = train_pair_network(train_images, train_labels, public, k=6, num_private=2,
+                                  scaling="pm1", steps=600)
+    save_pair_network(net, "pairnet.pt"); net = load_pair_network("pairnet.pt")
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..._io import atomic_open
+
+__all__ = ["PairNetConfig", "PairNet", "SignNet", "EncryptionSampler", "train_pair_network",
+           "save_pair_network", "load_pair_network", "train_sign_network", "embed", "PAIRNET_FORMAT"]
+
+PAIRNET_FORMAT = "instahide-carlini-pairnet/1"
+
+
+@dataclass
+class PairNetConfig:
+    """Architecture and the public parameters the network was trained for.
+
+    ``channels, height, width``: the image shape. ``width_mult``: channels of the encoder's convs.
+    ``depth``: number of 3x3 convs (dilations 1, 2, 4, 1, 2, 4, ...). ``sigma``: the fixed high-pass
+    (input minus its Gaussian blur of this std, 0 = none). ``input_scale``: the magnitudes are divided
+    by it (the mean ``|e|`` of the training encryptions). ``scheme``: the public parameters of the
+    encryptions it was trained on (``k, num_private, upper, dom, mode, scaling``), checked when a
+    network is reused on another challenge.
+    """
+
+    channels: int
+    height: int
+    width: int
+    width_mult: int = 16
+    depth: int = 4
+    sigma: float = 1.0
+    input_scale: float = 1.0
+    scheme: dict = field(default_factory=dict)
+
+
+def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _gaussian_kernel(sigma: float) -> torch.Tensor:
+    r = max(1, int(round(3 * sigma)))
+    g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+class PairNet(nn.Module):
+    """Siamese pair-similarity network (module docstring). Input: magnitudes ``(B, C, H, W)``.
+
+    Encoder ``f``: ``h = highpass(|e| / input_scale)``, then ``h + g(h)`` with ``g`` a residual stack of
+    ``depth`` dilated 3x3 convs at full resolution (last layer initialised at zero), flattened, minus
+    its mean and normalised: ``f (B, C*H*W)``. At initialisation the network IS the hand-made
+    similarity "correlation of high-passed magnitudes"; training learns the filter that makes rows
+    sharing a private image correlate more. Head: ``logit = scale * <f(a), f(b)> + bias``; as ``f`` is
+    unit-norm this is the linear head on ``[f(a) * f(b), (f(a) - f(b))^2]`` with tied weights
+    (``|f(a) - f(b)|^2 = 2 - 2 <f(a), f(b)>``).
+    """
+
+    def __init__(self, config: PairNetConfig):
+        super().__init__()
+        self.config = config
+        c, w = config.channels, config.width_mult
+        layers, cin = [], c
+        for i in range(config.depth):
+            dil = (1, 2, 4)[i % 3]
+            layers += [nn.Conv2d(cin, w, 3, padding=dil, dilation=dil), nn.ReLU(inplace=True)]
+            cin = w
+        last = nn.Conv2d(cin, c, 1)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.g = nn.Sequential(*layers, last)
+        self.register_buffer("kernel", _gaussian_kernel(config.sigma) if config.sigma > 0 else torch.ones(1))
+        self.scale = nn.Parameter(torch.tensor(10.0))
+        self.bias = nn.Parameter(torch.tensor(-2.0))
+
+    def _highpass(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.sigma <= 0:
+            return x
+        n, c, h, w = x.shape
+        k = self.kernel
+        r = (len(k) - 1) // 2
+        flat = x.reshape(n * c, 1, h, w)
+        blur = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
+        blur = F.conv2d(F.pad(blur, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
+        return x - blur.reshape(n, c, h, w)
+
+    def embed(self, magnitude: torch.Tensor) -> torch.Tensor:
+        """``(B, C, H, W)`` magnitudes ``|e|`` -> ``(B, C*H*W)`` unit-norm embeddings."""
+        h = self._highpass(magnitude / self.config.input_scale)
+        f = (h + self.g(h)).flatten(1)
+        f = f - f.mean(1, keepdim=True)
+        return f / (f.norm(dim=1, keepdim=True) + 1e-8)
+
+    def pair_logits(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """Logits of the pairs ``(fa[i], fb[i])``: ``(B, D), (B, D) -> (B,)``."""
+        return self.scale * (fa * fb).sum(1) + self.bias
+
+    def logit_matrix(self, fa: torch.Tensor, fb: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of all pairs: ``(Na, D), (Nb, D) -> (Na, Nb)`` (``fb`` defaults to ``fa``)."""
+        fb = fa if fb is None else fb
+        return self.scale * (fa @ fb.T) + self.bias
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Logits ``(B,)`` that ``a[i]`` and ``b[i]`` (magnitudes ``(B, C, H, W)``) share a private image."""
+        return self.pair_logits(self.embed(a), self.embed(b))
+
+
+class SignNet(nn.Module):
+    """Tiny CNN telling a natural image ``x`` (logit > 0) from its negative ``-x`` (logit < 0).
+
+    Used to pick the one global sign that ``|e|`` cannot give on centred pixels, from the attacker's
+    OWN data prior (trained on its own images, never on the attacked ones). Input ``(B, C, H, W)``.
+    """
+
+    def __init__(self, channels: int, width: int = 16):
+        super().__init__()
+        self.body = nn.Sequential(_conv(channels, width, 1), _conv(width, 2 * width, 2), _conv(2 * width, 2 * width, 2),
+                                  nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).squeeze(1)
+
+
+# -- training data: the attacker's own InstaHide ---------------------------------------------------
+class EncryptionSampler:
+    """Fresh training encryptions of the attacker's own images, with their private image sets.
+
+    ``images``: float ``(M, C, H, W)`` in the challenge's pixel units; ``labels``: int ``(M,)``;
+    ``public``: float ``(P, C, H, W)`` or None; the scheme's public parameters as keywords.
+    :meth:`batch` returns ``magnitude (R, C, H, W)``, ``members (R, m)`` bool (which of the ``m``
+    drawn images each row holds in a private slot) and ``support (R, classes)`` bool (the classes
+    its leaked label shows), ``R = batch_images * batch_epochs``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, public: torch.Tensor | None, *, k: int,
+                 num_private: int, upper: float, dom: float, mode: str, num_classes: int, allow_uncentred: bool,
+                 seed: int = 0):
+        from ...scheme import KeyGenerator
+
+        self.images, self.labels, self.public = images, labels.long(), public
+        self.kw = dict(k=k, upper=upper, mode=mode, public=public, num_private=num_private if public is not None else None,
+                       dom=dom, num_classes=num_classes, allow_uncentred=allow_uncentred)
+        self.num_private = num_private
+        self.gen = KeyGenerator.from_seed(f"carlini-attacker-training-{seed}")
+        self.rng = np.random.default_rng(seed)
+
+    def batch(self, batch_images: int, batch_epochs: int):
+        from ...scheme import encrypt
+
+        m = min(batch_images, len(self.images))
+        sel = torch.from_numpy(self.rng.choice(len(self.images), m, replace=False))
+        x, y = self.images[sel], self.labels[sel]
+        mags, members, support = [], [], []
+        for _ in range(batch_epochs):
+            enc = encrypt(x, y, generator=self.gen, return_key=True, **self.kw)
+            mags.append(enc.images.abs())
+            idx = enc.key.indices[:, :self.num_private]
+            mem = torch.zeros(m, m, dtype=torch.bool)
+            mem[torch.arange(m)[:, None], idx] = True
+            members.append(mem)
+            support.append(enc.soft_labels > 1e-6)
+        return torch.cat(mags), torch.cat(members), torch.cat(support)
+
+
+def _pair_targets(members: torch.Tensor, support: torch.Tensor, rng: np.random.Generator):
+    """Positive pairs (share a private image) and as many hard negatives (share a label class, no
+    image) of one batch, as a weight matrix over the ``(R, R)`` logit matrix and the targets."""
+    mf = members.float()
+    share = (mf @ mf.T) > 0
+    compat = (support.float() @ support.float().T) > 0
+    off = ~torch.eye(len(members), dtype=torch.bool)
+    pos = share & off
+    neg = compat & ~share & off
+    n_pos, n_neg = int(pos.sum()), int(neg.sum())
+    weight = pos.float()
+    if n_neg:
+        keep = torch.from_numpy(rng.random(neg.shape) < min(1.0, n_pos / n_neg))
+        weight = weight + (neg & keep).float()
+    return pos.float(), weight
+
+
+def embed(network: PairNet, magnitude: torch.Tensor, batch: int = 512) -> torch.Tensor:
+    """Embeddings ``(N, D)`` of magnitudes ``(N, C, H, W)`` in eval mode, in batches, on the
+    network's device."""
+    network.eval()
+    dev = next(network.parameters()).device
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(magnitude), batch):
+            out.append(network.embed(magnitude[s:s + batch].float().to(dev)))
+    return torch.cat(out)
+
+
+def train_pair_network(
+    sampler: EncryptionSampler,
+    *,
+    steps: int = 600,
+    batch_images: int = 64,
+    batch_epochs: int = 4,
+    width_mult: int = 16,
+    depth: int = 4,
+    sigma: float = 1.0,
+    lr: float = 2e-3,
+    seed: int = 0,
+    scheme: dict | None = None,
+    network: PairNet | None = None,
+    progress=None,
+    time_budget_s: float | None = None,
+    device: str | torch.device = "cpu",
+) -> tuple[PairNet, list[dict]]:
+    """Train a :class:`PairNet` on fresh encryptions from ``sampler`` (module docstring).
+
+    ``steps`` optimiser steps (AdamW, cosine learning rate), each on ``batch_images * batch_epochs``
+    rows; ``time_budget_s`` stops earlier; ``device`` trains there (the encryptions are made on the CPU). ``network``: continue training it. Returns the network
+    (eval mode) and a log (one dict per 25 steps: step, loss, pair accuracy on the batch, seconds).
+    """
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed + 1)
+    if network is None:
+        c, h, w = sampler.images.shape[1:]
+        with torch.no_grad():
+            scale = float(sampler.batch(min(64, len(sampler.images)), 2)[0].mean()) or 1.0
+        config = PairNetConfig(c, h, w, width_mult, depth, sigma, scale, dict(scheme or {}))
+        network = PairNet(config)
+    network = network.to(device)
+    opt = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
+    log, t0 = [], time.perf_counter()
+    run_loss = run_acc = 0.0
+    for step in range(steps):
+        network.train()
+        mag, members, support = sampler.batch(batch_images, batch_epochs)
+        target, weight = _pair_targets(members, support, rng)
+        mag, target, weight = mag.to(device), target.to(device), weight.to(device)
+        f = network.embed(mag)
+        logits = network.logit_matrix(f)
+        loss = (F.binary_cross_entropy_with_logits(logits, target, reduction="none") * weight).sum() / weight.sum()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        with torch.no_grad():
+            acc = float((((logits > 0).float() == target).float() * weight).sum() / weight.sum())
+        run_loss, run_acc = 0.9 * run_loss + 0.1 * float(loss.detach()), 0.9 * run_acc + 0.1 * acc
+        elapsed = time.perf_counter() - t0
+        if (step + 1) % 25 == 0 or step == steps - 1:
+            corr = 1 - 0.9 ** (step + 1)
+            entry = {"step": step + 1, "loss": run_loss / corr, "batch_pair_acc": run_acc / corr, "seconds": elapsed}
+            log.append(entry)
+            if progress is not None:
+                progress("train", entry)
+        if time_budget_s is not None and elapsed > time_budget_s:
+            break
+    network.eval()
+    return network, log
+
+
+def train_sign_network(images: torch.Tensor, *, steps: int = 300, batch: int = 128, width: int = 16,
+                       noise: float = 0.3, seed: int = 0) -> SignNet:
+    """Train a :class:`SignNet` on the attacker's own images ``(M, C, H, W)`` (centred units): half of
+    each batch negated, with Gaussian noise of std ``noise`` x the images' std and a random
+    brightness/contrast jitter, so it also works on noisy reconstructions."""
+    torch.manual_seed(seed)
+    net = SignNet(images.shape[1], width)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    std = float(images.std())
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        net.train()
+        sel = torch.randint(len(images), (batch,), generator=g)
+        x = images[sel].float()
+        x = x * (0.6 + 0.8 * torch.rand(batch, 1, 1, 1, generator=g))
+        x = x + noise * std * torch.randn(x.shape, generator=g)
+        flip = torch.rand(batch, generator=g) < 0.5
+        x = torch.where(flip[:, None, None, None], -x, x)
+        loss = F.binary_cross_entropy_with_logits(net(x), (~flip).float())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+    return net
+
+
+# -- save / load -----------------------------------------------------------------------------------
+def save_pair_network(network: PairNet, path) -> Path:
+    """``torch.save`` of ``{"format", "config", "state_dict"}`` (plain types only), atomically."""
+    path = Path(path)
+    with atomic_open(path) as fh:
+        torch.save({"format": PAIRNET_FORMAT, "config": asdict(network.config),
+                    "state_dict": network.state_dict()}, fh)
+    return path
+
+
+def load_pair_network(path) -> PairNet:
+    """Load a network written by :func:`save_pair_network` (``weights_only=True``: no code runs)."""
+    try:
+        blob = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no pair network at {path}") from None
+    except Exception as exc:
+        raise ValueError(f"cannot read pair network {path}: {exc}") from exc
+    if not isinstance(blob, dict) or blob.get("format") != PAIRNET_FORMAT:
+        raise ValueError(f"{path} is not an instahide Carlini pair network ({PAIRNET_FORMAT})")
+    net = PairNet(PairNetConfig(**blob["config"]))
+    net.load_state_dict(blob["state_dict"])
+    net.eval()
+    return net
+

@@ -1,0 +1,306 @@
+"""Steps 6-7 of Carlini et al.'s attack: solve for the private images, pick the sign, correct colours.
+
+Given every row's assigned clusters ``a_r (s,)`` and coefficients ``lam_r (s,)`` (read off the
+label), and the public coefficient mass ``p_r = 1 - sum(label_r)`` (cross-dataset), the model of a
+row is ``m_r = sum_s lam_rs X[a_rs] + p_r mu`` with ``X (m, d)`` the private images and ``mu`` the
+public pool's mean (the public part is a residual). Two solvers:
+
+* :func:`reconstruct_gd` (SPEC 5.B.5, Carlini et al.'s): gradient descent (Adam, lr 0.01, ~1000
+  steps) on ``mean_r,p (|m_r,p| - |e_r,p|)^2``, i.e. per pixel whichever sign hypothesis
+  ``m = +|e|`` or ``m = -|e|`` fits better, plus a small term pushing pixels away from 0 (centred
+  pixels only), with pixels clamped to the range. Rows whose two clusters share a class (the label
+  holds ``lam_1 + lam_2`` in one entry) get a learnable split of that mass. ``init`` starts it from
+  another solution (e.g. the oracle solver's), otherwise from each cluster's mean ``|e|``.
+* :func:`reconstruct_oracle`: the estimated assignment and coefficients fed to the oracle decoder
+  (:func:`instahide.attacks.oracle_decode`, Gram-matrix phase retrieval + sign/least-squares
+  refinement), the project's yardstick; WITHOUT its evaluation mode (no ground truth).
+
+On centred pixels ``|e|`` cannot give one global sign (and, per pixel position, only a sign shared
+by all images: :func:`instahide.attacks.oracle.align_signs` fixes those up to one global sign).
+The global sign is chosen from the attacker's own data prior: :func:`choose_sign` asks a
+:class:`~instahide.attacks.carlini.network.SignNet` trained on the attacker's OWN images to tell
+``x`` from ``-x``, and sums its votes over all recovered images.
+
+Colour correction (the original: a tiny per-pixel network): :func:`fit_colour_correction` trains
+:class:`ColourNet` on the attacker's own reconstructions -> its own originals (same pipeline, known
+images), :func:`apply_colour_correction` applies it to the recovered images.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..oracle import align_signs, oracle_decode
+
+__all__ = ["public_mass", "estimated_keys", "reconstruct_oracle", "reconstruct_gd", "choose_sign", "fit_loss",
+           "ColourNet", "fit_colour_correction", "apply_colour_correction", "PIXEL_BOUNDS", "assign_by_fit",
+           "align_solution"]
+
+PIXEL_BOUNDS = {"pm1": (-1.0, 1.0), "unit": (0.0, 1.0)}
+
+
+def public_mass(label: np.ndarray, num_private: int, k: int) -> np.ndarray:
+    """``(N,)`` the public slots' coefficient sum ``1 - sum(label)`` (0 inside-dataset)."""
+    if num_private >= k:
+        return np.zeros(len(label))
+    return np.clip(1.0 - np.asarray(label).sum(1), 0.0, 1.0)
+
+
+def estimated_keys(assignment: np.ndarray, coefficients: np.ndarray, label: np.ndarray, k: int,
+                   num_private: int) -> tuple[np.ndarray, np.ndarray]:
+    """Key arrays ``(N, k)`` in the oracle's format from the estimated assignment and coefficients:
+    public slots get index 0 and an equal share of the public mass (only their sum and sum of squares
+    enter the oracle's ``"mean"`` public model)."""
+    n_rows = len(assignment)
+    idx = np.zeros((n_rows, k), dtype=np.int64)
+    lam = np.zeros((n_rows, k))
+    idx[:, :num_private] = assignment
+    lam[:, :num_private] = coefficients
+    if k > num_private:
+        lam[:, num_private:] = (public_mass(label, num_private, k) / (k - num_private))[:, None]
+    return idx, lam
+
+
+def _compact(assignment: np.ndarray, m: int):
+    """Renumber the clusters that some row uses: ``(assignment', used)``."""
+    used = np.unique(assignment)
+    remap = np.full(m, -1)
+    remap[used] = np.arange(len(used))
+    return remap[assignment], used
+
+
+def reconstruct_oracle(encryption: np.ndarray, assignment: np.ndarray, coefficients: np.ndarray, label: np.ndarray,
+                       *, k: int, num_private: int, n_clusters: int, pixel_range: str = "pm1", iterations: int = 150):
+    """Oracle solver on the ESTIMATED keys. Returns ``(recovered (m, H, W, C), public_mean or None)``;
+    clusters no row uses come back as zeros. No ground truth and no evaluation mode."""
+    a, used = _compact(assignment, n_clusters)
+    idx, lam = estimated_keys(a, coefficients, label, k, num_private)
+    res = oracle_decode(encryption, idx, lam, num_private, len(used), masked=True, pixel_range=pixel_range,
+                        iterations=iterations)
+    out = np.zeros((n_clusters, *encryption.shape[1:]), dtype=np.float32)
+    out[used] = res.recovered
+    return out, res.public_mean
+
+
+def _same_class_rows(coefficients: np.ndarray, assignment_class: np.ndarray) -> np.ndarray:
+    """Rows whose first two assigned clusters share a class (their label mass was split equally)."""
+    if assignment_class.shape[1] < 2:
+        return np.zeros(len(assignment_class), dtype=bool)
+    return assignment_class[:, 0] == assignment_class[:, 1]
+
+
+def fit_loss(magnitude: np.ndarray, recovered: np.ndarray, public_mean, assignment: np.ndarray,
+             coefficients: np.ndarray, pub: np.ndarray) -> float:
+    """Mean ``(|m_r| - |e_r|)^2`` of a solution (no ground truth: usable to compare solutions)."""
+    n_rows = len(magnitude)
+    x = recovered.reshape(len(recovered), -1)
+    m = np.einsum("rs,rsd->rd", coefficients, x[assignment])
+    if public_mean is not None:
+        m = m + pub[:, None] * np.asarray(public_mean).reshape(1, -1)
+    return float(np.mean((np.abs(m) - magnitude.reshape(n_rows, -1)) ** 2))
+
+
+def reconstruct_gd(magnitude: np.ndarray, assignment: np.ndarray, coefficients: np.ndarray, pub: np.ndarray, *,
+                   n_clusters: int, cluster_class: np.ndarray | None = None, pixel_range: str = "pm1",
+                   steps: int = 1000, lr: float = 0.01, push: float = 0.01, init=None, init_public=None,
+                   learn_split: bool = True, seed: int = 0, progress=None):
+    """Gradient descent of the module docstring.
+
+    Args:
+        magnitude: ``(N, H, W, C)`` ``|e|``.
+        assignment, coefficients: ``(N, s)`` clusters and coefficients of every row.
+        pub: ``(N,)`` public coefficient mass (zeros inside-dataset: no public term).
+        n_clusters: ``m``; cluster_class: ``(m,)`` to find rows whose split is learnt.
+        pixel_range: ``"pm1"`` or ``"unit"`` (bounds for the clamp; the push term only on pm1).
+        init, init_public: ``(m, H, W, C)`` / ``(H, W, C)`` starting point (default: each cluster's
+            mean ``|e|`` divided by its mean coefficient, and the rows' mean ``|e|``).
+
+    Returns ``(recovered (m, H, W, C), public_mean (H, W, C) or None, coefficients (N, s), loss)``.
+    """
+    torch.manual_seed(seed)
+    n_rows = len(magnitude)
+    shape = magnitude.shape[1:]
+    mag = torch.from_numpy(np.ascontiguousarray(magnitude.reshape(n_rows, -1), dtype=np.float32))
+    a = torch.from_numpy(assignment)
+    lam0 = torch.from_numpy(coefficients.astype(np.float32))
+    p = torch.from_numpy(pub.astype(np.float32))
+    lo, hi = PIXEL_BOUNDS[pixel_range]
+    if init is None:
+        x0 = torch.zeros(n_clusters, mag.shape[1])
+        for j in range(n_clusters):
+            sel = (a == j)
+            rows = sel.any(1)
+            if rows.any():
+                w = (lam0 * sel).sum(1)[rows]
+                x0[j] = (mag[rows] * w[:, None]).sum(0) / (w.pow(2).sum() + 1e-8)
+        x0 = x0.clamp(lo, hi)
+    else:
+        x0 = torch.from_numpy(np.asarray(init, np.float32).reshape(n_clusters, -1)).clone()
+    x = x0.clone().requires_grad_(True)
+    has_pub = bool((p > 0).any())
+    if init_public is not None:
+        mu0 = torch.from_numpy(np.asarray(init_public, np.float32).reshape(-1))
+    else:
+        mu0 = mag.mean(0) * 0.0
+    mu = mu0.clone().requires_grad_(has_pub)
+    split_rows = np.zeros(n_rows, dtype=bool)
+    if learn_split and cluster_class is not None and assignment.shape[1] >= 2:
+        split_rows = _same_class_rows(coefficients, cluster_class[assignment])
+    sr = torch.from_numpy(np.nonzero(split_rows)[0])
+    theta = torch.zeros(len(sr), requires_grad=True)
+    params = [x] + ([mu] if has_pub else []) + ([theta] if len(sr) else [])
+    opt = torch.optim.Adam(params, lr=lr)
+    for step in range(steps):
+        lam = lam0
+        if len(sr):
+            total = lam0[sr, 0] + lam0[sr, 1]
+            frac = torch.sigmoid(theta)
+            lam = lam0.clone()
+            lam[sr, 0] = total * frac
+            lam[sr, 1] = total * (1 - frac)
+        m = (lam[:, :, None] * x[a]).sum(1)
+        if has_pub:
+            m = m + p[:, None] * mu[None, :]
+        loss = (m.abs() - mag).pow(2).mean()
+        if push and pixel_range == "pm1":
+            loss = loss + push * F.relu(0.1 - x.abs()).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            x.clamp_(lo, hi)
+            if has_pub:
+                mu.clamp_(lo, hi)
+        if progress is not None and (step + 1) % 100 == 0:
+            progress("reconstruct", {"step": step + 1, "loss": float(loss.detach())})
+    with torch.no_grad():
+        lam = lam0.clone()
+        if len(sr):
+            total = lam0[sr, 0] + lam0[sr, 1]
+            lam[sr, 0] = total * torch.sigmoid(theta)
+            lam[sr, 1] = total * (1 - torch.sigmoid(theta))
+    rec = x.detach().numpy().reshape(n_clusters, *shape)
+    pm = mu.detach().numpy().reshape(shape) if has_pub else None
+    return rec, pm, lam.numpy().astype(np.float64), float(loss.detach())
+
+
+def align_solution(recovered: np.ndarray, public_mean) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per-position sign alignment (shared by all images and the public mean) of a centred solution."""
+    m = len(recovered)
+    shape = recovered.shape[1:]
+    z = recovered.reshape(m, -1).astype(np.float64)
+    if public_mean is not None:
+        z = np.vstack([z, np.asarray(public_mean, np.float64).reshape(1, -1)])
+    s = align_signs(z[:m], shape)
+    rec = (recovered.reshape(m, -1) * s).reshape(recovered.shape).astype(np.float32)
+    pm = None if public_mean is None else (np.asarray(public_mean).reshape(-1) * s).reshape(shape)
+    return rec, pm
+
+
+def choose_sign(recovered: np.ndarray, sign_net) -> tuple[int, float]:
+    """The global sign (+1/-1) under which the attacker's :class:`SignNet` finds the recovered images
+    ``(m, H, W, C)`` most natural: ``sign(sum_i logit(x_i) - logit(-x_i))``; also returns that sum
+    divided by ``m`` (its confidence)."""
+    x = torch.from_numpy(np.ascontiguousarray(recovered, dtype=np.float32)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        vote = float((sign_net(x) - sign_net(-x)).sum())
+    return (1 if vote >= 0 else -1), vote / max(len(recovered), 1)
+
+
+class ColourNet(nn.Module):
+    """Tiny colour-correction network (3x3 conv then two 1x1 convs, residual): ``(B, C, H, W)``."""
+
+    def __init__(self, channels: int, width: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, width, 1),
+                                 nn.ReLU(), nn.Conv2d(width, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+def fit_colour_correction(reconstructed: np.ndarray, originals: np.ndarray, *, steps: int = 400, lr: float = 3e-3,
+                          seed: int = 0) -> ColourNet:
+    """Train :class:`ColourNet` on the attacker's own ``reconstructed -> originals`` ``(n, H, W, C)``
+    (flips as augmentation); full batch, Adam, mean squared error."""
+    if reconstructed.shape != originals.shape or len(reconstructed) == 0:
+        raise ValueError(f"colour correction needs matching (n, H, W, C) pairs, got {reconstructed.shape} "
+                         f"and {originals.shape}")
+    torch.manual_seed(seed)
+    x = torch.from_numpy(np.ascontiguousarray(reconstructed, np.float32)).permute(0, 3, 1, 2)
+    y = torch.from_numpy(np.ascontiguousarray(originals, np.float32)).permute(0, 3, 1, 2)
+    x, y = torch.cat([x, x.flip(3)]), torch.cat([y, y.flip(3)])
+    net = ColourNet(x.shape[1])
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    for _ in range(steps):
+        loss = F.mse_loss(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+    return net
+
+
+def apply_colour_correction(net: ColourNet, images: np.ndarray, pixel_range: str = "pm1") -> np.ndarray:
+    """``(n, H, W, C)`` -> corrected ``(n, H, W, C)``, clamped to the pixel range."""
+    lo, hi = PIXEL_BOUNDS.get(pixel_range, (-np.inf, np.inf))
+    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        out = net(x).clamp(lo, hi)
+    return out.permute(0, 2, 3, 1).numpy()
+
+
+def assign_by_fit(magnitude: np.ndarray, recovered: np.ndarray, public_mean, label: np.ndarray,
+                  cluster_class: np.ndarray, assignment: np.ndarray, coefficients: np.ndarray, pub: np.ndarray, *,
+                  upper: float = 0.65, splits: int = 5, eps: float = 1e-6):
+    """Re-assign every row (``num_private == 2``) to the pair of clusters, among those whose classes
+    match its label, whose recovered images best explain its magnitudes:
+    ``min || |lam_1 X_i + lam_2 X_j + p mu| - |e| ||^2`` (sign-free, so it works before the global
+    sign is known). A one-class label (both images of one class) also searches ``splits`` splits of
+    its mass (each part ``<= upper``). Rows whose classes have too few clusters keep their assignment.
+
+    Returns ``(assignment (N, 2), coefficients (N, 2))``, ordered by decreasing coefficient.
+    """
+    n_rows = len(magnitude)
+    x = torch.from_numpy(np.ascontiguousarray(recovered.reshape(len(recovered), -1), np.float32))
+    mag = torch.from_numpy(np.ascontiguousarray(magnitude.reshape(n_rows, -1), np.float32))
+    mu = torch.zeros(x.shape[1]) if public_mean is None else torch.from_numpy(
+        np.asarray(public_mean, np.float32).reshape(-1))
+    by_class = {int(c): np.nonzero(cluster_class == c)[0] for c in np.unique(cluster_class)}
+    new_a, new_c = assignment.copy(), coefficients.copy()
+    for r in range(n_rows):
+        cls = np.nonzero(label[r] > eps)[0]
+        if len(cls) == 2:
+            ci, cj = by_class.get(int(cls[0]), []), by_class.get(int(cls[1]), [])
+            if len(ci) == 0 or len(cj) == 0:
+                continue
+            ii, jj = np.repeat(ci, len(cj)), np.tile(cj, len(ci))
+            li = np.full(len(ii), label[r, cls[0]])
+            lj = np.full(len(ii), label[r, cls[1]])
+        elif len(cls) == 1:
+            cc = by_class.get(int(cls[0]), [])
+            if len(cc) < 2:
+                continue
+            iu = np.triu_indices(len(cc), 1)
+            total = label[r, cls[0]]
+            hi = min(1.0, upper / total) if total > 0 else 0.5  # the larger share, each part <= upper
+            fr = np.unique(np.linspace(0.5, max(hi, 0.5), splits))
+            ii = np.repeat(cc[iu[0]], len(fr))
+            jj = np.repeat(cc[iu[1]], len(fr))
+            f = np.tile(fr, len(iu[0]))
+            ii, jj, f = np.concatenate([ii, jj]), np.concatenate([jj, ii]), np.concatenate([f, f])  # both orders
+            li, lj = total * f, total * (1 - f)
+        else:
+            continue
+        li_t = torch.from_numpy(li.astype(np.float32))[:, None]
+        lj_t = torch.from_numpy(lj.astype(np.float32))[:, None]
+        m = li_t * x[torch.from_numpy(ii)] + lj_t * x[torch.from_numpy(jj)] + float(pub[r]) * mu[None, :]
+        err = (m.abs() - mag[r][None, :]).pow(2).sum(1)
+        b = int(torch.argmin(err))
+        pair = [(int(ii[b]), li[b]), (int(jj[b]), lj[b])]
+        pair.sort(key=lambda t: -t[1])
+        new_a[r] = [pair[0][0], pair[1][0]]
+        new_c[r] = [pair[0][1], pair[1][1]]
+    return new_a, new_c
