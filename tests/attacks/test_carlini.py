@@ -198,3 +198,29 @@ def test_members_helper():
     idx = np.array([[0, 2, 5], [1, 1, 7]])
     m = true_member_sets(idx, 2, 3)
     assert m.tolist() == [[True, False, True], [False, True, False]]
+
+
+def test_sign_prior_from_attacker_images(digits):
+    """The global sign rule uses only the attacker's own images: trained on digits TRAIN images, its
+    vote over 20 noisy TEST images picks +1 for them and -1 for their negatives."""
+    from instahide.attacks.carlini import choose_sign, train_sign_network
+    from instahide.challenge.make import scale_images
+
+    train, test = digits
+    net = train_sign_network(scale_images(torch.from_numpy(train.images), "pm1"), steps=150, seed=0)
+    x = scale_images(torch.from_numpy(test.images[:20]), "pm1").permute(0, 2, 3, 1).numpy()
+    x = x + np.random.default_rng(0).normal(0, 0.2, x.shape).astype(np.float32)
+    assert choose_sign(x, net)[0] == 1
+    assert choose_sign(-x, net)[0] == -1
+
+
+def test_colour_correction_runs_on_attackers_own_challenge(unit_attack, digits):
+    train, _ = digits
+    enc, lab, truth, res = unit_attack
+    own_pool = load_public_pool("builtin", n=300, size=(8, 8), channels=1, seed=1).images
+    out = carlini_attack(enc, lab, n_private=10, k=4, num_private=2, attacker_images=train.images,
+                         attacker_labels=train.labels, attacker_public=own_pool, scaling="unit",
+                         network=res.network, colour_correction=True, colour_steps=100, truth=truth)
+    assert "own_challenge" in out.metrics and out.recovered.shape == res.recovered.shape
+    assert out.recovered.min() >= 0.0 and out.recovered.max() <= 1.0
+    assert score(out.decryption, truth).max_ssim > 0.6
