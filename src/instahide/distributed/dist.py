@@ -91,6 +91,9 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def cleanup(info: DistInfo) -> None:
     """Leave the process group if :func:`init_distributed` created it (after a barrier)."""
     if info.owns_group and dist.is_initialized():
+        import gc
+
+        gc.collect()  # free DDP reducers (reference cycles) while the group they use still exists
         try:
             dist.barrier()
         finally:
