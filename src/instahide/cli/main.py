@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import attack_cmd, audit_cmd, challenge_cmd, demo_cmd, encrypt_cmd, shared_cmd, show_cmd, train_cmd
+from . import attack_cmd, audit_cmd, challenge_cmd, demo_cmd, encrypt_cmd, federated_cmd, shared_cmd, show_cmd, train_cmd
 from ._common import CLIError
 
 DESCRIPTION = """\
@@ -19,6 +19,7 @@ start here:
   instahide show --out grid.png       originals, Mixup, encryption and |encryption| side by side
   instahide train --out runs/t        train on encryptions (re-encrypted every epoch), checkpointed
   instahide evaluate --checkpoint C   clean accuracy and inference with InstaHide (accuracy vs T)
+  instahide federated --out runs/fed  federated training with Flower: N parties, each with its own keys
   instahide train-shared --encrypted DIR ...  train on several parties' encryption folders (no keys);
                                       under torchrun: DistributedDataParallel
   instahide challenge make / score    the InstaHide challenge: generate one, score a decryption
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     show_cmd.add_parser(sub)
     train_cmd.add_parsers(sub)
     shared_cmd.add_parser(sub)
+    federated_cmd.add_parser(sub)
     challenge_cmd.add_parser(sub)
     attack_cmd.add_parser(sub)
     audit_cmd.add_parser(sub)
