@@ -82,7 +82,7 @@ def main() -> None:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--reconstruction", nargs="+", default=["oracle"], choices=("oracle", "gd", "oracle+gd"))
     p.add_argument("--gd-steps", type=int, default=1000)
-    p.add_argument("--fit-rounds", type=int, default=1)
+    p.add_argument("--fit-rounds", type=int, nargs="+", default=[1])
     p.add_argument("--colour", action="store_true", help="also train and apply the colour correction")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
@@ -118,7 +118,7 @@ def main() -> None:
                                                      f"-{args.device.split(':')[0]}.pt")
                     network = load_pair_network(net_path) if net_path.exists() else None
                     for T in t_list:  # noqa: N806
-                        for rec_method in args.reconstruction:
+                        for rec_method, fit_rounds in [(r, f) for r in args.reconstruction for f in args.fit_rounds]:
                             enc, lab, truth = make_challenge(test.images[:n], test.labels[:n], pool, T=T, k=k,
                                                              num_private=num_private if pool is not None else None,
                                                              scaling=scaling, num_classes=10,
@@ -132,7 +132,7 @@ def main() -> None:
                                 enc, lab, n_private=n, k=k, num_private=num_private, attacker_images=a_img,
                                 attacker_labels=a_lab, attacker_public=a_pool, scaling=scaling, network=network,
                                 train_steps=train_steps, width_mult=width, depth=depth,
-                                reconstruction=rec_method, gd_steps=args.gd_steps, fit_rounds=args.fit_rounds,
+                                reconstruction=rec_method, gd_steps=args.gd_steps, fit_rounds=fit_rounds,
                                 colour_correction=args.colour, truth=truth, seed=args.seed, device=args.device,
                                 progress=lambda step, d: print(step, {kk: v for kk, v in d.items()
                                                                       if not isinstance(v, list)}, flush=True))
@@ -144,7 +144,7 @@ def main() -> None:
                             metrics = {kk: v for kk, v in res.metrics.items() if kk != "cluster_image"}
                             row = {
                                 "tag": args.tag, "n": n, "T": T, "k": k, "setting": setting, "scaling": scaling,
-                                "pool": pool_n or None, "reconstruction": rec_method, "fit_rounds": args.fit_rounds,
+                                "pool": pool_n or None, "reconstruction": rec_method, "fit_rounds": fit_rounds,
                                 "colour": args.colour, "train_steps": train_steps, "train_images": train_images,
                                 "width": width, "depth": depth, "network_trained_in_this_run": trained_here,
                                 "Max_SSIM": sc.max_ssim, "Mean_SSIM": sc.mean_ssim, "share_above_0.8": sc.share_above,
@@ -160,7 +160,7 @@ def main() -> None:
                                                                      "Max_SSIM", "Mean_SSIM", "wall_s")}), flush=True)
                             img = np.array(res.metrics["cluster_image"])
                             order = np.argsort(img)[:10]
-                            picture(Path(args.img_dir) / f"carlini_{setting}_k{k}_{scaling}_T{T}_pool{pool_n}.png",
+                            picture(Path(args.img_dir) / f"carlini_{setting}_k{k}_{scaling}_T{T}_pool{pool_n}_{rec_method}_fit{fit_rounds}.png",
                                     truth.private[img[order]], res.recovered[order], scaling,
                                     f"{setting} k={k} {scaling} n={n} T={T} pool={pool_n or '-'}: Max_SSIM "
                                     f"{sc.max_ssim:.3f}")

@@ -224,3 +224,18 @@ def test_colour_correction_runs_on_attackers_own_challenge(unit_attack, digits):
     assert "own_challenge" in out.metrics and out.recovered.shape == res.recovered.shape
     assert out.recovered.min() >= 0.0 and out.recovered.max() <= 1.0
     assert score(out.decryption, truth).max_ssim > 0.6
+
+
+def test_public_sign_field_undoes_per_position_flips():
+    """Per-position flips shared by the images and the public mean are undone by matching the recovered
+    public mean to the attacker's OWN pool mean (a different sample of similar images)."""
+    from instahide.attacks.carlini.reconstruct import public_sign_field
+
+    rng = np.random.default_rng(0)
+    pool = load_public_pool("builtin", n=400, size=(8, 8), channels=3, seed=0).images
+    own = load_public_pool("builtin", n=400, size=(8, 8), channels=3, seed=1).images
+    mu = (pool.astype(np.float64) / 127.5 - 1).transpose(0, 2, 3, 1).mean(0)
+    mu_att = (own.astype(np.float64) / 127.5 - 1).transpose(0, 2, 3, 1).mean(0)
+    flips = np.where(rng.random(mu.shape) < 0.5, -1.0, 1.0)
+    field = public_sign_field(mu * flips, mu_att)
+    assert np.mean(field * flips == 1.0) > 0.9  # the field equals the flips where the means are clear

@@ -61,7 +61,9 @@ class CarliniResult:
         clusters: per cluster, the rows assigned to it; ``cores``: the grown cores (step 4).
         cluster_class: int ``(m,)``; assignment: int ``(N, num_private)``; coefficients: ``(N, num_private)``.
         public_mean: ``(H, W, C)`` estimated public mean (cross-dataset) or None.
-        sign: global sign applied (+1/-1; +1 on unit pixels) and ``sign_confidence`` (the vote).
+        sign: global sign applied by the sign network's vote (+1/-1; +1 on unit pixels and with the
+            public-mean prior, which fixes every position's sign itself) and ``sign_confidence`` (the
+            vote per image, or the share of positions kept by the prior minus those flipped).
         metrics: per-step accuracies against ``truth`` (empty without it) and fit losses.
         timings: seconds per step. ``train_log``: the pair network's training log.
         network: the pair network (reuse it with ``network=`` on challenges of the same configuration).
@@ -195,7 +197,7 @@ def _solve(enc, mag, assignment, coefs, label, cluster_class, *, m, k, num_priva
 
 
 def _pipeline(enc, label, network, *, n_private, k, num_private, pixel_range, core_fraction, max_overlap,
-              refine_rounds, fit_rounds, upper, method, gd_steps, oracle_iterations, sign_net, seed, progress, timings, metrics,
+              refine_rounds, fit_rounds, upper, prior_mu, method, gd_steps, oracle_iterations, sign_net, seed, progress, timings, metrics,
               members=None, ckpt=None, fp=""):
     """Steps 1 and 3-6 on one challenge (also used on the attacker's own challenge)."""
     n_rows = len(enc)
@@ -276,11 +278,17 @@ def _pipeline(enc, label, network, *, n_private, k, num_private, pixel_range, co
         metrics["assignment_final"] = G.assignment_accuracy(assignment, fm["cluster_image"], members)
         metrics["cluster_image"] = fm["cluster_image"].tolist()
     metrics.update(info)
-    sign, conf = 1, 0.0
-    if pixel_range == "pm1" and sign_net is not None:
+    sign, conf, rule = 1, 0.0, "none (unit pixels)" if pixel_range == "unit" else "none"
+    if pixel_range == "pm1" and pmean is not None and prior_mu is not None:
+        field_ = R.public_sign_field(pmean, prior_mu.reshape(pmean.shape))
+        rec, pmean = rec * field_[None], pmean * field_
+        conf, rule = float(field_.mean()), "public-mean prior"
+    elif pixel_range == "pm1" and sign_net is not None:
         sign, conf = R.choose_sign(rec, sign_net)
         rec = rec * sign
         pmean = None if pmean is None else pmean * sign
+        rule = "sign-network vote"
+    metrics["sign_rule"] = rule
     timings["reconstruct"] = time.perf_counter() - t
     aff = G.cluster_affinity(graph, [c if len(c) else cores[j] for j, c in enumerate(clusters)])
     best = assignment[np.arange(n_rows), np.argmax(np.take_along_axis(aff, assignment, 1), axis=1)]
@@ -319,6 +327,7 @@ def carlini_attack(
     gd_steps: int = 1000,
     oracle_iterations: int = 150,
     sign_steps: int = 300,
+    sign_rule: str = "auto",
     colour_correction: bool = False,
     colour_steps: int = 400,
     truth=None,
@@ -347,7 +356,9 @@ def carlini_attack(
             each followed by a new reconstruction.
         reconstruction: ``"oracle"`` (default: the better on the measured challenges, see
             docs/carlini.md), ``"gd"`` or ``"oracle+gd"``.
-        gd_steps, oracle_iterations: reconstruction effort. sign_steps: the sign network's training.
+        gd_steps, oracle_iterations: reconstruction effort.
+        sign_rule: centred pixels: ``"auto"`` (the public-mean prior cross-dataset, the sign network's
+            vote inside-dataset) or ``"sign-network"`` (always the vote); ``sign_steps`` trains that network.
         colour_correction: also run the pipeline on an attacker-made challenge of its own images (same
             parameters and size) and train a colour-correction network on it.
         truth: the challenge's :class:`~instahide.challenge.ChallengeTruth` (rows in the SAME order as
@@ -381,6 +392,8 @@ def carlini_attack(
         raise ValueError(f"unknown scaling {scaling!r}; expected one of {_SCALINGS}")
     if mode != "instahide":
         raise ValueError(f"mode {mode!r}: this attack targets masked InstaHide (use instahide.attacks.demix on Mixup)")
+    if sign_rule not in ("auto", "sign-network"):
+        raise ValueError(f"unknown sign_rule {sign_rule!r}; expected 'auto' or 'sign-network'")
     if reconstruction not in RECONSTRUCTIONS:
         raise ValueError(f"unknown reconstruction {reconstruction!r}; expected one of {RECONSTRUCTIONS}")
     a_img, a_lab, a_pub = _check_attacker(attacker_images, attacker_labels, attacker_public, (c, h, w), num_private, k,
@@ -424,12 +437,16 @@ def carlini_attack(
                              "this configuration (network=None)")
     timings["train_pair_network"] = time.perf_counter() - t
     t = time.perf_counter()
-    sign_net = train_sign_network(x_att, steps=sign_steps, seed=seed) if pixel_range == "pm1" and sign_steps else None
+    prior_mu = None if p_att is None else p_att.permute(0, 2, 3, 1).mean(0).numpy().astype(np.float64)
+    use_net = pixel_range == "pm1" and sign_steps and (p_att is None or sign_rule == "sign-network")
+    sign_net = train_sign_network(x_att, steps=sign_steps, seed=seed) if use_net else None
+    if sign_rule == "sign-network":
+        prior_mu = None
     timings["train_sign_network"] = time.perf_counter() - t
 
     common = dict(n_private=int(n_private), k=int(k), num_private=int(num_private), pixel_range=pixel_range,
                   core_fraction=core_fraction, max_overlap=max_overlap, refine_rounds=refine_rounds,
-                  fit_rounds=fit_rounds, upper=upper, method=reconstruction, gd_steps=gd_steps, oracle_iterations=oracle_iterations, sign_net=sign_net,
+                  fit_rounds=fit_rounds, upper=upper, prior_mu=prior_mu, method=reconstruction, gd_steps=gd_steps, oracle_iterations=oracle_iterations, sign_net=sign_net,
                   seed=seed, progress=progress)
     out = _pipeline(enc, lab, network, timings=timings, metrics=metrics, members=members, ckpt=ckpt, fp=fp, **common)
     rec = out["rec"]

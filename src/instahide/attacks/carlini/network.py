@@ -2,14 +2,22 @@
 
 The original trained a WideResNet-28-6 on the 6-channel pair ``(|a|, |b|)``, so every one of the
 ``N^2`` pairs costs a full forward pass. On a CPU this project uses a SIAMESE design instead: a
-small conv encoder ``f(|x|)`` (shared by both sides) maps every encryption's magnitude to an
-embedding once, and a cheap head scores a pair from the two embeddings,
+small conv encoder ``f(|x|)`` (shared by both sides) maps every encryption's magnitude to a
+unit-norm embedding once, and a cheap head scores a pair from the two embeddings,
 
-    logit(a, b) = sum_d w_d f_d(a) f_d(b) - sum_d softplus(u_d) (f_d(a) - f_d(b))^2 + bias,
+    logit(a, b) = scale * <f(a), f(b)> + bias,
 
-a linear head on ``[f(a) * f(b), (f(a) - f(b))^2]``. The squared difference (instead of Carlini's
-absolute difference) keeps every term a matrix product, so all ``N^2`` pairs are scored from ``N``
-embeddings with two ``(N, D) x (D, N)`` products (:meth:`PairNet.logit_matrix`).
+the linear head on ``[f(a) * f(b), (f(a) - f(b))^2]`` with tied weights (for unit vectors
+``|f(a) - f(b)|^2 = 2 - 2 <f(a), f(b)>``; the squared difference instead of Carlini's absolute
+difference keeps every term a matrix product). So all ``N^2`` pairs are scored from ``N``
+embeddings with one ``(N, D) x (D, N)`` product (:meth:`PairNet.logit_matrix`).
+
+The encoder is ``h + g(h)`` with ``h`` the high-passed magnitudes (``|e|`` minus its Gaussian blur)
+and ``g`` a few dilated convs whose last layer starts at zero: at initialisation the network IS the
+hand-made similarity "correlation of high-passed magnitudes" (ROC-AUC 0.77 on class-compatible pairs
+of a CIFAR-10 pm1 cross k=6 challenge, 0.94 on unit pixels), and training learns the filter that
+makes rows sharing a private image correlate more. (A plain conv encoder trained from scratch stayed
+at chance, 51% pair accuracy, after 200 CPU steps; this start is what makes a CPU budget enough.)
 
 Training data is made here, by the attacker, with the library's own InstaHide on the attacker's own
 images (disjoint from the attacked ones) and its own public pool, with the attacked challenge's
