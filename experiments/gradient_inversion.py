@@ -77,7 +77,9 @@ def make_model(name: str, channels: int, size: int, classes: int, width: float, 
         return lenet(channels, size, classes)
     if name == "lenet-relu":
         return lenet(channels, size, classes, nn.ReLU)
-    return instahide.build_model(name, classes, channels, width)
+    from instahide.train.models import build_model
+
+    return build_model(name, classes, channels, width)
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -142,7 +144,8 @@ def run_table(args, out: Path, done: set) -> None:
             for trial in range(args.trials):
                 key = dict(kind="table", dataset=args.dataset, model=args.model, width=args.width, scale=args.scale,
                            setting=setting, batch_size=b, trial=trial, steps=args.steps, restarts=args.restarts,
-                           labels=args.labels, tv_weight=args.tv_weight, prior=args.prior)
+                           labels=args.labels, tv_weight=args.tv_weight, prior=args.prior,
+                           distance=args.distance, lr=args.lr)
                 tag = json.dumps(key, sort_keys=True)
                 if tag in done:
                     continue
@@ -153,10 +156,11 @@ def run_table(args, out: Path, done: set) -> None:
                 model = make_model(args.model, c, h, classes, args.width, args.seed + trial)
                 grads = observed_gradient(model, batch, ybatch)
                 t0 = time.time()
-                res = invert_gradients(model, grads, batch_size=b, input_shape=batch.shape[1:],
-                                       labels=ybatch if args.labels == "given" else None, steps=args.steps,
+                # recover: vanilla reads a hard label off the last layer; InstaHide's are soft: joint
+                lab = ybatch if args.labels == "given" else (None if setting == "vanilla" else "joint")
+                res = invert_gradients(model, grads, batch_size=b, input_shape=batch.shape[1:], labels=lab, steps=args.steps,
                                        lr=args.lr, tv_weight=args.tv_weight, prior=args.prior,
-                                       restarts=args.restarts, seed=trial)
+                                       restarts=args.restarts, seed=trial, distance=args.distance)
                 wall = time.time() - t0
                 m = match_batches(res.images, batch, data_range=rng_range, win_size=win)
                 rec = res.images  # recovered row i matches true row order[i]
@@ -222,7 +226,8 @@ def run_chain(args, out: Path, done: set) -> None:
     for setting in [s for s in args.settings if s != "vanilla"]:
         key = dict(kind="chain", dataset=args.dataset, model=args.model, width=args.width, scale=args.scale,
                    setting=setting, n=args.chain_n, epochs=args.chain_epochs, steps=args.steps,
-                   restarts=args.restarts, chain_lr=args.chain_lr, tv_weight=args.tv_weight, prior=args.prior)
+                   restarts=args.restarts, chain_lr=args.chain_lr, tv_weight=args.tv_weight, prior=args.prior,
+                   distance=args.distance, lr=args.lr)
         tag = json.dumps(key, sort_keys=True)
         if tag in done:
             continue
@@ -254,7 +259,7 @@ def run_chain(args, out: Path, done: set) -> None:
                 t0 = time.time()
                 res = invert_gradients(model, grads, batch_size=1, input_shape=xb.shape[1:], labels=yb,
                                        steps=args.steps, lr=args.lr, tv_weight=args.tv_weight, prior=args.prior,
-                                       restarts=args.restarts, seed=step)
+                                       restarts=args.restarts, seed=step, distance=args.distance)
                 wall += time.time() - t0
                 rec_rows.append(res.images[0].numpy()), true_rows.append(xb[0].numpy())
                 idx_all.append(idx[i]), lam_all.append(lam[i])
@@ -332,9 +337,11 @@ def main(argv=None) -> None:
     p.add_argument("--scale", choices=("pm1", "unit"), default="pm1")
     p.add_argument("--steps", type=int, default=1000, help="inversion steps per restart")
     p.add_argument("--restarts", type=int, default=2)
-    p.add_argument("--lr", type=float, default=0.1, help="inversion Adam learning rate (signed gradients)")
-    p.add_argument("--tv-weight", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=0.03, help="inversion Adam learning rate (signed gradients)")
+    p.add_argument("--tv-weight", type=float, default=0.0)
     p.add_argument("--prior", choices=("tv", "tv-abs"), default="tv")
+    p.add_argument("--distance", choices=("cosine", "cosine-global", "l2"), default="l2",
+                   help="gradient distance (l2 converged on CPU budgets where cosine did not, see docs)")
     p.add_argument("--labels", choices=("given", "recover"), default="given")
     p.add_argument("--trials", type=int, default=2, help="batches per (setting, batch size)")
     p.add_argument("--client-n", type=int, default=16, help="private images of the client (table)")
@@ -355,9 +362,9 @@ def main(argv=None) -> None:
         for line in out.read_text().splitlines():
             r = json.loads(line)
             fields = (("kind", "dataset", "model", "width", "scale", "setting", "batch_size", "trial", "steps",
-                       "restarts", "labels", "tv_weight", "prior") if r["kind"] == "table" else
+                       "restarts", "labels", "tv_weight", "prior", "distance", "lr") if r["kind"] == "table" else
                       ("kind", "dataset", "model", "width", "scale", "setting", "n", "epochs", "steps", "restarts",
-                       "chain_lr", "tv_weight", "prior"))
+                       "chain_lr", "tv_weight", "prior", "distance", "lr"))
             done.add(json.dumps({k: r[k] for k in fields}, sort_keys=True))
     t0 = time.time()
     (run_chain if args.chain else run_table)(args, out, done)

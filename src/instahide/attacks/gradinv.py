@@ -18,8 +18,11 @@ Labels: ``labels`` given (hard labels or the soft labels InstaHide mixes) are us
 ``labels=None`` recovers them: for batch size 1, from the sign of the last layer's bias gradient
 (``dL/db = p * sum(t) - t`` for softmax cross-entropy, whose only negative entry is the label of a
 hard one-hot target: exact) or, when the head has no bias, from the row sums of its weight gradient
-(exact when the features entering the head are non-negative, e.g. after a ReLU); for batch size > 1
-(or ``labels="joint"``) the labels are optimised jointly with the images as ``softmax(logits)``,
+(exact when the features entering the head are non-negative, e.g. after a ReLU); when that signal
+has more than one negative entry the label cannot be one-hot (a Mixup/InstaHide soft label) and it is
+optimised jointly instead. A soft label whose gradient has a single negative entry is read as
+one-hot (wrongly): pass ``labels="joint"`` when the client trains on soft labels. For batch size
+> 1 (or ``labels="joint"``) the labels are optimised jointly with the images as ``softmax(logits)``,
 each row summing to 1 (cross-dataset InstaHide labels sum to less than 1; such rows are only
 approximated).
 
@@ -331,8 +334,9 @@ def invert_gradients(
         batch_size: ``B``, the client's batch size (assumed known).
         input_shape: ``(C, H, W)`` of one input.
         labels: ``(B,)`` class indices or ``(B, classes)`` one-hot/soft labels if known; None to
-            recover them (batch 1: from the last layer, exact for hard labels; batch > 1: jointly
-            optimised); ``"joint"`` to optimise them jointly even for batch 1 (soft labels).
+            recover them (batch 1: from the last layer, exact for hard labels, jointly optimised when
+            the last layer shows a soft label; batch > 1: jointly optimised); ``"joint"`` to optimise
+            them jointly even for batch 1 (use it when the client trains on soft labels).
         num_classes: classes of the head (default: read off the last linear layer).
         steps: optimisation steps per restart.
         lr: Adam learning rate (on signed gradients; divided by 10 at 3/8, 5/8, 7/8 of ``steps``).
@@ -381,10 +385,13 @@ def invert_gradients(
         fixed_labels = _labels_tensor(labels, batch_size, classes).to(device=device, dtype=dtype)
         label_source = "given"
     elif batch_size == 1:
+        # A hard label gives p - y: exactly one negative entry (softmax p > 0 elsewhere). More than
+        # one negative entry means a soft label (Mixup/InstaHide): optimise it jointly instead.
         signal = target[b_idx] if b_idx is not None else target[w_idx].sum(dim=1)
-        fixed_labels = torch.zeros(1, classes, device=device, dtype=dtype)
-        fixed_labels[0, int(torch.argmin(signal))] = 1.0
-        label_source = "bias" if b_idx is not None else "weight-rows"
+        if int((signal < 0).sum()) <= 1:
+            fixed_labels = torch.zeros(1, classes, device=device, dtype=dtype)
+            fixed_labels[0, int(torch.argmin(signal))] = 1.0
+            label_source = "bias" if b_idx is not None else "weight-rows"
 
     names, plist = zip(*params)
     saved = _save_buffers(model)
