@@ -156,8 +156,9 @@ def run_table(args, out: Path, done: set) -> None:
                 model = make_model(args.model, c, h, classes, args.width, args.seed + trial)
                 grads = observed_gradient(model, batch, ybatch)
                 t0 = time.time()
-                # recover: vanilla reads a hard label off the last layer; InstaHide's are soft: joint
-                lab = ybatch if args.labels == "given" else (None if setting == "vanilla" else "joint")
+                # recover: batch 1 reads the label off the last layer (one-hot, or tied to the input
+                # as s * p(x') - dL/db when it is soft); batch > 1 optimises it jointly
+                lab = ybatch if args.labels == "given" else None
                 res = invert_gradients(model, grads, batch_size=b, input_shape=batch.shape[1:], labels=lab, steps=args.steps,
                                        lr=args.lr, tv_weight=args.tv_weight, prior=args.prior,
                                        restarts=args.restarts, seed=trial, distance=args.distance)

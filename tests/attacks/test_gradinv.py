@@ -152,9 +152,14 @@ def test_inversion_recovers_labels_jointly():
     res = invert_gradients(model, g, batch_size=1, input_shape=(1, 8, 8), labels="joint", steps=500,
                            tv_weight=1e-3, seed=0)
     assert res.label_source == "joint"
-    # labels=None sees two negative entries in the bias gradient: not one-hot, so joint as well
-    auto = invert_gradients(model, g, batch_size=1, input_shape=(1, 8, 8), steps=1)
-    assert auto.label_source == "joint"
+    # labels=None sees two negative entries in the bias gradient (not one-hot): the label is tied to
+    # the input, t = s * p(x') - dL/db, which is exact once the input is
+    auto = invert_gradients(model, g, batch_size=1, input_shape=(1, 8, 8), steps=500, tv_weight=1e-3, seed=0)
+    assert auto.label_source == "bias-implied"
+    torch.testing.assert_close(auto.labels, y, atol=1e-3, rtol=0)
+    assert match_batches(auto.images, x, data_range=2.0, win_size=3).mean_ssim > 0.9
+    with pytest.raises(ValueError, match="bias-implied"):
+        invert_gradients(model, g, batch_size=2, input_shape=(1, 8, 8), labels="bias-implied", steps=1)
     assert res.labels.argmax().item() == 2
     torch.testing.assert_close(res.labels, y, atol=0.1, rtol=0)
     assert match_batches(res.images, x, data_range=2.0, win_size=3).mean_ssim > 0.8

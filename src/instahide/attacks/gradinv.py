@@ -18,10 +18,13 @@ Labels: ``labels`` given (hard labels or the soft labels InstaHide mixes) are us
 ``labels=None`` recovers them: for batch size 1, from the sign of the last layer's bias gradient
 (``dL/db = p * sum(t) - t`` for softmax cross-entropy, whose only negative entry is the label of a
 hard one-hot target: exact) or, when the head has no bias, from the row sums of its weight gradient
-(exact when the features entering the head are non-negative, e.g. after a ReLU); when that signal
-has more than one negative entry the label cannot be one-hot (a Mixup/InstaHide soft label) and it is
-optimised jointly instead. A soft label whose gradient has a single negative entry is read as
-one-hot (wrongly): pass ``labels="joint"`` when the client trains on soft labels. For batch size
+(exact when the features entering the head are non-negative, e.g. after a ReLU). When the bias
+gradient has more than one negative entry the label cannot be one-hot (a Mixup/InstaHide soft
+label); then (``label_source="bias-implied"``, also forced with ``labels="bias-implied"``) the label
+is tied to the dummy input: ``t(x') = s * softmax(model(x')) - dL/db``, exact at the true input, with
+``s`` (the label's sum; 1 inside-dataset, ``lambda_1 + lambda_2`` cross-dataset) optimised in
+``[0.05, 1]``. A soft label whose bias gradient has a single negative entry is read as one-hot
+(wrongly): pass ``labels="bias-implied"`` when the client trains on soft labels. For batch size
 > 1 (or ``labels="joint"``) the labels are optimised jointly with the images as ``softmax(logits)``,
 each row summing to 1 (cross-dataset InstaHide labels sum to less than 1; such rows are only
 approximated).
@@ -289,7 +292,8 @@ class GradientInversionResult:
     Attributes:
         images: ``(B, C, H, W)`` recovered inputs of the best restart (for InstaHide: encryptions).
         labels: ``(B, classes)`` the labels used (given, recovered one-hot, or jointly optimised).
-        label_source: ``"given"``, ``"bias"`` (read off the last layer) or ``"joint"`` (optimised).
+        label_source: ``"given"``, ``"bias"`` / ``"weight-rows"`` (one-hot read off the last layer),
+            ``"bias-implied"`` (``s * p(x') - dL/db``) or ``"joint"`` (optimised).
         loss_history: gradient-matching objective (distance + prior) every step, best restart.
         best_restart: index of the restart kept.
         restart_losses: final objective of every restart.
@@ -334,9 +338,10 @@ def invert_gradients(
         batch_size: ``B``, the client's batch size (assumed known).
         input_shape: ``(C, H, W)`` of one input.
         labels: ``(B,)`` class indices or ``(B, classes)`` one-hot/soft labels if known; None to
-            recover them (batch 1: from the last layer, exact for hard labels, jointly optimised when
-            the last layer shows a soft label; batch > 1: jointly optimised); ``"joint"`` to optimise
-            them jointly even for batch 1 (use it when the client trains on soft labels).
+            recover them (batch 1: from the last layer, exact for hard labels; tied to the input as
+            ``s * p(x') - dL/db`` when the last layer shows a soft label; batch > 1: optimised
+            jointly); ``"bias-implied"`` to force that tie for batch 1 (soft labels), ``"joint"``
+            to optimise them jointly as ``softmax(logits)``.
         num_classes: classes of the head (default: read off the last linear layer).
         steps: optimisation steps per restart.
         lr: Adam learning rate (on signed gradients; divided by 10 at 3/8, 5/8, 7/8 of ``steps``).
@@ -379,8 +384,12 @@ def invert_gradients(
     # Labels: given, read off the head (batch 1), or optimised jointly.
     fixed_labels, label_source = None, "joint"
     if isinstance(labels, str):
-        if labels != "joint":
-            raise ValueError(f"labels must be a tensor, None or 'joint', got {labels!r}")
+        if labels not in ("joint", "bias-implied"):
+            raise ValueError(f"labels must be a tensor, None, 'joint' or 'bias-implied', got {labels!r}")
+        if labels == "bias-implied":
+            if batch_size != 1 or b_idx is None:
+                raise ValueError("labels='bias-implied' needs batch_size=1 and a last layer with a bias")
+            label_source = "bias-implied"
     elif labels is not None:
         fixed_labels = _labels_tensor(labels, batch_size, classes).to(device=device, dtype=dtype)
         label_source = "given"
@@ -392,6 +401,13 @@ def invert_gradients(
             fixed_labels = torch.zeros(1, classes, device=device, dtype=dtype)
             fixed_labels[0, int(torch.argmin(signal))] = 1.0
             label_source = "bias" if b_idx is not None else "weight-rows"
+        elif b_idx is not None:
+            label_source = "bias-implied"
+    implied = label_source == "bias-implied"
+    if implied:  # t = s * p(x) - dL/db, with p from the model's weights held constant
+        bias_grad = target[b_idx][None]
+        frozen = {n: p.detach() for n, p in model.named_parameters()}
+        frozen.update(dict(model.named_buffers()))
 
     names, plist = zip(*params)
     saved = _save_buffers(model)
@@ -406,16 +422,26 @@ def invert_gradients(
                 x.clamp_(lo, hi)
             x.requires_grad_(True)
             variables = [x]
-            logit = None
-            if fixed_labels is None:
+            logit = scale = None
+            if implied:
+                scale = torch.ones(1, device=device, dtype=dtype, requires_grad=True)
+                variables.append(scale)
+            elif fixed_labels is None:
                 logit = torch.randn((batch_size, classes), generator=gen, dtype=dtype).to(device).requires_grad_(True)
                 variables.append(logit)
+
+            def current_labels(x_):
+                if implied:
+                    p_ = torch.softmax(torch.func.functional_call(model, frozen, (x_,)), dim=1)
+                    return p_ * scale.clamp(0.05, 1.0) - bias_grad
+                return fixed_labels if logit is None else torch.softmax(logit, dim=1)
+
             opt = torch.optim.Adam(variables, lr=lr)
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
             history = []
             for step in range(steps):
                 opt.zero_grad(set_to_none=True)
-                y = fixed_labels if logit is None else torch.softmax(logit, dim=1)
+                y = current_labels(x)
                 loss = soft_cross_entropy(model(x), y)
                 trial = torch.autograd.grad(loss, plist, create_graph=True, allow_unused=True)
                 trial = [torch.zeros_like(p) if g is None else g for p, g in zip(plist, trial)]
@@ -439,7 +465,7 @@ def invert_gradients(
                     progress(r, step, history[-1])
             # score the final point
             with torch.no_grad():
-                y = fixed_labels if logit is None else torch.softmax(logit, dim=1)
+                y = current_labels(x.detach())
             final_dist = _final_distance(model, plist, x.detach(), y.detach(), target, distance)
             final = final_dist + (tv_weight * float(total_variation(x.detach().abs() if prior == "tv-abs" else x.detach()))
                                   if tv_weight else 0.0)
