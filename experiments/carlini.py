@@ -12,6 +12,8 @@ Every result is one JSON line appended to ``--out`` as soon as it is measured.
   OMP_NUM_THREADS=1 .venv/bin/python experiments/carlini.py --n 20 --T 50 --k 6 --setting cross --scaling pm1
   # the sweep over T and k:
   OMP_NUM_THREADS=1 .venv/bin/python experiments/carlini.py --T 10 20 50 --k 4 6 --setting cross inside
+  # the results as a markdown table:
+  .venv/bin/python experiments/carlini.py --table experiments/results/carlini.jsonl
   # the published scale (100 x 50), on a GPU:
   .venv/bin/python experiments/carlini.py --scale full --device cuda
 """
@@ -66,7 +68,73 @@ def picture(path: Path, original: np.ndarray, recovered: np.ndarray, scaling: st
     plt.close(fig)
 
 
+def table(path: Path) -> None:
+    """Print the results of ``path`` (JSON lines) as a markdown table."""
+    print("| tag | setting | k | pixels | pool | T | reconstruction | fit rounds | sign rule | pair AUC | core purity "
+          "| coverage | assignment exact (slot) | Max_SSIM | Mean_SSIM | share > 0.8 | wall s (train s) |")
+    print("|" + " --- |" * 17)
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        if r.get("tag") == "yardstick":
+            continue
+        m = r["metrics"]
+        a = m.get("assignment_final", m.get("assignment", {}))
+        print(f"| {r['tag']} | {r['setting']} | {r['k']} | {r['scaling']} | {r['pool'] or '-'} | {r['T']} "
+              f"| {r['reconstruction']}{' + colour' if r.get('colour') else ''} | {r['fit_rounds']} "
+              f"| {m.get('sign_rule', 'sign-network vote')} | {m['pairs']['auc']:.3f} "
+              f"| {m['clusters']['core_purity']:.2f} | {m['clusters']['core_coverage']:.2f} "
+              f"| {a.get('exact', float('nan')):.2f} ({a.get('slot', float('nan')):.2f}) | {r['Max_SSIM']:.3f} "
+              f"| {r['Mean_SSIM']:.3f} | {r['share_above_0.8']:.3f} | {r['wall_s']:.0f} "
+              f"({r['timings'].get('train_pair_network', 0):.0f}) |")
+
+
+def yardstick(args, test, pool, a_pool, T, k, scaling, out: Path) -> None:  # noqa: N803
+    """The reconstruction step alone on the TRUE keys (no clustering or assignment error): the oracle
+    solver with the sign chosen by the truth (its evaluation mode), the oracle solver with the attack's
+    own sign rule (public-mean prior), and Carlini's gradient descent."""
+    from instahide.attacks import oracle_decode
+    from instahide.attacks.carlini.reconstruct import align_solution, public_mass, public_sign_field, reconstruct_gd
+
+    n = args.n or PRESETS[args.scale]["n"]
+    enc, lab, truth = make_challenge(test.images[:n], test.labels[:n], pool, T=T, k=k, scaling=scaling,
+                                     num_classes=10, generator=KeyGenerator.from_seed(args.seed))
+    pr = "unit" if scaling == "unit" else "pm1"
+    mu_att = (a_pool.astype(np.float64) / 127.5 - 1).transpose(0, 2, 3, 1).mean(0) if scaling == "pm1" else None
+    rows = []
+    t0 = time.perf_counter()
+    o = oracle_decode(enc, truth.indices, truth.coefficients, 2, n, pixel_range=pr,
+                      evaluate_with=truth.private if pr == "pm1" else None)
+    rows.append(("oracle, true keys, sign by the truth (evaluation mode)" if pr == "pm1" else "oracle, true keys",
+                 o.decryption, time.perf_counter() - t0))
+    if pr == "pm1":
+        t0 = time.perf_counter()
+        o2 = oracle_decode(enc, truth.indices, truth.coefficients, 2, n, pixel_range=pr)
+        f = public_sign_field(o2.public_mean, mu_att)
+        rows.append(("oracle, true keys, sign by the public-mean prior", (o2.recovered * f)[truth.indices[:, 0]],
+                     time.perf_counter() - t0))
+    t0 = time.perf_counter()
+    idx = truth.indices[:, :2]
+    rec, pm, _, _ = reconstruct_gd(np.abs(enc), idx, truth.coefficients[:, :2].astype(np.float64),
+                                   public_mass(lab, 2, k), n_clusters=n, pixel_range=pr, steps=args.gd_steps)
+    if pr == "pm1":
+        rec, pm = align_solution(rec, pm)
+        rec = rec * public_sign_field(pm, mu_att)
+    rows.append(("gradient descent, true keys" + (", public-mean prior sign" if pr == "pm1" else ""),
+                 rec[truth.indices[:, 0]], time.perf_counter() - t0))
+    for name, dec, sec in rows:
+        sc = score(dec, truth)
+        row = {"tag": "yardstick", "what": name, "n": n, "T": T, "k": k, "scaling": scaling, "pool": len(pool),
+               "Max_SSIM": sc.max_ssim, "Mean_SSIM": sc.mean_ssim, "share_above_0.8": sc.share_above,
+               "seconds": sec, "date": time.strftime("%Y-%m-%d %H:%M")}
+        with out.open("a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+
+
 def main() -> None:
+    if "--table" in sys.argv:
+        table(Path(sys.argv[sys.argv.index("--table") + 1]))
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "cifar-10-batches-py"))
     p.add_argument("--scale", choices=sorted(PRESETS), default="cpu")
@@ -83,6 +151,8 @@ def main() -> None:
     p.add_argument("--reconstruction", nargs="+", default=["oracle"], choices=("oracle", "gd", "oracle+gd"))
     p.add_argument("--gd-steps", type=int, default=1000)
     p.add_argument("--fit-rounds", type=int, nargs="+", default=[1])
+    p.add_argument("--sign-rule", default="auto", choices=("auto", "sign-network"))
+    p.add_argument("--yardstick", action="store_true", help="reconstruction on the TRUE keys only (cross-dataset)")
     p.add_argument("--colour", action="store_true", help="also train and apply the colour correction")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
@@ -116,6 +186,10 @@ def main() -> None:
                     num_private = 2 if setting == "cross" else k
                     net_path = Path(args.net_dir) / (f"{setting}-k{k}-{scaling}-s{train_steps}-w{width}-d{depth}"
                                                      f"-{args.device.split(':')[0]}.pt")
+                    if args.yardstick:
+                        for T in t_list:  # noqa: N806
+                            yardstick(args, test, pool, a_pool, T, k, scaling, out.with_name("carlini_yardstick.jsonl"))
+                        continue
                     network = load_pair_network(net_path) if net_path.exists() else None
                     for T in t_list:  # noqa: N806
                         for rec_method, fit_rounds in [(r, f) for r in args.reconstruction for f in args.fit_rounds]:
@@ -133,7 +207,7 @@ def main() -> None:
                                 attacker_labels=a_lab, attacker_public=a_pool, scaling=scaling, network=network,
                                 train_steps=train_steps, width_mult=width, depth=depth,
                                 reconstruction=rec_method, gd_steps=args.gd_steps, fit_rounds=fit_rounds,
-                                colour_correction=args.colour, truth=truth, seed=args.seed, device=args.device,
+                                colour_correction=args.colour, sign_rule=args.sign_rule, truth=truth, seed=args.seed, device=args.device,
                                 progress=lambda step, d: print(step, {kk: v for kk, v in d.items()
                                                                       if not isinstance(v, list)}, flush=True))
                             wall = time.perf_counter() - t0
@@ -145,7 +219,7 @@ def main() -> None:
                             row = {
                                 "tag": args.tag, "n": n, "T": T, "k": k, "setting": setting, "scaling": scaling,
                                 "pool": pool_n or None, "reconstruction": rec_method, "fit_rounds": fit_rounds,
-                                "colour": args.colour, "train_steps": train_steps, "train_images": train_images,
+                                "colour": args.colour, "sign_rule_arg": args.sign_rule, "train_steps": train_steps, "train_images": train_images,
                                 "width": width, "depth": depth, "network_trained_in_this_run": trained_here,
                                 "Max_SSIM": sc.max_ssim, "Mean_SSIM": sc.mean_ssim, "share_above_0.8": sc.share_above,
                                 "images_best_above_0.8": int(np.sum(sc.per_private_best_ssim > 0.8)),
