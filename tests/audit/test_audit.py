@@ -122,11 +122,11 @@ def test_bad_input_is_a_clear_error(tmp_path, digits):
 
 def test_cli_attack_and_audit(tmp_path, capsys):
     ch = tmp_path / "ch"
-    assert main(["challenge", "make", "--dataset", "digits", "--n-private", "10", "--T", "10", "--mode", "mixup",
-                 "--scaling", "unit", "--public-size", "300", "--out", str(ch)]) == 0
+    assert main(["challenge", "make", "--dataset", "digits", "--n-private", "12", "--T", "12", "--mode", "mixup",
+                 "--scaling", "unit", "--public-size", "500", "--research-seed", "3", "--out", str(ch)]) == 0
     assert main(["attack", "demix", "--challenge", str(ch), "--out", str(tmp_path / "d")]) == 0
     dec = np.load(tmp_path / "d" / "decryption.npy")
-    assert dec.shape == (100, 8, 8, 1)
+    assert dec.shape == (144, 8, 8, 1)
     scores = json.loads((tmp_path / "d" / "scores.json").read_text())["scores"]
     assert scores["Max_SSIM"] > 0.8 and (tmp_path / "d" / "recovered.png").is_file()
     # the oracle needs the truth: moving it away is an error naming the problem
@@ -140,3 +140,17 @@ def test_cli_attack_and_audit(tmp_path, capsys):
     assert main(["audit", "--out", str(tmp_path / "au"), "--n-private", "8", "--T", "4", "--public", "none",
                  "--attacks", "demix", "--format", "md"]) == 0
     assert (tmp_path / "au" / "report.md").is_file() and not (tmp_path / "au" / "report.html").exists()
+
+
+def test_audit_runs_the_carlini_pipeline_on_disjoint_attacker_data(tmp_path):
+    cfg = AuditConfig(n_private=10, T=10, public_size=300, attacks=("carlini",), research_seed=2,
+                      carlini={"preset": "tiny"})
+    res = run_audit(cfg, tmp_path / "c", formats=("md",), log=lambda m: None)
+    out = res.outcomes[0]
+    assert out.decryption.shape == res.truth.encryption_shape
+    assert out.info["attacker"]["split"] == "train" and out.info["attacker"]["dataset"] == "digits"
+    assert {"pairs", "clusters", "assignment"} <= set(out.info["per_step"])
+    assert (tmp_path / "c" / "attacks" / "carlini" / "decryption.npy").is_file()
+    with pytest.raises(ValueError, match="disjoint"):
+        run_attack("carlini", *np.load(tmp_path / "c" / "challenge" / "encryption.npy")[None],
+                   np.load(tmp_path / "c" / "challenge" / "label.npy"), res.meta, attacker_split="test")

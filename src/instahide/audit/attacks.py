@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["AttackOutcome", "ATTACKS", "run_attack", "attack_names"]
+__all__ = ["AttackOutcome", "ATTACKS", "CARLINI_PRESETS", "run_attack", "attack_names"]
 
 
 @dataclass
@@ -147,12 +147,74 @@ def _run_seed(enc, lab, meta, truth=None, seed_range=(0, 2 ** 16), **opt) -> Att
     return AttackOutcome("seed", found.decryption, found.recovered, seconds, info)
 
 
-def _run_carlini(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
-    try:
-        from ..attacks.carlini import run_carlini_for_audit
-    except ImportError as exc:  # pragma: no cover - present once the pipeline is in
-        raise ValueError(f"the Carlini et al. pipeline is not available: {exc}") from exc
-    return run_carlini_for_audit(enc, lab, meta, truth=truth, **opt)
+# Budgets of the Carlini et al. pipeline: tiny (tests, seconds), cpu (minutes on 2 cores: the measured
+# 20 x 50 CIFAR-10 setting of docs/carlini.md), full (a 100 x 50 challenge on a GPU).
+CARLINI_PRESETS = {
+    "tiny": dict(train_steps=60, width_mult=8, oracle_iterations=40, gd_steps=150, sign_steps=60,
+                 attacker_images=2000),
+    "cpu": dict(train_steps=300, width_mult=16, attacker_images=20000),
+    "full": dict(train_steps=3000, width_mult=32, attacker_images=50000),
+}
+
+
+def _attacker_data(meta: dict, dataset, root, split, n_images: int):
+    """The attacker's own labelled images: by default the challenge's dataset, the OTHER split (disjoint
+    from the attacked images), and its own public pool (photograph patches at another seed)."""
+    from ..data import load_dataset, load_public_pool
+
+    source = meta.get("private_source") or {}
+    dataset = dataset or source.get("dataset")
+    if dataset is None:
+        raise ValueError("the Carlini attack trains on the attacker's own images: give attacker_dataset "
+                         "(and attacker_root), disjoint from the attacked images")
+    if root is None and dataset == source.get("dataset"):
+        root = source.get("root")
+    if split is None:
+        split = "train" if source.get("split", "test") == "test" else "test"
+    if dataset == source.get("dataset") and split == source.get("split"):
+        raise ValueError(f"the attacker's images must be disjoint from the attacked ones: {dataset} {split} is "
+                         "the split the challenge was made from; use the other split or another dataset")
+    ds = load_dataset(dataset, root=root, split=split)
+    if ds.labels is None:
+        raise ValueError(f"the attacker's dataset {ds.name} has no labels; the pair network needs labelled images")
+    if len(ds) > n_images:
+        ds = ds.subset(slice(0, n_images))
+    h, w, c = meta["image_shape_hwc"]
+    if tuple(ds.shape) != (c, h, w):
+        raise ValueError(f"the attacker's images are {tuple(ds.shape)} (C, H, W) but the challenge's are {(c, h, w)}")
+    pool = None
+    if int(meta["num_private"]) < int(meta["k"]):
+        size = int(meta.get("public_pool_size") or 4000)
+        pool = load_public_pool("builtin", n=size, size=(h, w), channels=c, seed=1).images
+    return ds, pool, {"dataset": ds.name, "split": split, "images": len(ds),
+                      "public": None if pool is None else f"builtin photographs, {len(pool)} patches, seed 1"}
+
+
+def _run_carlini(enc, lab, meta, truth=None, *, attacker_dataset=None, attacker_root=None, attacker_split=None,
+                 network=None, preset: str = "cpu", device: str = "cpu", log=None, checkpoint_dir=None,
+                 **opt) -> AttackOutcome:
+    from ..attacks.carlini import carlini_attack, load_pair_network
+
+    if preset not in CARLINI_PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {list(CARLINI_PRESETS)}")
+    budget = {**CARLINI_PRESETS[preset], **opt}
+    ds, pool, attacker = _attacker_data(meta, attacker_dataset, attacker_root, attacker_split,
+                                        budget.pop("attacker_images"))
+    if isinstance(network, (str, bytes)) or hasattr(network, "__fspath__"):
+        network = load_pair_network(network)
+    progress = None if log is None else (lambda step, info: log(f"carlini: {step} {info}"))
+    t0 = time.perf_counter()
+    res = carlini_attack(
+        enc, lab, n_private=_meta_int(meta, "n_private"), k=_meta_int(meta, "k"),
+        num_private=_meta_int(meta, "num_private"), attacker_images=ds.images, attacker_labels=ds.labels,
+        attacker_public=pool, upper=float(meta.get("upper", 0.65)), dom=float(meta.get("dom") or 0.3),
+        mode=meta.get("mode", "instahide"), scaling=meta.get("scaling", "pm1"), mean=meta.get("private_mean"),
+        std=meta.get("private_std"), network=network, truth=truth, progress=progress, device=device,
+        checkpoint_dir=checkpoint_dir, **budget)
+    seconds = time.perf_counter() - t0
+    info = {"preset": preset, "attacker": attacker, "steps_seconds": res.timings,
+            "per_step": res.metrics, "sign": res.sign}
+    return AttackOutcome("carlini", res.decryption, res.recovered, seconds, info)
 
 
 ATTACKS = {

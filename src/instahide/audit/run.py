@@ -120,7 +120,8 @@ def _challenge(cfg: AuditConfig, out: Path, resume: bool):
         pool = load_public_pool(cfg.public, n=cfg.public_size, size=(h, w), channels=c, seed=cfg.public_seed,
                                 resize=cfg.public_resize).images
     k = cfg.k if cfg.k is not None else (6 if pool is not None else 4)
-    info = {"private_source": {"dataset": ds.name, "split": cfg.split, "selection": f"first {cfg.n_private}"},
+    info = {"private_source": {"dataset": cfg.dataset, "root": cfg.root, "split": cfg.split,
+                               "selection": f"first {cfg.n_private}"},
             "public_source": None if pool is None else {"source": cfg.public, "size": len(pool),
                                                          "seed": cfg.public_seed},
             "instahide_version": __import__("instahide").__version__}
@@ -195,6 +196,7 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
                 options["seed_range"] = tuple(cfg.seed_range)
             if name == "carlini":
                 options.update(cfg.carlini)
+                options.setdefault("checkpoint_dir", str(folder / "work"))
             log(f"{name}: running ...")
             try:
                 outcome = run_attack(name, enc, lab, meta, truth=truth, threshold=cfg.threshold, **options)
