@@ -211,7 +211,8 @@ def save_picture(args, setting, b, true_in, rec, private, idx_rows, num_private)
                 ax[r, i].set_ylabel(names[r], fontsize=7)
     fig.suptitle(f"{args.dataset} {setting} B={b} ({args.model}, {args.scale})", fontsize=8)
     fig.tight_layout()
-    path = Path(args.img_dir) / f"gradinv_{args.dataset}_{setting}_b{b}_{args.scale}.png"
+    path = Path(args.img_dir) / (f"gradinv_{args.dataset}_{setting}_b{b}_{args.scale}_{args.model}_"
+                                 f"{args.distance}{args.steps}.png")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
