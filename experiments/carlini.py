@@ -131,7 +131,20 @@ def yardstick(args, test, pool, a_pool, T, k, scaling, out: Path) -> None:  # no
         print(json.dumps(row), flush=True)
 
 
+def yardstick_table(path: Path) -> None:
+    """Print the yardstick results (reconstruction on the true keys) as a markdown table."""
+    print("| reconstruction on the TRUE keys | pixels | T | Max_SSIM | Mean_SSIM | share > 0.8 | seconds |")
+    print("|" + " --- |" * 7)
+    for line in path.read_text().splitlines():
+        r = json.loads(line)
+        print(f"| {r['what']} | {r['scaling']} | {r['T']} | {r['Max_SSIM']:.3f} | {r['Mean_SSIM']:.3f} "
+              f"| {r['share_above_0.8']:.2f} | {r['seconds']:.0f} |")
+
+
 def main() -> None:
+    if "--yardstick-table" in sys.argv:
+        yardstick_table(Path(sys.argv[sys.argv.index("--yardstick-table") + 1]))
+        return
     if "--table" in sys.argv:
         table(Path(sys.argv[sys.argv.index("--table") + 1]))
         return
