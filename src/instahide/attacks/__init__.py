@@ -10,6 +10,10 @@ epoch-major (row ``t * n + i`` hides private image ``i`` in slot 1 in epoch ``t`
   coefficients; the upper bound for attacks of the Carlini et al. family.
 * :func:`demix` (5.A): clustering + least squares on Mixup without the mask, from the encryptions
   and labels alone; fails once the mask is on.
+* :func:`invert_gradients` (5.D): recovers a training batch from a shared gradient (Geiping et al.);
+  against InstaHide it recovers the encryptions, not the private images (docs/gradient_inversion.md).
+* :mod:`instahide.attacks.carlini` (5.B): Carlini et al.'s pipeline, every step its own function
+  (docs/carlini.md).
 * :func:`recover_seed` (5.C): brute-forces the seed of ``legacy`` keys, replays them, undoes the
   masks and solves for the images; has nothing to search against the default keys.
 
@@ -21,10 +25,14 @@ Example::
         decryption = found.decryption
 """
 from .demix import DemixResult, demix
+from .gradinv import (GradientInversionResult, MatchResult, gradient_distance, gradient_from_update, invert_gradients,
+                      match_batches, observed_gradient, recover_label_from_gradient, total_variation)
 from .oracle import OracleResult, oracle_decode
 from .seed import SeedRecovery, mt19937_outputs, recover_seed, replay_keys, seed_candidates, seed_rate
 
 __all__ = [
+    "GradientInversionResult", "MatchResult", "gradient_distance", "gradient_from_update", "invert_gradients",
+    "match_batches", "observed_gradient", "recover_label_from_gradient", "total_variation",
     "DemixResult", "OracleResult", "SeedRecovery", "demix", "mt19937_outputs", "oracle_decode",
     "recover_seed", "replay_keys", "seed_candidates", "seed_rate",
 ]
