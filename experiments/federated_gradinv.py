@@ -37,6 +37,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--width", type=float, default=0.5)
+    ap.add_argument("--distance", default="cosine", help="gradient distance: cosine (published) or l2")
+    ap.add_argument("--lr", type=float, default=0.1, help="inversion learning rate")
+    ap.add_argument("--tv-weight", type=float, default=1e-4)
+    ap.add_argument("--restarts", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows, pics = [], []
@@ -53,11 +57,13 @@ def main() -> None:
         model.train()
         t0 = time.perf_counter()
         res = invert_gradients(model, grads, batch_size=args.batch, input_shape=party.shape, steps=args.steps,
-                               seed=0)
+                               seed=0, distance=args.distance, lr=args.lr, tv_weight=args.tv_weight,
+                               restarts=args.restarts)
         seconds = time.perf_counter() - t0
         data_range = 1.0 / party.std[0]                                   # [0, 1] pixels after normalisation
         rec = res.images.detach()
         row = {"mode": mode, "batch": args.batch, "steps": args.steps, "width": args.width, "seconds": seconds,
+               "distance": args.distance, "lr": args.lr, "tv_weight": args.tv_weight, "restarts": args.restarts,
                "gradient_distance": float(res.gradient_distance)}
         if mode == "vanilla":
             m = match_batches(rec, party.x, data_range=data_range)
@@ -81,7 +87,7 @@ def main() -> None:
         import matplotlib.pyplot as plt
     except ImportError:
         return
-    fig, axes = plt.subplots(4, args.batch, figsize=(1.6 * args.batch, 6.6))
+    fig, axes = plt.subplots(4, args.batch, figsize=(1.6 * args.batch + 1, 6.6), squeeze=False)
     titles = ["vanilla: private", "vanilla: recovered", "InstaHide: encryption", "InstaHide: recovered"]
     imgs = [pics[0][1], pics[0][2], pics[1][1], pics[1][2]]
     for r in range(4):

@@ -24,6 +24,7 @@ Example::
     if found is not None:
         decryption = found.decryption
 """
+from .carlini import CarliniResult, carlini_attack
 from .demix import DemixResult, demix
 from .gradinv import (GradientInversionResult, MatchResult, gradient_distance, gradient_from_update, invert_gradients,
                       match_batches, observed_gradient, recover_label_from_gradient, total_variation)
@@ -33,6 +34,6 @@ from .seed import SeedRecovery, mt19937_outputs, recover_seed, replay_keys, seed
 __all__ = [
     "GradientInversionResult", "MatchResult", "gradient_distance", "gradient_from_update", "invert_gradients",
     "match_batches", "observed_gradient", "recover_label_from_gradient", "total_variation",
-    "DemixResult", "OracleResult", "SeedRecovery", "demix", "mt19937_outputs", "oracle_decode",
+    "CarliniResult", "carlini_attack", "DemixResult", "OracleResult", "SeedRecovery", "demix", "mt19937_outputs", "oracle_decode",
     "recover_seed", "replay_keys", "seed_candidates", "seed_rate",
 ]
