@@ -67,3 +67,29 @@ def load_plain_npz(path: str | os.PathLike, what: str) -> dict:
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"cannot read {what} {path}: {exc} ({what}s hold plain arrays only; "
                          "pickled objects are refused)") from exc
+
+
+def atomic_torch_save(path: str | os.PathLike, obj) -> None:
+    """``torch.save`` of ``obj`` (tensors and plain containers only) to ``path``, atomically."""
+    import torch
+
+    with atomic_open(path) as fh:
+        torch.save(obj, fh)
+
+
+def load_torch_checkpoint(path: str | os.PathLike, fmt: str, what: str = "checkpoint") -> dict:
+    """A checkpoint dict written by :func:`atomic_torch_save` whose ``"format"`` is ``fmt``, read with
+    ``weights_only=True`` (no code from an untrusted file). FileNotFoundError without a file, a
+    ValueError naming the file when it is corrupt, truncated or of another format."""
+    import torch
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no {what} at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(state, dict) or state.get("format") != fmt:
+        raise ValueError(f"{path} is not an instahide {what} ({fmt})")
+    return state

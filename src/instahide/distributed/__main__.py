@@ -17,7 +17,7 @@ import argparse
 import sys
 
 from ..cli import shared_cmd, train_cmd
-from ..cli._common import CLIError
+from ..cli.main import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,19 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except CLIError as exc:
-        print(f"instahide {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_command(build_parser(), argv)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import atomic_open, atomic_write_text
+from .._io import atomic_torch_save, atomic_write_text, load_torch_checkpoint
 from ..train.evaluate import evaluate
 from ..train.loss import soft_cross_entropy
 from ..train.models import MODELS, build_model
@@ -340,22 +340,12 @@ def save_shared_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: Share
              "epoch": epoch, "config": cfg.to_dict(), "history": history, "order_seed": int(order_seed),
              "model_name": arch["name"], "num_classes": arch["num_classes"], "in_channels": arch["in_channels"],
              "format": FORMAT}
-    with atomic_open(path) as fh:
-        torch.save(state, fh)
+    atomic_torch_save(path, state)
 
 
 def load_shared_checkpoint(path) -> dict:
     """Load a shared-trainer checkpoint with ``weights_only=True``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not an instahide shared-trainer checkpoint ({FORMAT})")
-    return state
+    return load_torch_checkpoint(path, FORMAT, "shared-trainer checkpoint")
 
 
 def load_shared_model(path, device="cpu"):

@@ -118,19 +118,10 @@ class FedConfig:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.fraction_train == 0 and self.min_train_nodes == 0:
             raise ValueError("fraction_train=0 and min_train_nodes=0: no party would ever train")
-        if self.mode == "vanilla" and self.public is not None:
-            raise ValueError("vanilla training mixes nothing: drop public or pick mode mixup/instahide")
-        if self.num_private is not None and self.public is None:
-            raise ValueError("num_private needs a public pool (cross-dataset mode): set public")
-        if self.mode != "vanilla":
-            from ..scheme import check_bounds
+        from ..train.config import check_scheme_options
 
-            cross = self.public is not None
-            num_private = (self.num_private or 2) if cross else self.k
-            check_bounds(self.k, self.upper, self.dom if cross else None, num_private)
-            if cross and num_private >= self.k:
-                raise ValueError(f"cross-dataset mode with k={self.k} and num_private={num_private} "
-                                 "leaves no public slot")
+        num_private = check_scheme_options(self.mode, self.k, self.upper, self.dom, self.public, self.num_private)
+        if self.mode != "vanilla":
             if self.min_party_size < num_private:
                 raise ValueError(f"min_party_size={self.min_party_size} is below the {num_private} private "
                                  f"images one encryption needs (k={self.k}): raise min_party_size")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_open, atomic_write_text
+from .._io import atomic_open, atomic_torch_save, atomic_write_text, load_torch_checkpoint
 from .config import FedConfig
 from .local import build_global_model, model_name
 
@@ -85,22 +85,12 @@ def _save_checkpoint(path: Path, state: dict, server_round: int, cfg: FedConfig,
                      arch: dict) -> None:
     blob = {"format": _FORMAT, "model": {k: v.detach().cpu().clone() for k, v in state.items()},
             "round": server_round, "config": cfg.to_dict(), "history": history, **arch}
-    with atomic_open(path) as fh:
-        torch.save(blob, fh)
+    atomic_torch_save(path, blob)
 
 
 def load_server_checkpoint(path) -> dict:
     """A server checkpoint, read with ``weights_only=True``."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no federated checkpoint at {path}")
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(blob, dict) or blob.get("format") != _FORMAT:
-        raise ValueError(f"{path} is not an instahide federated checkpoint")
-    return blob
+    return load_torch_checkpoint(path, _FORMAT, "federated checkpoint")
 
 
 # Fields that may change between a run and its resumption.

@@ -66,19 +66,7 @@ class TrainConfig:
             raise ValueError("lr and width must be > 0")
         if any(not 0 < m < 1 for m in self.milestones):
             raise ValueError(f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")
-        if self.mode == "vanilla" and self.public is not None:
-            raise ValueError("vanilla training mixes nothing: drop --public or pick mode mixup/instahide")
-        if self.num_private is not None and self.public is None:
-            raise ValueError("num_private needs a public pool (cross-dataset mode): set public")
-        if self.mode != "vanilla":
-            from ..scheme import check_bounds
-
-            cross = self.public is not None
-            num_private = (self.num_private or 2) if cross else self.k
-            check_bounds(self.k, self.upper, self.dom if cross else None, num_private)
-            if cross and num_private >= self.k:
-                raise ValueError(f"cross-dataset mode with k={self.k} and num_private={num_private} "
-                                 "leaves no public slot")
+        check_scheme_options(self.mode, self.k, self.upper, self.dom, self.public, self.num_private)
         return self
 
     def to_dict(self) -> dict:
@@ -94,6 +82,24 @@ class TrainConfig:
         if "milestones" in d:
             d["milestones"] = tuple(d["milestones"])
         return cls(**d)
+
+
+def check_scheme_options(mode: str, k: int, upper: float, dom: float, public, num_private) -> int:
+    """Check a training configuration's scheme options together; returns the private slots per
+    encryption (``k`` inside-dataset). Errors name the conflicting options."""
+    if mode == "vanilla" and public is not None:
+        raise ValueError("vanilla training mixes nothing: drop --public or pick mode mixup/instahide")
+    if num_private is not None and public is None:
+        raise ValueError("num_private needs a public pool (cross-dataset mode): set public")
+    cross = public is not None
+    slots = (num_private or 2) if cross else k
+    if mode != "vanilla":
+        from ..scheme import check_bounds
+
+        check_bounds(k, upper, dom if cross else None, slots)
+        if cross and slots >= k:
+            raise ValueError(f"cross-dataset mode with k={k} and num_private={slots} leaves no public slot")
+    return slots
 
 
 def _parse_optional(kind):

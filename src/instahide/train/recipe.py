@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .._io import atomic_open, atomic_write_text
+from .._io import atomic_open, atomic_torch_save, atomic_write_text, load_torch_checkpoint
 from ..distributed.dist import DistInfo, all_agree, all_reduce_sum, broadcast_object, cleanup, init_distributed
 from ..scheme import KeyGenerator, encrypt
 from .augment import Augment
@@ -348,22 +348,12 @@ def save_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: TrainConfig,
              "epoch": epoch, "config": cfg.to_dict(), "history": history, "model_name": arch["name"],
              "num_classes": arch["num_classes"], "in_channels": arch["in_channels"],
              "format": "instahide-checkpoint/1"}
-    with atomic_open(path) as fh:
-        torch.save(state, fh)
+    atomic_torch_save(path, state)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """Load a checkpoint with ``weights_only=True`` (no arbitrary code from an untrusted file)."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(state, dict) or state.get("format") != "instahide-checkpoint/1":
-        raise ValueError(f"{path} is not an instahide checkpoint")
-    return state
+    return load_torch_checkpoint(path, "instahide-checkpoint/1")
 
 
 def load_model(path: str | os.PathLike, device="cpu"):
