@@ -129,7 +129,15 @@ def test_help_and_datasets_and_entry_point(capsys):
             main([cmd, "--help"])
         assert "example" in capsys.readouterr().out or cmd == "demo"
     assert main(["datasets"]) == 0 and "cifar10" in capsys.readouterr().out
-    r = subprocess.run([sys.executable, "-m", "instahide.cli.main", "datasets"], capture_output=True, text=True)
+    import os
+    from pathlib import Path
+
+    import instahide
+
+    src = str(Path(instahide.__file__).resolve().parents[1])  # works installed or from a checkout
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [src, os.environ.get("PYTHONPATH")]))}
+    r = subprocess.run([sys.executable, "-m", "instahide.cli.main", "datasets"], capture_output=True, text=True,
+                       env=env)
     assert r.returncode == 0 and "digits" in r.stdout
 
 
