@@ -150,8 +150,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls=TrainConfig, skip=
         opt = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         if ann == "bool":
-            parser.add_argument(opt, type=_parse_bool, default=default, metavar="BOOL",
-                                help=f"{notes.get(f.name, '')} (default {default})")
+            parser.add_argument(opt, type=_parse_bool, nargs="?", const=True, default=default, metavar="BOOL",
+                                help=f"{notes.get(f.name, '')} (default {default}; the option alone means true)")
         elif ann.startswith("tuple"):
             parser.add_argument(opt, type=float, nargs="+", default=default, metavar="F",
                                 help=f"{notes.get(f.name, '')} (default {' '.join(map(str, default))})")
