@@ -43,9 +43,9 @@ def test_audit_mixup_unit_is_recovered_and_reported(tmp_path):
     for name in ("ssim_distribution.png", "recovered_demix.png", "challenge/encryption.npy"):
         assert (tmp_path / "a" / name).is_file()
     # what an attacker is handed holds no secret
-    meta = json.loads((tmp_path / "a" / "challenge" / "meta.json").read_text())
-    assert meta["research_seed"] if "research_seed" in meta else True
-    assert "research_seed" not in meta and sorted(p.name for p in (tmp_path / "a" / "challenge").iterdir()) == \
+    text = (tmp_path / "a" / "challenge" / "meta.json").read_text()
+    meta = json.loads(text)
+    assert "research_seed" not in text and "seed" not in json.dumps(meta.get("private_source")) and sorted(p.name for p in (tmp_path / "a" / "challenge").iterdir()) == \
         ["encryption.npy", "label.npy", "meta.json"]
 
 
@@ -66,6 +66,9 @@ def test_resume_reuses_challenge_and_results(tmp_path):
     assert json.loads((tmp_path / "r" / "challenge" / "meta.json").read_text())["challenge_id"] == cid
     assert (tmp_path / "r" / "attacks" / "demix" / "outcome.json").stat().st_mtime_ns == before
     assert any("reused the result" in m for m in lines) and any("reused" in m for m in lines[:1])
+    with pytest.raises(ValueError, match="another configuration"):
+        run_audit(AuditConfig(n_private=10, T=6, public=None, k=4, attacks=("demix",), research_seed=1),
+                  tmp_path / "r", resume=True, formats=("md",), log=lambda m: None)
 
 
 def test_legacy_keys_fall_to_the_seed_attack(tmp_path):

@@ -33,6 +33,10 @@ from .attacks import ATTACKS, AttackOutcome, run_attack
 __all__ = ["AuditConfig", "AuditResult", "run_audit", "DEFAULT_ATTACKS"]
 
 DEFAULT_ATTACKS = ("demix", "seed", "oracle", "carlini")
+# The fields that make the challenge: a resumed audit must have the same ones.
+_CHALLENGE_FIELDS = ("dataset", "root", "split", "n_private", "T", "mode", "k", "num_private", "upper", "dom",
+                     "scaling", "public", "public_size", "public_seed", "public_resize", "augment", "legacy",
+                     "research_seed")
 
 
 @dataclass
@@ -104,9 +108,18 @@ def _challenge(cfg: AuditConfig, out: Path, resume: bool):
     from ..challenge import load_truth, make_challenge, write_challenge
 
     folder, truth_path = out / "challenge", out / "challenge-truth.npz"
+    recipe = {k: v for k, v in asdict(cfg).items() if k in _CHALLENGE_FIELDS}
     if resume and (folder / "meta.json").is_file() and truth_path.is_file():
         meta = json.loads((folder / "meta.json").read_text())
         truth = load_truth(truth_path)
+        recipe_path = out / "challenge-recipe.json"  # next to the truth, outside what an attacker holds
+        made_with = json.loads(recipe_path.read_text()) if recipe_path.is_file() else None
+        if made_with is not None:
+            diff = {k: (made_with.get(k), v) for k, v in json.loads(json.dumps(recipe)).items()
+                    if made_with.get(k) != v}
+            if diff:
+                raise ValueError(f"cannot resume {out}: its challenge was made with another configuration "
+                                 f"{diff} (then, now); use another --out or drop --resume")
         if meta.get("challenge_id") == truth.params.get("challenge_id"):
             enc = np.load(folder / "encryption.npy", allow_pickle=False)
             lab = np.load(folder / "label.npy", allow_pickle=False)
@@ -132,6 +145,7 @@ def _challenge(cfg: AuditConfig, out: Path, resume: bool):
         mean=ds.mean if cfg.scaling == "normalize" else None, std=ds.std if cfg.scaling == "normalize" else None,
         info=info, augment=cfg.augment)
     write_challenge(folder, enc, lab, truth, truth_path=truth_path, force=True)
+    atomic_write_text(out / "challenge-recipe.json", json.dumps(recipe, indent=2) + "\n")
     meta = json.loads((folder / "meta.json").read_text())
     return enc, lab, meta, truth, False
 
