@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_torch_save, atomic_write_text, load_torch_checkpoint
+from ..train.config import config_from_dict, make_optimizer
 from ..train.evaluate import evaluate
 from ..train.loss import soft_cross_entropy
 from ..train.models import MODELS, build_model
@@ -108,15 +109,7 @@ class SharedConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "SharedConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
-        d = dict(d)
-        for name in ("encrypted", "milestones"):
-            if name in d:
-                d[name] = tuple(d[name])
-        return cls(**d)
+        return config_from_dict(cls, d, tuples=("encrypted", "milestones"))
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -235,9 +228,7 @@ def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dic
     if cfg.research_seed is not None:
         torch.manual_seed(hash_seed(cfg.research_seed, "shared-init"))
     model = build_model(model_name, union.num_classes, c, width=cfg.width).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    milestones = sorted({max(1, round(m * cfg.epochs)) for m in cfg.milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
+    opt, sched = make_optimizer(model, cfg)
     history: list[dict] = []
     start_epoch = 0
     if state is not None:

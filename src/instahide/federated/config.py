@@ -145,11 +145,9 @@ class FedConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FedConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
-        return cls(**d)
+        from ..train.config import config_from_dict
+
+        return config_from_dict(cls, d)
 
     def to_run_config(self) -> dict:
         """Flower run config: kebab-case keys, ``None`` values left out (Flower has no null)."""

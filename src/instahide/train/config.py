@@ -74,14 +74,32 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
-        d = dict(d)
-        if "milestones" in d:
-            d["milestones"] = tuple(d["milestones"])
-        return cls(**d)
+        return config_from_dict(cls, d, tuples=("milestones",))
+
+
+def config_from_dict(cls, d: dict, tuples=()):
+    """``cls(**d)`` for a configuration dataclass, refusing unknown keys and turning the list fields
+    named in ``tuples`` (JSON has no tuples) back into tuples."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise ValueError(f"unknown configuration keys: {sorted(unknown)}")
+    d = dict(d)
+    for name in tuples:
+        if name in d:
+            d[name] = tuple(d[name])
+    return cls(**d)
+
+
+def make_optimizer(model, cfg):
+    """The reference recipe's optimiser and schedule from a configuration with ``lr``, ``momentum``,
+    ``weight_decay``, ``epochs``, ``milestones`` (fractions of the epochs) and ``gamma``: SGD and a
+    per-epoch MultiStepLR. Returns ``(optimizer, scheduler)``."""
+    import torch
+
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    milestones = sorted({max(1, round(m * cfg.epochs)) for m in cfg.milestones})
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
 
 
 def check_scheme_options(mode: str, k: int, upper: float, dom: float, public, num_private) -> int:

@@ -45,7 +45,7 @@ from .._io import atomic_open, atomic_torch_save, atomic_write_text, load_torch_
 from ..distributed.dist import DistInfo, all_agree, all_reduce_sum, broadcast_object, cleanup, init_distributed
 from ..scheme import KeyGenerator, encrypt
 from .augment import Augment
-from .config import TrainConfig
+from .config import TrainConfig, make_optimizer
 from .evaluate import evaluate
 from .loss import soft_cross_entropy
 from .models import build_model
@@ -212,9 +212,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
     c, h, w = data.x_train.shape[1:]
     model_name = cfg.model if cfg.model != "auto" else ("mnistnet" if c == 1 else "fastnet")
     model = build_model(model_name, data.num_classes, c, width=cfg.width).to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    milestones = sorted({max(1, round(m * cfg.epochs)) for m in cfg.milestones})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=cfg.gamma)
+    opt, sched = make_optimizer(model, cfg)
     use_aug = cfg.augment == "on" or (cfg.augment == "auto" and c == 3 and h == 32 and w == 32)
     fill = tuple(-m / s for m, s in zip(data.mean, data.std))  # black, in normalised units
     augment = Augment(padding=4, flip=True, fill=fill) if use_aug else None
