@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 import instahide
 from instahide.attacks import demix
@@ -20,6 +19,8 @@ CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-
 
 def challenge(n=20, epochs=30, k=6, num_private=2, mode="mixup", scale="pm1", pool=1000, seed=0,
               dataset="cifar10"):
+    """Epoch-major challenge from instahide.challenge.make_challenge (keys from research seed ``seed``)."""
+    from instahide.challenge import make_challenge
     from instahide.data import load_dataset, load_public_pool
 
     if dataset == "cifar10":
@@ -29,26 +30,12 @@ def challenge(n=20, epochs=30, k=6, num_private=2, mode="mixup", scale="pm1", po
     else:
         ds = load_dataset(dataset)
     sel = np.random.default_rng(seed).choice(len(ds.images), n, replace=False)
-    x = torch.from_numpy(ds.images[sel]).float() / 255
-    public = None
-    if num_private < k:
-        public = torch.from_numpy(load_public_pool("builtin", pool, ds.shape[1:], ds.shape[0]).images).float() / 255
-    if scale == "pm1":
-        x = x * 2 - 1
-        public = None if public is None else public * 2 - 1
-    gen = instahide.KeyGenerator.from_seed(seed)
-    parts = [instahide.encrypt(x, torch.from_numpy(ds.labels[sel]), k=k, public=public,
-                               num_private=num_private if public is not None else None, mode=mode,
-                               num_classes=ds.num_classes, generator=gen, return_key=True)
-             for _ in range(epochs)]
-    key = instahide.Key.cat([p.key for p in parts])
-    return {
-        "encryption": torch.cat([p.images for p in parts]).permute(0, 2, 3, 1).numpy(),
-        "label": torch.cat([p.soft_labels for p in parts]).numpy(),
-        "private": x.permute(0, 2, 3, 1).numpy(), "indices": key.indices.numpy(),
-        "coefficients": key.coefficients.numpy(), "num_private": key.num_private,
-        "range": 2.0 if scale == "pm1" else 1.0,
-    }
+    public = load_public_pool("builtin", pool, ds.shape[1:], ds.shape[0]).images if num_private < k else None
+    enc, label, truth = make_challenge(ds.images[sel], ds.labels[sel], public, T=epochs, k=k, num_private=num_private,
+                                       mode=mode, scaling=scale, num_classes=ds.num_classes,
+                                       generator=instahide.KeyGenerator.from_seed(seed))
+    return {"encryption": enc, "label": label, "private": truth.private, "indices": truth.indices,
+            "coefficients": truth.coefficients, "num_private": truth.num_private, "range": truth.data_range}
 
 
 def scores(ch, res):

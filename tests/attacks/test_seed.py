@@ -19,6 +19,10 @@ CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-
 
 
 def challenge(dataset="digits", n=30, epochs=10, k=6, num_private=2, pool=200, legacy_seed=None, seed=0):
+    """Epoch-major [-1, 1] challenge from instahide.challenge.make_challenge: legacy keys from
+    ``legacy_seed`` (one LegacyGenerator across the epochs, as the reference's global streams), or
+    default keys from OS entropy."""
+    from instahide.challenge import make_challenge
     from instahide.data import load_dataset, load_public_pool
 
     if dataset == "cifar10":
@@ -28,23 +32,13 @@ def challenge(dataset="digits", n=30, epochs=10, k=6, num_private=2, pool=200, l
     else:
         ds = load_dataset(dataset)
     sel = np.random.default_rng(seed).choice(len(ds.images), n, replace=False)
-    x = torch.from_numpy(ds.images[sel]).float() / 127.5 - 1  # [-1, 1]
-    public = None
-    if num_private < k:
-        pool_images = load_public_pool("builtin", pool, ds.shape[1:], ds.shape[0]).images
-        public = torch.from_numpy(pool_images).float() / 127.5 - 1
+    public = load_public_pool("builtin", pool, ds.shape[1:], ds.shape[0]).images if num_private < k else None
     legacy = legacy_seed is not None
     gen = instahide.LegacyGenerator(legacy_seed) if legacy else instahide.KeyGenerator.from_entropy()
-    parts = [instahide.encrypt(x, torch.from_numpy(ds.labels[sel]), k=k, public=public,
-                               num_private=num_private if public is not None else None,
-                               num_classes=ds.num_classes, generator=gen, legacy=legacy, return_key=True)
-             for _ in range(epochs)]
-    key = instahide.Key.cat([p.key for p in parts])
-    return {
-        "encryption": torch.cat([p.images for p in parts]).permute(0, 2, 3, 1).numpy(),
-        "label": torch.cat([p.soft_labels for p in parts]).numpy(),
-        "private": x.permute(0, 2, 3, 1).numpy(), "key": key, "n": n, "k": k, "num_private": key.num_private,
-    }
+    enc, label, truth = make_challenge(ds.images[sel], ds.labels[sel], public, T=epochs, k=k, num_private=num_private,
+                                       num_classes=ds.num_classes, legacy=legacy, generator=gen)
+    return {"encryption": enc, "label": label, "private": truth.private, "key": truth.key(), "n": n, "k": k,
+            "num_private": truth.num_private}
 
 
 def max_ssim(decryption, ch):
