@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from instahide.train import TrainConfig, build_model, load_train_data  # noqa: E402
-from instahide.train.augment import Augment  # noqa: E402
+from instahide.data.augment import Augment  # noqa: E402
 from instahide.train.recipe import epoch_inputs, train_steps  # noqa: E402
 
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
 
 class _Py2Pickler(pickle._Pickler):
@@ -41,13 +39,6 @@ def py2_pickle_dumps(obj) -> bytes:
 @pytest.fixture
 def py2_pickle():
     return py2_pickle_dumps
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real datasets not present at {SHARED_DATA}")
-    return SHARED_DATA
 
 
 CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]

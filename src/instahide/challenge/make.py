@@ -322,7 +322,7 @@ def make_challenge(
 
     aug = aug_gen = None
     if augment is not None:
-        from ..train.augment import Augment
+        from ..data.augment import Augment
 
         if not isinstance(augment, (int, np.integer)) or augment < 0:
             raise ValueError(f"augment is the crop padding, an integer >= 0, got {augment!r}")

@@ -1,5 +1,5 @@
 """Training on encryptions: models, batched augmentation, loss, the recipe, evaluation."""
-from .augment import Augment, random_crop, random_flip
+from ..data.augment import Augment, random_crop, random_flip
 from .config import TrainConfig
 from .evaluate import evaluate, evaluate_instahide, predict_proba
 from .loss import soft_cross_entropy

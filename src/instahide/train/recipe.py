@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from .._io import atomic_open, atomic_torch_save, atomic_write_text, load_torch_checkpoint
 from ..distributed.dist import DistInfo, all_agree, all_reduce_sum, broadcast_object, cleanup, init_distributed
 from ..scheme import KeyGenerator, encrypt
-from .augment import Augment
+from ..data.augment import Augment
 from .config import TrainConfig, make_optimizer
 from .evaluate import evaluate
 from .loss import soft_cross_entropy

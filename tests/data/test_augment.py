@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from instahide.train.augment import Augment, random_crop, random_flip
+from instahide.data.augment import Augment, random_crop, random_flip
 
 
 def crop_loop(x, offsets, padding, fill):
