@@ -85,9 +85,9 @@ def main() -> None:
               "--model", args.model, "--width", str(args.width), "--research-seed", "0", "--progress", "false"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     runs = {}
-    for name, launcher in (("1 process", [sys.executable, "-m", "instahide.distributed"]),
+    for name, launcher in (("1 process", [sys.executable, "-m", "instahide"]),
                            (f"{args.ranks} ranks", [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                    f"--nproc-per-node={args.ranks}", "-m", "instahide.distributed"])):
+                                                    f"--nproc-per-node={args.ranks}", "-m", "instahide"])):
         out = work / name.replace(" ", "_")
         t = time.perf_counter()
         proc = subprocess.run(launcher + common + ["--out", str(out)], env=env, capture_output=True, text=True)

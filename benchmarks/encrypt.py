@@ -22,7 +22,8 @@ of ``--pool`` (default 10,000) tiny-imagenet photographs downsampled to 32x32:
 (c)  the memory floor: the same bytes streamed with no gathers and no randomness: ``k`` contiguous
      reads of a dataset-sized tensor and one dataset-sized write, in cache-sized row chunks.
 
-Loading and normalising the data is not timed. Every measurement runs ``--repeats`` times (default
+The data come from the library's own loaders (``instahide.data.load_dataset("cifar10", root=...)``,
+normalised with the CIFAR-10 mean/std); loading and normalising them is not timed. Every measurement runs ``--repeats`` times (default
 3); the table reports the best (min) and the median.
 
 Columns of the table:
@@ -37,21 +38,20 @@ Columns of the table:
 
 A profile of (a) follows (``--no-profile`` skips it): the time of each stage of the library call,
 measured separately: the centring check, key sampling (coefficients, partners, mask bits from the
-SHAKE-256 keystream), ``apply_key`` with and without the mask bits, label mixing, and the inner
-steps of ``apply_key`` re-run one at a time over the same chunks (``embedding_bag`` gathers, the
-per-chunk finite check (a float32 sum), the sign-bit mask) plus a raw SHAKE-256 digest of the mask's size.
+SHAKE-256 keystream), ``apply_key`` with and without the mask bits (the latter is its chunked
+``embedding_bag`` gathers and copy), label mixing, two inner steps of ``apply_key`` run by the library's
+own calls over the whole output (the NaN/Inf guard's float32 sum, ``apply_mask_``), plus a raw SHAKE-256
+digest of the mask's size. Every stage calls the library; nothing of it is re-implemented here.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
 import json
-import pickle
 import platform
 import statistics
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -63,72 +63,29 @@ if str(REPO / "src") not in sys.path:  # runnable without PYTHONPATH=src too
     sys.path.insert(0, str(REPO / "src"))
 
 import instahide  # noqa: E402
-from instahide.scheme import (KeyGenerator, apply_key, mix_labels, sample_key)  # noqa: E402
-from instahide.scheme.coefficients import sample_coefficients  # noqa: E402
-from instahide.scheme.masks import apply_mask_, sample_mask_bits  # noqa: E402
-from instahide.scheme.partners import sample_partners  # noqa: E402
+from instahide.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset, normalize_images  # noqa: E402
+from instahide.scheme import (KeyGenerator, apply_key, apply_mask_, mix_labels, sample_coefficients,  # noqa: E402
+                              sample_key, sample_mask_bits, sample_partners)
+from instahide.scheme.encrypt import check_centred, check_labels  # noqa: E402
 
-CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR_STD = (0.2023, 0.1994, 0.2010)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_CIFAR = REPO.parent / "shared/data/cifar-10-batches-py"
 DEFAULT_PUBLIC = REPO.parent / "shared/data/tiny-imagenet-200-test/images"
 UPPER, DOM, NUM_CLASSES = 0.65, 0.3, 10
 
 
 # -- data (not timed) ------------------------------------------------------------------------------
-class _NumpyOnly(pickle.Unpickler):
-    """Minimal restricted unpickler for CIFAR batches: numpy arrays only, no other globals."""
-
-    def find_class(self, module, name):
-        if (module, name) in (("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct")):
-            try:
-                from numpy._core.multiarray import _reconstruct
-            except ImportError:  # numpy 1.x
-                from numpy.core.multiarray import _reconstruct
-            return _reconstruct
-        if (module, name) == ("numpy", "ndarray"):
-            return np.ndarray
-        if (module, name) == ("numpy", "dtype"):
-            return np.dtype
-        raise pickle.UnpicklingError(f"refusing global {module}.{name} in a CIFAR batch file")
-
-
-def _read_cifar_own(root: Path) -> tuple[np.ndarray, np.ndarray]:
-    images, labels = [], []
-    for i in range(1, 6):
-        with open(root / f"data_batch_{i}", "rb") as f:
-            d = _NumpyOnly(f, encoding="bytes").load()
-        images.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-        labels.append(np.asarray(d[b"labels"], dtype=np.int64))
-    return np.concatenate(images), np.concatenate(labels)
-
-
 def load_private(root: Path, n: int, synthetic: bool) -> tuple[torch.Tensor, torch.Tensor, str]:
     """(x float32 (n,3,32,32) normalised, y int64 (n,), description of the source)."""
     if not synthetic:
-        arrays, how = None, None
         try:
-            from instahide.data.cifar import load_cifar10
-            ds = load_cifar10(root, "train")
-            arrays, how = (ds.images, ds.labels), "instahide.data.cifar.load_cifar10"
-        except ImportError:
-            pass
+            ds = load_dataset("cifar10", root=root, split="train")
         except FileNotFoundError:
-            arrays = None
-        except Exception as exc:  # noqa: BLE001 - fall back to the minimal reader below
-            print(f"note: load_cifar10 failed ({exc!r}); using the benchmark's own reader")
-        if arrays is None and (root / "data_batch_1").exists():
-            arrays, how = _read_cifar_own(root), "benchmark's restricted pickle reader"
-        if arrays is not None:
-            imgs, labels = arrays
-            if n > len(imgs):
-                raise SystemExit(f"--n {n} exceeds the {len(imgs)} CIFAR-10 training images")
-            x = torch.from_numpy(np.ascontiguousarray(imgs[:n])).float().div_(255.0)
-            x = _normalise(x, CIFAR_MEAN, CIFAR_STD)
-            return x, torch.from_numpy(np.asarray(labels[:n], dtype=np.int64)), f"CIFAR-10 train ({root}, via {how})"
-        print(f"WARNING: CIFAR-10 not found at {root}: using SYNTHETIC random normal data of the same shape")
+            print(f"WARNING: CIFAR-10 not found at {root}: using SYNTHETIC random normal data of the same shape")
+        else:
+            if n > len(ds):
+                raise SystemExit(f"--n {n} exceeds the {len(ds)} CIFAR-10 training images")
+            x, y = ds.subset(slice(0, n)).to_tensor()  # / 255, then the CIFAR-10 mean/std
+            return x.contiguous(), y, f"CIFAR-10 train ({root}, via instahide.data.load_dataset)"
     g = torch.Generator().manual_seed(0)
     x = torch.randn(n, 3, 32, 32, generator=g)
     y = torch.randint(NUM_CLASSES, (n,), generator=g)
@@ -150,19 +107,14 @@ def load_pool(folder: Path, size: int, synthetic: bool) -> tuple[torch.Tensor, s
                     arr[i] = np.asarray(im)
             t = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
             t = F.avg_pool2d(t, 2).contiguous()
-            return _normalise(t, IMAGENET_MEAN, IMAGENET_STD), f"tiny-imagenet test ({folder}), 64->32 by 2x2 mean"
+            return (normalize_images(t, IMAGENET_MEAN, IMAGENET_STD).contiguous(),
+                    f"tiny-imagenet test ({folder}), 64->32 by 2x2 mean")
         except ImportError:
             print("WARNING: Pillow missing; public pool is synthetic")
     elif not synthetic:
         print(f"WARNING: {size} public photographs not found in {folder}: using a SYNTHETIC public pool")
     g = torch.Generator().manual_seed(1)
     return torch.randn(size, 3, 32, 32, generator=g), "synthetic N(0,1)"
-
-
-def _normalise(x, mean, std):
-    m = torch.tensor(mean).view(1, 3, 1, 1)
-    s = torch.tensor(std).view(1, 3, 1, 1)
-    return x.sub_(m).div_(s).contiguous()
 
 
 # -- (b) the reference code's approach -------------------------------------------------------------
@@ -256,8 +208,7 @@ def timeit(fn, repeats, device, warmup=True):
 
 
 def profile_library(x, y, k, pool, repeats, device):
-    """Time each stage of encrypt() separately (best of repeats, seconds)."""
-    from instahide.scheme.encrypt import _check_centred, check_labels
+    """Time each stage of encrypt() separately (best of repeats, seconds), with the library's functions."""
     n = x.shape[0]
     cross = pool is not None
     p = 2 if cross else k
@@ -267,44 +218,24 @@ def profile_library(x, y, k, pool, repeats, device):
     gen = KeyGenerator.from_entropy()
     key = sample_key(n, k, tuple(x.shape[1:]), upper=UPPER, dom=dom, num_private=p, pool_size=pool_size,
                      generator=gen)
-    key_nomask = replace(key, mask_bits=None)  # same key without the mask: mixing only
-    soft_target, _ = check_labels(y, n, NUM_CLASSES, x.device)
     out = torch.empty_like(x)
+    bits = key.mask_bits.to(x.device)
     stages = {
-        "centring check": lambda: (_check_centred(x, "images"), cross and _check_centred(pool, "public")),
+        "centring check": lambda: (check_centred(x, k, "images"), cross and check_centred(pool, k, "public")),
         "key: coefficients": lambda: sample_coefficients(n, k, upper=UPPER, dom=dom, num_private=p, generator=gen),
         "key: partners": lambda: sample_partners(n, k, num_private=p, pool_size=pool_size, generator=gen),
         "key: mask bits (SHAKE-256)": lambda: sample_mask_bits(n, d, gen),
         "key: sample_key total": lambda: sample_key(n, k, tuple(x.shape[1:]), upper=UPPER, dom=dom, num_private=p,
                                                     pool_size=pool_size, generator=gen),
-        "apply: mixing only (embedding_bag)": lambda: apply_key(x, key_nomask, public=pool, out=out),
+        # the same key without the mask: apply_key's embedding_bag gathers and copy to out, chunked
+        "apply: mixing only (embedding_bag)": lambda: apply_key(x, key.unmasked(), public=pool, out=out),
         "apply: mixing + mask (apply_key)": lambda: apply_key(x, key, public=pool, out=out),
         "labels: mix_labels (incl. one-hot)": lambda: mix_labels(check_labels(y, n, NUM_CLASSES, x.device)[0], key),
+        # two of apply_key's inner steps, each as one call over the whole output (apply_key runs them
+        # per cache-sized chunk): the NaN/Inf guard's float32 sum and the sign-bit mask
+        "  inner: finite check, float32 sum": lambda: out.sum(dtype=torch.float32),
+        "  inner: mask apply_mask_ (sign-bit XOR)": lambda: apply_mask_(out.view(n, d), bits),
     }
-    # apply_key's inner steps, re-run one at a time over the same cache-sized chunks (this mirrors
-    # instahide.scheme.encrypt.apply_key as written when this benchmark was made; see its source).
-    xf, of = x.reshape(n, d), out.view(n, d)
-    pf = None if pool is None else pool.reshape(pool.shape[0], d)
-    lam, idx, bits = key.coefficients.to(x), key.indices.to(x.device), key.mask_bits.to(x.device)
-    cr = max(1, ((1 << 28) if x.device.type == "cuda" else (1 << 20)) // (d * x.element_size()))
-
-    def chunks(step):
-        def run():
-            r = [step(s, min(n, s + cr)) for s in range(0, n, cr)]
-            return r[-1]
-        return run
-
-    def gather(s, e):
-        a = F.embedding_bag(idx[s:e, :p], xf, per_sample_weights=lam[s:e, :p], mode="sum")
-        if pf is not None:
-            a += F.embedding_bag(idx[s:e, p:], pf, per_sample_weights=lam[s:e, p:], mode="sum")
-        of[s:e] = a
-
-    stages.update({
-        "  inner: embedding_bag gathers + copy": chunks(gather),
-        "  inner: finite check a.sum() per chunk": chunks(lambda s, e: of[s:e].sum(dtype=torch.float32)),
-        "  inner: mask apply_mask_ (sign-bit XOR)": chunks(lambda s, e: apply_mask_(of[s:e], bits[s:e])),
-    })
     res = {name: timeit(fn, repeats, device)["best_s"] for name, fn in stages.items()}
     res["shake-256 raw digest of the mask bytes"] = timeit(
         lambda: __import__("hashlib").shake_256(b"x" * 64).digest(n * ((d + 7) // 8)), repeats, device)["best_s"]

@@ -1,4 +1,4 @@
-"""How the paper's SIFT filter behaves on 32x32 public patches (docs/scheme.md, "The SIFT filter").
+"""How the paper's SIFT filter behaves on 32x32 public patches (docs/scheme.md, "Public pools: the SIFT filter").
 
 For each photograph source and resize setting: cut ``--n`` random 32x32 patches (no filter), count
 scikit-image SIFT keypoints on each (instahide.data.sift_keypoint_count, SIFT_PARAMS), and print the

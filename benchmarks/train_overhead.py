@@ -49,8 +49,8 @@ def main() -> None:
     device = torch.device(args.device)
     base = dict(dataset=args.dataset, root=args.root, subset=args.subset, test_subset=100, model=args.model,
                 width=args.width, k=args.k, batch_size=args.batch_size, public=args.public, progress=False)
-    cfgs = {"vanilla": TrainConfig(**{**base, "mode": "vanilla", "public": None}),
-            "instahide": TrainConfig(**base, mode="instahide")}
+    cfgs = {"vanilla": TrainConfig.make(**{**base, "mode": "vanilla", "public": None}),
+            "instahide": TrainConfig.make(**base, mode="instahide")}
     data = load_train_data(cfgs["instahide"], device)
     c, h, w = data.x_train.shape[1:]
     torch.manual_seed(0)

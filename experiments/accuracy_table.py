@@ -18,8 +18,6 @@ Usage (results are appended to a JSONL file as each run ends; rerunning skips fi
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import time
@@ -31,6 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from instahide.train import TrainConfig, load_train_data, train  # noqa: E402
+
+from _common import append_jsonl, done_keys, read_jsonl  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 CONFIGS = [  # (row label, TrainConfig overrides)
@@ -61,11 +61,7 @@ PUBLIC = str(SHARED / "tiny-imagenet-200-test" / "images") if (SHARED / "tiny-im
 def run(args) -> None:
     results = Path(args.results)
     results.parent.mkdir(parents=True, exist_ok=True)
-    done = set()
-    if results.exists():
-        for line in results.read_text().splitlines():
-            r = json.loads(line)
-            done.add((r["scale"], r["dataset"], r["config"], r["seed"]))
+    done = done_keys(results, ("scale", "dataset", "config", "seed"))
     torch.set_num_threads(args.threads)
     for dataset in args.datasets:
         base = SCALES[args.scale][dataset]
@@ -78,7 +74,7 @@ def run(args) -> None:
                     continue
                 over2 = {**over, "public": args.public if over.get("public") else None}
                 out = ROOT / "experiments" / "runs" / args.scale / dataset / _slug(label) / f"seed{seed}"
-                cfg = TrainConfig(**base, **over2, research_seed=seed, out=str(out), progress=False)
+                cfg = TrainConfig.make(**base, **over2, research_seed=seed, out=str(out), progress=False)
                 pool_key = over2["public"]
                 if pool_key not in data_cache:
                     data_cache[pool_key] = load_train_data(cfg, cfg.device if cfg.device != "auto" else
@@ -91,18 +87,16 @@ def run(args) -> None:
                        "train_images": final["train_images"], "test_images": final["test_images"],
                        "public": pool_key, "wall_seconds": time.perf_counter() - t0, "device": final["device"],
                        "threads": torch.get_num_threads(), "config_full": final["config"]}
-                with open(results, "a") as fh:
-                    fh.write(json.dumps(row) + "\n")
-                    fh.flush()
-                    os.fsync(fh.fileno())
+                append_jsonl(results, row)
                 print(f"{args.scale} {dataset} {label} seed {seed}: {100 * row['test_acc']:.2f}% "
                       f"({row['wall_seconds']:.0f} s)", flush=True)
 
 
 def report(args) -> None:
     rows, seen = [], set()
-    for line in Path(args.results).read_text().splitlines():
-        r = json.loads(line)
+    if not Path(args.results).exists():
+        raise SystemExit(f"no results file {args.results}: run the table first")
+    for r in read_jsonl(args.results):
         key = (r["scale"], r["dataset"], r["config"], r["seed"])
         if key not in seen:  # two processes may have run the same cell: keep the first result
             seen.add(key)

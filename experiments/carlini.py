@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from instahide import KeyGenerator  # noqa: E402
-from instahide.attacks.carlini import carlini_attack, load_pair_network, save_pair_network  # noqa: E402
+from instahide.attacks.carlini import CarliniConfig, carlini_attack, load_pair_network, save_pair_network  # noqa: E402
 from instahide.challenge import make_challenge, score  # noqa: E402
 from instahide.data import load_dataset, load_public_pool  # noqa: E402
 
@@ -58,7 +58,8 @@ def picture(path: Path, original: np.ndarray, recovered: np.ndarray, scaling: st
     for j in range(m):
         for r, img in enumerate((original[j], recovered[j])):
             ax = axes[r, j] if m > 1 else axes[r]
-            ax.imshow(show(img).squeeze(), cmap="gray" if img.shape[-1] == 1 else None, interpolation="nearest")
+            ax.imshow(show(img).transpose(1, 2, 0).squeeze(), cmap="gray" if img.shape[0] == 1 else None,
+                      interpolation="nearest")
             ax.axis("off")
     (axes[0, 0] if m > 1 else axes[0]).set_title("original", fontsize=7, loc="left")
     (axes[1, 0] if m > 1 else axes[1]).set_title("recovered", fontsize=7, loc="left")
@@ -100,7 +101,7 @@ def yardstick(args, test, pool, a_pool, T, k, scaling, out: Path) -> None:  # no
     enc, lab, truth = make_challenge(test.images[:n], test.labels[:n], pool, T=T, k=k, scaling=scaling,
                                      num_classes=10, generator=KeyGenerator.from_seed(args.seed))
     pr = "unit" if scaling == "unit" else "pm1"
-    mu_att = (a_pool.astype(np.float64) / 127.5 - 1).transpose(0, 2, 3, 1).mean(0) if scaling == "pm1" else None
+    mu_att = (a_pool.astype(np.float64) / 127.5 - 1).mean(0) if scaling == "pm1" else None
     rows = []
     t0 = time.perf_counter()
     o = oracle_decode(enc, truth.indices, truth.coefficients, 2, n, pixel_range=pr,
@@ -221,10 +222,11 @@ def main() -> None:
                             res = carlini_attack(
                                 enc, lab, n_private=n, k=k, num_private=num_private, attacker_images=a_img,
                                 attacker_labels=a_lab, attacker_public=a_pool, scaling=scaling, network=network,
-                                train_steps=train_steps, width_mult=width, depth=depth,
-                                reconstruction=rec_method, gd_steps=args.gd_steps, fit_rounds=fit_rounds,
-                                colour_correction=args.colour, sign_rule=args.sign_rule, truth=truth, seed=args.seed, device=args.device,
-                                progress=lambda step, d: print(step, {kk: v for kk, v in d.items()
+                                config=CarliniConfig(train_steps=train_steps, width_mult=width, depth=depth,
+                                                     reconstruction=rec_method, gd_steps=args.gd_steps,
+                                                     fit_rounds=fit_rounds, colour_correction=args.colour,
+                                                     sign_rule=args.sign_rule, seed=args.seed, device=args.device),
+                                truth=truth, progress=lambda step, d: print(step, {kk: v for kk, v in d.items()
                                                                       if not isinstance(v, list)}, flush=True))
                             wall = time.perf_counter() - t0
                             if trained_here:

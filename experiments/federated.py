@@ -21,7 +21,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -36,6 +35,8 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from instahide.federated import FedConfig  # noqa: E402
 from instahide.federated.local import clear_cache  # noqa: E402
+
+from _common import append_jsonl, done_keys, read_jsonl  # noqa: E402
 
 MODES = {  # label -> FedConfig overrides
     "vanilla": dict(mode="vanilla"),
@@ -52,8 +53,8 @@ def run_one(scale: str, mode: str, parties: int, partition: str, seed: int) -> d
     from instahide.federated.simulation import run_federated
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = FedConfig(**SCALES[scale], **MODES[mode], **PARTITIONS[partition], num_parties=parties,
-                        research_seed=seed, seed=seed, out=tmp)
+        cfg = FedConfig.make(**SCALES[scale], **MODES[mode], **PARTITIONS[partition], num_parties=parties,
+                        research_seed=seed, partition_seed=seed, out=tmp)
         t0 = time.perf_counter()
         final = run_federated(cfg, backend="inprocess", log=None)
         wall = time.perf_counter() - t0
@@ -67,19 +68,8 @@ def run_one(scale: str, mode: str, parties: int, partition: str, seed: int) -> d
             "threads": torch.get_num_threads(), "note": "CPU shared with other jobs: timings are noisy"}
 
 
-def done_keys(path: Path) -> set:
-    if not path.exists():
-        return set()
-    keys = set()
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            keys.add((r["scale"], r["mode"], r["parties"], r["partition"], r["seed"]))
-    return keys
-
-
 def report(path: Path) -> None:
-    rows = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    rows = read_jsonl(path)
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["mode"], r["partition"], r["parties"]), []).append(r)
@@ -127,7 +117,7 @@ def main() -> None:
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     out.parent.mkdir(parents=True, exist_ok=True)
-    done = done_keys(out)
+    done = done_keys(out, ("scale", "mode", "parties", "partition", "seed"))
     for seed in range(args.seeds):
         for mode in args.modes:
             for partition in args.partitions:
@@ -137,8 +127,7 @@ def main() -> None:
                         continue
                     r = run_one(args.scale, mode, n, partition, seed)
                     clear_cache()
-                    with open(out, "a") as fh:
-                        fh.write(json.dumps(r) + "\n")
+                    append_jsonl(out, r)
                     print(f"{mode:22s} {partition:16s} N={n} seed={seed}: acc {r['final_test_acc']:.3f} "
                           f"round {r['round_seconds_mean']:.2f} s, client {r['client_train_seconds_mean']:.2f} s "
                           f"(encrypt {r['client_encrypt_seconds_mean']:.4f} s), wall {r['wall_seconds']:.0f} s",

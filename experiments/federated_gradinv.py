@@ -26,9 +26,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from instahide.attacks.gradinv import gradient_from_update, invert_gradients, match_batches  # noqa: E402
+from instahide.attacks.gradinv import gradient_from_update, invert_gradients  # noqa: E402
 from instahide.federated import FedConfig, build_global_model, load_party, local_train  # noqa: E402
 from instahide.federated.local import party_key_generator  # noqa: E402
+from instahide.metrics import match_batches  # noqa: E402
 from instahide.scheme import encrypt  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def main() -> None:
     torch.set_num_threads(1)
     rows, pics = [], []
     for mode in ("vanilla", "instahide"):
-        cfg = FedConfig(mode=mode, k=4, num_parties=2, batch_size=args.batch, local_epochs=1, momentum=0.0,
+        cfg = FedConfig.make(mode=mode, k=4, num_parties=2, batch_size=args.batch, local_epochs=1, momentum=0.0,
                         weight_decay=0.0, lr=0.01, width=args.width, research_seed=0, min_party_size=4)
         party = load_party(cfg, 0)
         party.x, party.y = party.x[:args.batch], party.y[:args.batch]   # the party's B images: one step
@@ -70,7 +71,7 @@ def main() -> None:
             row["ssim_recovered_vs_private"] = m.mean_ssim
             pics.append((mode, party.x, rec))
         else:
-            enc = encrypt(party.x, party.y, k=4, upper=cfg.upper, num_classes=10,
+            enc = encrypt(party.x, party.y, k=4, upper=cfg.scheme.upper, num_classes=10,
                           generator=party_key_generator(cfg, 0, 1)).images   # the same keys the party drew
             row["ssim_recovered_vs_encryption"] = match_batches(rec, enc, data_range=data_range).mean_ssim
             row["ssim_abs_recovered_vs_private"] = match_batches(rec.abs(), party.x, data_range=data_range).mean_ssim

@@ -50,8 +50,8 @@ sys.path.insert(0, str(ROOT / "src"))
 import instahide  # noqa: E402
 from instahide._io import atomic_savez, load_plain_npz  # noqa: E402
 from instahide.attacks import oracle_decode  # noqa: E402
-from instahide.attacks.gradinv import invert_gradients, match_batches, observed_gradient  # noqa: E402
-from instahide.metrics import ssim  # noqa: E402
+from instahide.attacks.gradinv import invert_gradients, observed_gradient  # noqa: E402
+from instahide.metrics import match_batches, ssim  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SETTINGS = {  # name -> encrypt() keywords (None = vanilla: the inputs are the private images)
@@ -115,8 +115,7 @@ def encrypt_set(x, labels, classes, setting, scale, public, gen):
 
 
 def ssim_nchw(a, b, data_range, win):
-    return ssim(a.permute(0, 2, 3, 1).double(), b.permute(0, 2, 3, 1).double(), data_range=data_range,
-                win_size=win, reduction="none").numpy()
+    return ssim(a.double(), b.double(), data_range=data_range, win_size=win, reduction="none").numpy()
 
 
 def hidden_ssim(rec, private, idx_rows, num_private, data_range, win):
@@ -277,18 +276,17 @@ def run_chain(args, out: Path, done: set) -> None:
         true = torch.from_numpy(np.stack(true_rows)).float()
         idx_a, lam_a = np.stack(idx_all), np.stack(lam_all)
         in_ssim = ssim_nchw(rec, true, data_range, win)
-        truth_cl = x.permute(0, 2, 3, 1).numpy()
-        nl = lambda t: t.permute(0, 2, 3, 1).numpy()  # noqa: E731
+        truth_cl = x.numpy()
         scores = {}
         for name, enc in (("recovered", rec), ("true_encryptions", true)):
-            o = oracle_decode(nl(enc), idx_a, lam_a, num_private, args.chain_n, pixel_range=args.scale,
+            o = oracle_decode(enc.numpy(), idx_a, lam_a, num_private, args.chain_n, pixel_range=args.scale,
                               evaluate_with=truth_cl)
             per = ssim(o.recovered.astype(np.float64), truth_cl.astype(np.float64), data_range=data_range,
                        win_size=win, reduction="none").numpy()
             scores[name] = dict(mean_ssim=float(per.mean()), method=o.method, sign=o.sign,
                                 sign_chosen_by=o.sign_chosen_by)
             if name == "recovered" and args.img_dir:
-                save_chain_picture(args, setting, x, torch.from_numpy(o.recovered).permute(0, 3, 1, 2))
+                save_chain_picture(args, setting, x, torch.from_numpy(o.recovered))
         naive = hidden_ssim(rec.abs(), x, idx_a, num_private, data_range, win)
         row = dict(key, ssim_inversion_mean=float(in_ssim.mean()), ssim_inversion_min=float(in_ssim.min()),
                    oracle_on_recovered=scores["recovered"], oracle_on_true=scores["true_encryptions"],

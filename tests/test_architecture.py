@@ -28,7 +28,7 @@ LAYERS = {
     "attacks": 3, "federated": 3, "distributed": 3,
     "report": 4,
     "audit": 5,
-    "cli": 6,
+    "cli": 6, "__main__": 7,
 }
 # Modules that import an optional dependency (flwr) at their top: imported inside the functions that
 # need them, so that the rest of the package works without the extra.

@@ -13,12 +13,13 @@ The scheme::
 In a training loop: :class:`InstaHide` (a module) or :class:`InstaHideLoader` (re-encrypts every epoch).
 Data loaders live in :mod:`instahide.data`.
 """
+__version__ = "0.1.0"  # first: submodules read it while the package loads
+
 from .modules import InstaHide, InstaHideLoader
 from .scheme import (Encryption, Key, KeyGenerator, LegacyGenerator, UncentredInputError, apply_key,
                      encrypt, mix_labels, sample_coefficients, sample_key)
 from .train.loss import soft_cross_entropy
 
-__version__ = "0.1.0"
 __all__ = [
     "Encryption", "InstaHide", "InstaHideLoader", "Key", "KeyGenerator", "LegacyGenerator",
     "UncentredInputError", "apply_key", "encrypt", "mix_labels", "sample_coefficients", "sample_key",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .scheme.encrypt import MODES, check_images, encrypt
+from .scheme.encrypt import MODES, check_images, check_scheme, encrypt
 from .scheme.legacy import LegacyGenerator
 from .scheme.rng import KeyGenerator, resolve_generator
 
@@ -26,6 +26,10 @@ class _SchemeOptions:
             raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
         if public is not None:
             public = check_images(public, "public")
+        check_scheme(k, upper, num_private, dom, public is not None)
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
+                                        or num_classes < 1):
+            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
         self.k, self.upper, self.mode, self.num_private, self.dom = k, upper, mode, num_private, dom
         self.num_classes, self.legacy, self.allow_uncentred = num_classes, legacy, allow_uncentred
         if legacy:
@@ -54,6 +58,9 @@ class InstaHide(nn.Module, _SchemeOptions):
 
     Shapes: ``x`` ``(B, C, H, W)`` float, centred; ``y`` ``(B,)`` class indices or
     ``(B, num_classes)``; returns ``(B, C, H, W)`` and ``(B, num_classes)`` (None if ``y`` is None).
+    Options are checked when the module is built. Class-index labels need ``num_classes`` (a batch
+    need not hold every class, so the label width would change from batch to batch); with
+    ``(B, C)`` labels and no ``num_classes``, the first batch fixes it and other widths are refused.
 
     Example:
         >>> hide = InstaHide(k=4, num_classes=10, seed=0)
@@ -72,6 +79,12 @@ class InstaHide(nn.Module, _SchemeOptions):
         self.register_buffer("public", public, persistent=False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
+        if y is not None and self.num_classes is None:
+            y = torch.as_tensor(y)
+            if y.ndim == 1:
+                raise ValueError("InstaHide needs num_classes=... to encrypt class-index labels (a batch may "
+                                 "not hold every class, so the soft-label width would vary)")
+            self.num_classes = y.shape[1] if y.ndim == 2 else None
         public = self.public
         if public is not None and (public.device != x.device or public.dtype != x.dtype):
             public = public.to(device=x.device, dtype=x.dtype)

@@ -1,4 +1,4 @@
-"""Carlini et al.'s attack (SPEC 5.B): each step against the ground truth of small challenges made
+"""Carlini et al.'s attack (docs/attacks.md): each step against the ground truth of small challenges made
 here (scikit-learn's digits: attack test images, train on train images; rows shuffled), plus plain
 references for the pieces (AUC by counting pairs, logits pair by pair, planted clusters)."""
 from dataclasses import replace
@@ -11,9 +11,10 @@ pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 
 from instahide import KeyGenerator  # noqa: E402
-from instahide.attacks.carlini import (PairNet, PairNetConfig, assign_rows, carlini_attack, cluster_metrics,  # noqa: E402
-                                       grow_clusters, load_pair_network, reconstruct_gd, roc_auc,
-                                       save_pair_network, true_member_sets)
+from instahide.attacks.carlini import (CarliniConfig, PairNet, PairNetConfig, StepCache, assign_rows,  # noqa: E402
+                                       carlini_attack, cluster_metrics, grow_clusters, load_pair_network,
+                                       reconstruct_gd, roc_auc, save_pair_network, true_member_sets)
+from instahide.attacks.carlini.attack import Solution  # noqa: E402
 from instahide.attacks.carlini.reconstruct import public_mass  # noqa: E402
 from instahide.attacks import oracle_decode  # noqa: E402
 from instahide.challenge import make_challenge, score  # noqa: E402
@@ -116,7 +117,7 @@ def test_gd_reconstruction_matches_oracle_on_true_keys(digits):
                                   public_mass(lab, 4, 4), n_clusters=10, pixel_range="unit", steps=300, lr=0.03)
 
     def mean_ssim(x):
-        return np.mean([structural_similarity(a, b, data_range=1.0, channel_axis=-1, win_size=7)
+        return np.mean([structural_similarity(a, b, data_range=1.0, channel_axis=0, win_size=7)
                         for a, b in zip(x, truth.private)])
 
     assert mean_ssim(o.recovered) > 0.9
@@ -131,8 +132,8 @@ def unit_attack(digits):
     own_pool = load_public_pool("builtin", n=300, size=(8, 8), channels=1, seed=1).images
     enc, lab, truth = shuffled_challenge(test, n=10, T=20, k=4, scaling="unit", pool=pool)
     res = carlini_attack(enc, lab, n_private=10, k=4, num_private=2, attacker_images=train.images,
-                         attacker_labels=train.labels, attacker_public=own_pool, scaling="unit", train_steps=60,
-                         batch_images=48, truth=truth, seed=0)
+                         attacker_labels=train.labels, attacker_public=own_pool, scaling="unit",
+                         config=CarliniConfig(train_steps=60, batch_images=48, seed=0), truth=truth)
     return enc, lab, truth, res
 
 
@@ -142,7 +143,7 @@ def test_end_to_end_unit_pixels_shuffled_rows(unit_attack):
     assert m["pairs"]["auc"] > 0.6  # chance is 0.5 (class-compatible pairs only)
     assert m["clusters"]["core_purity"] > 0.85 and m["clusters"]["core_coverage"] >= 0.8
     assert m["assignment_final"]["slot"] > 0.7  # share of assigned slots holding a true image
-    assert res.decryption.shape == enc.shape and res.recovered.shape == (10, 8, 8, 1)
+    assert res.decryption.shape == enc.shape and res.recovered.shape == (10, 1, 8, 8)
     got = score(res.decryption, truth).max_ssim
     mean_image = score(np.ascontiguousarray(np.broadcast_to(truth.private.mean(0), enc.shape)), truth).max_ssim
     magnitude = score(np.abs(enc), truth).max_ssim
@@ -193,6 +194,40 @@ def test_bad_inputs(digits):
         carlini_attack(enc, lab, **{**kw, "reconstruction": "magic"})
 
 
+def test_config_presets_and_checks():
+    tiny = CarliniConfig.preset("tiny", seed=3)
+    assert (tiny.train_steps, tiny.width_mult, tiny.seed) == (60, 8, 3)
+    assert CarliniConfig.preset("full").fit_rounds == 0 and CarliniConfig().train_steps == 600
+    with pytest.raises(ValueError, match="unknown preset"):
+        CarliniConfig.preset("huge")
+    with pytest.raises(ValueError, match="train_steps"):
+        CarliniConfig(train_steps=-1)
+    with pytest.raises(ValueError, match="sign_rule"):
+        CarliniConfig(sign_rule="guess")
+    with pytest.raises(TypeError, match="steps_per_epoch"):
+        CarliniConfig.preset("cpu", steps_per_epoch=3)
+
+
+def test_truth_only_reports_and_steps_resume_from_checkpoints(unit_attack, digits, tmp_path):
+    """The same attack with and without the truth makes the same decryptions (the truth only adds
+    metrics); a rerun reads every step back from checkpoint_dir, and the saved steps round-trip."""
+    train, _ = digits
+    enc, lab, truth, res = unit_attack
+    kw = dict(n_private=10, k=4, num_private=2, attacker_images=train.images, attacker_labels=train.labels,
+              attacker_public=train.images[:50], scaling="unit", network=res.network, checkpoint_dir=tmp_path)
+    blind = carlini_attack(enc, lab, **kw)
+    assert "pairs" not in blind.metrics and "sign_rule" in blind.metrics
+    assert {p.name for p in tmp_path.iterdir()} >= {"clusters.npz", "assignment.npz", "solution.npz", "summary.json"}
+    saved = StepCache(tmp_path, blind.info["fingerprint"]).step("solution", Solution, lambda: 1 / 0)
+    np.testing.assert_array_equal(saved.recovered, blind.recovered)
+    np.testing.assert_array_equal(saved.assignment, blind.assignment)
+    seen = carlini_attack(enc, lab, **kw, truth=truth)
+    np.testing.assert_array_equal(seen.decryption, blind.decryption)
+    assert seen.metrics["pairs"]["auc"] > 0.6 and "assignment_final" in seen.metrics
+    fresh = StepCache(tmp_path, "other input").step("solution", Solution, lambda: replace(saved, info={"new": 1}))
+    assert fresh.info == {"new": 1}  # another fingerprint: computed again, not read
+
+
 def test_members_helper():
     idx = np.array([[0, 2, 5], [1, 1, 7]])
     m = true_member_sets(idx, 2, 3)
@@ -203,11 +238,11 @@ def test_sign_prior_from_attacker_images(digits):
     """The global sign rule uses only the attacker's own images: trained on digits TRAIN images, its
     vote over 20 noisy TEST images picks +1 for them and -1 for their negatives."""
     from instahide.attacks.carlini import choose_sign, train_sign_network
-    from instahide.challenge.make import scale_images
+    from instahide.data.scaling import scale_images
 
     train, test = digits
     net = train_sign_network(scale_images(torch.from_numpy(train.images), "pm1"), steps=150, seed=0)
-    x = scale_images(torch.from_numpy(test.images[:20]), "pm1").permute(0, 2, 3, 1).numpy()
+    x = scale_images(torch.from_numpy(test.images[:20]), "pm1").numpy()
     x = x + np.random.default_rng(0).normal(0, 0.2, x.shape).astype(np.float32)
     assert choose_sign(x, net)[0] == 1
     assert choose_sign(-x, net)[0] == -1
@@ -233,8 +268,8 @@ def test_public_sign_field_undoes_per_position_flips():
     rng = np.random.default_rng(0)
     pool = load_public_pool("builtin", n=400, size=(8, 8), channels=3, seed=0).images
     own = load_public_pool("builtin", n=400, size=(8, 8), channels=3, seed=1).images
-    mu = (pool.astype(np.float64) / 127.5 - 1).transpose(0, 2, 3, 1).mean(0)
-    mu_att = (own.astype(np.float64) / 127.5 - 1).transpose(0, 2, 3, 1).mean(0)
+    mu = (pool.astype(np.float64) / 127.5 - 1).mean(0)
+    mu_att = (own.astype(np.float64) / 127.5 - 1).mean(0)
     flips = np.where(rng.random(mu.shape) < 0.5, -1.0, 1.0)
     field = public_sign_field(mu * flips, mu_att)
     assert np.mean(field * flips == 1.0) > 0.9  # the field equals the flips where the means are clear

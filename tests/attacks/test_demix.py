@@ -1,7 +1,7 @@
-"""Mixup demixing (SPEC 5.A): per-step accuracy against the ground truth, and failure with the mask.
+"""Mixup demixing (docs/attacks.md): per-step accuracy against the ground truth, and failure with the mask.
 
 Challenges are built with instahide.encrypt (epoch-major rows) and scored with scikit-image's
-structural_similarity (data_range 2 for [-1, 1] pixels, 1 for [0, 1], channel_axis=-1). The attack
+structural_similarity (data_range 2 for [-1, 1] pixels, 1 for [0, 1], channels-first: channel_axis=0). The attack
 never sees keys or row order; the tests use them only to score it.
 """
 from pathlib import Path
@@ -51,8 +51,8 @@ def scores(ch, res):
     assign_acc = np.mean([a == sorted(t) for a, t in zip(assigned, idx[:, :p].tolist())])
     coef_err = np.mean(np.abs(np.sort(res.coefficients, 1) - np.sort(lam[:, :p], 1)))
     # (c) images: Max_SSIM over the row's slot-1 and slot-2 images
-    max_ssim = np.mean([max(ssim(d, x[idx[r, 0]], data_range=ch["range"], channel_axis=-1),
-                            ssim(d, x[idx[r, 1]], data_range=ch["range"], channel_axis=-1))
+    max_ssim = np.mean([max(ssim(d, x[idx[r, 0]], data_range=ch["range"], channel_axis=0),
+                            ssim(d, x[idx[r, 1]], data_range=ch["range"], channel_axis=0))
                         for r, d in enumerate(res.decryption)])
     return {"clusters": len(res.clusters), "distinct": len(set(mapping.tolist())), "purity": purity,
             "assign_acc": assign_acc, "coef_err": coef_err, "max_ssim": max_ssim}
@@ -63,7 +63,7 @@ def test_mixup_unit_pixels_cross_dataset_is_broken():
     ch = challenge(scale="unit")
     res = demix(ch["encryption"], ch["label"], n_private=20)
     s = scores(ch, res)
-    assert res.recovered.shape == (20, 32, 32, 3)
+    assert res.recovered.shape == (20, 3, 32, 32)
     assert res.decryption.shape == ch["encryption"].shape
     assert s["clusters"] == 20 and s["distinct"] == 20
     assert s["purity"] >= 0.95
@@ -97,7 +97,7 @@ def test_digits_smoke():
     ch = challenge(n=12, epochs=20, k=4, num_private=4, dataset="digits")
     res = demix(ch["encryption"], ch["label"], n_private=12, num_private=4, iterations=2)
     m = len(res.recovered)
-    assert res.recovered.shape[1:] == (8, 8, 1) and m <= 12
+    assert res.recovered.shape[1:] == (1, 8, 8) and m <= 12
     assert res.assignment.shape == (len(ch["encryption"]), 4)
     assert res.coefficients.shape == res.assignment.shape
     assert res.assignment.max() < m and len(res.cluster_class) == m
@@ -110,12 +110,12 @@ def test_anchors_and_highpass():
     rows, cls = find_anchors(label, 0.75)
     np.testing.assert_array_equal(rows, [0, 3])
     np.testing.assert_array_equal(cls, [0, 2])
-    flat = np.full((2, 8, 8, 3), 0.7)
+    flat = np.full((2, 3, 8, 8), 0.7)
     np.testing.assert_allclose(highpass(flat, 2.0), 0.0, atol=1e-12)
 
 
 def test_bad_inputs():
-    e = np.zeros((10, 8, 8, 1))
+    e = np.zeros((10, 1, 8, 8))
     lab = np.zeros((10, 10))
     lab[:, 0], lab[:, 1] = 0.6, 0.1
     with pytest.raises(ValueError, match="label has 9 rows"):
@@ -126,8 +126,6 @@ def test_bad_inputs():
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         demix(bad, lab)
-    with pytest.raises(ValueError, match="channels-first"):
-        demix(np.zeros((10, 3, 8, 8)), lab)
     with pytest.raises(ValueError, match="all zero"):
         demix(e, np.zeros((10, 10)))
     with pytest.raises(ValueError, match="Invalid label shape"):

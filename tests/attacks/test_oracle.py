@@ -1,5 +1,6 @@
-"""Oracle decoder (SPEC 5.E) on small challenges built with instahide.encrypt, scored with
-scikit-image's structural_similarity (data_range 2 for [-1, 1] pixels, 1 for [0, 1], channel_axis=-1)."""
+"""Oracle decoder (docs/attacks.md) on small challenges built with instahide.encrypt, scored with
+scikit-image's structural_similarity (data_range 2 for [-1, 1] pixels, 1 for [0, 1]; images
+channels-first, channel_axis=0)."""
 from pathlib import Path
 
 import numpy as np
@@ -46,9 +47,9 @@ def challenge(name="digits", n=20, epochs=10, k=4, num_private=None, mode="insta
              for _ in range(epochs)]
     key = instahide.Key.cat([p.key for p in parts])
     return {
-        "encryption": torch.cat([p.images for p in parts]).permute(0, 2, 3, 1).numpy(),
+        "encryption": torch.cat([p.images for p in parts]).numpy(),
         "label": torch.cat([p.soft_labels for p in parts]).numpy(),
-        "private": x.permute(0, 2, 3, 1).numpy(),
+        "private": x.numpy(),
         "indices": key.indices.numpy(), "coefficients": key.coefficients.numpy(), "num_private": key.num_private,
         "range": 2.0 if scale == "pm1" else 1.0,
     }
@@ -58,8 +59,8 @@ def max_ssim(decryption, ch):
     """Challenge score: mean over rows of max(SSIM(dec, p1), SSIM(dec, p2)), p1/p2 = slots 1 and 2."""
     ssim = skimage_metrics.structural_similarity
     x, idx = ch["private"], ch["indices"]
-    return float(np.mean([max(ssim(d, x[idx[r, 0]], data_range=ch["range"], channel_axis=-1),
-                              ssim(d, x[idx[r, 1]], data_range=ch["range"], channel_axis=-1))
+    return float(np.mean([max(ssim(d, x[idx[r, 0]], data_range=ch["range"], channel_axis=0),
+                              ssim(d, x[idx[r, 1]], data_range=ch["range"], channel_axis=0))
                           for r, d in enumerate(decryption)]))
 
 
@@ -90,7 +91,7 @@ def test_unit_pixels_masked_cross_dataset_cifar():
     """Cross-dataset k=6: the public slots are a residual (their mean is solved for)."""
     ch = challenge("cifar10", n=10, epochs=30, k=6, num_private=2, scale="unit", pool=1000)
     res = decode(ch, pixel_range="unit")
-    assert res.public_mean.shape == (32, 32, 3)
+    assert res.public_mean.shape == (3, 32, 32)
     assert max_ssim(res.decryption, ch) > 0.9
 
 
@@ -124,9 +125,9 @@ def test_align_signs_undoes_random_flips():
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:8, 0:8]
     smooth = np.stack([np.sin(xx / 3 + a) + np.cos(yy / 4 + a) + 2.5 for a in rng.uniform(0, 3, 6)])
-    z = smooth.reshape(6, -1)  # (u, d) for an 8x8x1 image
+    z = smooth.reshape(6, -1)  # (u, d) for a (1, 8, 8) image
     flips = rng.choice([-1.0, 1.0], size=z.shape[1])
-    s = align_signs(z * flips, (8, 8, 1))
+    s = align_signs(z * flips, (1, 8, 8))
     agree = np.mean(s * flips == 1)
     assert agree in (0.0, 1.0)
 
@@ -146,7 +147,7 @@ def test_design_matrix_public_models():
 def test_bad_inputs():
     ch = challenge("digits", n=6, epochs=3, k=3, mode="mixup")
     e, idx, lam = ch["encryption"], ch["indices"], ch["coefficients"]
-    with pytest.raises(ValueError, match="expected \\(N, H, W, C\\)"):
+    with pytest.raises(ValueError, match="expected \\(N, C, H, W\\)"):
         oracle_decode(e[0], idx, lam, 3, 6)
     with pytest.raises(ValueError, match="key arrays have"):
         oracle_decode(e[:-1], idx, lam, 3, 6)
@@ -162,7 +163,5 @@ def test_bad_inputs():
         oracle_decode(e, idx, lam, 3, 6, pixel_range="0-255")
     with pytest.raises(ValueError, match="public_model"):
         oracle_decode(e, idx, lam, 3, 6, public_model="ignore")
-    with pytest.raises(ValueError, match="channels-first"):
-        oracle_decode(np.zeros((18, 3, 8, 8)), idx, lam, 3, 6)
     with pytest.raises(ValueError, match="evaluate_with"):
         oracle_decode(e, idx, lam, 3, 6, evaluate_with=ch["private"][:2])

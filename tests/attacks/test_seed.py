@@ -1,8 +1,8 @@
-"""Generator-seed recovery (SPEC 5.C): exact against legacy keys, nothing to find against the default.
+"""Generator-seed recovery (docs/attacks.md): exact against legacy keys, nothing to find against the default.
 
 Challenges: epoch-major rows, each epoch one encrypt(..., legacy=True, generator=g) call on a shared
 LegacyGenerator g (the reference's global streams continue across epochs). Pixels in [-1, 1];
-scored with scikit-image's structural_similarity (data_range=2, channel_axis=-1).
+scored with scikit-image's structural_similarity (data_range=2; images channels-first, channel_axis=0).
 """
 from pathlib import Path
 
@@ -44,8 +44,8 @@ def challenge(dataset="digits", n=30, epochs=10, k=6, num_private=2, pool=200, l
 def max_ssim(decryption, ch):
     ssim = skimage_metrics.structural_similarity
     x, idx = ch["private"], ch["key"].indices.numpy()
-    return float(np.mean([max(ssim(d, x[idx[r, 0]], data_range=2.0, channel_axis=-1),
-                              ssim(d, x[idx[r, 1]], data_range=2.0, channel_axis=-1))
+    return float(np.mean([max(ssim(d, x[idx[r, 0]], data_range=2.0, channel_axis=0),
+                              ssim(d, x[idx[r, 1]], data_range=2.0, channel_axis=0))
                           for r, d in enumerate(decryption)]))
 
 
@@ -77,7 +77,7 @@ def test_legacy_cross_dataset_digits_recovered_exactly():
     assert found is not None and found.seed == 2741
     assert found.seeds_checked == 2742
     assert found.residual < 1e-5
-    assert found.public.shape == (30, 8, 8, 1)  # the public window: pool rows 0..n-1
+    assert found.public.shape == (30, 1, 8, 8)  # the public window: pool rows 0..n-1
     assert torch.equal(found.key.indices, ch["key"].indices)
     assert torch.equal(found.key.mask_bits, ch["key"].mask_bits)
     np.testing.assert_allclose(found.recovered, ch["private"], atol=1e-4)
@@ -123,7 +123,7 @@ def test_bad_inputs():
         recover_seed(e, lab, n_private=10, k=1, num_private=1)
     with pytest.raises(ValueError, match="label has 19 rows"):
         recover_seed(e, lab[:-1], n_private=10, k=6, num_private=2)
-    with pytest.raises(ValueError, match="expected \\(N, H, W, C\\)"):
+    with pytest.raises(ValueError, match="expected \\(N, C, H, W\\)"):
         recover_seed(e[..., 0], lab, n_private=10, k=6, num_private=2)
     with pytest.raises(ValueError, match="count must be"):
         mt19937_outputs(np.arange(3), 300)

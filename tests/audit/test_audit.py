@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("sklearn")
 pytest.importorskip("scipy")
 from instahide.audit import AuditConfig, run_attack, run_audit  # noqa: E402
-from instahide.challenge import load_truth, make_challenge  # noqa: E402
+from instahide.challenge import load_challenge, load_truth, make_challenge  # noqa: E402
 from instahide.cli.main import main  # noqa: E402
 from instahide.data import load_dataset  # noqa: E402
 
@@ -28,7 +28,7 @@ def test_audit_mixup_unit_is_recovered_and_reported(tmp_path):
     by = {o.name: o for o in res.outcomes}
     # scores recomputed here from the decryption and the truth on disk (not the runner's numbers)
     truth = load_truth(tmp_path / "a" / "challenge-truth.npz")
-    dec = np.load(tmp_path / "a" / "attacks" / "demix" / "decryption.npy")
+    dec = np.load(tmp_path / "a" / "attacks" / "demix" / "decryption.npy").transpose(0, 3, 1, 2)
     from instahide.challenge import score
 
     assert score(dec, truth).max_ssim == pytest.approx(by["demix"].score.max_ssim)
@@ -84,7 +84,7 @@ def test_augmented_rows_are_crops_and_flips_of_the_originals(digits):
     """k=1 inside-dataset Mixup: every row IS its image after a crop (padding 2) and a flip; check each row
     against all 2 x 25 candidates computed by a plain loop."""
     x, y = digits
-    enc, _, truth = make_challenge(x, y, None, T=3, k=1, upper=1.0, mode="mixup", scaling="unit", augment=2,
+    enc, _, truth = make_challenge(x, y, None, T=3, k=1, upper=1.0, mode="mixup", scaling="unit", augment_padding=2,
                                    augment_seed=5)
     n = len(x)
     img = torch.from_numpy(np.asarray(x)).float() / 255.0  # (n, 1, 8, 8)
@@ -97,21 +97,21 @@ def test_augmented_rows_are_crops_and_flips_of_the_originals(digits):
             for dx in range(5):
                 crop = pad[dy:dy + 8, dx:dx + 8]
                 candidates += [(crop, False), (crop.flip(-1), True)]
-        errs = [float((c - torch.from_numpy(enc[r, :, :, 0])).abs().max()) for c, _ in candidates]
+        errs = [float((c - torch.from_numpy(enc[r, 0])).abs().max()) for c, _ in candidates]
         j = int(np.argmin(errs))
         assert errs[j] < 1e-6
         flips += candidates[j][1]
     assert 0 < flips < len(enc)  # both orientations occur
-    assert truth.params["augment"]["crop_padding"] == 2 and np.allclose(truth.private[..., 0], img[:, 0].numpy())
+    assert truth.params["augment"]["crop_padding"] == 2 and np.allclose(truth.private[:, 0], img[:, 0].numpy())
 
 
 def test_bad_input_is_a_clear_error(tmp_path, digits):
     with pytest.raises(ValueError, match="unknown attack"):
-        AuditConfig(attacks=("nope",)).check()
+        AuditConfig(attacks=("nope",)).validate()
     with pytest.raises(ValueError, match="too few images"):
         run_audit(AuditConfig(n_private=10_000, attacks=("demix",)), tmp_path / "x", log=lambda m: None)
     x, y = digits
-    enc, lab, truth = make_challenge(x, y, None, T=2, k=4, seed=0)
+    enc, lab, truth = make_challenge(x, y, None, T=2, k=4, research_seed=0)
     meta = dict(truth.params)
     with pytest.raises(ValueError, match="needs the ground truth"):
         run_attack("oracle", enc, lab, meta)
@@ -155,8 +155,8 @@ def test_audit_runs_the_carlini_pipeline_on_disjoint_attacker_data(tmp_path):
     assert {"pairs", "clusters", "assignment"} <= set(out.info["per_step"])
     assert (tmp_path / "c" / "attacks" / "carlini" / "decryption.npy").is_file()
     with pytest.raises(ValueError, match="disjoint"):
-        run_attack("carlini", *np.load(tmp_path / "c" / "challenge" / "encryption.npy")[None],
-                   np.load(tmp_path / "c" / "challenge" / "label.npy"), res.meta, attacker_split="test")
+        enc, lab, meta = load_challenge(tmp_path / "c" / "challenge")
+        run_attack("carlini", enc, lab, meta, attacker_split="test")
 
 
 def test_cli_gradient_inversion_recovers_what_was_trained_on(tmp_path, capsys):

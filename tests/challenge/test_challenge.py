@@ -1,6 +1,7 @@
 """instahide.challenge: generating a challenge in the published format, its truth file, and scoring."""
 import argparse
 import json
+import os
 import sys
 
 import numpy as np
@@ -8,11 +9,13 @@ import pytest
 import torch
 
 pytest.importorskip("sklearn")
-from instahide.challenge import (ChallengeTruth, default_truth_path, load_truth,  # noqa: E402
-                                 make_challenge, save_truth, score, write_challenge, write_score_report)
+from instahide.challenge import (ChallengeTruth, default_truth_path, load_challenge, load_truth,  # noqa: E402
+                                 make_challenge, save_truth, score, write_challenge)
+from instahide.challenge import make as challenge_make  # noqa: E402
 from instahide.cli import challenge_cmd  # noqa: E402
 from instahide.cli._common import CLIError  # noqa: E402
 from instahide.data import DIGITS_MEAN, DIGITS_STD, load_dataset, load_public_pool  # noqa: E402
+from instahide.report import write_score_report  # noqa: E402
 from instahide.scheme import LegacyGenerator, apply_key, encrypt  # noqa: E402
 
 N_PRIVATE, T, POOL = 20, 4, 150
@@ -28,18 +31,22 @@ def digits():
 @pytest.fixture(scope="module")
 def challenge(digits):
     ds, pool = digits
-    return make_challenge(ds.images, ds.labels, pool.images, T=T, seed=123)
+    return make_challenge(ds.images, ds.labels, pool.images, T=T, research_seed=123)
 
 
-def nchw(x_hwc):
-    return torch.from_numpy(np.ascontiguousarray(x_hwc)).permute(0, 3, 1, 2).contiguous()
+def nchw(x):
+    return torch.from_numpy(x)
+
+
+def nhwc(x):
+    return np.ascontiguousarray(x.transpose(0, 2, 3, 1))
 
 
 def test_shapes_order_and_labels(challenge, digits):
     enc, lab, truth = challenge
     ds, _ = digits
     n = N_PRIVATE
-    assert enc.shape == (n * T, 8, 8, 1) and enc.dtype == np.float32
+    assert enc.shape == (n * T, 1, 8, 8) and enc.dtype == np.float32
     assert lab.shape == (n * T, 10) and lab.dtype == np.float32
     assert truth.N == n * T and truth.T == T and truth.k == 6 and truth.num_private == 2
     # epoch-major: row t*n + i has private image i in slot 1, and fresh keys every epoch
@@ -55,15 +62,15 @@ def test_shapes_order_and_labels(challenge, digits):
     assert (lab.sum(1) >= 0.3 - 1e-6).all() and (truth.coefficients.max(1) <= 0.65 + 1e-6).all()
     # pm1 units, and the key in the truth recomputes every encryption exactly
     assert truth.scaling == "pm1" and truth.data_range == 2.0 and truth.legacy_seed == -1
-    np.testing.assert_array_equal(truth.private, ds.images.transpose(0, 2, 3, 1) / np.float32(127.5) - 1)
+    np.testing.assert_array_equal(truth.private, ds.images / np.float32(127.5) - 1)
     again = apply_key(nchw(truth.private), truth.key(), public=nchw(truth.public))
-    np.testing.assert_array_equal(again.permute(0, 2, 3, 1).numpy(), enc)
+    np.testing.assert_array_equal(again.numpy(), enc)
 
 
 def test_research_seed_reproduces_and_entropy_does_not(digits, challenge):
     ds, pool = digits
     enc, _, truth = challenge
-    enc2, _, truth2 = make_challenge(ds.images, ds.labels, pool.images, T=T, seed=123)
+    enc2, _, truth2 = make_challenge(ds.images, ds.labels, pool.images, T=T, research_seed=123)
     assert np.array_equal(enc, enc2) and np.array_equal(truth.mask_bits, truth2.mask_bits)
     enc3, _, truth3 = make_challenge(ds.images, ds.labels, pool.images, T=T)
     assert not np.array_equal(enc, enc3)
@@ -76,7 +83,9 @@ def test_files_truth_apart_and_loadable(tmp_path, challenge):
     paths = write_challenge(out, enc, lab, truth)
     assert sorted(p.name for p in out.iterdir()) == ["encryption.npy", "label.npy", "meta.json"]
     assert paths["truth"] == tmp_path / "chal-truth.npz" == default_truth_path(out)
-    assert np.array_equal(np.load(out / "encryption.npy"), enc) and np.array_equal(np.load(out / "label.npy"), lab)
+    assert np.array_equal(np.load(out / "encryption.npy"), nhwc(enc)) and np.array_equal(np.load(out / "label.npy"), lab)
+    enc_back, lab_back, meta_back = load_challenge(out)
+    assert np.array_equal(enc_back, enc) and np.array_equal(lab_back, lab) and meta_back["k"] == 6
     meta = json.loads((out / "meta.json").read_text())
     assert meta["T"] == T and meta["k"] == 6 and meta["scaling"] == "pm1" and meta["data_range"] == 2.0
     assert "research_seed" not in meta and 123 not in meta.values()
@@ -120,10 +129,10 @@ def test_scoring_the_truth_and_noise(challenge):
 
 def test_scoring_errors_are_named(challenge):
     enc, _, truth = challenge
-    with pytest.raises(ValueError, match=r"wrong decryption shape \(80, 8, 8\).*\(80, 8, 8, 1\)"):
-        score(enc[..., 0], truth)
+    with pytest.raises(ValueError, match=r"wrong decryption shape \(80, 8, 8\).*\(80, 1, 8, 8\)"):
+        score(enc[:, 0], truth)
     with pytest.raises(ValueError, match="wrong decryption shape"):
-        score(enc.transpose(0, 3, 1, 2), truth)
+        score(nhwc(enc), truth)
     with pytest.raises(ValueError, match="mismatched ground truth: the decryption has 60 rows"):
         score(enc[:60], truth)
     bad = enc.copy()
@@ -159,10 +168,10 @@ def test_score_report_files(tmp_path, challenge, monkeypatch):
 
 def test_legacy_window_and_replay(digits):
     ds, pool = digits
-    enc, lab, truth = make_challenge(ds.images, ds.labels, pool.images, T=3, legacy=True, seed=77)
+    enc, lab, truth = make_challenge(ds.images, ds.labels, pool.images, T=3, legacy=True, research_seed=77)
     assert truth.legacy_seed == 77 and truth.params["key_origin"] == "legacy-seed"
     assert (truth.indices[:, 2:] < N_PRIVATE).all()  # public window: the pool's first n rows only
-    enc2, _, truth2 = make_challenge(ds.images, ds.labels, pool.images, T=3, legacy=True, seed=77)
+    enc2, _, truth2 = make_challenge(ds.images, ds.labels, pool.images, T=3, legacy=True, research_seed=77)
     assert np.array_equal(enc, enc2) and np.array_equal(truth.indices, truth2.indices)
     # the reference's globals: one generator whose streams continue across epochs
     gen = LegacyGenerator(77)
@@ -170,7 +179,7 @@ def test_legacy_window_and_replay(digits):
     p = torch.from_numpy(pool.images).float() / 127.5 - 1
     replay = torch.cat([encrypt(x, torch.from_numpy(ds.labels), k=6, public=p, num_classes=10, generator=gen,
                                 legacy=True).images for _ in range(3)])
-    np.testing.assert_array_equal(replay.permute(0, 2, 3, 1).numpy(), enc)
+    np.testing.assert_array_equal(replay.numpy(), enc)
     from instahide.challenge import challenge_meta
 
     meta = challenge_meta(truth)
@@ -179,26 +188,26 @@ def test_legacy_window_and_replay(digits):
 
 def test_scalings(digits):
     ds, pool = digits
-    enc, _, truth = make_challenge(ds.images, ds.labels, pool.images, T=2, scaling="unit", seed=1)
+    enc, _, truth = make_challenge(ds.images, ds.labels, pool.images, T=2, scaling="unit", research_seed=1)
     assert truth.data_range == 1.0 and truth.params["mask_hides_nothing"] and "hides NOTHING" in truth.params["warning"]
     mix = apply_key(nchw(truth.private), truth.key().unmasked(), public=nchw(truth.public))
-    np.testing.assert_allclose(np.abs(enc), mix.permute(0, 2, 3, 1).numpy(), atol=1e-6)  # |e| is the mixture
+    np.testing.assert_allclose(np.abs(enc), mix.numpy(), atol=1e-6)  # |e| is the mixture
     with pytest.raises(ValueError, match="needs the private set's mean= and std="):
         make_challenge(ds.images, ds.labels, pool.images, T=1, scaling="normalize")
     _, _, truth = make_challenge(ds.images, ds.labels, pool.images, T=1, scaling="normalize", mean=DIGITS_MEAN,
-                                 std=DIGITS_STD, seed=1)
+                                 std=DIGITS_STD, research_seed=1)
     assert truth.data_range == pytest.approx(1 / DIGITS_STD[0])
-    np.testing.assert_allclose(truth.private[..., 0], (ds.images[:, 0] / 255 - DIGITS_MEAN[0]) / DIGITS_STD[0],
+    np.testing.assert_allclose(truth.private[:, 0], (ds.images[:, 0] / 255 - DIGITS_MEAN[0]) / DIGITS_STD[0],
                                atol=1e-5)
     assert score(truth.private[truth.indices[:, 0]], truth).max_ssim == pytest.approx(1.0)
 
 
 def test_inside_dataset_mixup_and_one_private_slot(digits):
     ds, pool = digits
-    enc, _, truth = make_challenge(ds.images, ds.labels, None, T=2, k=4, mode="mixup", seed=2)
+    enc, _, truth = make_challenge(ds.images, ds.labels, None, T=2, k=4, mode="mixup", research_seed=2)
     assert truth.num_private == 4 and truth.mask_bits is None and truth.public is None
     assert truth.params["dom"] is None
-    _, _, truth1 = make_challenge(ds.images, ds.labels, pool.images, T=2, k=3, num_private=1, seed=3)
+    _, _, truth1 = make_challenge(ds.images, ds.labels, pool.images, T=2, k=3, num_private=1, research_seed=3)
     res = score(truth1.private[truth1.indices[:, 0]], truth1)
     assert np.array_equal(res.p1, res.p2) and res.mean_ssim == pytest.approx(1.0) and "num_private=1" in res.notes[0]
 
@@ -214,7 +223,7 @@ def test_inside_dataset_mixup_and_one_private_slot(digits):
 ])
 def test_make_errors(digits, change, error, message):
     ds, pool = digits
-    kw = dict(private_images=ds.images[:4], private_labels=ds.labels[:4], public=pool.images, T=1, seed=0)
+    kw = dict(private_images=ds.images[:4], private_labels=ds.labels[:4], public=pool.images, T=1, research_seed=0)
     kw.update(change)
     with pytest.raises(error, match=message):
         make_challenge(**kw)
@@ -239,7 +248,7 @@ def test_cli_make_and_score_round_trip(tmp_path, capsys):
     meta = json.loads((out / "meta.json").read_text())
     assert truth.N == 36 and meta["private_source"]["selection"] == "first 12" and meta["public_source"]["size"] == 100
     assert meta["challenge_id"] == truth.params["challenge_id"]
-    np.save(tmp_path / "dec.npy", truth.private[truth.indices[:, 1]])
+    np.save(tmp_path / "dec.npy", nhwc(truth.private[truth.indices[:, 1]]))
     assert cli(["challenge", "score", "--challenge", str(out), "--decryption", str(tmp_path / "dec.npy"),
                 "--out", str(tmp_path / "rep")]) == 0
     text = capsys.readouterr().out
@@ -281,7 +290,62 @@ def test_cli_errors(tmp_path):
 
 def test_save_truth_round_trip_without_optional_fields(tmp_path, digits):
     ds, _ = digits
-    _, _, truth = make_challenge(ds.images, ds.labels, None, T=1, k=2, mode="mixup", seed=4)
+    _, _, truth = make_challenge(ds.images, ds.labels, None, T=1, k=2, mode="mixup", research_seed=4)
     save_truth(tmp_path / "t.npz", truth)
     back = load_truth(tmp_path / "t.npz")
     assert back.mask_bits is None and back.public is None and back.num_private == 2
+
+
+# -- reliability: what is handed out, file modes, bad paths ------------------------------------------------
+def test_truth_is_owner_only_and_meta_names_no_local_path(tmp_path, digits):
+    """Data read through a symlinked folder: meta.json (handed to attackers) names neither that folder,
+    its resolved target nor the machine; the truth file keeps the source and is readable by its owner only."""
+    ds, pool = digits
+    real = tmp_path / "real"
+    real.mkdir()
+    np.savez(real / "priv.npz", images=ds.images, labels=ds.labels)
+    np.save(real / "pool.npy", pool.images[:60])
+    (tmp_path / "link").symlink_to(real)
+    link = tmp_path / "link"
+    assert cli(["challenge", "make", "--dataset", "arrays", "--root", str(link / "priv.npz"), "--n-private", "10",
+                "--T", "2", "--public", str(link / "pool.npy"), "--public-size", "50", "--out", str(link / "c")]) == 0
+    assert (real / "c-truth.npz").stat().st_mode & 0o777 == 0o600
+    text = (real / "c" / "meta.json").read_text()
+    for local in (str(tmp_path), os.path.realpath(tmp_path), os.uname().nodename):
+        assert local not in text
+    meta = json.loads(text)  # what an attacker legitimately knows stays
+    assert (meta["k"], meta["T"], meta["mode"], meta["scaling"], meta["image_shape_hwc"]) == (6, 2, "instahide", "pm1",
+                                                                                              [8, 8, 1])
+    assert meta["public_source"]["source"] == "local files" and "root" not in meta["private_source"]
+    assert load_truth(real / "c-truth.npz").params["private_source"]["root"] == str(link / "priv.npz")
+
+
+def test_cli_bad_truth_and_out_are_one_line_errors(tmp_path, challenge):
+    np.save(tmp_path / "t.npy", np.zeros((3, 3), np.float32))
+    with pytest.raises(CLIError, match=r"t\.npy is a single array") as err:
+        cli(["challenge", "score", "--truth", str(tmp_path / "t.npy"), "--decryption", "x.npy"])
+    assert "\n" not in str(err.value)
+    (tmp_path / "file").write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    make = ["challenge", "make", "--dataset", "digits", "--n-private", "4", "--T", "1", "--public", "none", "--k", "2"]
+    for out in (tmp_path / "file", tmp_path / "file" / "c"):
+        with pytest.raises(CLIError) as err:
+            cli(make + ["--out", str(out)])
+        assert "\n" not in str(err.value) and "file" in str(err.value)
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # nothing left behind
+
+
+def test_failed_rewrite_leaves_the_old_challenge(tmp_path, challenge, monkeypatch):
+    enc, lab, truth = challenge
+    out = tmp_path / "c"
+    write_challenge(out, enc, lab, truth)
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(challenge_make, "save_truth", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_challenge(out, -enc, lab, truth, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "c-truth.npz"]  # no temporary folder left

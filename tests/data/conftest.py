@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 
-
 class _Py2Pickler(pickle._Pickler):
     """Protocol-2 pickler that writes ``bytes`` as Python-2 ``str`` (SHORT_BINSTRING / BINSTRING),
     exactly as the official CIFAR files store their keys, file names and array payloads."""
@@ -115,3 +114,24 @@ def cifar100_writer():
 @pytest.fixture
 def idx_writer():
     return write_idx
+
+
+@pytest.fixture(scope="session")
+def mnist_root(shared_data) -> Path:
+    """The real MNIST idx files; the test is skipped without them."""
+    root = shared_data / "mnist"
+    if not root.is_dir():
+        pytest.skip(f"MNIST not present at {root}")
+    return root
+
+
+@pytest.fixture
+def repickle():
+    """``f(blob, protocol, str_keys=False)``: a Python-2 CIFAR pickle re-pickled by Python 3."""
+    def dumps(blob: bytes, protocol: int, str_keys: bool = False) -> bytes:
+        obj = pickle.loads(blob, encoding="bytes")
+        if str_keys:
+            obj = {k.decode(): v for k, v in obj.items()}
+        return pickle.dumps(obj, protocol=protocol)
+
+    return dumps

@@ -141,11 +141,9 @@ def test_validation_errors(tmp_path, cifar10_writer, py2_pickle):
         load_cifar10(tmp_path, "val")
 
 
-def test_real_cifar10(shared_data):
-    root = shared_data / "cifar-10-batches-py"
-    if not root.is_dir():
-        pytest.skip("no CIFAR-10 in the shared data")
-    train = load_cifar10(shared_data)
+def test_real_cifar10(cifar10_root):
+    root = cifar10_root
+    train = load_cifar10(root.parent)
     assert train.images.shape == (50000, 3, 32, 32)
     assert train.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert np.bincount(train.labels).tolist() == [5000] * 10
@@ -154,3 +152,37 @@ def test_real_cifar10(shared_data):
     test = load_dataset("cifar10", root=root, split="test")
     assert test.images.shape == (10000, 3, 32, 32)
     assert np.bincount(test.labels).tolist() == [1000] * 10
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_python3_repickled_batches_load(tmp_path, cifar10_writer, repickle, protocol):
+    written = cifar10_writer(tmp_path, rows=4)
+    folder = tmp_path / "cifar-10-batches-py"
+    for i, name in enumerate(["test_batch", "batches.meta"]):
+        (folder / name).write_bytes(repickle((folder / name).read_bytes(), protocol, str_keys=i == 0))
+    ds = load_cifar10(tmp_path, "test")
+    np.testing.assert_array_equal(ds.images, written["test_batch"][0].reshape(-1, 3, 32, 32))
+    np.testing.assert_array_equal(ds.labels, written["test_batch"][1])
+    assert ds.classes[9] == "truck"
+
+
+@pytest.mark.parametrize(
+    "file, content, message",
+    [
+        ("test_batch", {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, r"'data' must be a \(N, 3072\) uint8 array, N >= 1"),
+        ("test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": 3}, r"2 images but labels of shape \(\)"),
+        ("test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0], [1, 2]]}, r"2 images but labels of shape \(2,\) \(object\)"),
+        ("batches.meta", {b"label_names": 5}, r"meta file's 'label_names' must be a non-empty list, got 5"),
+        ("batches.meta", {b"label_names": []}, r"meta file's 'label_names' must be a non-empty list"),
+    ],
+)
+def test_odd_batches_are_named_errors(tmp_path, cifar10_writer, py2_pickle, file, content, message):
+    cifar10_writer(tmp_path, rows=2)
+    (tmp_path / "cifar-10-batches-py" / file).write_bytes(py2_pickle(content))
+    with pytest.raises(ValueError, match=r"cifar-10-batches-py.*" + message):
+        load_cifar10(tmp_path, "test")
+
+
+def test_not_found_advises_download_for_api_and_cli(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"pass download=True \(--download\)"):
+        load_dataset("cifar10", root=tmp_path)

@@ -1,9 +1,15 @@
 from __future__ import annotations
 
+import struct
+import zlib
+
 import numpy as np
 import pytest
 
-from instahide.data import IMAGENET_MEAN, convert_channels, load_arrays, load_dataset, load_image_folder, to_nchw_uint8
+from instahide.data import (
+    IMAGENET_MEAN, ImageDataset, convert_channels, load_arrays, load_dataset, load_image_folder, read_image,
+    to_nchw_uint8,
+)
 
 # --- arrays ------------------------------------------------------------------------------------
 
@@ -176,3 +182,111 @@ def test_real_tiny_imagenet_folder(shared_data):
         pytest.skip("no Tiny-ImageNet in the shared data")
     ds = load_image_folder(root, size=(32, 32))
     assert ds.images.shape == (10000, 3, 32, 32) and ds.labels is None
+
+
+# --- odd inputs -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "arrays, layout, message",
+    [
+        ({"images": np.zeros((5, 0, 4, 4), np.uint8)}, "nchw", r"\(5, 0, 4, 4\) have no channels or no pixels"),
+        ({"images": np.zeros((5, 3, 0, 4), np.uint8)}, "nchw", r"\(5, 3, 0, 4\) have no channels or no pixels"),
+        ({"images": np.zeros((5, 3, 4, 0), np.uint8)}, "nchw", r"\(5, 3, 4, 0\) have no channels or no pixels"),
+        ({"images": np.zeros((0, 3, 4, 4), np.uint8)}, "nchw", r"'images' holds no images"),
+        ({}, "auto", r"has no array 'images' \(arrays: none: an empty archive\)"),
+        ({"images": np.zeros((3, 5, 5), np.uint8), "labels": np.int64(1)}, "auto", r"'labels' must be \(3,\) integers, got \(\)"),
+        ({"images": np.zeros((3, 5, 5), np.uint8), "labels": np.zeros(2, int)}, "auto", r"'labels' must be \(3,\) integers, got \(2,\)"),
+        ({"images": np.zeros((3, 5, 5), np.uint8), "labels": np.array([0, -1, 2])}, "auto", r"class indices in \[0, 1048576\), found -1\.\.2"),
+        ({"images": np.zeros((2, 5, 5), np.uint8), "labels": np.array([0, 2**63], np.uint64)}, "auto", r"class indices in \[0, 1048576\)"),
+    ],
+)
+def test_empty_and_mismatched_arrays_name_the_file(tmp_path, arrays, layout, message):
+    np.savez(tmp_path / "odd.npz", **arrays)
+    with pytest.raises(ValueError, match=r"odd\.npz.*" + message):
+        load_arrays(tmp_path / "odd.npz", layout=layout)
+
+
+@pytest.mark.parametrize("content", ["random", "truncated", "empty"])
+def test_corrupt_npz_is_reported_as_such(tmp_path, content):
+    np.savez(tmp_path / "ok.npz", images=np.zeros((20, 3, 8, 8), np.uint8))
+    blob = (tmp_path / "ok.npz").read_bytes()
+    bad = {"random": np.random.default_rng(0).bytes(400), "truncated": blob[: len(blob) // 2], "empty": b""}[content]
+    (tmp_path / "x.npz").write_bytes(bad)
+    with pytest.raises(ValueError, match=r"not a valid \.npz archive: .*x\.npz") as info:
+        load_arrays(tmp_path / "x.npz")
+    assert "pickled" not in str(info.value)
+
+
+def test_bool_arrays_are_binary_images_like_pillow_mode_1(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    mask = np.random.default_rng(6).random((2, 6, 7)) < 0.5
+    np.save(tmp_path / "m.npy", mask)
+    expected = [np.asarray(Image.fromarray(m).convert("L")) for m in mask]  # mode "1" -> 0 / 255
+    np.testing.assert_array_equal(load_arrays(tmp_path / "m.npy").images[:, 0], expected)
+
+
+def test_bad_dataset_statistics_and_conversion_inputs():
+    x = np.zeros((1, 1, 2, 2), np.uint8)
+    for mean, std in (((float("nan"),), (1.0,)), ((0.0,), (float("nan"),)), ((0.0,), (float("inf"),)), ((0.0,), (0.0,))):
+        with pytest.raises(ValueError, match="mean must be finite and std finite and > 0"):
+            ImageDataset(x, None, None, "x", mean, std)
+    with pytest.raises(ValueError, match=r"C, H, W >= 1; got \(1, 0, 2, 2\)"):
+        ImageDataset(np.zeros((1, 0, 2, 2), np.uint8), None, None, "x", (), ())
+    with pytest.raises(TypeError, match=r"images must be \(N, C, H, W\) or \(C, H, W\) uint8, got \(4,\)"):
+        convert_channels(np.zeros(4, np.uint8), 3)
+    with pytest.raises(TypeError, match="float32"):
+        convert_channels(np.zeros((1, 3, 2, 2), np.float32), 1)
+
+
+def _png16(path, pixels: np.ndarray) -> None:
+    """A 16-bit grayscale (H, W) or RGB (H, W, 3) PNG written by hand (Pillow cannot write 16-bit RGB)."""
+    h, w = pixels.shape[:2]
+    big = np.ascontiguousarray(pixels, dtype=">u2")
+    raw = b"".join(b"\x00" + big[r].tobytes() for r in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 16, 2 if pixels.ndim == 3 else 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+def test_16bit_pngs_match_scikit_image(tmp_path):
+    pytest.importorskip("PIL")
+    img_as_ubyte = pytest.importorskip("skimage.util").img_as_ubyte
+    rng = np.random.default_rng(7)
+    gray = rng.integers(0, 65536, (9, 11), dtype=np.uint16)
+    rgb = rng.integers(0, 65536, (9, 11, 3), dtype=np.uint16)
+    _png16(tmp_path / "g.png", gray)
+    _png16(tmp_path / "c.png", rgb)
+    g = read_image(tmp_path / "g.png", channels=1)
+    np.testing.assert_array_equal(g[0], img_as_ubyte(gray))
+    assert (g == 255).mean() < 0.05  # was 99.6 % saturated
+    np.testing.assert_array_equal(read_image(tmp_path / "g.png", channels=3), np.repeat(g, 3, axis=0))
+    np.testing.assert_array_equal(read_image(tmp_path / "c.png"), img_as_ubyte(rgb).transpose(2, 0, 1))
+    ds = load_image_folder(tmp_path, channels=1)  # the folder loader goes through the same path
+    np.testing.assert_array_equal(ds.images[1, 0], img_as_ubyte(gray))
+
+
+def test_palette_alpha_and_float_images(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(8)
+    rgba = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "a.png"), rgba[..., :3].transpose(2, 0, 1))  # alpha dropped
+    Image.fromarray(rgba[..., [0, 3]], "LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(read_image(tmp_path / "la.png", 1)[0], rgba[..., 0])
+    pal = Image.fromarray(rgba[..., :3]).quantize(16)
+    pal.save(tmp_path / "p.png")
+    lut = np.array(pal.getpalette(), np.uint8).reshape(-1, 3)
+    np.testing.assert_array_equal(read_image(tmp_path / "p.png"), lut[np.asarray(pal)].transpose(2, 0, 1))
+    f = rng.random((4, 6)).astype(np.float32)
+    Image.fromarray(f).save(tmp_path / "f.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "f.tif", 1)[0], np.rint(f * 255).astype(np.uint8))
+    Image.fromarray(f * 2).save(tmp_path / "f2.tif")
+    with pytest.raises(ValueError, match=r"cannot read image .*f2\.tif: .*float images must lie in \[0, 1\]"):
+        read_image(tmp_path / "f2.tif", 1)
+    for size in ((0, 4), (-1, 4), 32):
+        with pytest.raises(ValueError, match="size must be \\(H, W\\) with positive integers"):
+            read_image(tmp_path / "a.png", size=size)

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import gzip
+import re
+import struct
+
 import numpy as np
 import pytest
 
@@ -44,8 +48,6 @@ def test_truncated_file_names_file_and_byte_counts(tmp_path, idx_writer, compres
     path = tmp_path / "train-images-idx3-ubyte"
     blob = path.read_bytes()
     if compress:
-        import gzip
-
         path.unlink()
         path = tmp_path / "train-images-idx3-ubyte.gz"
         path.write_bytes(gzip.compress(blob[: len(blob) // 2]))
@@ -90,15 +92,52 @@ def test_missing_files(tmp_path, idx_writer):
         load_mnist(tmp_path)
 
 
-def test_real_mnist(shared_data):
-    root = shared_data / "mnist"
-    if not root.is_dir():
-        pytest.skip("no MNIST in the shared data")
-    train = load_mnist(root)
+def test_real_mnist(mnist_root):
+    train = load_mnist(mnist_root)
     assert train.images.shape == (60000, 1, 28, 28)
     assert train.labels[0] == 5
     assert np.bincount(train.labels).sum() == 60000 and len(np.bincount(train.labels)) == 10
     np.testing.assert_allclose(train.images.mean() / 255, MNIST_MEAN[0], atol=1e-3)
     np.testing.assert_allclose(train.images.std() / 255, MNIST_STD[0], atol=1e-3)
-    test = load_dataset("mnist", root=shared_data, split="test")
+    test = load_dataset("mnist", root=mnist_root.parent, split="test")
     assert test.images.shape == (10000, 1, 28, 28) and test.labels[0] == 7
+
+
+def _header(dims, code=0x08):
+    return struct.pack(">HBB", 0, code, len(dims)) + struct.pack(f">{len(dims)}I", *dims)
+
+
+@pytest.mark.parametrize(
+    "blob, message",
+    [
+        # sizes whose product wraps a 64-bit integer (to 0 here, equal to the 0 bytes present)
+        (_header([65536] * 4), r"header says shape \(65536, 65536, 65536, 65536\) = 18446744073709551616 bytes"),
+        (_header([2**32 - 1] * 3), r"= 79228162458924105385300197375 bytes, more than"),
+        (_header([4_000_000_000, 28, 28]) + bytes(100), r"= 3136000000000 bytes, more than"),
+        (_header([10, 28, 28]) + bytes(100), r"truncated idx file: .* = 7840 bytes of data, found 100 bytes"),
+        (_header([10, 28, 28])[:9], r"truncated idx header \(9 of 16 bytes\)"),
+        (_header([10, 28, 28], code=0x0D), r"not a uint8 idx file \(magic number 0x00000d03\)"),
+        (b"\x00\x00", r"2 bytes, too short for an idx header"),
+    ],
+)
+@pytest.mark.parametrize("compress", [False, True])
+def test_bad_headers_name_the_file(tmp_path, blob, message, compress):
+    path = tmp_path / ("odd-idx3-ubyte.gz" if compress else "odd-idx3-ubyte")
+    path.write_bytes(gzip.compress(blob) if compress else blob)
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ": .*" + message):
+        read_idx(path)
+
+
+def test_gzip_with_trailing_data_is_read_only_as_far_as_the_header(tmp_path):
+    path = tmp_path / "x-idx1-ubyte.gz"
+    path.write_bytes(gzip.compress(_header([3]) + bytes(3) + bytes(20_000_000)))
+    with pytest.raises(ValueError, match=r"x-idx1-ubyte\.gz: trailing bytes in idx file: .* = 3 bytes"):
+        read_idx(path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        read_idx(tmp_path)
+
+
+def test_zero_images_is_an_error(tmp_path, idx_writer):
+    _write_split(tmp_path, idx_writer, "train", 0, compress=False)
+    with pytest.raises(ValueError, match=r"train-images-idx3-ubyte holds no images"):
+        load_mnist(tmp_path)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import codecs
 import io
 import os
 import pickle
@@ -43,11 +44,35 @@ def test_reads_python3_numpy_pickles(tmp_path, protocol):
     np.testing.assert_array_equal(safe_load_pickle(path)["data"], arr)
 
 
-def test_python3_protocol2_bytes_need_codecs_and_are_refused():
-    # Python 3 writes bytes under protocol 2 as _codecs.encode(...): never in a real CIFAR file.
-    blob = pickle.dumps({"data": b"abc"}, protocol=2)
-    with pytest.raises(UntrustedPickleError, match="global '_codecs.encode'"):
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_python3_repickles_of_a_cifar_batch_load(py2_pickle, repickle, protocol):
+    data = np.random.default_rng(0).integers(0, 256, (3, 3072), dtype=np.uint8)
+    batch = {b"data": data, b"labels": [1, 2, 3], b"batch_label": b"b", b"filenames": [b"a.png", b""]}
+    for str_keys in (False, True):
+        out = safe_load_pickle(io.BytesIO(repickle(py2_pickle(batch), protocol, str_keys)))
+        np.testing.assert_array_equal(out["data"], data)
+        assert out["labels"] == [1, 2, 3] and out["filenames"] == [b"a.png", b""]
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        (codecs.encode, "abc", "rot13"),       # other codecs
+        (codecs.encode, "abc", "utf-16"),
+        (codecs.encode, b"x\x9c\x03", "zlib"),
+        (codecs.encode, "abc", "latin1", "strict"),  # extra argument
+        (codecs.encode, 5, "latin1"),            # not text
+        (bytes, 10**12),                         # bytes() only without arguments
+    ],
+)
+def test_codecs_and_bytes_only_as_python3_writes_bytes(call, tmp_path):
+    # Python 3 writes b"..." at protocol 2 as _codecs.encode("...", "latin1") and b"" as bytes():
+    # exactly those calls are admitted, nothing else reachable through the same globals.
+    blob = pickle.dumps({"data": _Calls(*call), "x": _RunsCommand(f"touch {tmp_path / 'pwned'}")}, protocol=2)
+    assert b"_codecs" in blob or b"bytes" in blob
+    with pytest.raises(UntrustedPickleError, match="refusing to load untrusted pickle"):
         safe_load_pickle(io.BytesIO(blob))
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_refuses_os_system_without_running_it(tmp_path):

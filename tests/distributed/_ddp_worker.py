@@ -51,10 +51,10 @@ def main(out, alice, bob):
 
     # 4. on-the-fly encryption under DDP: own shard, own keys; twice with one research seed
     otf = dict(dataset="digits", batch_size=64, lr=0.05, epochs=3, progress=False, research_seed=7)
-    res["otf"] = [train(TrainConfig(out=f"{out}/otf{i}", **otf)) for i in (1, 2)]
-    res["otf_key_bytes_seeded"] = recipe._key_generator(TrainConfig(**otf), 0, rank, 2).random_bytes(32)
-    res["otf_key_bytes_entropy"] = recipe._key_generator(TrainConfig(dataset="digits"), 0, rank, 2).random_bytes(32)
-    res["world1_key_bytes"] = recipe._key_generator(TrainConfig(**otf), 0).random_bytes(32)
+    res["otf"] = [train(TrainConfig.make(out=f"{out}/otf{i}", **otf)) for i in (1, 2)]
+    res["otf_key_bytes_seeded"] = recipe._key_generator(TrainConfig.make(**otf), 0, rank, 2).random_bytes(32)
+    res["otf_key_bytes_entropy"] = recipe._key_generator(TrainConfig.make(dataset="digits"), 0, rank, 2).random_bytes(32)
+    res["world1_key_bytes"] = recipe._key_generator(TrainConfig.make(**otf), 0).random_bytes(32)
     torch.save(res, f"{out}/rank{rank}.pt")
     dist.barrier()
     dist.destroy_process_group()

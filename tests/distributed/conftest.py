@@ -2,7 +2,6 @@
 folders: alice has train images 0..299 (T=3 encryption epochs), bob 300..599 (T=2)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,9 @@ pytest.importorskip("sklearn")
 
 def write_party(folder: Path, x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, *, mean, std,
                 num_classes: int = 10, classes=None) -> Path:
-    """Encrypt ``x`` ``(N, C, H, W)`` ``epochs`` times and write the folder `instahide encrypt` writes."""
+    """Encrypt ``x`` ``(N, C, H, W)`` ``epochs`` times and write the folder `instahide encrypt` writes
+    (the arrays, then meta.json with their checksums, by the library's :func:`write_meta`)."""
+    from instahide.distributed.encrypted import write_meta
     from instahide.scheme import KeyGenerator, encrypt
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -29,10 +30,10 @@ def write_party(folder: Path, x: torch.Tensor, y: torch.Tensor, epochs: int, see
     n, (c, h, w) = len(x), x.shape[1:]
     meta = {"dataset": "digits", "num_images": n, "epochs": epochs, "rows": n * epochs,
             "row_order": "epoch-major: row = epoch * N + i", "image_shape_hwc": [h, w, c],
-            "num_classes": num_classes, "classes": classes or [str(i) for i in range(num_classes)],
+            "labelled": True, "num_classes": num_classes, "classes": classes or [str(i) for i in range(num_classes)],
             "normalized": True, "mean": list(mean), "std": list(std),
             "scheme": {"k": 4, "mode": "instahide"}, "keys": {"origin": "research-seed"}}
-    (folder / "meta.json").write_text(json.dumps(meta))
+    write_meta(folder, meta)
     return folder
 
 

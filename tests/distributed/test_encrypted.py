@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from instahide.distributed import KeyMaterialError, load_encrypted
+from instahide.distributed.encrypted import write_meta
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*derive from a seed")
 
@@ -85,8 +86,7 @@ def test_mismatched_parties_name_the_folder(tmp_path, parties, digits_train, par
     big.mkdir()
     np.save(big / "encryption.npy", np.zeros((4, 16, 16, 1), np.float32))
     np.save(big / "label.npy", np.zeros((4, 10), np.float32))
-    (big / "meta.json").write_text(json.dumps({"num_images": 4, "epochs": 1, "normalized": True,
-                                               "mean": list(mean), "std": list(std)}))
+    write_meta(big, {"num_images": 4, "epochs": 1, "normalized": True, "mean": list(mean), "std": list(std)})
     with pytest.raises(ValueError, match=r"erin: image shape .* is \(16, 16, 1\), but .*alice has \(8, 8, 1\)"):
         load_encrypted([parties[0], big])
 
@@ -133,7 +133,39 @@ def test_nan_rows_are_reported_when_read(tmp_path, parties):
     e = np.load(d / "encryption.npy")
     e[305, 2, 3, 0] = np.nan                      # epoch 1, image 5
     np.save(d / "encryption.npy", e)
+    write_meta(d, json.loads((d / "meta.json").read_text()))  # a party that encrypted a NaN
     u = load_encrypted(d)
     u.take(0, np.arange(300))                     # epoch 0 is clean
     with pytest.raises(ValueError, match=r"rows \[305\] hold NaN"):
         u.take(1, np.arange(300))
+
+
+def test_arrays_must_be_the_ones_meta_records(tmp_path, parties, digits_train, party_writer):
+    x, y, mean, std = digits_train
+    other = party_writer(tmp_path / "other", x[:300], y[:300], 3, seed=99, mean=mean, std=std)
+    mixed = _copy(parties[0], tmp_path / "mixed")   # a folder mixing two runs: same shapes, other bytes
+    shutil.copy(other / "label.npy", mixed / "label.npy")
+    with pytest.raises(ValueError, match="label.npy is not the file meta.json records"):
+        load_encrypted(mixed)
+    flipped = _copy(parties[0], tmp_path / "flipped")
+    raw = bytearray((flipped / "encryption.npy").read_bytes())
+    raw[-1] ^= 1                                   # one bit of the last value
+    (flipped / "encryption.npy").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match="encryption.npy is not the file meta.json records"):
+        load_encrypted(flipped)
+    bare = _copy(parties[0], tmp_path / "bare")
+    meta = json.loads((bare / "meta.json").read_text())
+    del meta["files"]
+    (bare / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="records no checksum of encryption.npy"):
+        load_encrypted(bare)
+    load_encrypted([parties[0], other])            # both complete: accepted
+
+
+def test_unlabelled_encryptions_are_refused_clearly(tmp_path, parties):
+    d = _copy(parties[0], tmp_path / "unlabelled")
+    (d / "label.npy").unlink()
+    meta = json.loads((d / "meta.json").read_text())
+    write_meta(d, dict(meta, labelled=False, num_classes=None))
+    with pytest.raises(ValueError, match="unlabelled images .*nothing to train on"):
+        load_encrypted(d)

@@ -1,10 +1,9 @@
 """Configuration round trips, and one party's local training on real digits (no Flower needed)."""
-import dataclasses
-
 import pytest
 import torch
 
 pytest.importorskip("sklearn")
+from instahide._config import flat_dict  # noqa: E402
 from instahide.federated import FedConfig, build_global_model, load_party, local_evaluate, local_train  # noqa: E402
 from instahide.federated import local as local_mod  # noqa: E402
 from instahide.federated.local import party_key_generator  # noqa: E402
@@ -13,7 +12,7 @@ BASE = dict(num_parties=3, subset=600, width=0.5, batch_size=64, research_seed=0
 
 
 def test_run_config_round_trip_and_types():
-    cfg = FedConfig(mode="mixup", k=3, partition="dirichlet", alpha=0.3, root="/data", num_parties=5, lr=0.02)
+    cfg = FedConfig.make(mode="mixup", k=3, partition="dirichlet", alpha=0.3, root="/data", num_parties=5, lr=0.02)
     rc = cfg.to_run_config()
     assert all("_" not in key for key in rc)                           # kebab-case
     assert "num-private" not in rc and "research-seed" not in rc       # None values are left out
@@ -22,9 +21,8 @@ def test_run_config_round_trip_and_types():
     got = FedConfig.from_run_config({"lr": 1, "resume": "true", "server-round": 3, "proximal-mu": 0.1,
                                      "research-seed": "none"})
     assert got.lr == 1.0 and isinstance(got.lr, float) and got.resume is True and got.research_seed is None
-    every = {f.name: f for f in dataclasses.fields(FedConfig)}
-    assert set(FedConfig().to_run_config()) == {n.replace("_", "-") for n in every
-                                                if getattr(FedConfig(), n) is not None}
+    every = flat_dict(FedConfig())                                      # every option, groups spread
+    assert set(FedConfig().to_run_config()) == {n.replace("_", "-") for n, v in every.items() if v is not None}
 
 
 @pytest.mark.parametrize("bad,match", [
@@ -47,12 +45,12 @@ def test_run_config_errors(bad, match):
 ])
 def test_validate_names_the_problem(kw, match):
     with pytest.raises(ValueError, match=match):
-        FedConfig(**kw).validate()
+        FedConfig.make(**kw).validate()
 
 
 @pytest.fixture(scope="module")
 def parties():
-    cfg = FedConfig(**BASE)
+    cfg = FedConfig.make(**BASE)
     return cfg, [load_party(cfg, i) for i in range(3)]
 
 
@@ -69,7 +67,7 @@ def test_parties_hold_disjoint_shares(parties):
 
 def test_local_train_updates_same_keys_and_learns(parties):
     cfg, ps = parties
-    cfg = dataclasses.replace(cfg, local_epochs=3, mode="vanilla", batch_size=32)  # instahide: see test_flower
+    cfg = cfg.replace(local_epochs=3, mode="vanilla", batch_size=32)  # instahide: see test_flower
     model = build_global_model(cfg, 1, 10)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ev0 = local_evaluate(before, ps[0], cfg)
@@ -92,7 +90,7 @@ def test_research_seed_reproducible_entropy_not(parties):
     c, _ = local_train(init, ps[0], cfg, server_round=3)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert any(not torch.equal(a[k], c[k]) for k in a)
-    free = dataclasses.replace(cfg, research_seed=None)
+    free = cfg.replace(research_seed=None)
     d, _ = local_train(init, ps[0], free, server_round=2)
     e, _ = local_train(init, ps[0], free, server_round=2)
     assert any(not torch.equal(d[k], e[k]) for k in d)
@@ -111,12 +109,12 @@ def test_partners_come_from_the_party_only(parties, monkeypatch):
         return real(images, labels, **kw)
 
     monkeypatch.setattr(local_mod, "encrypt", spy)
-    cfg2 = dataclasses.replace(cfg, local_epochs=2)
+    cfg2 = cfg.replace(local_epochs=2)
     local_train(build_global_model(cfg2, 1, 10).state_dict(), ps[1], cfg2, server_round=1)
     assert len(seen) == 2                                   # fresh encryption every local epoch
     for images, kw in seen:
         assert torch.equal(images, ps[1].x)                  # the private pool IS the party's own data
-        assert kw["public"] is None and kw["k"] == cfg.k
+        assert kw["public"] is None and kw["k"] == cfg.scheme.k
         assert kw["generator"].origin == "research-seed"
 
 
@@ -125,7 +123,7 @@ def test_fedprox_term_keeps_weights_near_the_global_model(parties):
     init = build_global_model(cfg, 1, 10).state_dict()
 
     def dist(mu):
-        s, _ = local_train(init, ps[0], dataclasses.replace(cfg, local_epochs=2, weight_decay=0.0), server_round=1,
+        s, _ = local_train(init, ps[0], cfg.replace(local_epochs=2, weight_decay=0.0), server_round=1,
                            proximal_mu=mu)
         return sum(((s[k].float() - init[k].float()) ** 2).sum() for k in s if init[k].is_floating_point()
                    and "running" not in k).sqrt().item()

@@ -1,4 +1,5 @@
-"""instahide.metrics: SSIM against scikit-image's structural_similarity, L2, the Module twins, bad input."""
+"""instahide.metrics: SSIM against scikit-image's structural_similarity, L2, the Module twins, bad input.
+Images are channels-first ``(N, C, H, W)``; scikit-image is called with ``channel_axis=0``."""
 import numpy as np
 import pytest
 import torch
@@ -9,7 +10,7 @@ skm = pytest.importorskip("skimage.metrics")
 
 
 def reference(a: np.ndarray, b: np.ndarray, data_range: float, win_size: int = 7) -> np.ndarray:
-    return np.array([skm.structural_similarity(a[i], b[i], data_range=data_range, channel_axis=-1,
+    return np.array([skm.structural_similarity(a[i], b[i], data_range=data_range, channel_axis=0,
                                                win_size=win_size) for i in range(len(a))])
 
 
@@ -21,12 +22,12 @@ def noisy_pair(shape, low, high, noise, seed=0, dtype=np.float64):
 
 
 @pytest.mark.parametrize("shape,low,high,win", [
-    ((6, 32, 32, 3), -1.0, 1.0, 7),     # the challenge: pm1 pixels, data range 2
-    ((6, 32, 32, 1), 0.0, 1.0, 7),
-    ((5, 8, 8, 1), -1.0, 1.0, 7),       # digits: valid region 2x2
-    ((4, 7, 7, 3), 0.0, 255.0, 7),      # exactly one window
-    ((4, 17, 29, 3), -2.0, 3.0, 5),     # non-square, other window, odd range
-    ((3, 16, 16, 3), 0.0, 1.0, 3),
+    ((6, 3, 32, 32), -1.0, 1.0, 7),     # the challenge: pm1 pixels, data range 2
+    ((6, 1, 32, 32), 0.0, 1.0, 7),
+    ((5, 1, 8, 8), -1.0, 1.0, 7),       # digits: valid region 2x2
+    ((4, 3, 7, 7), 0.0, 255.0, 7),      # exactly one window
+    ((4, 3, 17, 29), -2.0, 3.0, 5),     # non-square, other window, odd range
+    ((3, 3, 16, 16), 0.0, 1.0, 3),
 ])
 @pytest.mark.parametrize("noise", [0.05, 0.5])
 def test_matches_skimage_on_random_images(shape, low, high, win, noise):
@@ -44,7 +45,7 @@ def test_matches_skimage_on_real_images_float32():
     photo = builtin_photographs(3)[1]  # chelsea the cat, (3, 300, 451)
     rng = np.random.default_rng(1)
     tops, lefts = rng.integers(0, 300 - 32, 8), rng.integers(0, 451 - 32, 8)
-    a = np.stack([photo[:, t:t + 32, s:s + 32] for t, s in zip(tops, lefts)]).transpose(0, 2, 3, 1)
+    a = np.stack([photo[:, t:t + 32, s:s + 32] for t, s in zip(tops, lefts)])
     a = (a.astype(np.float32) / 127.5 - 1)
     b = a[::-1].copy()  # unrelated real patches
     c = np.clip(a + rng.normal(0, 0.1, a.shape).astype(np.float32), -1, 1)  # noisy copies
@@ -56,15 +57,15 @@ def test_matches_skimage_on_real_images_float32():
 
 def test_uint8_input_and_identical_images():
     rng = np.random.default_rng(2)
-    a = rng.integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)
+    a = rng.integers(0, 256, (3, 3, 12, 12), dtype=np.uint8)
     ours = ssim(a, a, data_range=255, reduction="none")
     assert ours.dtype == torch.float32 and torch.allclose(ours, torch.ones(3))
-    b = rng.integers(0, 256, (3, 12, 12, 3), dtype=np.uint8)
+    b = rng.integers(0, 256, (3, 3, 12, 12), dtype=np.uint8)
     np.testing.assert_allclose(ssim(a, b, data_range=255, reduction="none").numpy(), reference(a, b, 255), atol=1e-6)
 
 
 def test_reductions_and_module_twin():
-    a, b = noisy_pair((4, 10, 10, 3), -1, 1, 0.2, dtype=np.float32)
+    a, b = noisy_pair((4, 3, 10, 10), -1, 1, 0.2, dtype=np.float32)
     a, b = torch.from_numpy(a), torch.from_numpy(b)
     per = ssim(a, b, data_range=2.0, reduction="none")
     assert torch.allclose(ssim(a, b, data_range=2.0), per.mean())
@@ -75,31 +76,31 @@ def test_reductions_and_module_twin():
 
 
 def test_gradients_flow():
-    a, b = noisy_pair((2, 9, 9, 3), -1, 1, 0.3)
+    a, b = noisy_pair((2, 3, 9, 9), -1, 1, 0.3)
     x = torch.from_numpy(a).requires_grad_()
     (1 - ssim(x, torch.from_numpy(b), data_range=2.0)).backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
 def test_l2_is_rmse_per_image():
-    a = torch.zeros(3, 4, 5, 2)
-    b = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 4, 5, 2)
+    a = torch.zeros(3, 2, 4, 5)
+    b = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 2, 4, 5)
     assert torch.equal(l2(a, b), torch.tensor([0.0, 1.0, 2.0]))
-    x, y = noisy_pair((4, 6, 6, 3), -1, 1, 0.3)
+    x, y = noisy_pair((4, 3, 6, 6), -1, 1, 0.3)
     expected = np.sqrt(((x - y) ** 2).reshape(4, -1).mean(axis=1))
     np.testing.assert_allclose(l2(x, y).numpy(), expected, rtol=1e-12)
     assert float(l2(x, y, reduction="mean")) == pytest.approx(expected.mean())
 
 
 @pytest.mark.parametrize("a,b,kw,error,message", [
-    (torch.zeros(2, 8, 8, 3), torch.zeros(2, 8, 8, 1), {}, ValueError, "shape mismatch"),
-    (torch.zeros(8, 8, 3), torch.zeros(8, 8, 3), {}, ValueError, "expected (N, H, W, C) channels last"),
-    (torch.zeros(2, 6, 8, 1), torch.zeros(2, 6, 8, 1), {}, ValueError, "too small for a 7x7 window"),
-    (torch.zeros(2, 8, 8, 1), torch.zeros(2, 8, 8, 1), {"win_size": 4}, ValueError, "odd integer >= 3"),
-    (torch.zeros(2, 8, 8, 1), torch.zeros(2, 8, 8, 1), {"data_range": 0}, ValueError, "positive finite"),
-    (torch.zeros(2, 8, 8, 1), torch.zeros(2, 8, 8, 1), {"reduction": "max"}, ValueError, "unknown reduction"),
-    ([[0.0]], torch.zeros(2, 8, 8, 1), {}, TypeError, "must be a torch.Tensor or numpy array"),
-    (torch.zeros(2, 8, 8, 1, dtype=torch.int64), torch.zeros(2, 8, 8, 1), {}, TypeError, "must be float"),
+    (torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 8, 8), {}, ValueError, "shape mismatch"),
+    (torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), {}, ValueError, "expected (N, C, H, W) channels first"),
+    (torch.zeros(2, 1, 6, 8), torch.zeros(2, 1, 6, 8), {}, ValueError, "too small for a 7x7 window"),
+    (torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), {"win_size": 4}, ValueError, "odd integer >= 3"),
+    (torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), {"data_range": 0}, ValueError, "positive finite"),
+    (torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), {"reduction": "max"}, ValueError, "unknown reduction"),
+    ([[0.0]], torch.zeros(2, 1, 8, 8), {}, TypeError, "must be a torch.Tensor or numpy array"),
+    (torch.zeros(2, 1, 8, 8, dtype=torch.int64), torch.zeros(2, 1, 8, 8), {}, TypeError, "must be float"),
 ])
 def test_bad_inputs_are_named(a, b, kw, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -107,11 +108,11 @@ def test_bad_inputs_are_named(a, b, kw, error, message):
 
 
 def test_nan_and_inf_are_refused():
-    a = torch.zeros(3, 8, 8, 1)
+    a = torch.zeros(3, 1, 8, 8)
     b = a.clone()
-    b[1, 2, 2, 0] = float("nan")
+    b[1, 0, 2, 2] = float("nan")
     with pytest.raises(ValueError, match=r"b contains NaN or Inf in 1 image\(s\), first rows \[1\]"):
         ssim(a, b, data_range=1.0)
-    b[1, 2, 2, 0] = float("inf")
+    b[1, 0, 2, 2] = float("inf")
     with pytest.raises(ValueError, match="NaN or Inf"):
         l2(b, a)

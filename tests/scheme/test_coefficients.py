@@ -1,4 +1,5 @@
-"""Coefficients (SPEC section 1, step 1) against the reference facts of SPEC section 2."""
+"""Coefficients (docs/scheme.md, "The scheme", step 1) against the reference facts of docs/scheme.md,
+"Reference defaults"."""
 import math
 import numpy as np
 import pytest
@@ -6,8 +7,8 @@ import torch
 
 from instahide.scheme import KeyGenerator, acceptance_rate, check_bounds, legacy_coefficients, sample_coefficients
 
-# setting -> (k, dom, first-draw acceptance, mean max lambda, mean lambda_1 + lambda_2)  [SPEC table]
-SPEC_TABLE = {
+# setting -> (k, dom, first-draw acceptance, mean max lambda, mean lambda_1 + lambda_2)  [docs/scheme.md table]
+REFERENCE_TABLE = {
     "inside k=2": (2, None, 0.373, 0.574, 1.0),
     "inside k=4": (4, None, 0.928, 0.450, 0.500),
     "inside k=6": (6, None, 0.996, 0.351, 0.334),
@@ -28,9 +29,9 @@ def test_rows_sum_to_one_and_respect_bounds(k, dom):
         assert (lam[:, :2].sum(1) >= dom).all()
 
 
-@pytest.mark.parametrize("name", list(SPEC_TABLE))
+@pytest.mark.parametrize("name", list(REFERENCE_TABLE))
 def test_moments_match_reference_table(name):
-    k, dom, acc, mean_max, mean_12 = SPEC_TABLE[name]
+    k, dom, acc, mean_max, mean_12 = REFERENCE_TABLE[name]
     n = 100_000
     lam = sample_coefficients(n, k, dom=dom, seed=2, dtype=torch.float64)
     mx, s12 = lam.max(1).values, lam[:, :2].sum(1)
@@ -43,7 +44,7 @@ def test_moments_match_reference_table(name):
 
 @pytest.mark.parametrize("name", ["inside k=4", "cross k=6"])
 def test_legacy_sampler_matches_reference_table(name):
-    k, dom, acc, mean_max, mean_12 = SPEC_TABLE[name]
+    k, dom, acc, mean_max, mean_12 = REFERENCE_TABLE[name]
     n = 20_000
     rs = np.random.RandomState(0)
     lam = legacy_coefficients(n, k, 0.65, dom, rs)
@@ -77,6 +78,7 @@ def test_k1_is_all_ones_and_ignores_upper():
     (dict(k=0, upper=0.65), r"k must be >= 1"),
     (dict(k=4, upper=float("nan")), r"upper \(c1\) must be a finite number"),
     (dict(k=4, upper=0.65, dom=1.5), r"dom \(c2\) must be in \[0, 1\]"),
+    (dict(k=4, upper=1.5), r"upper \(c1\) must be <= 1, got upper=1.5"),
 ])
 def test_infeasible_bounds_raise_before_sampling(kwargs, match):
     k = kwargs.pop("k")
@@ -109,3 +111,22 @@ def test_own_min_floors_the_first_coefficient_and_checks_feasibility():
     assert torch.allclose(lam.sum(1), torch.ones(5000, dtype=torch.float64))
     with pytest.raises(ValueError, match="infeasible bound own_min=0.7"):
         sample_coefficients(10, 4, own_min=0.7)
+
+
+@pytest.mark.parametrize("n,dtype,exc,match", [
+    (3, torch.int64, TypeError, r"dtype must be a floating-point torch dtype.*torch.int64"),
+    (3, torch.bool, TypeError, r"dtype must be a floating-point"),
+    (3, "float32", TypeError, r"dtype must be a floating-point"),
+    (2.7, torch.float32, TypeError, r"n must be an integer, got float 2.7"),
+    (True, torch.float32, TypeError, r"n must be an integer, got bool"),
+    (-1, torch.float32, ValueError, r"n must be >= 0"),
+])
+def test_bad_n_and_dtype_are_refused_not_truncated(n, dtype, exc, match):
+    with pytest.raises(exc, match=match):
+        sample_coefficients(n, 4, seed=0, dtype=dtype)
+
+
+def test_upper_one_means_no_bound():
+    lam = sample_coefficients(2000, 2, upper=1.0, seed=0, dtype=torch.float64)
+    assert lam.max() > 0.9 and torch.allclose(lam.sum(1), torch.ones(2000, dtype=torch.float64))
+    assert sample_coefficients(np.int64(3), 2, seed=0).shape == (3, 2)

@@ -1,4 +1,4 @@
-"""encrypt / apply_key / keys against plain per-image loops written from SPEC section 1."""
+"""encrypt / apply_key / keys against plain per-image loops written from docs/scheme.md, "The scheme"."""
 import math
 
 import numpy as np
@@ -7,6 +7,7 @@ import torch
 
 import instahide
 from instahide.scheme import Key, LegacyGenerator, UncentredInputError, apply_key, encrypt
+from instahide.scheme.encrypt import CENTRED_MIN_NEGATIVE, check_centred
 
 
 def centred(n, c=3, h=8, w=8, seed=0):
@@ -14,7 +15,7 @@ def centred(n, c=3, h=8, w=8, seed=0):
 
 
 def plain_loop_encrypt(private, labels_onehot, key, public=None):
-    """SPEC section 1, one image at a time, from the key's draws (coefficients, slots, signs)."""
+    """docs/scheme.md ("The scheme"), one image at a time, from the key's draws (coefficients, slots, signs)."""
     n, k = key.coefficients.shape
     signs = key.signs()
     enc = torch.zeros((n, *private.shape[1:]), dtype=torch.float64)
@@ -195,7 +196,8 @@ def test_bad_scheme_arguments():
 
 
 def reference_mixup_data(x, y_onehot, x_help, k, upper, dom, mode, num_private):
-    """The reference code's mixup_data, from its published description (SPEC sections 1 and 3):
+    """The reference code's mixup_data, from its published description (docs/scheme.md, the
+    scheme and the defects of the reference code):
     global numpy/torch generators, per-row rejection loop, one permutation per slot, n-row public
     window, torch.randint mask."""
     n = x.shape[0]
@@ -300,3 +302,74 @@ def test_huge_but_finite_values_are_not_mistaken_for_nan():
     enc = encrypt(x, k=2, seed=0)
     assert torch.isfinite(enc.images).all()
     assert torch.allclose(enc.images.abs(), torch.full_like(x, 3e38), rtol=1e-5)
+
+
+def test_out_overlapping_the_input_is_refused_and_a_disjoint_view_is_exact():
+    x = centred(4000)
+    ref = encrypt(x.clone(), k=4, seed=0).images
+    for out_of in (lambda b: b, lambda b: b[1:]):  # out = images, out overlapping images by one row
+        buf = torch.cat([x.clone(), centred(1)])
+        with pytest.raises(ValueError, match="out overlaps images"):
+            encrypt(buf[:4000], k=4, seed=0, out=out_of(buf)[:4000])
+    pool = centred(50, seed=2)
+    with pytest.raises(ValueError, match="out overlaps public"):
+        encrypt(pool[:10], k=6, public=pool, out=pool[40:50])
+    buf = torch.cat([x, torch.empty_like(x)])  # one storage, disjoint halves: allowed and exact
+    assert torch.equal(encrypt(buf[:4000], k=4, seed=0, out=buf[4000:]).images, ref)
+
+
+def uniform(n, seed=1):
+    return torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(seed))
+
+
+def reference_mixed_negative_share(x, k, draws=4000, seed=3):
+    """Plain loop: the share of negative values in random k-image mixtures (|N(0,1)| coefficients)."""
+    g = torch.Generator().manual_seed(seed)
+    neg = 0.0
+    for _ in range(draws):
+        rows = torch.randint(len(x), (k,), generator=g)
+        lam = torch.randn(k, generator=g).abs()
+        neg += float(((lam / lam.sum()).view(k, 1, 1, 1) * x[rows]).sum(0).lt(0).float().mean())
+    return neg / draws
+
+
+def test_centring_a_set_whose_last_quarter_is_in_0_1_is_judged_on_all_rows():
+    # 1023 rows: the old check (every 3rd row, first 256 of those) never looked at rows >= 766.
+    x = torch.cat([centred(767), uniform(256)])
+    share = check_centred(x, 4)  # accepted: the mask still hides the sign of ~38% of mixed values
+    assert abs(share - reference_mixed_negative_share(x, 4)) < 0.04
+    assert share < check_centred(centred(1023), 4) - 0.06  # the [0, 1] quarter is seen
+    encrypt(x, k=4)
+
+
+def test_centring_refuses_0_1_images_with_a_few_slightly_negative_values():
+    x = uniform(1000)
+    x[torch.rand(x.shape, generator=torch.Generator().manual_seed(2)) < 0.02] = -0.01  # 2% negative
+    assert reference_mixed_negative_share(x, 4, draws=500) < 0.01  # the mask hides ~no sign
+    with pytest.raises(UncentredInputError, match=r"only 0\.\d\d% of mixed values are negative"):
+        encrypt(x, k=4)
+
+
+def test_centring_accepts_a_half_centred_set():
+    x = torch.cat([uniform(255), centred(255)])  # 25% negative values; the first 256 rows uncentred
+    assert float((x < 0).float().mean()) > 0.2
+    assert check_centred(x, 4) > 2 * CENTRED_MIN_NEGATIVE
+    encrypt(x, k=4)
+
+
+def test_centring_accepts_normalised_cifar10(cifar10_root):
+    from instahide.data import load_cifar10
+
+    x, _ = load_cifar10(cifar10_root, "test").subset(slice(0, 1000)).to_tensor()
+    for k in (1, 4, 6):
+        assert check_centred(x, k) > 0.4  # about half of the mixed values are negative
+    encrypt(x, k=6, public=x.flip(0), num_private=2)
+
+
+def test_a_npy_or_junk_key_file_gives_one_line_naming_it(tmp_path):
+    np.save(tmp_path / "key.npy", np.zeros(3))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip archive")
+    for name in ("key.npy", "junk.npz"):
+        with pytest.raises(ValueError, match=f"cannot read key file .*{name}: it is not an .npz archive") as err:
+            Key.load(tmp_path / name)
+        assert "\n" not in str(err.value)

@@ -74,3 +74,32 @@ def test_legacy_loader_replays_legacy_encrypt():
     xe, ye = next(iter(loader))
     ref = instahide.encrypt(x, y, k=4, legacy=True, seed=11, num_classes=10)
     assert torch.equal(xe, ref.images) and torch.equal(ye, ref.soft_labels)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(k=0), ValueError, r"k must be >= 1"),
+    (dict(k=2.5), TypeError, r"k must be an integer"),
+    (dict(k=4, upper=0.2), ValueError, r"infeasible bound upper=0.2"),
+    (dict(k=4, upper=1.5), ValueError, r"upper \(c1\) must be <= 1"),
+    (dict(k=4, num_private=2), ValueError, r"needs a public pool"),
+    (dict(k=2, public=torch.randn(5, 3, 4, 4)), ValueError, r"leaves no public slot"),
+    (dict(k=6, public=torch.randn(5, 3, 4, 4), dom=1.5), ValueError, r"dom \(c2\) must be in"),
+    (dict(k=4, num_classes=0), ValueError, r"num_classes must be a positive integer"),
+])
+def test_module_and_loader_check_options_when_built(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        InstaHide(**kwargs)
+    with pytest.raises(exc, match=match):
+        InstaHideLoader(torch.randn(10, 3, 4, 4), torch.arange(10) % 2, **kwargs)
+
+
+def test_module_label_width_is_fixed():
+    with pytest.raises(ValueError, match="InstaHide needs num_classes=... to encrypt class-index labels"):
+        InstaHide(k=2)(torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 0, 1]))
+    hide = InstaHide(k=2)
+    _, soft = hide(torch.randn(4, 3, 4, 4), torch.eye(3)[[0, 1, 2, 0]])  # (B, C) labels fix C = 3
+    assert soft.shape == (4, 3)
+    with pytest.raises(ValueError, match="labels have 5 columns but num_classes=3"):
+        hide(torch.randn(4, 3, 4, 4), torch.eye(5)[:4])
+    xe, none = InstaHide(k=2)(torch.randn(4, 3, 4, 4))  # no labels: no num_classes needed
+    assert xe.shape == (4, 3, 4, 4) and none is None

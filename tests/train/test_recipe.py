@@ -15,12 +15,12 @@ FAST = dict(dataset="digits", batch_size=64, lr=0.05, progress=False)
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_train_data(TrainConfig(**FAST), "cpu")
+    return load_train_data(TrainConfig.make(**FAST), "cpu")
 
 
 @pytest.mark.parametrize("mode,extra", [("vanilla", {}), ("instahide", {}), ("mixup", {})])
 def test_short_run_learns_well_above_chance(tmp_path, digits, mode, extra):
-    cfg = TrainConfig(**FAST, mode=mode, epochs=8, research_seed=0, out=str(tmp_path / mode), **extra)
+    cfg = TrainConfig.make(**FAST, mode=mode, epochs=8, research_seed=0, out=str(tmp_path / mode), **extra)
     final = train(cfg, data=digits)
     assert final["final_test_acc"] > 0.5  # 10 classes: chance is 0.1
     assert len(final["history"]) == 8 and final["config"]["mode"] == mode
@@ -32,19 +32,19 @@ def test_short_run_learns_well_above_chance(tmp_path, digits, mode, extra):
 
 def test_cross_dataset_run_learns(tmp_path):
     # learns more slowly: the private images are ~43% of each mixture (mean lambda_1 + lambda_2)
-    cfg = TrainConfig(**FAST, k=6, public="builtin", public_size=500, epochs=20, research_seed=0, out=str(tmp_path))
+    cfg = TrainConfig.make(**FAST, k=6, public="builtin", public_size=500, epochs=20, research_seed=0, out=str(tmp_path))
     assert train(cfg)["final_test_acc"] > 0.25
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, digits):
-    full = TrainConfig(**FAST, epochs=4, research_seed=3, out=str(tmp_path / "full"))
+    full = TrainConfig.make(**FAST, epochs=4, research_seed=3, out=str(tmp_path / "full"))
     train(full, data=digits)
 
     def interrupt(epoch, metrics):
         if epoch == 2:
             raise KeyboardInterrupt
 
-    cut = TrainConfig(**FAST, epochs=4, research_seed=3, out=str(tmp_path / "cut"))
+    cut = TrainConfig.make(**FAST, epochs=4, research_seed=3, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         train(cut, data=digits, on_epoch_end=interrupt)
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["epoch"] == 2
@@ -58,7 +58,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, digits):
 
 
 def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, digits, monkeypatch):
-    cfg = TrainConfig(**FAST, epochs=3, research_seed=0, out=str(tmp_path))
+    cfg = TrainConfig.make(**FAST, epochs=3, research_seed=0, out=str(tmp_path))
     real_save, calls = torch.save, []
 
     def flaky_save(obj, fh, *a, **kw):
@@ -77,11 +77,11 @@ def test_a_failed_checkpoint_write_leaves_the_previous_one_intact(tmp_path, digi
 
 
 def test_resume_refuses_a_different_configuration_and_overwrite(tmp_path, digits):
-    cfg = TrainConfig(**FAST, epochs=1, research_seed=0, out=str(tmp_path))
+    cfg = TrainConfig.make(**FAST, epochs=1, research_seed=0, out=str(tmp_path))
     train(cfg, data=digits)
     with pytest.raises(FileExistsError, match="pass resume=True"):
         train(cfg, data=digits)
-    other = TrainConfig(**FAST, epochs=1, k=2, research_seed=0, out=str(tmp_path))
+    other = TrainConfig.make(**FAST, epochs=1, k=2, research_seed=0, out=str(tmp_path))
     with pytest.raises(ValueError, match="configuration differs"):
         train(other, resume=True, data=digits)
 
@@ -96,7 +96,7 @@ def test_checkpoint_loader_refuses_foreign_files(tmp_path):
 
 
 def test_inference_with_instahide_averages_T_encryptions(tmp_path, digits):
-    train(TrainConfig(**FAST, epochs=6, research_seed=0, out=str(tmp_path)), data=digits)
+    train(TrainConfig.make(**FAST, epochs=6, research_seed=0, out=str(tmp_path)), data=digits)
     model, cfg, _ = load_model(tmp_path / "checkpoint.pt")
     from instahide import KeyGenerator
 
@@ -125,13 +125,13 @@ def test_inference_with_instahide_averages_T_encryptions(tmp_path, digits):
 ])
 def test_bad_configuration_fails_at_once(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
-        train(TrainConfig(**{**FAST, **kw}, out=str(tmp_path)))
+        train(TrainConfig.make(**{**FAST, **kw}, out=str(tmp_path)))
     assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_k_larger_than_the_dataset_fails_before_training(tmp_path):
     with pytest.raises(ValueError, match="k=4 needs at least 4 private images"):
-        train(TrainConfig(**FAST, subset=3, out=str(tmp_path)))
+        train(TrainConfig.make(**FAST, subset=3, out=str(tmp_path)))
 
 
 def test_train_and_evaluate_commands(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""Demixing attack on Mixup without the mask (SPEC 5.A): why the mask matters.
+"""Demixing attack on Mixup without the mask (docs/attacks.md, demixing): why the mask matters.
 
 Without the mask an encryption is linear in the images it mixes. The attack uses only the
 encryptions and the leaked labels (no keys, no row order, no ground truth):
@@ -6,14 +6,12 @@ encryptions and the leaked labels (no keys, no row order, no ground truth):
 (a) **Cluster.** Labels leak each row's private coefficients and classes: in cross-dataset mode a
     row's label holds ``lambda_1`` at class(p1) and ``lambda_2`` at class(p2). Rows where one class
     carries most of the private mass (``dominance = max entry / sum >= 0.75`` by default) are
-    *anchors*: mostly one private image plus noise. Encryptions that share a private image are
-    correlated in raw pixel space; natural images also share their low frequencies, so the
-    similarity is the correlation of the HIGH-PASSED encryptions (each row minus the mean row, minus
-    its Gaussian blur), on which rows sharing their dominant image correlate about 0.6 and other
-    pairs below 0.25 (99th percentile; CIFAR-10, cross k=6). Anchors are grouped by average-linkage
-    agglomerative clustering on ``1 - correlation``, never merging anchors whose dominant classes
-    differ; clusters of at least ``min_cluster`` anchors become the private images (the ``n_private``
-    largest when ``n_private`` is given).
+    *anchors*: mostly one private image plus noise. Their similarity is the correlation of the
+    HIGH-PASSED encryptions (each row minus the mean row, minus its Gaussian blur: natural images
+    share low frequencies), about 0.6 for rows sharing their dominant image, below 0.25 for others
+    (99th percentile; CIFAR-10, cross k=6). Average-linkage clustering on ``1 - correlation``, never
+    across dominant classes, gives the private images (clusters of ``min_cluster`` anchors or more,
+    or the ``n_private`` largest).
 (b) **Coefficients and assignment.** Each row's coefficients come from its label; which recovered
     image holds each of them is found by least squares against the current images: in cross-dataset
     mode (``num_private=2``) an exact search over the pairs of images whose classes match the label
@@ -27,32 +25,15 @@ encryptions and the leaked labels (no keys, no row order, no ground truth):
 With the mask on, the raw encryptions carry random signs, their correlations vanish, and the same
 attack recovers nothing (the tests assert both).
 
-Measured (CIFAR-10 test images, public pool of built-in patches, keys from
-``KeyGenerator.from_seed(0)``, default parameters, ``n_private`` given; Max_SSIM as the challenge:
-per row the max of SSIM against its slot-1 and slot-2 images, data range 2 on pm1 pixels and 1 on
-unit pixels, ``channel_axis=-1``):
-
-================================================  ======  ======  =====================
-setting (cross-dataset k=6 unless stated)          purity  assign  Max_SSIM (oracle LS)
-================================================  ======  ======  =====================
-Mixup, unit, n=20 x T=50, pool 4,000               1.00    0.98    0.970 (0.968)
-Mixup, unit, n=20 x T=50, pool 100                  -       -      0.977 (0.977)
-Mixup, pm1,  n=20 x T=50, pool 4,000               1.00    0.98    0.842 (0.840)
-Mixup, pm1,  n=20 x T=50, pool 100                  -       -      0.890 (0.889)
-Mixup, pm1,  n=50 x T=20, pool 4,000               1.00    0.97    0.779
-Mixup, pm1,  inside k=4, n=20 x T=50               0.81    0.64    0.50 (0.97 *)
-Mixup, pm1,  inside k=4, n=50 x T=20               0.88    0.88    0.50 (0.98 *)
-InstaHide (mask on), pm1, n=20 x T=50               -      0.01    0.008
-================================================  ======  ======  =====================
-
-"purity": share of anchor rows whose true dominant image is their cluster's majority image;
-"assign": share of rows whose set of assigned images is exactly their true private set; the
-coefficient error is below 1e-3 in the cross-dataset rows. The attack matches the oracle's least
-squares (true assignment, in brackets), whose ceiling on centred pixels comes from the public
-residual (SSIM's luminance term is harsher on pixels centred near 0 than on [0, 1]). (*) Inside
-dataset, a label sums all k slots, so nothing tells slot 1 or 2 from slots 3-4: the decryption
-(the largest-coefficient image) is in slot 1 or 2 half the time; the bracket is the max over all
-the row's private images.
+Measured (CIFAR-10 test images, built-in patch pool, keys from ``KeyGenerator.from_seed(0)``, default
+parameters, ``n_private`` given; the challenge's Max_SSIM, data range 2 on pm1 and 1 on unit pixels;
+the oracle's least squares on the true assignment in brackets), cross-dataset k=6, n=20 x T=50:
+Mixup unit 0.970 (0.968) with a pool of 4,000 and 0.977 (0.977) with 100; Mixup pm1 0.842 (0.840)
+and 0.890 (0.889); n=50 x T=20, pool 4,000: 0.779; the mask on (pm1): 0.008. Clusters are pure
+(1.00) and 97-98% of rows get exactly their private set, coefficient error below 1e-3; on centred
+pixels the public residual caps both. Inside-dataset k=4 (Mixup pm1, n=20 x T=50 / n=50 x T=20):
+purity 0.81 / 0.88, Max_SSIM 0.50 (0.97 / 0.98 as the max over all the row's private images): a
+label sums all k slots, so nothing tells slot 1 or 2 from slots 3-4.
 """
 from __future__ import annotations
 
@@ -62,9 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .oracle import check_encryption, check_label
+from .inputs import check_count, check_encryption, check_label
 
-__all__ = ["DemixResult", "demix", "highpass", "find_anchors", "cluster_anchors"]
+__all__ = ["DemixResult", "demix", "highpass", "gaussian_kernel", "find_anchors", "cluster_anchors"]
 
 _EPS = 1e-9
 
@@ -74,15 +55,15 @@ class DemixResult:
     """What :func:`demix` returns.
 
     Attributes:
-        recovered: ``(m, H, W, C)`` float32, one image per cluster found (``m`` = ``n_private`` when
+        recovered: ``(m, C, H, W)`` float32, one image per cluster found (``m`` = ``n_private`` when
             enough clusters were found).
-        decryption: ``(N, H, W, C)`` float32, per row the assigned image with the largest coefficient.
+        decryption: ``(N, C, H, W)`` float32, per row the assigned image with the largest coefficient.
         assignment: ``(N, s)`` int, the recovered image in each of the row's ``s`` private slots
             (``s = num_private``), ordered by decreasing coefficient; -1 for unused slots.
         coefficients: ``(N, s)`` float, the coefficient of each assigned image.
         clusters: per recovered image, the anchor rows of its cluster.
         cluster_class: ``(m,)`` int, each recovered image's class (from the labels).
-        anchors: rows used as anchors; ``public_mean``: ``(H, W, C)`` (None without public slots).
+        anchors: rows used as anchors; ``public_mean``: ``(C, H, W)`` (None without public slots).
     """
 
     recovered: np.ndarray
@@ -96,19 +77,28 @@ class DemixResult:
     info: dict = field(default_factory=dict)
 
 
-def highpass(x: np.ndarray, sigma: float = 2.0) -> np.ndarray:
-    """``x - GaussianBlur(x, sigma)`` per image and channel, for ``x`` of shape ``(N, H, W, C)``."""
+def gaussian_kernel(sigma: float, dtype=torch.float32) -> torch.Tensor:
+    """Normalised 1-D Gaussian of std ``sigma``, radius ``max(1, round(3 sigma))``."""
+    r = max(1, int(round(3 * sigma)))
+    g = torch.exp(-torch.arange(-r, r + 1, dtype=dtype) ** 2 / (2 * sigma ** 2))
+    return g / g.sum()
+
+
+def highpass(x, sigma: float = 2.0, kernel: torch.Tensor | None = None):
+    """``x - GaussianBlur(x)`` per image and channel (separable, replicate padding) for ``x (N, C, H, W)``,
+    a tensor (returned as one) or an array (computed and returned in float64); ``kernel``, when given,
+    replaces :func:`gaussian_kernel` of ``sigma``."""
     if sigma <= 0:
         return x
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64)).permute(0, 3, 1, 2)
+    t = x if isinstance(x, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+    g = gaussian_kernel(sigma, t.dtype) if kernel is None else kernel.to(t.dtype)
     n, c, h, w = t.shape
-    r = max(1, int(round(3 * sigma)))
-    g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float64) ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
+    r = (len(g) - 1) // 2
     flat = t.reshape(n * c, 1, h, w)
     blur = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), g.view(1, 1, 1, -1))
     blur = F.conv2d(F.pad(blur, (0, 0, r, r), mode="replicate"), g.view(1, 1, -1, 1))
-    return (t - blur.reshape(n, c, h, w)).permute(0, 2, 3, 1).numpy()
+    out = t - blur.reshape(n, c, h, w)
+    return out if isinstance(x, torch.Tensor) else out.numpy()
 
 
 def find_anchors(label: np.ndarray, dominance: float) -> tuple[np.ndarray, np.ndarray]:
@@ -254,7 +244,7 @@ def demix(
     """Recover private images from UNMASKED mixtures (Mixup) and their leaked labels.
 
     Args:
-        encryption: ``(N, H, W, C)`` encryptions, channels-last (any pixel scaling).
+        encryption: ``(N, C, H, W)`` encryptions (any pixel scaling).
         label: ``(N, classes)`` leaked soft labels (private coefficients at their classes).
         n_private: number of private images if known: the ``n_private`` largest clusters are kept,
             even ones smaller than ``min_cluster`` when there are not enough larger ones (counted
@@ -275,13 +265,10 @@ def demix(
     """
     enc = check_encryption(encryption, "encryption", min_rows=2)
     lab = check_label(label, enc.shape[0])
-    n_rows, h, w, c = enc.shape
-    if num_private < 1:
-        raise ValueError(f"num_private must be >= 1, got {num_private}")
-    if n_private is not None and (not isinstance(n_private, (int, np.integer)) or n_private < 1):
-        raise ValueError(f"n_private must be a positive integer or None, got {n_private!r}")
-    if iterations < 0:
-        raise ValueError(f"iterations must be >= 0, got {iterations}")
+    n_rows, shape = enc.shape[0], enc.shape[1:]
+    num_private = check_count(num_private, "num_private")
+    n_private = None if n_private is None else check_count(n_private, "n_private")
+    iterations = check_count(iterations, "iterations", minimum=0)
     if (lab.sum(1) <= _EPS).any():
         raise ValueError("some label rows are all zero: the attack needs the leaked coefficients")
     if dominance is None:
@@ -297,7 +284,7 @@ def demix(
     if len(anchors) < min_cluster:
         raise ValueError(f"too few anchor rows ({len(anchors)}) with dominance >= {dominance}: "
                          "lower dominance, or give more encryptions")
-    feats = highpass((y - y.mean(0)).reshape(n_rows, h, w, c), highpass_sigma).reshape(n_rows, -1)
+    feats = highpass((y - y.mean(0)).reshape(enc.shape), highpass_sigma).reshape(n_rows, -1)
     groups = cluster_anchors(feats[anchors], anchor_class, threshold=threshold,
                              min_cluster=min_cluster if n_private is None else 1, max_clusters=n_private)
     small = sum(len(g) < min_cluster for g in groups)  # only when n_private asks for more clusters
@@ -317,7 +304,7 @@ def demix(
     # (b)-(c) alternate assignment (on high-passed images, where rows are told apart; the model
     # is linear, so it holds there too) and least squares (on the raw pixels)
     def hp(v):
-        return highpass(v.reshape(-1, h, w, c), highpass_sigma).reshape(len(v), -1)
+        return highpass(v.reshape(-1, *shape), highpass_sigma).reshape(len(v), -1)
 
     y_hp = hp(y)
     mass = public_mass if public else np.zeros(n_rows)
@@ -332,13 +319,13 @@ def demix(
         protos, mu = _solve_images(y, assign, coef, public_mass, m)
         if mu is None:
             mu = np.zeros(y.shape[1])
-    recovered = protos.reshape(m, h, w, c).astype(np.float32)
+    recovered = protos.reshape(m, *shape).astype(np.float32)
     best = assign[:, 0]
     decryption = np.where((best >= 0)[:, None, None, None], recovered[np.maximum(best, 0)], 0.0).astype(np.float32)
     return DemixResult(
         recovered=recovered, decryption=decryption, assignment=assign, coefficients=coef, clusters=clusters,
         cluster_class=proto_class, anchors=anchors,
-        public_mean=None if not public else mu.reshape(h, w, c).astype(np.float32),
+        public_mean=None if not public else mu.reshape(shape).astype(np.float32),
         info={"dominance": dominance, "threshold": threshold, "unassigned_rows": int((best < 0).sum()),
               "clusters_below_min_size": small},
     )

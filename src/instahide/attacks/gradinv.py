@@ -1,4 +1,4 @@
-"""Gradient inversion (SPEC 5.D): recover a training batch from the gradient one client shares.
+"""Gradient inversion (docs/attacks.md, gradient inversion): recover a training batch from the gradient one client shares.
 
 In federated SGD a client sends the gradient of one training step; in FedAvg with one local step
 of plain SGD it sends the updated weights, from which the gradient follows as
@@ -14,20 +14,14 @@ family (Geiping et al., NeurIPS 2020):
   7/8 of the steps; optional box constraint (``bounds``) after every step;
 * several restarts from independent random starts; the one with the lowest final objective wins.
 
-Labels: ``labels`` given (hard labels or the soft labels InstaHide mixes) are used as they are.
-``labels=None`` recovers them: for batch size 1, from the sign of the last layer's bias gradient
-(``dL/db = p * sum(t) - t`` for softmax cross-entropy, whose only negative entry is the label of a
-hard one-hot target: exact) or, when the head has no bias, from the row sums of its weight gradient
-(exact when the features entering the head are non-negative, e.g. after a ReLU). When the bias
-gradient has more than one negative entry the label cannot be one-hot (a Mixup/InstaHide soft
-label); then (``label_source="bias-implied"``, also forced with ``labels="bias-implied"``) the label
-is tied to the dummy input: ``t(x') = s * softmax(model(x')) - dL/db``, exact at the true input, with
-``s`` (the label's sum; 1 inside-dataset, ``lambda_1 + lambda_2`` cross-dataset) optimised in
-``[0.05, 1]``. A soft label whose bias gradient has a single negative entry is read as one-hot
-(wrongly): pass ``labels="bias-implied"`` when the client trains on soft labels. For batch size
-> 1 (or ``labels="joint"``) the labels are optimised jointly with the images as ``softmax(logits)``,
-each row summing to 1 (cross-dataset InstaHide labels sum to less than 1; such rows are only
-approximated).
+Labels, when not given: for batch size 1, the last layer's bias gradient ``dL/db = p * sum(t) - t``
+(softmax cross-entropy) has one negative entry, the label, for a hard target (exact; without a bias,
+the row sums of the weight gradient, exact after a ReLU); more than one negative entry means a soft
+label (Mixup/InstaHide), then tied to the dummy input as ``t(x') = s * softmax(model(x')) - dL/db``
+(exact at the true input; ``s``, the label's sum, optimised in ``[0.05, 1]``; force it with
+``labels="bias-implied"``: a soft label with one negative entry is otherwise read as one-hot). For
+batch size > 1 (or ``labels="joint"``) they are optimised jointly as ``softmax(logits)``, rows summing
+to 1 (cross-dataset labels sum to less: only approximated).
 
 The loss is :func:`instahide.train.loss.soft_cross_entropy`, mean over the batch, as in the
 project's training loop. BatchNorm: the attack runs the model in whatever mode it is in, so pass it
@@ -41,7 +35,8 @@ variation prior assumes a natural image, which an encryption is not (its signs a
 
 Example::
 
-    from instahide.attacks.gradinv import observed_gradient, invert_gradients, match_batches
+    from instahide.attacks.gradinv import observed_gradient, invert_gradients
+    from instahide.metrics import match_batches
     grads = observed_gradient(model, x, y_soft)                        # what the client shares
     res = invert_gradients(model, grads, batch_size=1, input_shape=x.shape[1:], steps=2000)
     m = match_batches(res.images, x, data_range=2.0)                   # SSIM, best permutation
@@ -59,11 +54,11 @@ import torch
 from torch import nn
 
 from ..train.loss import soft_cross_entropy
+from .inputs import check_batch, check_gradients, check_labels_tensor
 
 __all__ = [
-    "GradientInversionResult", "MatchResult", "observed_gradient", "gradient_from_update",
-    "gradient_distance", "invert_gradients", "recover_label_from_gradient", "match_batches",
-    "total_variation", "DISTANCES", "PRIORS",
+    "GradientInversionResult", "observed_gradient", "gradient_from_update", "gradient_distance",
+    "invert_gradients", "recover_label_from_gradient", "total_variation", "DISTANCES", "PRIORS",
 ]
 
 DISTANCES = ("cosine", "cosine-global", "l2")
@@ -77,20 +72,6 @@ def _trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
     if not params:
         raise ValueError("model has no trainable parameters: there is no gradient to observe")
     return params
-
-
-def _check_batch(model: nn.Module, inputs: torch.Tensor, soft_labels: torch.Tensor) -> None:
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 4:
-        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-        raise ValueError(f"Invalid inputs shape, expected (B, C, H, W). Got: {shape}")
-    if not isinstance(soft_labels, torch.Tensor) or soft_labels.dim() != 2 or soft_labels.shape[0] != inputs.shape[0]:
-        shape = tuple(soft_labels.shape) if isinstance(soft_labels, torch.Tensor) else type(soft_labels).__name__
-        raise ValueError(f"Invalid soft_labels shape, expected (B, classes) with B={inputs.shape[0]}. Got: {shape}")
-    for name, t in (("inputs", inputs), ("soft_labels", soft_labels)):
-        if not t.is_floating_point():
-            raise TypeError(f"{name} must be floating point, got {t.dtype}")
-        if not bool(torch.isfinite(t).all()):
-            raise ValueError(f"{name} contains NaN or Inf")
 
 
 def observed_gradient(model: nn.Module, inputs: torch.Tensor, soft_labels: torch.Tensor) -> list[torch.Tensor]:
@@ -109,15 +90,20 @@ def observed_gradient(model: nn.Module, inputs: torch.Tensor, soft_labels: torch
     Returns:
         list of detached tensors, one per trainable parameter, same shapes.
     """
-    _check_batch(model, inputs, soft_labels)
+    check_batch(inputs, soft_labels)
     names, params = zip(*_trainable(model))
     saved = _save_buffers(model)
     try:
         loss = soft_cross_entropy(model(inputs), soft_labels)
-        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        return [g.detach() for g in _param_grads(loss, params)]
     finally:
         _restore_buffers(model, saved)
-    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)]
+
+
+def _param_grads(loss: torch.Tensor, params, create_graph: bool = False) -> list[torch.Tensor]:
+    """``d loss / d p`` for every parameter (zeros for those the loss does not use)."""
+    grads = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
+    return [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
 
 
 def gradient_from_update(before_state, after_state, lr: float, *, model: nn.Module | None = None,
@@ -170,17 +156,16 @@ def gradient_from_update(before_state, after_state, lr: float, *, model: nn.Modu
 
 
 def _as_state(state, keys, name: str) -> dict[str, torch.Tensor]:
-    if isinstance(state, Mapping):
-        return {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).detach().cpu()
-                for k, v in state.items()}
     if isinstance(state, Sequence) and not isinstance(state, (str, bytes)):
         if keys is None:
             raise ValueError(f"{name} is a list of arrays: pass model=... to say which entry is which")
         if len(state) != len(keys):
             raise ValueError(f"{name} has {len(state)} arrays but model.state_dict() has {len(keys)} entries")
-        return {k: torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v).detach().cpu()
-                for k, v in zip(keys, state)}
-    raise TypeError(f"{name} must be a state dict or a list of arrays, got {type(state).__name__}")
+        state = dict(zip(keys, state))
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{name} must be a state dict or a list of arrays, got {type(state).__name__}")
+    return {k: torch.as_tensor(v if isinstance(v, torch.Tensor) else np.asarray(v)).detach().cpu()
+            for k, v in state.items()}
 
 
 def _save_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -252,36 +237,10 @@ def recover_label_from_gradient(model: nn.Module, gradients: Sequence[torch.Tens
     class dominates the gradient, and is not guaranteed.
     """
     params = _trainable(model)
-    grads = _check_gradients(params, gradients)
+    grads = check_gradients(params, gradients)
     w, b = _head_index(params, None)
     signal = grads[b] if b is not None else grads[w].sum(dim=1)
     return int(torch.argmin(signal))
-
-
-def _check_gradients(params: list[tuple[str, torch.Tensor]], gradients) -> list[torch.Tensor]:
-    if isinstance(gradients, Mapping):
-        missing = [n for n, _ in params if n not in gradients]
-        if missing:
-            raise ValueError(f"gradients lack the parameters {missing[:5]}")
-        gradients = [gradients[n] for n, _ in params]
-    if isinstance(gradients, torch.Tensor) or not isinstance(gradients, Sequence):
-        raise TypeError(f"gradients must be a list of tensors (one per trainable parameter), got {type(gradients).__name__}")
-    if len(gradients) != len(params):
-        raise ValueError(f"got {len(gradients)} gradient tensors but the model has {len(params)} trainable "
-                         "parameters (pass them in model.named_parameters() order)")
-    out = []
-    for (name, p), g in zip(params, gradients):
-        g = torch.as_tensor(g)
-        if tuple(g.shape) != tuple(p.shape):
-            raise ValueError(f"gradient for {name!r} has shape {tuple(g.shape)}, the parameter has {tuple(p.shape)}")
-        if not g.is_floating_point():
-            raise TypeError(f"gradient for {name!r} must be floating point, got {g.dtype}")
-        if not bool(torch.isfinite(g).all()):
-            raise ValueError(f"gradient for {name!r} contains NaN or Inf")
-        out.append(g.detach().to(device=p.device, dtype=p.dtype))
-    if all(float(g.abs().max()) == 0.0 for g in out):
-        raise ValueError("the observed gradient is zero everywhere: there is nothing to invert")
-    return out
 
 
 # -- the inversion ---------------------------------------------------------------------------------
@@ -358,7 +317,7 @@ def invert_gradients(
         :class:`GradientInversionResult` with ``images (B, C, H, W)`` and ``labels (B, classes)``.
     """
     params = _trainable(model)
-    target = _check_gradients(params, gradients)
+    target = check_gradients(params, gradients)
     for name, v in (("batch_size", batch_size), ("steps", steps), ("restarts", restarts)):
         if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 1:
             raise ValueError(f"{name} must be a positive integer, got {v!r}")
@@ -391,7 +350,7 @@ def invert_gradients(
                 raise ValueError("labels='bias-implied' needs batch_size=1 and a last layer with a bias")
             label_source = "bias-implied"
     elif labels is not None:
-        fixed_labels = _labels_tensor(labels, batch_size, classes).to(device=device, dtype=dtype)
+        fixed_labels = check_labels_tensor(labels, batch_size, classes).to(device=device, dtype=dtype)
         label_source = "given"
     elif batch_size == 1:
         # A hard label gives p - y: exactly one negative entry (softmax p > 0 elsewhere). More than
@@ -443,9 +402,7 @@ def invert_gradients(
                 opt.zero_grad(set_to_none=True)
                 y = current_labels(x)
                 loss = soft_cross_entropy(model(x), y)
-                trial = torch.autograd.grad(loss, plist, create_graph=True, allow_unused=True)
-                trial = [torch.zeros_like(p) if g is None else g for p, g in zip(plist, trial)]
-                dist = gradient_distance(trial, target, distance)
+                dist = gradient_distance(_param_grads(loss, plist, create_graph=True), target, distance)
                 obj = dist
                 if tv_weight:
                     obj = obj + tv_weight * total_variation(x.abs() if prior == "tv-abs" else x)
@@ -481,124 +438,4 @@ def invert_gradients(
 def _final_distance(model, plist, x, y, target, distance) -> float:
     x = x.clone().requires_grad_(False)
     loss = soft_cross_entropy(model(x), y)
-    trial = torch.autograd.grad(loss, plist, allow_unused=True)
-    trial = [torch.zeros_like(p) if g is None else g for p, g in zip(plist, trial)]
-    return float(gradient_distance(trial, target, distance))
-
-
-def _labels_tensor(labels, batch_size: int, classes: int) -> torch.Tensor:
-    t = torch.as_tensor(labels)
-    if t.dim() == 1:
-        if t.is_floating_point():
-            raise TypeError("1-D labels must be integer class indices; soft labels are (B, classes)")
-        if t.shape[0] != batch_size:
-            raise ValueError(f"labels has {t.shape[0]} entries but batch_size={batch_size}")
-        if int(t.min()) < 0 or int(t.max()) >= classes:
-            raise ValueError(f"labels must be class indices in [0, {classes}), got {t.tolist()[:5]}")
-        return torch.nn.functional.one_hot(t.long(), classes).float()
-    if t.dim() != 2 or t.shape != (batch_size, classes):
-        raise ValueError(f"Invalid labels shape, expected ({batch_size},) or ({batch_size}, {classes}). Got: {tuple(t.shape)}")
-    if not t.is_floating_point():
-        t = t.float()
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError("labels contain NaN or Inf")
-    return t
-
-
-# -- scoring ---------------------------------------------------------------------------------------
-@dataclass
-class MatchResult:
-    """What :func:`match_batches` returns.
-
-    Attributes:
-        order: ``(B,)`` ``order[i]`` = index of the true image matched to recovered image ``i``.
-        ssim: ``(B,)`` SSIM of every matched pair.
-        mean_ssim: mean of ``ssim``.
-        mse: ``(B,)`` mean squared error of every matched pair.
-        method: ``"hungarian"`` (scipy) or ``"greedy"`` (scipy missing).
-    """
-
-    order: np.ndarray
-    ssim: np.ndarray
-    mean_ssim: float
-    mse: np.ndarray
-    method: str
-
-
-def match_batches(recovered, truth, *, data_range: float, win_size: int | None = None,
-                  method: str = "auto") -> MatchResult:
-    """Pair recovered images with true ones (a batch comes back in any order) to maximise SSIM.
-
-    The SSIM of every (recovered, true) pair is computed with :func:`instahide.metrics.ssim` (equal
-    to scikit-image's ``structural_similarity`` with ``channel_axis=-1``); the best one-to-one
-    assignment is found with the Hungarian algorithm (``scipy.optimize.linear_sum_assignment``) or,
-    without scipy (or ``method="greedy"``), greedily (best remaining pair first).
-
-    Args:
-        recovered, truth: ``(B, C, H, W)`` channels-first, same shape (tensors or arrays).
-        data_range: pixel range for SSIM (2.0 for ``[-1, 1]``, 1.0 for ``[0, 1]``).
-        win_size: SSIM window (default 7, or the largest odd size that fits images under 7 pixels).
-        method: ``"auto"``, ``"hungarian"`` or ``"greedy"``.
-    """
-    from ..metrics import ssim
-
-    rec = _nchw(recovered, "recovered")
-    tru = _nchw(truth, "truth")
-    if rec.shape != tru.shape:
-        raise ValueError(f"recovered {tuple(rec.shape)} and truth {tuple(tru.shape)} differ in shape")
-    if method not in ("auto", "hungarian", "greedy"):
-        raise ValueError(f"unknown method {method!r}")
-    b = rec.shape[0]
-    if win_size is None:
-        side = min(rec.shape[-2:])
-        win_size = 7 if side >= 7 else (side if side % 2 else side - 1)
-        if win_size < 3:
-            raise ValueError(f"images of {tuple(rec.shape[-2:])} pixels are too small for SSIM")
-    a = rec.permute(0, 2, 3, 1)
-    t = tru.permute(0, 2, 3, 1)
-    ai = a.repeat_interleave(b, dim=0)
-    ti = t.repeat(b, 1, 1, 1)
-    sim = ssim(ai, ti, data_range=data_range, win_size=win_size, reduction="none").reshape(b, b).double().numpy()
-    used = "greedy"
-    order = None
-    if method in ("auto", "hungarian"):
-        try:
-            from scipy.optimize import linear_sum_assignment
-        except ImportError:
-            if method == "hungarian":
-                raise
-        else:
-            rows, cols = linear_sum_assignment(-sim)
-            order = cols[np.argsort(rows)]
-            used = "hungarian"
-    if order is None:
-        order = _greedy(sim)
-    scores = sim[np.arange(b), order]
-    mse = ((rec - tru[torch.as_tensor(order)]) ** 2).flatten(1).mean(1).double().numpy()
-    return MatchResult(order, scores, float(scores.mean()), mse, used)
-
-
-def _greedy(sim: np.ndarray) -> np.ndarray:
-    b = sim.shape[0]
-    order = np.full(b, -1)
-    s = sim.copy()
-    for _ in range(b):
-        i, j = np.unravel_index(np.argmax(s), s.shape)
-        order[i] = j
-        s[i, :] = -np.inf
-        s[:, j] = -np.inf
-    return order
-
-
-def _nchw(x, name: str) -> torch.Tensor:
-    if isinstance(x, np.ndarray):
-        x = torch.from_numpy(x)
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor or array (B, C, H, W), got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"Invalid {name} shape, expected (B, C, H, W). Got: {tuple(x.shape)}")
-    if not x.is_floating_point():
-        x = x.float()
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{name} contains NaN or Inf")
-    return x.detach().cpu().double()
+    return float(gradient_distance(_param_grads(loss, plist), target, distance))

@@ -1,4 +1,4 @@
-"""Oracle decoder (SPEC 5.E): recover the private images given the TRUE assignment and coefficients.
+"""Oracle decoder (docs/attacks.md, the oracle decoder): recover the private images given the TRUE assignment and coefficients.
 
 It solves step B.5 of the Carlini et al. attack directly, so it bounds what any attack of that
 family can reach, and it measures what the sign mask hides under each pixel scaling:
@@ -29,31 +29,17 @@ them.
 The pixel values must be what was encrypted: ``"pm1"`` means images in ``[-1, 1]`` (the published
 attacks' assumption), ``"unit"`` images in ``[0, 1]``; any centred scaling behaves like ``"pm1"``.
 
-Evaluation mode: with ``evaluate_with=<true private images>``, the decoder scores both global signs
-against them (mean SSIM) and keeps the better one. This uses ground truth and is named as such in
-the result (``result.sign_chosen_by == "evaluation-mode"``); without it the sign is left at +1.
+Evaluation mode (``evaluate_with=``) picks the global sign with the ground truth and says so
+(``result.sign_chosen_by == "evaluation-mode"``); without it the sign is left at +1.
 
-Measured Max_SSIM (20 CIFAR-10 test images x T=50 epochs = 1,000 rows, cross-dataset k=6 with
-2 private + 4 public slots, public pool of built-in patches, keys from ``KeyGenerator.from_seed(0)``;
-SSIM data range 2 for pm1, 1 for unit, ``channel_axis=-1``; evaluation-mode sign for masked pm1):
-
-=====================================  ==========  ==========
-setting                                 pool 4,000   pool 100
-=====================================  ==========  ==========
-masked, unit pixels, public "mean"        0.970       0.978
-masked, unit pixels, public "solve"         -         1.000
-unmasked (Mixup), unit pixels             0.968       0.977
-unmasked (Mixup), pm1 pixels              0.840       0.889
-masked, pm1: Gram step only               0.11          -
-masked, pm1: + refinement, no spatial     0.22          -
-masked, pm1: full (150 steps, "mean")     0.748       0.810
-masked, pm1: full, public "solve"           -         0.962
-=====================================  ==========  ==========
-
-Inside-dataset k=4 (10 CIFAR-10 images x T=20, no public slots), masked pm1: 0.99 from the Gram
-step alone. The same reconstruction error scores lower on pm1 than on unit pixels because SSIM's
-luminance term is not invariant to the offset (means near 0 on [-1, 1]). The full pm1 decoder takes
-about 35 s on one core for 1,000 rows of 32x32x3.
+Measured Max_SSIM (20 CIFAR-10 test images x T=50 = 1,000 rows, cross-dataset k=6, built-in patch
+pool of 4,000 (of 100 in brackets), keys from ``KeyGenerator.from_seed(0)``, data range 2 for pm1 and
+1 for unit, evaluation-mode sign for masked pm1): masked unit pixels 0.970 (0.978; public "solve"
+1.000); Mixup unit 0.968 (0.977), Mixup pm1 0.840 (0.889); masked pm1: the Gram step alone 0.11, with
+the refinement but no spatial coupling 0.22, full (150 steps) 0.748 (0.810; public "solve" 0.962).
+Inside-dataset k=4 (10 images x T=20), masked pm1: 0.99 from the Gram step alone. The same error
+scores lower on pm1 than on unit pixels as SSIM's luminance term is not offset-invariant. The full pm1
+decoder takes about 35 s on one core for 1,000 rows of 3x32x32.
 """
 from __future__ import annotations
 
@@ -63,78 +49,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["OracleResult", "oracle_decode", "design_matrix", "check_encryption", "check_label",
-           "check_key_arrays", "PIXEL_RANGES", "PUBLIC_MODELS"]
+from ..metrics import ssim
+from .inputs import check_count, check_encryption, check_images, check_key_arrays
+
+__all__ = ["OracleResult", "oracle_decode", "design_matrix", "align_signs", "PIXEL_RANGES", "PUBLIC_MODELS"]
 
 PIXEL_RANGES = ("pm1", "unit")
 PUBLIC_MODELS = ("mean", "solve", "none")
-
-
-# -- input checks shared by the attacks ------------------------------------------------------------
-def _as_numpy(x, name: str) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    if not isinstance(x, np.ndarray):
-        try:
-            x = np.asarray(x)
-        except Exception as exc:  # pragma: no cover - exotic inputs
-            raise TypeError(f"{name} must be an array, got {type(x).__name__}") from exc
-    return x
-
-
-def check_encryption(x, name: str = "encryption", *, min_rows: int = 1) -> np.ndarray:
-    """Encryptions as a float64 ``(N, H, W, C)`` array, or a clear error."""
-    x = _as_numpy(x, name)
-    if x.ndim != 4:
-        raise ValueError(f"Invalid {name} shape, expected (N, H, W, C) channels-last. Got: {tuple(x.shape)}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
-    if x.shape[-1] not in (1, 3, 4) and x.shape[1] in (1, 3):
-        raise ValueError(f"{name} of shape {tuple(x.shape)} looks channels-first; the attacks take "
-                         "(N, H, W, C): use x.transpose(0, 2, 3, 1)")
-    if x.shape[0] < min_rows:
-        raise ValueError(f"too few rows: {name} has {x.shape[0]}, at least {min_rows} needed")
-    if not np.isfinite(x).all():
-        raise ValueError(f"{name} contains NaN or Inf")
-    return x.astype(np.float64, copy=False)
-
-
-def check_label(label, n_rows: int) -> np.ndarray:
-    """Leaked soft labels as float64 ``(N, classes)``, non-negative, or a clear error."""
-    y = _as_numpy(label, "label")
-    if y.ndim != 2:
-        raise ValueError(f"Invalid label shape, expected (N, classes). Got: {tuple(y.shape)}")
-    if y.shape[0] != n_rows:
-        raise ValueError(f"label has {y.shape[0]} rows but encryption has {n_rows}")
-    if not np.issubdtype(y.dtype, np.floating):
-        raise TypeError(f"label must be floating point (soft labels), got dtype {y.dtype}")
-    if not np.isfinite(y).all():
-        raise ValueError("label contains NaN or Inf")
-    if (y < 0).any():
-        raise ValueError("label has negative entries; expected mixed one-hot labels")
-    return y.astype(np.float64, copy=False)
-
-
-def check_key_arrays(indices, coefficients, num_private: int, n_private: int, n_rows: int):
-    """Ground-truth key arrays: int64 ``(N, k)`` indices and float64 ``(N, k)`` coefficients."""
-    idx = _as_numpy(indices, "indices")
-    lam = _as_numpy(coefficients, "coefficients")
-    if idx.ndim != 2 or lam.ndim != 2 or idx.shape != lam.shape:
-        raise ValueError(f"indices {tuple(idx.shape)} and coefficients {tuple(lam.shape)} must both be (N, k)")
-    if idx.shape[0] != n_rows:
-        raise ValueError(f"key arrays have {idx.shape[0]} rows but encryption has {n_rows}")
-    if not np.issubdtype(idx.dtype, np.integer):
-        raise TypeError(f"indices must be integers, got dtype {idx.dtype}")
-    if not np.isfinite(lam).all():
-        raise ValueError("coefficients contain NaN or Inf")
-    k = idx.shape[1]
-    if not 1 <= num_private <= k:
-        raise ValueError(f"num_private={num_private} out of range for k={k}")
-    if (idx < 0).any():
-        raise ValueError("indices must be >= 0")
-    if idx[:, :num_private].max() >= n_private:
-        raise ValueError(f"private indices go up to {idx[:, :num_private].max()} but n_private={n_private}")
-    return idx.astype(np.int64), lam.astype(np.float64)
 
 
 # -- result ----------------------------------------------------------------------------------------
@@ -143,9 +64,9 @@ class OracleResult:
     """What :func:`oracle_decode` returns.
 
     Attributes:
-        recovered: ``(n, H, W, C)`` float32 recovered private images.
-        decryption: ``(N, H, W, C)`` float32; row ``r`` is the recovered image in its slot 1.
-        public_mean: ``(H, W, C)`` estimated mean of the public slots (``public_model="mean"``).
+        recovered: ``(n, C, H, W)`` float32 recovered private images.
+        decryption: ``(N, C, H, W)`` float32; row ``r`` is the recovered image in its slot 1.
+        public_mean: ``(C, H, W)`` estimated mean of the public slots (``public_model="mean"``).
         method: ``"least-squares"`` or ``"phase-retrieval"``.
         sign: global sign applied to the phase-retrieval solution (+1 unless evaluation mode chose -1).
         sign_chosen_by: ``"none"`` or ``"evaluation-mode"`` (the ground truth picked the sign).
@@ -201,11 +122,6 @@ def _ls_operator(a: np.ndarray, ridge: float, n_private: int) -> np.ndarray:
     return np.linalg.solve(g + np.diag(reg * np.trace(g) / a.shape[1]), a.T)
 
 
-def _lstsq(a: np.ndarray, y: np.ndarray, ridge: float, n_private: int) -> np.ndarray:
-    """Least squares for all columns of ``y`` at once (see :func:`_ls_operator`)."""
-    return _ls_operator(a, ridge, n_private) @ y
-
-
 # -- phase retrieval for masked, centred pixels ----------------------------------------------------
 def _gram_init(a: np.ndarray, y2: np.ndarray, q: np.ndarray, ridge: float) -> tuple[np.ndarray, np.ndarray]:
     """Per position, fit ``e_r^2 ~ a_r^T G a_r + q_r v`` for the Gram matrix ``G = z z^T`` (entries
@@ -237,8 +153,8 @@ def _gram_init(a: np.ndarray, y2: np.ndarray, q: np.ndarray, ridge: float) -> tu
 
 def _blur(t: np.ndarray, shape: tuple[int, int, int], radius: int, channel_weight: float) -> np.ndarray:
     """Box-average ``t (N, d)`` over ``(2r+1)^2`` spatial windows, then blend in the channel mean."""
-    h, w, c = shape
-    x = torch.from_numpy(t.reshape(-1, h, w, c)).permute(0, 3, 1, 2)
+    c, h, w = shape
+    x = torch.from_numpy(t.reshape(-1, c, h, w))
     n = x.shape[0]
     if radius:
         x = x.reshape(n * c, 1, h, w)
@@ -246,7 +162,7 @@ def _blur(t: np.ndarray, shape: tuple[int, int, int], radius: int, channel_weigh
         x = x.reshape(n, c, h, w)
     if c > 1 and channel_weight:
         x = (1 - channel_weight) * x + channel_weight * x.mean(1, keepdim=True)
-    return x.permute(0, 2, 3, 1).reshape(n, -1).numpy()
+    return x.reshape(n, -1).numpy()
 
 
 def _radius_schedule(iterations: int) -> list[int]:
@@ -279,25 +195,26 @@ def _refine(a: np.ndarray, mag: np.ndarray, z: np.ndarray, noise: np.ndarray, n_
     return z
 
 
-def _neighbour_pairs(h: int, w: int, c: int, offsets=(1, 2, 4)) -> tuple[np.ndarray, np.ndarray]:
+def _neighbour_pairs(c: int, h: int, w: int, offsets=(1, 2, 4)) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs of value positions ``o`` pixels apart (rows and columns, for each offset ``o``)
-    and of neighbouring channels, in a channels-last ``(H, W, C)`` flattening."""
-    pos = np.arange(h * w * c).reshape(h, w, c)
+    and of neighbouring channels, in a ``(C, H, W)`` flattening."""
+    pos = np.arange(c * h * w).reshape(c, h, w)
     pairs = []
     for o in offsets:
         if o < w:
-            pairs.append((pos[:, :-o], pos[:, o:]))
+            pairs.append((pos[..., :-o], pos[..., o:]))
         if o < h:
-            pairs.append((pos[:-o], pos[o:]))
+            pairs.append((pos[:, :-o], pos[:, o:]))
     if c > 1:
-        pairs.append((pos[..., :-1], pos[..., 1:]))
+        pairs.append((pos[:-1], pos[1:]))
     src = np.concatenate([p[0].ravel() for p in pairs])
     dst = np.concatenate([p[1].ravel() for p in pairs])
     return src, dst
 
 
 def align_signs(z: np.ndarray, shape: tuple[int, int, int], *, sweeps: int = 10) -> np.ndarray:
-    """Signs ``(d,)`` that make the per-position solutions ``z (u, d)`` agree with their neighbours.
+    """Signs ``(d,)`` that make the per-position solutions ``z (u, d)`` agree with their neighbours;
+    ``shape`` is the image's ``(C, H, W)`` (``d = C * H * W``).
 
     Spectral sign synchronisation: edge weight = cosine similarity of the two positions' vectors
     (positions 1, 2 and 4 pixels apart, and neighbouring channels), leading eigenvector of the
@@ -307,8 +224,7 @@ def align_signs(z: np.ndarray, shape: tuple[int, int, int], *, sweeps: int = 10)
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import eigsh
 
-    h, w, c = shape
-    src, dst = _neighbour_pairs(h, w, c)
+    src, dst = _neighbour_pairs(*shape)
     unit = z / (np.linalg.norm(z, axis=0, keepdims=True) + 1e-12)
     wgt = np.sum(unit[:, src] * unit[:, dst], axis=0)
     d = z.shape[1]
@@ -328,17 +244,10 @@ def align_signs(z: np.ndarray, shape: tuple[int, int, int], *, sweeps: int = 10)
     return s
 
 
-def _mean_ssim(rec: np.ndarray, truth: np.ndarray, data_range: float) -> float:
-    """Mean SSIM (instahide.metrics.ssim, equal to scikit-image's) of ``(n, H, W, C)`` images."""
-    from ..metrics import ssim
-
-    return float(ssim(rec, truth, data_range=data_range, reduction="mean"))
-
-
 def _smooth(img: np.ndarray, strength: float) -> np.ndarray:
-    """Blend each value with the mean of its 4 neighbours: ``(1 - s) x + s * mean`` on ``(n,H,W,C)``."""
-    pad = np.pad(img, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="edge")
-    avg = (pad[:, :-2, 1:-1] + pad[:, 2:, 1:-1] + pad[:, 1:-1, :-2] + pad[:, 1:-1, 2:]) / 4.0
+    """Blend each value with the mean of its 4 neighbours: ``(1 - s) x + s * mean`` on ``(n,C,H,W)``."""
+    pad = np.pad(img, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    avg = (pad[..., :-2, 1:-1] + pad[..., 2:, 1:-1] + pad[..., 1:-1, :-2] + pad[..., 1:-1, 2:]) / 4.0
     return (1 - strength) * img + strength * avg
 
 
@@ -363,7 +272,7 @@ def oracle_decode(
     """Recover the private images from encryptions and their TRUE keys (minus the masks).
 
     Args:
-        encryption: ``(N, H, W, C)`` encryptions, channels-last.
+        encryption: ``(N, C, H, W)`` encryptions.
         indices: ``(N, k)`` int, the image in every slot (columns ``< num_private`` index the
             private set, the others the public pool); column 0 is the row's own image.
         coefficients: ``(N, k)`` the true lambdas.
@@ -380,16 +289,15 @@ def oracle_decode(
         align: sign synchronisation across neighbouring positions (masked ``pm1`` only).
         smooth: light smoothing strength in ``[0, 1)`` applied to the result (masked ``pm1``).
         ridge: ridge weight on the public unknowns (relative to the mean squared column norm).
-        evaluate_with: EVALUATION MODE: the true private images ``(n, H, W, C)``; both global
+        evaluate_with: EVALUATION MODE: the true private images ``(n, C, H, W)``; both global
             signs are scored (mean SSIM, data range from ``pixel_range``) and the better is kept.
 
     Returns:
-        :class:`OracleResult` with ``recovered (n, H, W, C)`` and ``decryption (N, H, W, C)``.
+        :class:`OracleResult` with ``recovered (n, C, H, W)`` and ``decryption (N, C, H, W)``.
     """
     enc = check_encryption(encryption, "encryption")
-    n_rows, h, w, c = enc.shape
-    if not isinstance(n_private, (int, np.integer)) or n_private < 1:
-        raise ValueError(f"n_private must be a positive integer, got {n_private!r}")
+    n_rows, shape = enc.shape[0], enc.shape[1:]
+    n_private = check_count(n_private, "n_private")
     idx, lam = check_key_arrays(indices, coefficients, num_private, n_private, n_rows)
     if pixel_range not in PIXEL_RANGES:
         raise ValueError(f"unknown pixel_range {pixel_range!r}; expected one of {PIXEL_RANGES}")
@@ -398,17 +306,13 @@ def oracle_decode(
     missing = np.setdiff1d(np.arange(n_private), idx[:, :num_private])
     if len(missing):
         raise ValueError(f"private images {missing[:5].tolist()} appear in no row: they cannot be recovered")
-    truth = None
-    if evaluate_with is not None:
-        truth = _as_numpy(evaluate_with, "evaluate_with").astype(np.float64)
-        if truth.shape != (n_private, h, w, c):
-            raise ValueError(f"evaluate_with must be (n, H, W, C) = {(n_private, h, w, c)}, got {truth.shape}")
+    truth = None if evaluate_with is None else check_images(evaluate_with, "evaluate_with", (n_private, *shape))
     a, n_priv = design_matrix(idx, lam, num_private, n_private, public_model)
     y = enc.reshape(n_rows, -1)
     data_range = 2.0 if pixel_range == "pm1" else 1.0
     has_mean = public_model == "mean" and num_private < idx.shape[1]
     if not masked or pixel_range == "unit":
-        z = _lstsq(a, np.abs(y) if masked else y, ridge, n_priv)
+        z = _ls_operator(a, ridge, n_priv) @ (np.abs(y) if masked else y)
         method, info = "least-squares", {}
     else:
         mag = np.abs(y)
@@ -416,23 +320,23 @@ def oracle_decode(
         a_gram = a if public_model != "solve" else design_matrix(idx, lam, num_private, n_private, "mean")[0]
         z, var = _gram_init(a_gram, mag ** 2, q, ridge)
         if public_model == "solve":  # start the public unknowns at the fitted mean
-            z = _lstsq(a, a_gram @ z, ridge, n_priv)
+            z = _ls_operator(a, ridge, n_priv) @ (a_gram @ z)
         noise = 1e-3 * np.mean(mag ** 2) + (0.0 if q is None else q[:, None] * var[None, :])
         if iterations:
-            z = _refine(a, mag, z, noise, n_priv, (h, w, c), iterations, spatial, align, ridge)
+            z = _refine(a, mag, z, noise, n_priv, shape, iterations, spatial, align, ridge)
         if align:
-            z = z * align_signs(z[:n_priv], (h, w, c))[None, :]
+            z = z * align_signs(z[:n_priv], shape)[None, :]
         method, info = "phase-retrieval", {"public_variance_mean": float(var.mean())}
-    recovered = z[:n_priv].reshape(n_private, h, w, c)
-    public_mean = z[n_priv].reshape(h, w, c) if has_mean else None
+    recovered = z[:n_priv].reshape(n_private, *shape)
+    public_mean = z[n_priv].reshape(shape) if has_mean else None
     if method == "phase-retrieval" and smooth:
         recovered = _smooth(recovered, smooth)
     result = OracleResult(recovered.astype(np.float32), np.empty(0), public_mean, method, info=info)
     if truth is not None:
-        pos = _mean_ssim(recovered, truth, data_range)
+        pos = float(ssim(recovered, truth, data_range=data_range))
         result.scores = {"+1": pos}
         if method == "phase-retrieval":
-            neg = _mean_ssim(-recovered, truth, data_range)
+            neg = float(ssim(-recovered, truth, data_range=data_range))
             result.scores["-1"] = neg
             if neg > pos:
                 result.recovered = (-recovered).astype(np.float32)

@@ -1,4 +1,5 @@
-"""Generator-seed recovery against ``legacy`` keys (SPEC 5.C, defect 3 of section 3).
+"""Generator-seed recovery against ``legacy`` keys (docs/attacks.md, seed recovery; the reference
+code's defect in docs/scheme.md).
 
 The reference code drew every key from the global numpy and torch Mersenne-Twister generators,
 seeded with one integer below ``2**32``. The whole challenge is then a deterministic function of
@@ -8,15 +9,11 @@ that integer, and ``label.npy`` leaks the coefficients of the first epoch. The a
    ``numpy.random.RandomState(seed)`` for all seeds at once (:func:`mt19937_outputs`, MT19937 in
    numpy array arithmetic: ``init_genrand`` and the first twist), turn them into normals exactly as
    numpy's legacy ``normal`` does (Marsaglia's polar method, two normals per accepted pair of
-   doubles), and form the first draws of the first rows of epoch 0. Every row whose first draw
-   passes the reference's rejection test (``max <= upper``, and ``lam_1 + lam_2 >= dom`` in
-   cross-dataset mode) has those coefficients as its final coefficients, and must agree with the
-   leaked label row: every non-zero label entry is a sum of some private coefficients (a class can
-   hold several slots), and the entries sum to the private coefficients' total (tolerance 2e-6; a
-   random seed passes one row with probability below 1e-9). A first pass checks 3 rows from 48
-   outputs; the seeds it cannot decide (no row accepted on its first draw, about 10% for cross
-   k=6) get a second pass over up to 10 rows from 227 outputs, and the few still undecided (about
-   2e-4) are checked with a real ``RandomState``.
+   doubles), and form the first draws of the first rows of epoch 0. A row whose first draw passes
+   the reference's rejection test keeps those coefficients, which must agree with its leaked label
+   (every non-zero entry a sum of some private coefficients, the entries summing to their total,
+   tolerance 2e-6; a random seed passes one row with probability below 1e-9). Two passes and a
+   real ``RandomState`` for the rare undecided seeds (:func:`seed_candidates`).
 2. **Confirm and replay**: for a candidate, replay the reference's draws exactly, epoch after epoch
    with the streams continuing (:func:`instahide.scheme.legacy.legacy_key` on one
    :class:`~instahide.scheme.legacy.LegacyGenerator`, i.e. ``normal`` + rejection loop (numpy),
@@ -39,12 +36,9 @@ are SHAKE-256 output under a 256-bit key from ``os.urandom``. No integer seed pr
 :func:`recover_seed` returns None over any range, and searching the key itself takes ``2**256``
 SHAKE evaluations (at 1e9 per second per core, about 1e60 core-years).
 
-Cost, measured on one core of the development machine (a shared 2-core VM; :func:`seed_rate`):
-the filter checks about 3.1e5 seeds per second for cross-dataset k=6 (3.9e5 inside-dataset k=4),
-so the whole ``2**32`` space takes about 4 CPU-hours (3 inside-dataset), and it splits across
-cores by seed range. Replaying and solving one candidate of a full challenge (100 CIFAR-10 images
-x 50 epochs, k=6, 200 unknowns) takes about 10 s. The published attack reported about 120
-CPU-hours, dominated by replaying every candidate with the real generators.
+Cost (one core, :func:`seed_rate`): about 3e5 seeds per second, so the whole ``2**32`` space in
+about 4 CPU-hours, split across cores by seed range (docs/attacks.md); replaying and solving one
+candidate of a full challenge (100 x 50, k=6) about 10 s. The published attack: about 120 CPU-hours.
 """
 from __future__ import annotations
 
@@ -56,7 +50,7 @@ import numpy as np
 from ..scheme.coefficients import check_bounds
 from ..scheme.keys import Key
 from ..scheme.legacy import LEGACY_SEED_BITS, LegacyGenerator, legacy_coefficients, legacy_key
-from .oracle import check_encryption, check_label
+from .inputs import check_count, check_encryption, check_label
 
 __all__ = ["SeedRecovery", "recover_seed", "mt19937_outputs", "seed_candidates", "seed_rate",
            "replay_keys"]
@@ -73,9 +67,9 @@ class SeedRecovery:
 
     Attributes:
         seed: the recovered integer seed of the reference's generators.
-        recovered: ``(n, H, W, C)`` float32 private images (least squares on the unmasked mixtures).
-        public: ``(n_pub, H, W, C)`` public-window images solved for alongside (None inside-dataset).
-        decryption: ``(N, H, W, C)``: row ``r`` is the recovered image in its slot 1.
+        recovered: ``(n, C, H, W)`` float32 private images (least squares on the unmasked mixtures).
+        public: ``(n_pub, C, H, W)`` public-window images solved for alongside (None inside-dataset).
+        decryption: ``(N, C, H, W)``: row ``r`` is the recovered image in its slot 1.
         key: the replayed :class:`~instahide.scheme.keys.Key` of all ``N`` rows.
         residual: relative RMS residual of the least-squares fit (below 1e-6 for the right seed).
         seeds_checked: number of seeds examined before the match.
@@ -329,7 +323,7 @@ def recover_seed(
     """Search ``seed_range`` for the reference generators' seed; on success decrypt everything.
 
     Args:
-        encryption: ``(N, H, W, C)`` encryptions, epoch-major (``N = n_private * T``).
+        encryption: ``(N, C, H, W)`` encryptions, epoch-major (``N = n_private * T``).
         label: ``(N, classes)`` leaked soft labels (``lambda_1`` at class(p1) plus ``lambda_2`` at
             class(p2), or the sum over all private slots inside-dataset).
         n_private: private images per epoch ``n``.
@@ -359,8 +353,7 @@ def recover_seed(
     enc = check_encryption(encryption, "encryption")
     lab = check_label(label, enc.shape[0])
     n_rows = enc.shape[0]
-    if not isinstance(n_private, (int, np.integer)) or n_private < 1:
-        raise ValueError(f"n_private must be a positive integer, got {n_private!r}")
+    n_private = check_count(n_private, "n_private")
     if n_rows % n_private:
         raise ValueError(f"{n_rows} rows are not a whole number of epochs of n_private={n_private} images")
     if k < 2:
@@ -374,7 +367,6 @@ def recover_seed(
     if not 0 <= lo < hi <= 2 ** LEGACY_SEED_BITS:
         raise ValueError(f"seed_range must satisfy 0 <= start < stop <= 2**32, got {seed_range}")
     epochs = n_rows // n_private
-    h, w, c = enc.shape[1:]
     values0 = _label_values(lab[:n_private], n_private)
     for start in range(lo, hi, batch):
         seeds = np.arange(start, min(hi, start + batch), dtype=np.int64)
@@ -394,17 +386,17 @@ def recover_seed(
 
 def _solve(seed: int, enc: np.ndarray, n_private: int, epochs: int, *, k: int, num_private: int,
            upper: float, dom: float | None, masked: bool, public_per_epoch: bool) -> SeedRecovery:
-    n_rows, h, w, c = enc.shape
+    n_rows, shape = enc.shape[0], enc.shape[1:]
     key = replay_keys(seed, n_private, epochs, k=k, num_private=num_private, upper=upper, dom=dom,
-                      image_shape=(c, h, w), masked=masked)
+                      image_shape=shape, masked=masked)
     mix = enc.astype(np.float64)
     if masked:
-        mix = mix * key.signs().permute(0, 2, 3, 1).numpy()  # e * sigma = the mixture, exactly
+        mix = mix * key.signs().numpy()  # e * sigma = the mixture, exactly
     y = mix.reshape(n_rows, -1)
     a, n_pub = _design(key, n_private, epochs, public_per_epoch)
     sol, *_ = np.linalg.lstsq(a, y, rcond=None)
     resid = float(np.sqrt(np.mean((a @ sol - y) ** 2)) / max(np.sqrt(np.mean(y ** 2)), 1e-12))
-    images = sol.reshape(-1, h, w, c).astype(np.float32)
+    images = sol.reshape(-1, *shape).astype(np.float32)
     recovered, public = images[:n_private], (images[n_private:] if n_pub else None)
     decryption = recovered[key.indices[:, 0].numpy()]
     return SeedRecovery(seed, recovered, public, decryption, key, resid, 0, 0.0,

@@ -9,7 +9,7 @@ Example::
     print(result.paths["md"])
 """
 from .attacks import ATTACKS, AttackOutcome, attack_names, run_attack
-from .run import DEFAULT_ATTACKS, AuditConfig, AuditResult, run_audit
+from .run import DEFAULT_ATTACKS, AuditConfig, AuditResult, run_audit, save_outcome
 
 __all__ = ["ATTACKS", "AttackOutcome", "attack_names", "run_attack", "AuditConfig", "AuditResult", "run_audit",
-           "DEFAULT_ATTACKS"]
+           "save_outcome", "DEFAULT_ATTACKS"]

@@ -1,27 +1,20 @@
 """One interface over the attacks, for ``instahide attack NAME`` and ``instahide audit``.
 
-Every runner takes a challenge in the published format (``encryption (N, H, W, C)``, ``label
-(N, classes)``) and its PUBLIC description ``meta`` (what ``meta.json`` holds: ``n_private``, ``T``,
-``k``, ``num_private``, ``mode``, ``upper``, ``dom``, ``scaling``), and returns an
+Every runner takes a challenge (``encryption (N, C, H, W)`` as :func:`~instahide.challenge.load_challenge`
+returns it, ``label (N, classes)``) and its PUBLIC description ``meta`` (what ``meta.json`` holds:
+``n_private``, ``T``, ``k``, ``num_private``, ``mode``, ``upper``, ``dom``, ``scaling``), and returns an
 :class:`AttackOutcome` holding one recovered image per row (``decryption``, the challenge's submission
 format) when the attack produced one. The ground truth is used only where the attack is defined by
 it (the oracle decoder, an upper bound) or, passed as ``truth``, to report per-step accuracies after
-the fact; it never steers an attack.
+the fact; it never steers an attack. The attacks (docs/attacks.md):
 
-=================  ================================================================================
-name               what it is
-=================  ================================================================================
-``demix``          SPEC 5.A: clustering + least squares on raw pixels; succeeds on Mixup, and shows
-                   how far the mask takes it on InstaHide.
-``carlini``        SPEC 5.B: Carlini et al.'s pipeline (pair network trained on the attacker's own
-                   encryptions, graph, clusters, assignment, reconstruction).
-``seed``           SPEC 5.C: brute-force of the reference code's 32-bit generator seed (``legacy``
-                   keys); the default keys leave it nothing to search.
-``oracle``         SPEC 5.E: reconstruction from the TRUE keys: the upper bound of family 5.B.
-=================  ================================================================================
+* ``demix``: clustering + least squares on raw pixels; succeeds on Mixup, shows what the mask stops.
+* ``carlini``: Carlini et al.'s pipeline (pair network trained on the attacker's own encryptions,
+  graph, clusters, assignment, reconstruction).
+* ``seed``: brute force of the reference code's 32-bit generator seed (``legacy`` keys).
+* ``oracle``: reconstruction from the TRUE keys, the upper bound of Carlini et al.'s family.
 
-Gradient inversion (SPEC 5.D) attacks a training step, not a challenge: see
-:mod:`instahide.attacks.gradinv` and ``instahide attack gradient-inversion``.
+Gradient inversion attacks a training step, not a challenge: ``instahide attack gradient-inversion``.
 
 Example::
 
@@ -35,7 +28,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["AttackOutcome", "ATTACKS", "CARLINI_PRESETS", "run_attack", "attack_names"]
+from ..attacks import demix, oracle_decode, recover_seed
+from ..attacks.carlini import CarliniConfig, carlini_attack, load_pair_network
+from ..challenge import score
+from ..data import load_dataset, load_public_pool
+
+__all__ = ["AttackOutcome", "ATTACKS", "run_attack", "attack_names"]
 
 
 @dataclass
@@ -44,9 +42,9 @@ class AttackOutcome:
 
     Attributes:
         name: the attack's name (a key of :data:`ATTACKS`).
-        decryption: float32 ``(N, H, W, C)``, one recovered image per row, or None when the attack
+        decryption: float32 ``(N, C, H, W)``, one recovered image per row, or None when the attack
             recovered nothing (e.g. no seed found).
-        recovered: float32 ``(m, H, W, C)``, the attack's recovered private images (unordered), or None.
+        recovered: float32 ``(m, C, H, W)``, the attack's recovered private images (unordered), or None.
         seconds: wall time.
         info: attack-specific facts (parameters, per-step accuracies, the seed found, ...), JSON-ready.
         uses_truth: what of the ground truth the attack used (``""``: nothing).
@@ -77,15 +75,11 @@ def _meta_int(meta: dict, key: str) -> int:
     return int(meta[key])
 
 
-def _pixel_range(meta: dict) -> str:
-    return "unit" if meta.get("scaling") == "unit" else "pm1"
-
-
 def _check(encryption, label, meta) -> tuple[np.ndarray, np.ndarray]:
     enc = np.asarray(encryption)
     lab = np.asarray(label)
     if enc.ndim != 4:
-        raise ValueError(f"encryption must be (N, H, W, C), got shape {enc.shape}")
+        raise ValueError(f"encryption must be (N, C, H, W), got shape {enc.shape}")
     if lab.ndim != 2 or len(lab) != len(enc):
         raise ValueError(f"label must be (N, classes) with N = {len(enc)} rows, got {lab.shape}")
     n = _meta_int(meta, "n_private")
@@ -96,8 +90,6 @@ def _check(encryption, label, meta) -> tuple[np.ndarray, np.ndarray]:
 
 # -- runners ---------------------------------------------------------------------------------------------
 def _run_demix(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
-    from ..attacks import demix
-
     t0 = time.perf_counter()
     res = demix(enc, lab, n_private=_meta_int(meta, "n_private"), num_private=_meta_int(meta, "num_private"), **opt)
     info = {"clusters_found": int(len(res.recovered)), **{k: v for k, v in res.info.items()
@@ -106,13 +98,11 @@ def _run_demix(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
 
 
 def _run_oracle(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
-    from ..attacks import oracle_decode
-
     if truth is None:
         raise ValueError("the oracle decoder needs the ground truth (the true keys): it is the upper bound "
                          "of attacks of the Carlini et al. family, not an attack (pass --truth)")
     t0 = time.perf_counter()
-    pixel_range = _pixel_range(meta)
+    pixel_range = "unit" if meta.get("scaling") == "unit" else "pm1"
     masked = meta.get("mode", "instahide") == "instahide"
     opt.setdefault("public_model", "solve" if meta.get("legacy") and truth.num_private < truth.k else "mean")
     evaluate = masked and pixel_range == "pm1"
@@ -125,8 +115,6 @@ def _run_oracle(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
 
 
 def _run_seed(enc, lab, meta, truth=None, seed_range=(0, 2 ** 16), **opt) -> AttackOutcome:
-    from ..attacks import recover_seed
-
     k, num_private = _meta_int(meta, "k"), _meta_int(meta, "num_private")
     start, stop = (int(v) for v in seed_range)
     if not 0 <= start < stop <= 2 ** 32:
@@ -147,29 +135,15 @@ def _run_seed(enc, lab, meta, truth=None, seed_range=(0, 2 ** 16), **opt) -> Att
     return AttackOutcome("seed", found.decryption, found.recovered, seconds, info)
 
 
-# Budgets of the Carlini et al. pipeline: tiny (tests, seconds), cpu (minutes on 2 cores: the measured
-# 20 x 50 CIFAR-10 setting of docs/carlini.md), full (a 100 x 50 challenge on a GPU).
-CARLINI_PRESETS = {
-    "tiny": dict(train_steps=60, width_mult=8, oracle_iterations=40, gd_steps=150, sign_steps=60,
-                 attacker_images=2000),
-    "cpu": dict(train_steps=300, width_mult=16, attacker_images=20000),
-    # fit_rounds=0: at n=100 the re-assignment round measured worse (0.369 vs 0.409, docs/carlini.md)
-    "full": dict(train_steps=3000, width_mult=32, attacker_images=50000, fit_rounds=0),
-}
-
-
-def _attacker_data(meta: dict, dataset, root, split, n_images: int):
+def _attacker_data(meta: dict, dataset, root, split, n_images: int | None):
     """The attacker's own labelled images: by default the challenge's dataset, the OTHER split (disjoint
-    from the attacked images), and its own public pool (photograph patches at another seed)."""
-    from ..data import load_dataset, load_public_pool
-
+    from the attacked images), and its own public pool (photograph patches at another seed). The
+    root of the challenge's dataset is not in ``meta`` (meta.json names no local path): pass it."""
     source = meta.get("private_source") or {}
     dataset = dataset or source.get("dataset")
     if dataset is None:
         raise ValueError("the Carlini attack trains on the attacker's own images: give attacker_dataset "
                          "(and attacker_root), disjoint from the attacked images")
-    if root is None and dataset == source.get("dataset"):
-        root = source.get("root")
     if split is None:
         split = "train" if source.get("split", "test") == "test" else "test"
     if dataset == source.get("dataset") and split == source.get("split"):
@@ -178,7 +152,7 @@ def _attacker_data(meta: dict, dataset, root, split, n_images: int):
     ds = load_dataset(dataset, root=root, split=split)
     if ds.labels is None:
         raise ValueError(f"the attacker's dataset {ds.name} has no labels; the pair network needs labelled images")
-    if len(ds) > n_images:
+    if n_images is not None and len(ds) > n_images:
         ds = ds.subset(slice(0, n_images))
     h, w, c = meta["image_shape_hwc"]
     if tuple(ds.shape) != (c, h, w):
@@ -192,15 +166,10 @@ def _attacker_data(meta: dict, dataset, root, split, n_images: int):
 
 
 def _run_carlini(enc, lab, meta, truth=None, *, attacker_dataset=None, attacker_root=None, attacker_split=None,
-                 network=None, preset: str = "cpu", device: str = "cpu", log=None, checkpoint_dir=None,
-                 **opt) -> AttackOutcome:
-    from ..attacks.carlini import carlini_attack, load_pair_network
-
-    if preset not in CARLINI_PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {list(CARLINI_PRESETS)}")
-    budget = {**CARLINI_PRESETS[preset], **opt}
+                 network=None, preset: str = "cpu", log=None, checkpoint_dir=None, **opt) -> AttackOutcome:
+    config = CarliniConfig.preset(preset, **opt)  # opt: CarliniConfig fields (device, train_steps, ...)
     ds, pool, attacker = _attacker_data(meta, attacker_dataset, attacker_root, attacker_split,
-                                        budget.pop("attacker_images"))
+                                        config.attacker_images)
     if isinstance(network, (str, bytes)) or hasattr(network, "__fspath__"):
         network = load_pair_network(network)
     progress = None if log is None else (lambda step, info: log(f"carlini: {step} {info}"))
@@ -210,8 +179,8 @@ def _run_carlini(enc, lab, meta, truth=None, *, attacker_dataset=None, attacker_
         num_private=_meta_int(meta, "num_private"), attacker_images=ds.images, attacker_labels=ds.labels,
         attacker_public=pool, upper=float(meta.get("upper", 0.65)), dom=float(meta.get("dom") or 0.3),
         mode=meta.get("mode", "instahide"), scaling=meta.get("scaling", "pm1"), mean=meta.get("private_mean"),
-        std=meta.get("private_std"), network=network, truth=truth, progress=progress, device=device,
-        checkpoint_dir=checkpoint_dir, **budget)
+        std=meta.get("private_std"), config=config, network=network, truth=truth, progress=progress,
+        checkpoint_dir=checkpoint_dir)
     seconds = time.perf_counter() - t0
     info = {"preset": preset, "attacker": attacker, "steps_seconds": res.timings,
             "per_step": res.metrics, "sign": res.sign}
@@ -219,11 +188,10 @@ def _run_carlini(enc, lab, meta, truth=None, *, attacker_dataset=None, attacker_
 
 
 ATTACKS = {
-    "demix": {"run": _run_demix, "title": "Mixup demixing (SPEC 5.A)", "needs_truth": False},
-    "carlini": {"run": _run_carlini, "title": "Carlini et al. (SPEC 5.B)", "needs_truth": False},
-    "seed": {"run": _run_seed, "title": "generator-seed recovery (SPEC 5.C)", "needs_truth": False},
-    "oracle": {"run": _run_oracle, "title": "oracle decoder, true keys (SPEC 5.E, upper bound)",
-               "needs_truth": True},
+    "demix": {"run": _run_demix, "title": "Mixup demixing", "needs_truth": False},
+    "carlini": {"run": _run_carlini, "title": "Carlini et al.", "needs_truth": False},
+    "seed": {"run": _run_seed, "title": "generator-seed recovery", "needs_truth": False},
+    "oracle": {"run": _run_oracle, "title": "oracle decoder, true keys (upper bound)", "needs_truth": True},
 }
 
 
@@ -237,7 +205,7 @@ def run_attack(name: str, encryption, label, meta: dict, *, truth=None, threshol
 
     Args:
         name: one of :func:`attack_names`.
-        encryption: ``(N, H, W, C)``; label: ``(N, classes)``; meta: the challenge's public parameters.
+        encryption: ``(N, C, H, W)``; label: ``(N, classes)``; meta: the challenge's public parameters.
         truth: a :class:`~instahide.challenge.ChallengeTruth` (needed by ``oracle``; otherwise only
             used to score afterwards and to report per-step accuracies).
         threshold: SSIM above which a row or image counts as recovered.
@@ -250,7 +218,5 @@ def run_attack(name: str, encryption, label, meta: dict, *, truth=None, threshol
         raise ValueError(f"mismatched ground truth: encryption {enc.shape} vs truth {truth.encryption_shape}")
     outcome = ATTACKS[name]["run"](enc, lab, meta, truth=truth, **options)
     if truth is not None and outcome.decryption is not None:
-        from ..challenge import score
-
         outcome.score = score(np.asarray(outcome.decryption, dtype=np.float32), truth, threshold=threshold)
     return outcome

@@ -1,4 +1,4 @@
-"""Gradient inversion (SPEC 5.D) as an audit step: what an eavesdropper on one training step gets.
+"""Gradient inversion (docs/attacks.md) as an audit step: what an eavesdropper on one training step gets.
 
 A client holds ``n`` private images, encrypts them (InstaHide inside- or cross-dataset, Mixup, or
 nothing: ``mode="vanilla"``), and takes training steps of batch ``B`` on a victim model at its
@@ -27,6 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..attacks.gradinv import invert_gradients, observed_gradient
+from ..data.scaling import scale_images, scaling_data_range
+from ..metrics import match_batches, ssim
+from ..scheme import KeyGenerator, encrypt
+from ..train.models import build_model
+
 __all__ = ["leakage_lenet", "gradient_inversion_audit"]
 
 
@@ -43,12 +49,10 @@ def leakage_lenet(in_channels: int, image_size: int, num_classes: int, act: type
 
 def _row_private_ssim(rec: torch.Tensor, private: torch.Tensor, idx: np.ndarray, num_private: int,
                       data_range: float) -> np.ndarray:
-    from ..metrics import ssim
-
     out = np.empty(len(rec))
     for i in range(len(rec)):
-        cand = private[torch.as_tensor(idx[i, :num_private])].permute(0, 2, 3, 1).double()
-        r = rec[i:i + 1].permute(0, 2, 3, 1).double().expand_as(cand)
+        cand = private[torch.as_tensor(idx[i, :num_private])].double()
+        r = rec[i:i + 1].double().expand_as(cand)
         out[i] = float(ssim(r, cand, data_range=data_range, win_size=_win(rec), reduction="none").max())
     return out
 
@@ -75,13 +79,9 @@ def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int 
         steps, lr, distance, tv_weight, restarts, seed: the inversion (see ``invert_gradients``).
 
     Returns:
-        a dict with ``recovered`` (float32 ``(rows, H, W, C)``), ``inputs`` (what was trained on),
+        a dict with ``recovered`` (float32 ``(rows, C, H, W)``), ``inputs`` (what was trained on),
         ``private_rows`` (the private image in each row's slot 1), per-row scores and ``summary``.
     """
-    from ..attacks.gradinv import invert_gradients, match_batches, observed_gradient
-    from ..challenge.make import scale_images
-    from ..scheme import KeyGenerator, encrypt
-
     x8 = torch.as_tensor(np.asarray(images))
     if x8.dtype != torch.uint8 or x8.ndim != 4:
         raise ValueError(f"images must be uint8 (M, C, H, W), got {tuple(x8.shape)} {x8.dtype}")
@@ -96,7 +96,7 @@ def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int 
     y = torch.as_tensor(np.asarray(labels)).long().flatten()
     classes = int(num_classes or int(y.max()) + 1)
     x = scale_images(x8, scaling)
-    data_range = 2.0 if scaling == "pm1" else 1.0
+    data_range = scaling_data_range(scaling)
     if mode == "vanilla":
         inputs, soft = x, nn.functional.one_hot(y, classes).float()
         idx, slots = np.arange(len(x))[:, None], 1
@@ -113,8 +113,7 @@ def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int 
     t0 = time.perf_counter()
     for b in range(0, rows, batch_size):
         torch.manual_seed(seed)
-        net = leakage_lenet(c, h, classes) if model == "lenet" else __import__(
-            "instahide.train.models", fromlist=["build_model"]).build_model(model, classes, c)
+        net = leakage_lenet(c, h, classes) if model == "lenet" else build_model(model, classes, c)
         xb, yb = inputs[b:b + batch_size], soft[b:b + batch_size]
         grads = observed_gradient(net, xb, yb)
         res = invert_gradients(net, grads, batch_size=batch_size, input_shape=(c, h, w), steps=steps, lr=lr,
@@ -137,7 +136,7 @@ def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int 
                "ssim_vs_input": float(in_ssim.mean()), "max_ssim_vs_private": float(vs_private.mean()),
                "abs_max_ssim_vs_private": float(abs_private.mean()),
                "seconds": round(time.perf_counter() - t0, 1), "data_range": data_range}
-    to_hwc = lambda t: t.permute(0, 2, 3, 1).numpy().astype(np.float32)  # noqa: E731
-    return {"recovered": to_hwc(rec), "inputs": to_hwc(inputs[:rows]), "private_rows": to_hwc(x[idx[:rows, 0]]),
+    f32 = lambda t: t.numpy().astype(np.float32)  # noqa: E731
+    return {"recovered": f32(rec), "inputs": f32(inputs[:rows]), "private_rows": f32(x[idx[:rows, 0]]),
             "ssim_vs_input": in_ssim, "max_ssim_vs_private": vs_private, "abs_max_ssim_vs_private": abs_private,
             "summary": summary}

@@ -22,21 +22,26 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
 from .._io import atomic_save_npy, atomic_write_text
+from ..challenge import load_challenge, load_truth, make_challenge, score, write_challenge
+from ..data import load_dataset, load_public_pool
+from ..report import write_audit_report, write_score_report
 from .attacks import ATTACKS, AttackOutcome, run_attack
 
-__all__ = ["AuditConfig", "AuditResult", "run_audit", "DEFAULT_ATTACKS"]
+__all__ = ["AuditConfig", "AuditResult", "run_audit", "save_outcome", "DEFAULT_ATTACKS"]
 
 DEFAULT_ATTACKS = ("demix", "seed", "oracle", "carlini")
 # The fields that make the challenge: a resumed audit must have the same ones.
 _CHALLENGE_FIELDS = ("dataset", "root", "split", "n_private", "T", "mode", "k", "num_private", "upper", "dom",
-                     "scaling", "public", "public_size", "public_seed", "public_resize", "augment", "legacy",
-                     "research_seed")
+                     "scaling", "public", "public_size", "public_seed", "public_resize", "augment_padding",
+                     "legacy", "research_seed")
 
 
 @dataclass
@@ -60,7 +65,7 @@ class AuditConfig:
     public_size: int = 4000
     public_seed: int = 0
     public_resize: int | None = None
-    augment: int | None = None       # crop padding of the per-epoch augmentation (None: none)
+    augment_padding: int | None = None  # crop padding of the per-epoch augmentation (None: none)
     legacy: bool = False             # the reference code's keys (32-bit MT seed) and defects
     research_seed: int | None = None  # reproducible keys for research (anyone knowing it undoes them)
     # the attacks
@@ -69,7 +74,7 @@ class AuditConfig:
     carlini: dict = field(default_factory=dict)  # options of the Carlini et al. pipeline
     threshold: float = 0.8           # SSIM counted as "recovered"
 
-    def check(self) -> None:
+    def validate(self) -> None:
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ValueError(f"unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
@@ -91,8 +96,6 @@ class AuditResult:
 
 
 def _load_images(cfg: AuditConfig):
-    from ..data import load_dataset
-
     ds = load_dataset(cfg.dataset, root=cfg.root, split=cfg.split)
     if len(ds) < cfg.n_private:
         raise ValueError(f"too few images: {ds.name} ({cfg.split}) has {len(ds)}, the audit asks for "
@@ -105,12 +108,10 @@ def _load_images(cfg: AuditConfig):
 
 
 def _challenge(cfg: AuditConfig, out: Path, resume: bool):
-    from ..challenge import load_truth, make_challenge, write_challenge
-
     folder, truth_path = out / "challenge", out / "challenge-truth.npz"
     recipe = {k: v for k, v in asdict(cfg).items() if k in _CHALLENGE_FIELDS}
     if resume and (folder / "meta.json").is_file() and truth_path.is_file():
-        meta = json.loads((folder / "meta.json").read_text())
+        enc, lab, meta = load_challenge(folder)
         truth = load_truth(truth_path)
         recipe_path = out / "challenge-recipe.json"  # next to the truth, outside what an attacker holds
         made_with = json.loads(recipe_path.read_text()) if recipe_path.is_file() else None
@@ -121,15 +122,11 @@ def _challenge(cfg: AuditConfig, out: Path, resume: bool):
                 raise ValueError(f"cannot resume {out}: its challenge was made with another configuration "
                                  f"{diff} (then, now); use another --out or drop --resume")
         if meta.get("challenge_id") == truth.params.get("challenge_id"):
-            enc = np.load(folder / "encryption.npy", allow_pickle=False)
-            lab = np.load(folder / "label.npy", allow_pickle=False)
             return enc, lab, meta, truth, True
     ds, labels = _load_images(cfg)
     c, h, w = ds.shape
     pool = None
     if cfg.public is not None:
-        from ..data import load_public_pool
-
         pool = load_public_pool(cfg.public, n=cfg.public_size, size=(h, w), channels=c, seed=cfg.public_seed,
                                 resize=cfg.public_resize).images
     k = cfg.k if cfg.k is not None else (6 if pool is not None else 4)
@@ -137,28 +134,28 @@ def _challenge(cfg: AuditConfig, out: Path, resume: bool):
                                "selection": f"first {cfg.n_private}"},
             "public_source": None if pool is None else {"source": cfg.public, "size": len(pool),
                                                          "seed": cfg.public_seed},
-            "instahide_version": __import__("instahide").__version__}
+            "instahide_version": __version__}
     enc, lab, truth = make_challenge(
         ds.images, labels, pool, T=cfg.T, k=k, num_private=cfg.num_private, mode=cfg.mode, upper=cfg.upper,
-        dom=cfg.dom, scaling=cfg.scaling, legacy=cfg.legacy, seed=cfg.research_seed,
+        dom=cfg.dom, scaling=cfg.scaling, legacy=cfg.legacy, research_seed=cfg.research_seed,
         num_classes=max(ds.num_classes or 1, int(labels.max()) + 1),
         mean=ds.mean if cfg.scaling == "normalize" else None, std=ds.std if cfg.scaling == "normalize" else None,
-        info=info, augment=cfg.augment)
+        info=info, augment_padding=cfg.augment_padding)
     write_challenge(folder, enc, lab, truth, truth_path=truth_path, force=True)
-    atomic_write_text(out / "challenge-recipe.json", json.dumps(recipe, indent=2) + "\n")
+    # next to the truth (it holds the research seed): owner-only
+    atomic_write_text(out / "challenge-recipe.json", json.dumps(recipe, indent=2) + "\n", secret=True)
     meta = json.loads((folder / "meta.json").read_text())
     return enc, lab, meta, truth, False
 
 
-def _save_outcome(folder: Path, outcome: AttackOutcome, truth, meta_id: str) -> None:
-    from ..challenge import write_score_report
-
+def save_outcome(folder: Path, outcome: AttackOutcome, truth, meta_id: str | None) -> None:
+    """Write ``outcome`` to ``folder``: ``decryption.npy`` (channels last, the submission format),
+    ``outcome.json`` and, when it was scored, the score report (rows.csv, scores.json, best_worst.png)."""
     folder.mkdir(parents=True, exist_ok=True)
     if outcome.decryption is not None:
-        atomic_save_npy(folder / "decryption.npy", np.asarray(outcome.decryption, dtype=np.float32))
+        dec = np.asarray(outcome.decryption, dtype=np.float32)
+        atomic_save_npy(folder / "decryption.npy", np.ascontiguousarray(dec.transpose(0, 2, 3, 1)))
         if outcome.score is not None:
-            import warnings
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 write_score_report(outcome.score, folder, outcome.decryption, truth)
@@ -177,21 +174,17 @@ def _load_outcome(folder: Path, truth, meta_id: str, threshold: float) -> Attack
         return None
     dec = None
     if record.get("decryption"):
-        dec = np.load(folder / record["decryption"], allow_pickle=False)
+        dec = np.load(folder / record["decryption"], allow_pickle=False).transpose(0, 3, 1, 2)
     outcome = AttackOutcome(record["attack"], dec, None, float(record["seconds"]), record.get("info", {}),
                             record.get("uses_truth", ""))
     if dec is not None:
-        from ..challenge import score
-
         outcome.score = score(dec, truth, threshold=threshold)
     return outcome
 
 
 def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "html"), log=print) -> AuditResult:
     """Run the audit described by ``cfg`` into the folder ``out`` (module docstring)."""
-    from ..report.audit_report import write_audit_report
-
-    cfg.check()
+    cfg.validate()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -210,6 +203,8 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
                 options["seed_range"] = tuple(cfg.seed_range)
             if name == "carlini":
                 options.update(cfg.carlini)
+                if options.get("attacker_root") is None and options.get("attacker_dataset") in (None, cfg.dataset):
+                    options["attacker_root"] = cfg.root  # meta.json names no local path
                 options.setdefault("checkpoint_dir", str(folder / "work"))
             log(f"{name}: running ...")
             try:
@@ -218,7 +213,7 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
                 notes.append(f"{name} not run: {exc}")
                 log(f"{name}: not run: {exc}")
                 continue
-            _save_outcome(folder, outcome, truth, meta["challenge_id"])
+            save_outcome(folder, outcome, truth, meta["challenge_id"])
         outcomes.append(outcome)
         s = outcome.score
         log(f"{name}: " + (f"Max_SSIM {s.max_ssim:.3f}, images > {cfg.threshold}: "

@@ -1,6 +1,6 @@
 """Generate an InstaHide challenge in the published format, and keep its ground truth apart.
 
-The published challenge (SPEC section 4): 100 private CIFAR-10 images, each encrypted T = 50 times
+The published challenge (docs/challenge.md): 100 private CIFAR-10 images, each encrypted T = 50 times
 (one "epoch" = one encryption of each of the 100, with fresh keys), cross-dataset InstaHide with
 k = 6 (2 private + 4 public slots), 5,000 encryptions in all, handed out as
 
@@ -8,24 +8,21 @@ k = 6 (2 private + 4 public slots), 5,000 encryptions in all, handed out as
 * ``label.npy``: float32 ``(N, classes)``, lambda_1 e_{y1} + lambda_2 e_{y2} (this leaks the private
   coefficients, and every published attack uses it);
 
-plus, here, ``meta.json`` (the public parameters, no secrets). Rows are epoch-major: row
-``t * n + i`` is the encryption of private image ``i`` in epoch ``t`` (so image ``i`` is in slot 1
+plus, here, ``meta.json`` (the public parameters: no secrets, no local paths). Rows are epoch-major:
+row ``t * n + i`` is the encryption of private image ``i`` in epoch ``t`` (so image ``i`` is in slot 1
 of rows ``i, n + i, 2n + i, ...``), its partners drawn from the n private images and the public pool.
 
+In Python every image array is channels-first ``(N, C, H, W)``; the files (``encryption.npy`` and
+the truth's images) are channels last, converted by :func:`write_challenge`, :func:`load_challenge`,
+:func:`save_truth` and :func:`load_truth`.
+
 The ground truth (private images, keys, and the seed of a legacy challenge) goes to a SEPARATE
-``.npz`` file (default ``<OUT>-truth.npz`` next to ``OUT``), never inside ``OUT``: ``OUT`` is what is
-handed to attackers. :func:`load_truth` reads it back without unpickling anything.
+``.npz`` file (default ``<OUT>-truth.npz`` next to ``OUT``, mode 0600), never inside ``OUT``: ``OUT`` is
+what is handed to attackers. :func:`load_truth` reads it back without unpickling anything.
 
-Pixel scaling (``scaling``), the unit of the encryptions, of the truth's images and of L2 scores:
-
-* ``"pm1"`` (default): ``x / 127.5 - 1`` in [-1, 1], what the published attacks assume; SSIM data
-  range 2.
-* ``"normalize"``: the reference code's training normalisation, ``(x / 255 - mean) / std`` with the
-  private set's mean/std (CIFAR-10's by default) and ImageNet's for the public pool; SSIM data range
-  = the mean over channels of ``1 / std`` (the range of one normalised channel of the private set).
-* ``"unit"``: ``x / 255`` in [0, 1]. Every mixture is then non-negative, so ``|e|`` IS the mixture and
-  the mask hides nothing (SPEC section 5); the challenge is generated with ``allow_uncentred=True`` and
-  ``meta.json`` says so. SSIM data range 1.
+Pixel units (``scaling``): :mod:`instahide.data.scaling`. With ``"unit"`` every mixture is
+non-negative, so ``|e|`` IS the mixture and the mask hides nothing (docs/attacks.md): the challenge
+is generated with ``allow_uncentred=True`` and ``meta.json`` says so.
 """
 from __future__ import annotations
 
@@ -37,19 +34,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import atomic_save_npy, atomic_savez, atomic_write_text, load_plain_npz
+from .._io import atomic_save_npy, atomic_savez, atomic_write_text, load_plain_npz, output_folder
 from ..data.arrays import default_stats
-from ..data.dataset import CIFAR10_MEAN, CIFAR10_STD
+from ..data.augment import Augment
+from ..data.scaling import SCALINGS, private_stats, scale_images, scaling_data_range
 from ..scheme import Key, KeyGenerator, LegacyGenerator, encrypt, resolve_generator
 
 __all__ = [
-    "SCALINGS", "ChallengeTruth", "make_challenge", "write_challenge", "save_truth", "load_truth",
-    "challenge_meta", "default_truth_path", "scale_images", "to_unit_range", "TRUTH_FORMAT",
+    "ChallengeTruth", "make_challenge", "write_challenge", "load_challenge", "save_truth", "load_truth",
+    "challenge_meta", "default_truth_path", "TRUTH_FORMAT",
 ]
 
 TRUTH_FORMAT = "instahide-challenge-truth/1"
 CHALLENGE_FORMAT = "instahide-challenge/1"
-SCALINGS = ("pm1", "normalize", "unit")
+CHALLENGE_FILES = ("encryption.npy", "label.npy", "meta.json")
 # Parameters that are secrets: kept in the truth file, never written to meta.json.
 _SECRET_PARAMS = ("research_seed", "legacy_seed", "augment_seed")
 _UNIT_WARNING = ("scaling 'unit': pixels in [0, 1] are non-negative, so every mixture is non-negative "
@@ -57,12 +55,20 @@ _UNIT_WARNING = ("scaling 'unit': pixels in [0, 1] are non-negative, so every mi
                  "allow_uncentred=True, to measure exactly that)")
 
 
+def _nhwc(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 3, 1))
+
+
+def _nchw(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(x).transpose(0, 3, 1, 2))
+
+
 @dataclass
 class ChallengeTruth:
     """The ground truth of a challenge of ``N = n * T`` rows (secrets: keep it away from ``OUT``).
 
     Attributes:
-        private: float32 ``(n, H, W, C)``, the private images in the encryptions' pixel units.
+        private: float32 ``(n, C, H, W)``, the private images in the encryptions' pixel units.
         private_labels: int64 ``(n,)``.
         indices: int64 ``(N, k)``, the image in every slot of every row; columns
             ``< num_private`` index ``private``, the others ``public``. Column 0 of row ``t * n + i``
@@ -76,7 +82,7 @@ class ChallengeTruth:
         data_range: the SSIM data range of the pixel units (2.0 for pm1, 1.0 for unit, mean 1/std
             for normalize).
         params: every parameter of the generation (including secrets such as the research seed).
-        public: float32 ``(M, H, W, C)``, the public pool in the same units, or None (no public slot).
+        public: float32 ``(M, C, H, W)``, the public pool in the same units, or None (no public slot).
     """
 
     private: np.ndarray
@@ -97,7 +103,7 @@ class ChallengeTruth:
         self.indices = np.asarray(self.indices, dtype=np.int64)
         self.coefficients = np.asarray(self.coefficients, dtype=np.float32)
         if self.private.ndim != 4:
-            raise ValueError(f"truth: private images must be (n, H, W, C), got {self.private.shape}")
+            raise ValueError(f"truth: private images must be (n, C, H, W), got {self.private.shape}")
         n = len(self.private)
         if self.private_labels.shape != (n,):
             raise ValueError(f"truth: {n} private images but labels of shape {self.private_labels.shape}")
@@ -113,7 +119,6 @@ class ChallengeTruth:
         if self.public is not None:
             self.public = np.asarray(self.public, dtype=np.float32)
 
-    # -- shapes -------------------------------------------------------------------------------------
     @property
     def n(self) -> int:
         """Number of private images."""
@@ -135,12 +140,12 @@ class ChallengeTruth:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """``(H, W, C)`` of one image (channels last, as in ``encryption.npy``)."""
+        """``(C, H, W)`` of one image."""
         return tuple(self.private.shape[1:])  # type: ignore[return-value]
 
     @property
     def encryption_shape(self) -> tuple[int, int, int, int]:
-        """``(N, H, W, C)``: the shape of ``encryption.npy`` and of a decryption."""
+        """``(N, C, H, W)``: the shape of the encryptions and of a decryption."""
         return (self.N, *self.image_shape)
 
     @property
@@ -151,64 +156,13 @@ class ChallengeTruth:
         return self.indices[:, [0, second]]
 
     def key(self) -> Key:
-        """The keys as a :class:`instahide.scheme.Key` (images ``(C, H, W)``): with the private images
-        and the public pool in NCHW layout, ``apply_key`` recomputes the encryptions."""
-        h, w, c = self.image_shape
+        """The keys as a :class:`instahide.scheme.Key`: ``apply_key`` of the private images and the
+        public pool recomputes the encryptions."""
         return Key(torch.from_numpy(self.coefficients), torch.from_numpy(self.indices), self.num_private,
-                   None if self.mask_bits is None else torch.from_numpy(self.mask_bits), (c, h, w),
+                   None if self.mask_bits is None else torch.from_numpy(self.mask_bits), self.image_shape,
                    {"legacy": self.legacy_seed >= 0})
 
 
-# -- pixel scaling ----------------------------------------------------------------------------------
-def _private_stats(channels: int, mean, std) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    if mean is None and std is None:
-        if channels != 3:
-            raise ValueError(f"scaling 'normalize' of {channels}-channel images needs the private set's "
-                             "mean= and std= (the default is CIFAR-10's, for 3 channels)")
-        return CIFAR10_MEAN, CIFAR10_STD
-    if mean is None or std is None:
-        raise ValueError("give both mean= and std= (or neither)")
-    mean, std = tuple(float(m) for m in mean), tuple(float(s) for s in std)
-    if len(mean) != channels or len(std) != channels or min(std) <= 0:
-        raise ValueError(f"mean/std must have {channels} entries (std > 0), got {mean} / {std}")
-    return mean, std
-
-
-def scale_images(images: torch.Tensor, scaling: str, mean=None, std=None) -> torch.Tensor:
-    """uint8 ``(N, C, H, W)`` -> float32 in the challenge's pixel units (``pm1``, ``normalize`` with
-    ``mean``/``std``, or ``unit``)."""
-    x = images.to(torch.float32)
-    if scaling == "pm1":
-        return x / 127.5 - 1.0
-    if scaling == "unit":
-        return x / 255.0
-    if scaling == "normalize":
-        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        return (x / 255.0 - m) / s
-    raise ValueError(f"unknown scaling {scaling!r}; expected one of {SCALINGS}")
-
-
-def to_unit_range(images_hwc: np.ndarray, truth: ChallengeTruth) -> np.ndarray:
-    """Images ``(N, H, W, C)`` in the challenge's pixel units -> [0, 1] (clipped), for display."""
-    x = np.asarray(images_hwc, dtype=np.float32)
-    if truth.scaling == "pm1":
-        x = (x + 1.0) / 2.0
-    elif truth.scaling == "normalize":
-        std, mean = truth.params["private_std"], truth.params["private_mean"]
-        x = x * np.asarray(std, np.float32) + np.asarray(mean, np.float32)
-    return np.clip(x, 0.0, 1.0)
-
-
-def _data_range(scaling: str, std) -> float:
-    if scaling == "pm1":
-        return 2.0
-    if scaling == "unit":
-        return 1.0
-    return float(np.mean([1.0 / s for s in std]))
-
-
-# -- generation ---------------------------------------------------------------------------------------
 def _uint8_images(x, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(np.ascontiguousarray(x))
@@ -235,13 +189,13 @@ def make_challenge(
     dom: float = 0.3,
     scaling: str = "pm1",
     legacy: bool = False,
-    seed=None,
+    research_seed=None,
     generator: KeyGenerator | LegacyGenerator | None = None,
     num_classes: int | None = None,
     mean=None,
     std=None,
     info: dict | None = None,
-    augment: int | None = None,
+    augment_padding: int | None = None,
     augment_seed: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ChallengeTruth]:
     """Encrypt ``n`` private images ``T`` times each (epoch-major), the InstaHide challenge's way.
@@ -260,17 +214,18 @@ def make_challenge(
         legacy: draw keys the reference code's way, defects included: one
             :class:`~instahide.scheme.LegacyGenerator` whose Mersenne-Twister streams continue across
             epochs as the reference's globals did; public partners come from the pool's first ``n``
-            rows (the public-window defect). ``seed`` is then the 32-bit legacy seed (drawn from
-            OS entropy if None) and is stored in the truth: it alone recovers every key.
-        seed: FOR REPRODUCIBLE RESEARCH ONLY (anyone who knows it recomputes every key); default:
-            keys from 256 bits of OS entropy.
+            rows (the public-window defect). ``research_seed`` is then the 32-bit legacy seed (drawn
+            from OS entropy if None) and is stored in the truth: it alone recovers every key.
+        research_seed: the key seed, FOR REPRODUCIBLE RESEARCH ONLY (anyone who knows it recomputes
+            every key); default: keys from 256 bits of OS entropy.
         generator: a :class:`~instahide.scheme.KeyGenerator` (or ``LegacyGenerator`` with
-            ``legacy=True``) to draw from instead of ``seed``.
+            ``legacy=True``) to draw from instead of ``research_seed``.
         num_classes: width of the labels; default ``max(private_labels) + 1``.
         mean, std: the private set's per-channel statistics for ``scaling="normalize"`` (default
             CIFAR-10's); the public pool uses ImageNet's.
-        info: extra descriptive (non-secret) entries for the parameters, e.g. the data's source.
-        augment: the training recipe's augmentation before every epoch's encryption: a random crop
+        info: extra descriptive entries for the parameters, e.g. the data's source (``root`` and
+            local ``source`` entries stay in the truth, out of ``meta.json``).
+        augment_padding: the training recipe's augmentation before every epoch's encryption: a random crop
             with this padding (black fill; 0 = no crop) and a random horizontal flip, drawn anew per
             image and epoch (as training with augmentation encrypts). None (default): no
             augmentation, every epoch hides the same images, the published challenge's setting.
@@ -278,16 +233,16 @@ def make_challenge(
         augment_seed: seed of the augmentation draws (not key material); default OS entropy.
 
     Returns:
-        ``(encryption, label, truth)``: float32 ``(n*T, H, W, C)``, float32 ``(n*T, classes)`` and a
+        ``(encryption, label, truth)``: float32 ``(n*T, C, H, W)``, float32 ``(n*T, classes)`` and a
         :class:`ChallengeTruth`. Write them with :func:`write_challenge`.
 
     Example:
         >>> from instahide.data import load_dataset, load_public_pool
         >>> ds = load_dataset("digits", split="test").subset(slice(0, 20))
         >>> pool = load_public_pool("builtin", n=200, size=(8, 8), channels=1, resize=40)
-        >>> enc, lab, truth = make_challenge(ds.images, ds.labels, pool.images, T=5, seed=0)
+        >>> enc, lab, truth = make_challenge(ds.images, ds.labels, pool.images, T=5, research_seed=0)
         >>> enc.shape, lab.shape, truth.pairs.shape
-        ((100, 8, 8, 1), (100, 10), (100, 2))
+        ((100, 1, 8, 8), (100, 10), (100, 2))
     """
     x8 = _uint8_images(private_images, "private_images")
     n, c, h, w = x8.shape
@@ -315,36 +270,34 @@ def make_challenge(
 
     p_mean = p_std = q_mean = q_std = None
     if scaling == "normalize":
-        p_mean, p_std = _private_stats(c, mean, std)
+        p_mean, p_std = private_stats(c, mean, std)
         q_mean, q_std = default_stats(c)
     x = scale_images(x8, scaling, p_mean, p_std)
     pub = None if pub8 is None else scale_images(pub8, scaling, q_mean, q_std)
 
     aug = aug_gen = None
-    if augment is not None:
-        from ..data.augment import Augment
-
-        if not isinstance(augment, (int, np.integer)) or augment < 0:
-            raise ValueError(f"augment is the crop padding, an integer >= 0, got {augment!r}")
+    if augment_padding is not None:
+        if not isinstance(augment_padding, (int, np.integer)) or augment_padding < 0:
+            raise ValueError(f"augment_padding is the crop padding, an integer >= 0, got {augment_padding!r}")
         black = scale_images(torch.zeros(1, c, 1, 1, dtype=torch.uint8), scaling, p_mean, p_std).flatten()
-        aug = Augment(padding=int(augment), flip=True, fill=black.tolist())
+        aug = Augment(padding=int(augment_padding), flip=True, fill=black.tolist())
         if augment_seed is None:
             augment_seed = int.from_bytes(os.urandom(8), "little") >> 1
         aug_gen = torch.Generator().manual_seed(int(augment_seed))
 
     if legacy:
-        if generator is not None and seed is not None:
-            raise ValueError("give either seed or generator, not both")
+        if generator is not None and research_seed is not None:
+            raise ValueError("give either research_seed or generator, not both")
         if generator is not None and not isinstance(generator, LegacyGenerator):
             raise TypeError("legacy=True draws from the reference's Mersenne-Twister generators: pass "
-                            "seed=<int> or generator=LegacyGenerator(seed)")
-        gen = generator if generator is not None else LegacyGenerator(seed)
+                            "research_seed=<int> or generator=LegacyGenerator(seed)")
+        gen = generator if generator is not None else LegacyGenerator(research_seed)
         origin, legacy_seed = "legacy-seed", int(gen.seed)
     else:
-        gen = resolve_generator(seed, generator)
+        gen = resolve_generator(research_seed, generator)
         origin, legacy_seed = gen.origin, -1
 
-    encryption = np.empty((n * T, h, w, c), dtype=np.float32)
+    encryption = np.empty((n * T, c, h, w), dtype=np.float32)
     label = np.empty((n * T, num_classes), dtype=np.float32)
     keys = []
     for t in range(T):
@@ -352,7 +305,7 @@ def make_challenge(
         enc = encrypt(xt, labels, k=k, upper=upper, mode=mode, public=pub, num_private=num_private, dom=dom,
                       num_classes=num_classes, generator=gen, return_key=True, legacy=legacy,
                       allow_uncentred=scaling == "unit")
-        encryption[t * n:(t + 1) * n] = enc.images.permute(0, 2, 3, 1).numpy()
+        encryption[t * n:(t + 1) * n] = enc.images.numpy()
         label[t * n:(t + 1) * n] = enc.soft_labels.numpy()
         keys.append(enc.key)
     key = Key.cat(keys)
@@ -365,7 +318,7 @@ def make_challenge(
         "image_shape_hwc": [h, w, c], "num_classes": num_classes,
         "k": k, "num_private": num_private, "num_public": k - num_private, "mode": mode, "upper": upper,
         "dom": dom if num_private < k else None,
-        "scaling": scaling, "data_range": _data_range(scaling, p_std),
+        "scaling": scaling, "data_range": scaling_data_range(scaling, p_std),
         "private_mean": list(p_mean) if p_mean else None, "private_std": list(p_std) if p_std else None,
         "public_mean": list(q_mean) if q_mean else None, "public_std": list(q_std) if q_std else None,
         "public_pool_size": None if pub8 is None else len(pub8),
@@ -374,7 +327,7 @@ def make_challenge(
         "legacy_seed": legacy_seed if legacy else None,
         "label": "sum over the private slots of lambda_j * one_hot(y_j) (not renormalised)",
         "mask_hides_nothing": scaling == "unit" and mode == "instahide",
-        "augment": None if aug is None else {"crop_padding": int(augment), "flip": True,
+        "augment": None if aug is None else {"crop_padding": int(augment_padding), "flip": True,
                                              "note": "fresh crop and flip per image and epoch; truth holds "
                                                      "the un-augmented images"},
         "augment_seed": augment_seed if aug is not None else None,  # secret: it tells the crops
@@ -385,22 +338,34 @@ def make_challenge(
         params["warning"] = _UNIT_WARNING
     params.update(info or {})
     truth = ChallengeTruth(
-        private=x.permute(0, 2, 3, 1).numpy(), private_labels=labels.numpy(),
+        private=x.numpy(), private_labels=labels.numpy(),
         indices=key.indices.numpy(), coefficients=key.coefficients.numpy(), num_private=num_private,
         mask_bits=None if key.mask_bits is None else key.mask_bits.numpy(), scaling=scaling,
         legacy_seed=legacy_seed, data_range=params["data_range"], params=params,
-        public=None if pub is None else pub.permute(0, 2, 3, 1).numpy(),
+        public=None if pub is None else pub.numpy(),
     )
     return encryption, label, truth
 
 
+def _public_source(source):
+    """A data-source description without what names the machine (``root``, a local ``source`` path)."""
+    if not isinstance(source, dict):
+        return source
+    out = {k: v for k, v in source.items() if k not in ("root", "source")}
+    if "source" in source:
+        out["source"] = source["source"] if source["source"] == "builtin" else "local files"
+    return out
+
+
 def challenge_meta(truth: ChallengeTruth) -> dict:
-    """The public description of a challenge (what ``meta.json`` holds): every parameter except
-    the secrets (research or legacy seed)."""
-    meta = {key: value for key, value in truth.params.items() if key not in _SECRET_PARAMS}
-    meta["files"] = {"encryption.npy": f"float32 {list(truth.encryption_shape)} (N, H, W, C), channels last",
+    """The public description of a challenge (what ``meta.json`` holds): every parameter except the
+    secrets (research, legacy or augmentation seed) and local paths (data roots and sources)."""
+    meta = {key: _public_source(value) if key.endswith("_source") else value
+            for key, value in truth.params.items() if key not in _SECRET_PARAMS}
+    shape = [truth.N, *truth.params["image_shape_hwc"]]
+    meta["files"] = {"encryption.npy": f"float32 {shape} (N, H, W, C), channels last",
                      "label.npy": f"float32 [{truth.N}, {truth.params.get('num_classes')}]"}
-    meta["submission"] = (f"decryption.npy: float32 {list(truth.encryption_shape)}, one recovered image per row, "
+    meta["submission"] = (f"decryption.npy: float32 {shape}, one recovered image per row, "
                           "in the same pixel units; scored by Max_SSIM (see instahide challenge score)")
     return meta
 
@@ -419,9 +384,11 @@ def _inside(path: Path, folder: Path) -> bool:
 
 def write_challenge(out: str | os.PathLike, encryption: np.ndarray, label: np.ndarray, truth: ChallengeTruth,
                     *, truth_path: str | os.PathLike | None = None, force: bool = False) -> dict[str, Path]:
-    """Write ``OUT/encryption.npy``, ``OUT/label.npy``, ``OUT/meta.json`` and the truth file
-    (default :func:`default_truth_path`), each atomically. Refuses a truth path inside ``OUT`` and,
-    without ``force``, existing files. Returns the paths written."""
+    """Write ``OUT/encryption.npy`` (``encryption`` ``(N, C, H, W)``, stored channels last),
+    ``OUT/label.npy``, ``OUT/meta.json`` and the truth file (default :func:`default_truth_path`).
+    ``OUT`` is replaced as a whole (:func:`instahide._io.output_folder`): a failure or a kill leaves
+    the old complete challenge or the new one. Refuses a truth path inside ``OUT``, an ``OUT`` with
+    files of its own and, without ``force``, existing files. Returns the paths written."""
     out = Path(out)
     truth_path = default_truth_path(out) if truth_path is None else Path(truth_path)
     if _inside(truth_path, out):
@@ -435,19 +402,48 @@ def write_challenge(out: str | os.PathLike, encryption: np.ndarray, label: np.nd
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not force:
         raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (force=True / --force)")
-    atomic_save_npy(paths["encryption"], np.ascontiguousarray(encryption, dtype=np.float32))
-    atomic_save_npy(paths["label"], np.ascontiguousarray(label, dtype=np.float32))
-    atomic_write_text(paths["meta"], json.dumps(challenge_meta(truth), indent=2, default=str) + "\n")
-    save_truth(truth_path, truth)
+    with output_folder(out, force, owned=CHALLENGE_FILES) as tmp:
+        atomic_save_npy(tmp / "encryption.npy", _nhwc(encryption.astype(np.float32, copy=False)))
+        atomic_save_npy(tmp / "label.npy", np.ascontiguousarray(label, dtype=np.float32))
+        atomic_write_text(tmp / "meta.json", json.dumps(challenge_meta(truth), indent=2, default=str) + "\n")
+        save_truth(truth_path, truth)
     return paths
 
 
+def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """``numpy.load`` without pickles; FileNotFoundError or a ValueError naming ``what`` and ``path``."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no {what} at {path}") from None
+    except (OSError, ValueError, EOFError) as exc:
+        raise ValueError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def load_challenge(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
+    """``(encryption (N, C, H, W), label (N, classes), meta)`` of a challenge folder in the published
+    format (``encryption.npy`` channels last, ``label.npy``, ``meta.json``)."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{folder} has no meta.json: the attacks need the challenge's public parameters")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {meta_path}: {exc}") from exc
+    enc = read_npy(folder / "encryption.npy", "encryption")
+    if enc.ndim != 4:
+        raise ValueError(f"{folder / 'encryption.npy'} must be (N, H, W, C), got shape {enc.shape}")
+    return _nchw(enc), read_npy(folder / "label.npy", "label"), meta
+
+
 def save_truth(path: str | os.PathLike, truth: ChallengeTruth) -> Path:
-    """Write the truth to ``path`` (``.npz`` of plain arrays, no pickles), atomically."""
+    """Write the truth to ``path`` (``.npz`` of plain arrays, images channels last, no pickles, mode
+    0600), atomically."""
     path = Path(path)
     arrays = {
         "format": np.frombuffer(TRUTH_FORMAT.encode(), dtype=np.uint8),
-        "private": truth.private, "private_labels": truth.private_labels,
+        "private": _nhwc(truth.private), "private_labels": truth.private_labels,
         "indices": truth.indices, "coefficients": truth.coefficients,
         "num_private": np.array(truth.num_private, dtype=np.int64),
         "scaling": np.array(truth.scaling), "legacy_seed": np.array(truth.legacy_seed, dtype=np.int64),
@@ -457,23 +453,27 @@ def save_truth(path: str | os.PathLike, truth: ChallengeTruth) -> Path:
     if truth.mask_bits is not None:
         arrays["mask_bits"] = np.asarray(truth.mask_bits, dtype=np.uint8)
     if truth.public is not None:
-        arrays["public"] = truth.public
-    atomic_savez(path, arrays)
+        arrays["public"] = _nhwc(truth.public)
+    atomic_savez(path, arrays, secret=True)  # owner-only: it undoes every encryption
     return path
 
 
 def load_truth(path: str | os.PathLike) -> ChallengeTruth:
     """Read a truth file written by :func:`save_truth`/:func:`write_challenge` (``allow_pickle=False``)."""
-    fields = load_plain_npz(path, "ground-truth file")
+    try:
+        fields = load_plain_npz(path, "ground-truth file")
+    except (TypeError, AttributeError):  # np.load gave one array (a .npy), not an archive
+        raise ValueError(f"{path} is a single array (.npy), not a ground-truth file (<OUT>-truth.npz)") from None
     if "format" not in fields or bytes(fields["format"]).decode(errors="replace") != TRUTH_FORMAT:
         raise ValueError(f"{path} is not an instahide challenge truth file ({TRUTH_FORMAT})")
     try:
+        public = fields.get("public")
         return ChallengeTruth(
-            private=fields["private"], private_labels=fields["private_labels"], indices=fields["indices"],
+            private=_nchw(fields["private"]), private_labels=fields["private_labels"], indices=fields["indices"],
             coefficients=fields["coefficients"], num_private=int(fields["num_private"]),
             mask_bits=fields.get("mask_bits"), scaling=str(fields["scaling"]),
             legacy_seed=int(fields["legacy_seed"]), data_range=float(fields["data_range"]),
-            params=json.loads(str(fields["params"])), public=fields.get("public"),
+            params=json.loads(str(fields["params"])), public=None if public is None else _nchw(public),
         )
     except (KeyError, ValueError, TypeError) as exc:
         raise ValueError(f"malformed ground-truth file {path}: {exc}") from exc

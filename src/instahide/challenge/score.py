@@ -1,13 +1,13 @@
-"""Score a decryption of an InstaHide challenge the way the challenge did (SPEC section 4).
+"""Score a decryption of an InstaHide challenge the way the challenge did (docs/challenge.md).
 
 For every row (encryption) ``r``, with ``p1, p2`` the private images in slots 1 and 2 (the first two
 columns of the truth's indices) and ``dec_r`` the submitted image:
 
 * ``ssim1, ssim2 = SSIM(dec_r, p1), SSIM(dec_r, p2)`` with :func:`instahide.metrics.ssim`, which
-  equals scikit-image's ``structural_similarity(dec_r, p, data_range=R, channel_axis=-1)`` (uniform 7x7
-  window, K1 = 0.01, K2 = 0.03, sample covariance, mean over the valid region, per channel then
-  averaged over channels). ``R`` is the truth's data range: 2.0 for pm1 pixels, 1.0 for unit, the mean
-  over channels of 1/std for normalised pixels. The decryption is NOT clipped or rescaled: submit it
+  equals scikit-image's ``structural_similarity(dec_r, p, data_range=R, channel_axis=0)`` on
+  ``(C, H, W)`` images (uniform 7x7 window, K1 = 0.01, K2 = 0.03, sample covariance, mean over the
+  valid region, per channel then averaged over channels). ``R`` is the truth's data range: 2.0 for
+  pm1 pixels, 1.0 for unit, the mean over channels of 1/std for normalised pixels. The decryption is NOT clipped or rescaled: submit it
   in the encryption's pixel units. A decryption that is right up to a global sign scores as the
   negated image does (the challenge had no sign allowance either).
 * ``l2_1, l2_2``: root-mean-square error per pixel value (over H, W and C) in the encryption's pixel
@@ -23,7 +23,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +31,9 @@ import torch
 
 from .._io import atomic_open, atomic_write_text
 from ..metrics import l2, ssim
-from .make import ChallengeTruth, challenge_meta, to_unit_range
+from .make import ChallengeTruth, challenge_meta
 
-__all__ = ["ScoreResult", "score", "write_score_report", "SSIM_CONVENTION", "L2_CONVENTION"]
+__all__ = ["ScoreResult", "score", "write_score_files", "check_decryption", "SSIM_CONVENTION", "L2_CONVENTION"]
 
 SSIM_CONVENTION = ("skimage.metrics.structural_similarity(dec, p, data_range=R, channel_axis=-1) with its "
                    "defaults (uniform 7x7 window, K1=0.01, K2=0.03, sample covariance, mean over the valid "
@@ -95,22 +94,17 @@ class ScoreResult:
         }
 
 
-def _as_array(decryption) -> np.ndarray | torch.Tensor:
-    if isinstance(decryption, torch.Tensor):
-        return decryption.detach()
-    if isinstance(decryption, np.ndarray):
-        return decryption
-    raise TypeError(f"decryption must be a numpy array or torch tensor (N, H, W, C), got {type(decryption).__name__}")
-
-
 def check_decryption(decryption, truth: ChallengeTruth) -> torch.Tensor:
     """The decryption as a float tensor of the encryption's shape, or a clear error."""
-    dec = _as_array(decryption)
+    if not isinstance(decryption, (np.ndarray, torch.Tensor)):
+        raise TypeError("decryption must be a numpy array or torch tensor (N, C, H, W), got "
+                        f"{type(decryption).__name__}")
+    dec = decryption.detach() if isinstance(decryption, torch.Tensor) else decryption
     shape = tuple(dec.shape)
     want = truth.encryption_shape
     if len(shape) != 4 or shape[1:] != want[1:]:
         raise ValueError(f"wrong decryption shape {shape}: it must equal the encryption's shape {want} "
-                         "(N, H, W, C), channels last")
+                         "(N, C, H, W), channels first")
     if shape[0] != want[0]:
         raise ValueError(f"mismatched ground truth: the decryption has {shape[0]} rows but the truth is for "
                          f"{want[0]} encryptions ({truth.n} images x T={truth.T}); is it the right challenge?")
@@ -125,9 +119,13 @@ def check_decryption(decryption, truth: ChallengeTruth) -> torch.Tensor:
 
 
 def score(decryption, truth: ChallengeTruth, *, threshold: float = 0.8) -> ScoreResult:
-    """Score ``decryption`` ``(N, H, W, C)`` against the challenge's ``truth`` (module docstring).
+    """Score ``decryption`` ``(N, C, H, W)`` against the challenge's ``truth`` (module docstring).
 
-    Example (``truth`` from :func:`~instahide.challenge.make_challenge` or ``load_truth``):
+    Example (the true images themselves score 1):
+        >>> from instahide.data import load_dataset
+        >>> from instahide.challenge import make_challenge
+        >>> ds = load_dataset("digits", split="test").subset(slice(0, 10))
+        >>> _, _, truth = make_challenge(ds.images, ds.labels, None, T=2, k=4, research_seed=0)
         >>> res = score(truth.private[truth.pairs[:, 0]], truth)   # the true images themselves
         >>> round(res.max_ssim, 6)
         1.0
@@ -169,12 +167,10 @@ def score(decryption, truth: ChallengeTruth, *, threshold: float = 0.8) -> Score
     )
 
 
-def write_score_report(result: ScoreResult, out_dir: str | os.PathLike, decryption, truth: ChallengeTruth,
-                       *, per_side: int = 8) -> dict[str, Path]:
-    """Write ``rows.csv`` (row, p1, p2, ssim1, ssim2, max_ssim, l2_1, l2_2), ``scores.json`` (the
-    summary, the challenge's public parameters and the conventions) and ``best_worst.png`` (the
-    ``per_side`` best and worst rows: decryption above the best-matching private image; needs
-    matplotlib, skipped with a warning without it) to ``out_dir``. Returns the paths written."""
+def write_score_files(result: ScoreResult, out_dir: str | os.PathLike, truth: ChallengeTruth) -> dict[str, Path]:
+    """Write ``rows.csv`` (row, p1, p2, ssim1, ssim2, max_ssim, l2_1, l2_2) and ``scores.json`` (the
+    summary, the challenge's public parameters and the conventions) to ``out_dir``; returns their
+    paths. (:func:`instahide.report.write_score_report` adds the picture.)"""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"rows": out / "rows.csv", "scores": out / "scores.json"}
@@ -190,38 +186,4 @@ def write_score_report(result: ScoreResult, out_dir: str | os.PathLike, decrypti
               "per_private_best_ssim": [None if np.isnan(v) else round(float(v), 6)
                                         for v in result.per_private_best_ssim]}
     atomic_write_text(paths["scores"], json.dumps(report, indent=2, default=str) + "\n")
-    png = _best_worst_png(result, out / "best_worst.png", decryption, truth, per_side)
-    if png is not None:
-        paths["picture"] = png
     return paths
-
-
-def _best_worst_png(result: ScoreResult, path: Path, decryption, truth: ChallengeTruth, per_side: int):
-    try:
-        from ..report.figures import encryption_grid
-        import matplotlib  # noqa: F401
-    except ImportError:
-        warnings.warn('best_worst.png skipped: pictures need matplotlib (pip install "instahide[plot]")',
-                      stacklevel=3)
-        return None
-    dec = np.asarray(_as_array(decryption).cpu() if isinstance(decryption, torch.Tensor) else decryption,
-                     dtype=np.float32)
-    row_max = result.row_max_ssim
-    order = np.argsort(-row_max, kind="stable")
-    m = min(per_side, len(order))
-    best_rows, worst_rows = order[:m], order[::-1][:m]
-    match = np.where(result.ssim1 >= result.ssim2, result.p1, result.p2)
-
-    def span(rows):
-        return f"{row_max[rows].min():.2f}..{row_max[rows].max():.2f}"
-
-    rows = [
-        (f"best {m}\ndecryption\nSSIM {span(best_rows)}", to_unit_range(dec[best_rows], truth)),
-        ("best match\n(private)", to_unit_range(truth.private[match[best_rows]], truth)),
-        (f"worst {m}\ndecryption\nSSIM {span(worst_rows)}", to_unit_range(dec[worst_rows], truth)),
-        ("best match\n(private)", to_unit_range(truth.private[match[worst_rows]], truth)),
-    ]
-    title = (f"Max_SSIM {result.max_ssim:.3f}, Mean_SSIM {result.mean_ssim:.3f} over {len(row_max)} rows "
-             f"(data range {result.data_range:g})")
-    encryption_grid(rows, path, title=title)
-    return path

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from pathlib import Path
 
 import torch
+
+from .._config import add_arguments, from_args
+from ..data import load_dataset, load_public_pool
+from ..scheme import KeyGenerator, LegacyGenerator
+from ..scheme.config import SchemeConfig
+from ..train.engine import Progress  # noqa: F401  (the one progress line; commands import it from here)
 
 
 class CLIError(Exception):
@@ -30,34 +34,15 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
                         "(InstaHide then refuses unless --allow-uncentred: the mask hides nothing there)")
 
 
-def add_public_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("public pool (cross-dataset InstaHide)")
-    g.add_argument("--public", default=None, metavar="SOURCE",
-                   help="enable cross-dataset mode with this pool: 'builtin' (photographs shipped with "
-                        "scikit-image/scikit-learn), a folder of photographs, or a .npy/.npz array")
-    g.add_argument("--public-size", type=int, default=4000, metavar="M",
-                   help="number of public patches to cut (default 4000)")
-    g.add_argument("--public-resize", type=int, default=None, metavar="S",
-                   help="resize photographs so the short side is S before cropping (the paper: 40 for 32x32)")
+def add_scheme_options(p: argparse.ArgumentParser, **defaults) -> None:
+    """The :class:`~instahide.scheme.SchemeConfig` options (the same names, defaults and help in every
+    command; ``defaults`` overrides a command's own defaults by name), and the key options."""
+    add_arguments(p, SchemeConfig, title="scheme (the paper's names; defaults are the reference code's)",
+                  defaults=defaults)
+    g = p.add_argument_group("public pool and keys")
     g.add_argument("--public-min-keypoints", type=int, default=None, metavar="K",
                    help="keep only patches with more than K SIFT keypoints (the paper's filter; slow)")
     g.add_argument("--public-cache", default=None, metavar="NPZ", help="reuse/build the pool in this .npz")
-
-
-def add_scheme_options(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("scheme (the paper's names; defaults are the reference code's)")
-    g.add_argument("--k", type=int, default=None,
-                   help="images mixed into one encryption (default 4; 6 with --public)")
-    g.add_argument("--upper", type=float, default=0.65, help="c1: the largest coefficient (default 0.65)")
-    g.add_argument("--dom", type=float, default=0.3,
-                   help="c2: smallest sum of the private coefficients, cross-dataset only (default 0.3)")
-    g.add_argument("--num-private", type=int, default=None,
-                   help="private slots in cross-dataset mode (default 2)")
-    g.add_argument("--mode", default="instahide", choices=["instahide", "mixup"],
-                   help="instahide (mix and mask, default) or mixup (mix only: no mask)")
-    g.add_argument("--legacy", action="store_true",
-                   help="reproduce the reference code's keys and defects (public window, self-mixing, "
-                        "Mersenne-Twister seeded with a 32-bit integer); for replaying attacks only")
     g.add_argument("--research-seed", type=int, default=None, metavar="N",
                    help="REPRODUCIBLE RESEARCH ONLY: derive every key from N, so anyone who knows or "
                         "guesses N can undo the encryption. Default: 256 bits of OS entropy")
@@ -65,22 +50,25 @@ def add_scheme_options(p: argparse.ArgumentParser) -> None:
                    help="mask non-negative pixels anyway (to measure that the mask then hides nothing)")
 
 
+def scheme_from_args(args) -> SchemeConfig:
+    """The validated :class:`~instahide.scheme.SchemeConfig` of the parsed options."""
+    try:
+        return from_args(args, SchemeConfig).validate()
+    except ValueError as exc:
+        raise CLIError(str(exc)) from exc
+
+
 def scheme_kwargs(args) -> dict:
-    cross = args.public is not None
-    k = args.k if args.k is not None else (6 if cross else 4)
-    kw = dict(k=k, upper=args.upper, mode=args.mode, legacy=args.legacy,
-              allow_uncentred=args.allow_uncentred, seed=args.research_seed)
-    if cross:
-        kw.update(dom=args.dom, num_private=args.num_private if args.num_private is not None else 2)
-    elif args.num_private is not None:
-        raise CLIError("--num-private needs a public pool (--public SOURCE)")
-    return kw
+    """``encrypt`` keyword arguments of the parsed scheme options (plus ``allow_uncentred``, ``seed``)."""
+    scheme = scheme_from_args(args)
+    if scheme.mode == "vanilla":
+        raise CLIError("--mode vanilla encrypts nothing: pick instahide or mixup")
+    return dict(**scheme.encrypt_kwargs(), allow_uncentred=args.allow_uncentred, seed=args.research_seed)
 
 
 def add_encryption_options(p: argparse.ArgumentParser) -> None:
-    """Everything a command that encrypts a dataset takes: data, public pool, scheme."""
+    """Everything a command that encrypts a dataset takes: data, scheme (with the public pool), keys."""
     add_data_options(p)
-    add_public_options(p)
     add_scheme_options(p)
 
 
@@ -93,8 +81,6 @@ def refuse_overwrite(paths, force: bool) -> None:
 def make_generator(seed, legacy: bool):
     """The key generator for ``--research-seed``/``--legacy``: legacy MT streams, a research-seeded
     keystream, or (no seed) a keystream keyed from OS entropy."""
-    from ..scheme import KeyGenerator, LegacyGenerator
-
     if legacy:
         return LegacyGenerator(seed)
     return KeyGenerator.from_seed(seed) if seed is not None else KeyGenerator.from_entropy()
@@ -102,8 +88,6 @@ def make_generator(seed, legacy: bool):
 
 def load_private(args):
     """The private dataset: ``(ImageDataset, float images (N, C, H, W), labels (N,))``."""
-    from ..data import load_dataset
-
     try:
         ds = load_dataset(args.dataset, root=args.root, split=args.split, download=args.download)
     except (ValueError, FileNotFoundError, ImportError) as exc:
@@ -121,8 +105,6 @@ def load_public(args, shape):
     """The public pool as float images matching the private ``shape`` ``(C, H, W)``, or None."""
     if args.public is None:
         return None, None
-    from ..data import load_public_pool
-
     c, h, w = shape
     try:
         pool = load_public_pool(args.public, n=args.public_size, size=(h, w), channels=c,
@@ -134,22 +116,21 @@ def load_public(args, shape):
     return pool, px
 
 
-class Progress:
-    """A small progress line on stderr (``\\r`` updates on a terminal, a line per step otherwise)."""
-
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.done = total, label, 0
-        self.start = time.perf_counter()
-        self.tty = sys.stderr.isatty()
-
-    def update(self, n: int = 1, info: str = "") -> None:
-        self.done += n
-        width = 30
-        filled = int(width * self.done / max(self.total, 1))
-        rate = self.done / max(time.perf_counter() - self.start, 1e-9)
-        line = (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"({rate:.1f}/s) {info}")
-        if self.tty:
-            print("\r" + line, end="" if self.done < self.total else "\n", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
+def report_run(what: str, final: dict, unit: str, cfg) -> None:
+    """The closing lines of a training command: what ran (from which epoch or round), the clean test
+    accuracy, where the results are, and the research-seed warning."""
+    done, now, start = final[f"{unit}s_run"], final[f"{unit}s_this_run"], final[f"resumed_from_{unit}"]
+    acc = final["final_test_acc"]
+    if start and not now:
+        ran = f"all {done} {unit}s were already run, nothing to do (a larger --{unit}s extends the run)"
+    elif start:
+        ran = f"resumed after {unit} {start}, ran {unit}s {start + 1}-{done} ({now} this run)"
+    else:
+        ran = f"{now} {unit}s"
+    if final.get(f"extended_from_{unit}s"):
+        ran += f"; extended from {final[f'extended_from_{unit}s']} to {done} {unit}s"
+    print(f"{what}: {ran}; clean test accuracy {'n/a' if acc is None else f'{acc:.4f}'}; "
+          f"results in {cfg.out}/final.json")
+    scheme = getattr(cfg, "scheme", None)
+    if cfg.research_seed is not None and scheme is not None and scheme.mode == "instahide":
+        print(f"note: keys derive from research seed {cfg.research_seed}: anyone who knows it can undo the mask")

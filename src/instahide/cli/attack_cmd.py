@@ -2,12 +2,22 @@
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from .._io import atomic_open, atomic_save_npy, atomic_write_text
+from ..audit import ATTACKS, run_attack, save_outcome
+from ..audit.gradient import gradient_inversion_audit
+from ..challenge import default_truth_path, load_challenge, load_truth
+from ..data import load_dataset, load_public_pool
+from ..data.scaling import to_unit_range
+from ..report import encryption_grid, to_display
+from ..report.audit_report import recovered_png
 from ._common import CLIError, refuse_overwrite
 
 HELP = ("run an attack (demix, carlini, seed, oracle) on a challenge, or gradient inversion of a training "
@@ -23,15 +33,16 @@ and, when the ground truth is at hand (<CHALLENGE>-truth.npz next to the folder,
   recovered.png                           originals, |encryption| and the best recovery of each image
 
 attacks:
-  demix     SPEC 5.A  clustering + least squares on raw pixels (Mixup; shows what the mask stops)
-  carlini   SPEC 5.B  Carlini et al.: pair network trained on your own encryptions of DISJOINT images
-                      (--attacker-dataset/--attacker-root), graph, clusters, assignment, reconstruction
-  seed      SPEC 5.C  brute force of the reference code's 32-bit generator seed (legacy keys)
-  oracle    SPEC 5.E  reconstruction from the TRUE keys (needs the truth): an upper bound, not an attack
+  demix     clustering + least squares on raw pixels (Mixup; shows what the mask stops)
+  carlini   Carlini et al.: pair network trained on your own encryptions of DISJOINT images
+            (--attacker-dataset/--attacker-root), graph, clusters, assignment, reconstruction
+  seed      brute force of the reference code's 32-bit generator seed (legacy keys)
+  oracle    reconstruction from the TRUE keys (needs the truth): an upper bound, not an attack
   gradient-inversion
-            SPEC 5.D  a client encrypts --dataset's first images and takes training steps of --batch-size;
-                      the eavesdropper inverts each step's gradient (no --challenge; writes
-                      recovered.npy, scores.json, rows.csv, recovered.png)
+            a client encrypts --dataset's first images and takes training steps of --batch-size;
+            the eavesdropper inverts each step's gradient (no --challenge; writes
+            recovered.npy, scores.json, rows.csv, recovered.png)
+each is described, with measured results, in docs/attacks.md.
 
 examples:
   instahide challenge make --dataset digits --n-private 20 --T 20 --out runs/ch
@@ -93,29 +104,11 @@ def _parse_range(text: str) -> tuple[int, int]:
         raise CLIError(f"--seed-range must be A:B with integers, got {text!r}") from None
 
 
-def _load(folder: Path):
-    from .challenge_cmd import _load_npy
-
-    meta_path = folder / "meta.json"
-    if not meta_path.is_file():
-        raise CLIError(f"{folder} has no meta.json: the attacks need the challenge's public parameters")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except ValueError as exc:
-        raise CLIError(f"cannot read {meta_path}: {exc}") from exc
-    enc = _load_npy(str(folder / "encryption.npy"), "encryption")
-    lab = _load_npy(str(folder / "label.npy"), "label")
-    return enc, lab, meta
-
-
 def run(args) -> int:
-    from ..audit import ATTACKS, run_attack
-    from ..challenge import default_truth_path, load_truth
-
     if args.name == "list":
         for name, spec in ATTACKS.items():
             print(f"{name:<8} {spec['title']}" + ("  [needs the ground truth]" if spec["needs_truth"] else ""))
-        print("gradient inversion (SPEC 5.D) attacks a training step: see experiments/gradient_inversion.py")
+        print("gradient inversion attacks a training step: instahide attack gradient-inversion (docs/attacks.md)")
         return 0
     if args.name == "gradient-inversion":
         return _gradient_inversion(args)
@@ -123,7 +116,10 @@ def run(args) -> int:
         raise CLIError("give --challenge DIR and --out DIR")
     folder, out = Path(args.challenge), Path(args.out)
     refuse_overwrite([out / "decryption.npy", out / "outcome.json"], args.force)
-    enc, lab, meta = _load(folder)
+    try:
+        enc, lab, meta = load_challenge(folder)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
     truth = None
     truth_path = Path(args.truth) if args.truth else default_truth_path(folder)
     if args.truth or truth_path.is_file():
@@ -146,13 +142,9 @@ def run(args) -> int:
         outcome = run_attack(args.name, enc, lab, meta, truth=truth, **options)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         raise CLIError(str(exc)) from exc
-    from ..audit.run import _save_outcome
-
-    _save_outcome(out, outcome, truth, meta.get("challenge_id"))
+    save_outcome(out, outcome, truth, meta.get("challenge_id"))
     if outcome.score is not None:
         try:
-            from ..report.audit_report import recovered_png
-
             recovered_png(outcome, truth, enc, out / "recovered.png")
         except ImportError:
             print('note: recovered.png skipped (needs matplotlib: pip install "instahide[plot]")', file=sys.stderr)
@@ -171,12 +163,6 @@ def run(args) -> int:
 
 
 def _gradient_inversion(args) -> int:
-    import csv
-
-    from .._io import atomic_open, atomic_save_npy, atomic_write_text
-    from ..audit.gradient import gradient_inversion_audit
-    from ..data import load_dataset, load_public_pool
-
     if not args.out:
         raise CLIError("give --out DIR")
     out = Path(args.out)
@@ -199,7 +185,7 @@ def _gradient_inversion(args) -> int:
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise CLIError(str(exc)) from exc
     out.mkdir(parents=True, exist_ok=True)
-    atomic_save_npy(out / "recovered.npy", res["recovered"])
+    atomic_save_npy(out / "recovered.npy", np.ascontiguousarray(res["recovered"].transpose(0, 2, 3, 1)))
     summary = res["summary"]
     atomic_write_text(out / "scores.json", json.dumps(summary, indent=2) + "\n")
     with atomic_open(out / "rows.csv", "w") as fh:
@@ -209,16 +195,8 @@ def _gradient_inversion(args) -> int:
             w.writerow([r, f"{res['ssim_vs_input'][r]:.6f}", f"{res['max_ssim_vs_private'][r]:.6f}",
                         f"{res['abs_max_ssim_vs_private'][r]:.6f}"])
     try:
-        from ..report.figures import encryption_grid
-
-        unit = (lambda a: np.clip((a + 1) / 2, 0, 1)) if args.scaling == "pm1" else (lambda a: np.clip(a, 0, 1))
-
-        def stretch(a):
-            lo = a.reshape(len(a), -1).min(1)[:, None, None, None]
-            hi = a.reshape(len(a), -1).max(1)[:, None, None, None]
-            return (a - lo) / np.maximum(hi - lo, 1e-12)
-
-        rows = [("private\n(slot 1)", unit(res["private_rows"])),
+        stretch = lambda a: to_display(torch.from_numpy(a), stretch=True)  # noqa: E731
+        rows = [("private\n(slot 1)", to_unit_range(res["private_rows"], args.scaling)),
                 ("trained on" if args.mode == "vanilla" else "encryption\ntrained on", stretch(res["inputs"])),
                 ("recovered", stretch(res["recovered"]))]
         encryption_grid(rows, out / "recovered.png",

@@ -5,7 +5,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..audit import DEFAULT_ATTACKS, AuditConfig, attack_names, run_audit
 from ._common import CLIError
+from .attack_cmd import _parse_range
 
 HELP = "measure what a configuration leaks: challenge from your images, attacks, report (md/html)"
 DESCRIPTION = """\
@@ -27,13 +29,11 @@ examples:
   instahide audit --dataset folder --root my_images/ --n-private 50 --T 20 --out runs/mine
   instahide audit --dataset cifar10 --root data/cifar-10-batches-py --n-private 20 --T 50 \\
       --attacker-root data/cifar-10-batches-py --out runs/c10-audit
-  instahide audit --public none --k 4 --augment 4 --out runs/inside   # inside-dataset, with crops
+  instahide audit --public none --k 4 --augment-padding 4 --out runs/inside   # inside-dataset, with crops
 """
 
 
 def add_parser(sub) -> None:
-    from ..audit import DEFAULT_ATTACKS, attack_names
-
     p = sub.add_parser("audit", help=HELP, description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, metavar="DIR", help="report folder")
     p.add_argument("--resume", action="store_true", help="reuse the challenge and the attack results already in OUT")
@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
                    help="public pool: builtin (default), a folder of photographs, a .npy/.npz, or none")
     g.add_argument("--public-size", type=int, default=4000, metavar="M")
     g.add_argument("--public-resize", type=int, default=None, metavar="S")
-    g.add_argument("--augment", type=int, default=None, metavar="PAD",
+    g.add_argument("--augment-padding", type=int, default=None, metavar="PAD",
                    help="random crop with this padding + flip before every epoch (training augmentation)")
     g.add_argument("--legacy", action="store_true", help="the reference code's keys (32-bit seed) and defects")
     g.add_argument("--research-seed", type=int, default=None, metavar="N",
@@ -77,9 +77,6 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from ..audit import AuditConfig, run_audit
-    from .attack_cmd import _parse_range
-
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     carlini = {"attacker_dataset": args.attacker_dataset, "attacker_root": args.attacker_root,
                "attacker_split": args.attacker_split, "preset": args.preset, "device": args.device,
@@ -88,7 +85,7 @@ def run(args) -> int:
         dataset=args.dataset, root=args.root, split=args.split, n_private=args.n_private, T=args.T, mode=args.mode,
         k=args.k, num_private=args.num_private, upper=args.upper, dom=args.dom, scaling=args.scaling,
         public=None if args.public.lower() == "none" else args.public, public_size=args.public_size,
-        public_resize=args.public_resize, augment=args.augment, legacy=args.legacy,
+        public_resize=args.public_resize, augment_padding=args.augment_padding, legacy=args.legacy,
         research_seed=args.research_seed, attacks=attacks, seed_range=_parse_range(args.seed_range),
         carlini=carlini)
     formats = ("md", "html") if args.format == "both" else (args.format,)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 import warnings
@@ -10,19 +9,25 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import __version__
+from ..challenge import (default_truth_path, load_challenge, load_truth, make_challenge, read_npy, score,
+                         write_challenge)
+from ..data import load_dataset, load_public_pool
+from ..report import write_score_report
 from ._common import CLIError, refuse_overwrite
 
 HELP = "generate an InstaHide challenge (make) or score a decryption of one (score)"
 MAKE_DESCRIPTION = """\
-Generate an InstaHide challenge in the published format (SPEC section 4): the first --n-private
+Generate an InstaHide challenge in the published format (docs/challenge.md): the first --n-private
 images of the --split (default test) split, each encrypted --T times (one epoch = one encryption of
 each image, fresh keys every time), cross-dataset InstaHide with --k 6 = --num-private 2 private +
 4 public slots, public partners drawn from a pool of --public-size photograph patches. Writes
   OUT/encryption.npy  float32 (n*T, H, W, C), channels last; row t*n + i encrypts image i in epoch t
   OUT/label.npy       float32 (n*T, classes): lambda_1 e_y1 + lambda_2 e_y2
-  OUT/meta.json       the public parameters (no secrets)
+  OUT/meta.json       the public parameters (no secrets, no local paths)
 and the ground truth (private images, keys, seeds) to --truth, by default <OUT>-truth.npz NEXT TO
-OUT, never inside it: OUT is what you hand to the attacker.
+OUT, never inside it, readable by you only: OUT is what you hand to the attacker. OUT is replaced
+as a whole: an interrupted run leaves the old challenge or the new one.
 
 Pixels are --scaling pm1 ([-1, 1], what the published attacks assume) by default; normalize =
 the training normalisation (CIFAR-10 / ImageNet mean and std); unit = [0, 1], on which the mask
@@ -128,9 +133,6 @@ def _add_score(csub) -> None:
 
 # -- make ----------------------------------------------------------------------------------------------
 def run_make(args) -> int:
-    from ..challenge import default_truth_path, make_challenge, write_challenge
-    from ..data import load_dataset, load_public_pool
-
     out = Path(args.out)
     truth_path = Path(args.truth) if args.truth else default_truth_path(out)
     refuse_overwrite([out / "encryption.npy", out / "label.npy", out / "meta.json", truth_path], args.force)
@@ -153,10 +155,9 @@ def run_make(args) -> int:
     pool = None
     public_info = None
     if args.public.lower() != "none":
+        options = dict(min_keypoints=args.public_min_keypoints, seed=args.public_seed, resize=args.public_resize)
         try:
-            pool = load_public_pool(args.public, n=args.public_size, size=(h, w), channels=c,
-                                    min_keypoints=args.public_min_keypoints, seed=args.public_seed,
-                                    resize=args.public_resize)
+            pool = load_public_pool(args.public, n=args.public_size, size=(h, w), channels=c, **options)
         except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
             raise CLIError(f"public pool: {exc}") from exc
         public_info = {"source": pool.meta.get("source"), "size": len(pool), "seed": args.public_seed,
@@ -165,7 +166,7 @@ def run_make(args) -> int:
         "private_source": {"dataset": ds.name, "split": args.split, "selection": f"first {args.n_private}",
                            "root": args.root, "classes": ds.classes},
         "public_source": public_info,
-        "instahide_version": __import__("instahide").__version__,
+        "instahide_version": __version__,
     }
     if args.research_seed is not None and args.research_seed < 0:
         raise CLIError(f"--research-seed must be >= 0, got {args.research_seed}")
@@ -174,14 +175,14 @@ def run_make(args) -> int:
         enc, lab, truth = make_challenge(
             ds.images, ds.labels, None if pool is None else pool.images, T=args.T, k=args.k,
             num_private=args.num_private, mode=args.mode, upper=args.upper, dom=args.dom, scaling=args.scaling,
-            legacy=args.legacy, seed=args.research_seed, num_classes=ds.num_classes,
+            legacy=args.legacy, research_seed=args.research_seed, num_classes=ds.num_classes,
             mean=ds.mean if args.scaling == "normalize" else None,
             std=ds.std if args.scaling == "normalize" else None, info=info)
         paths = write_challenge(out, enc, lab, truth, truth_path=truth_path, force=args.force)
-    except (ValueError, TypeError, FileExistsError) as exc:
+    except (ValueError, TypeError, OSError) as exc:  # OSError: an unwritable or invalid --out/--truth
         raise CLIError(str(exc)) from exc
     seconds = time.perf_counter() - t0
-    print(f"wrote {paths['encryption']} {enc.shape}, {paths['label']} {lab.shape}, {paths['meta']} "
+    print(f"wrote {paths['encryption']} {(len(enc), h, w, c)}, {paths['label']} {lab.shape}, {paths['meta']} "
           f"in {seconds:.1f} s")
     print(f"ground truth (keep it from attackers): {paths['truth']}")
     if args.scaling == "unit":
@@ -193,18 +194,20 @@ def run_make(args) -> int:
 
 
 # -- score ---------------------------------------------------------------------------------------------
-def _load_npy(path: str, what: str) -> np.ndarray:
+def _decryption(path: str, truth) -> np.ndarray:
+    """``decryption.npy`` (N, H, W, C) as the (N, C, H, W) array :func:`score` takes."""
     try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise CLIError(f"no {what} at {path}") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise CLIError(f"cannot read {what} {path}: {exc}") from exc
+        dec = read_npy(path, "decryption")
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    n, c, h, w = truth.encryption_shape
+    if dec.ndim != 4 or dec.shape[1:] != (h, w, c):
+        raise CLIError(f"wrong decryption shape {dec.shape} in {path}: it must equal the encryption's "
+                       f"{(n, h, w, c)} (N, H, W, C), channels last")
+    return dec.transpose(0, 3, 1, 2)
 
 
 def run_score(args) -> int:
-    from ..challenge import default_truth_path, load_truth, score, write_score_report
-
     if args.challenge is None and args.truth is None:
         raise CLIError("give --challenge DIR (truth read from <DIR>-truth.npz) or --truth FILE")
     truth_path = Path(args.truth) if args.truth else default_truth_path(args.challenge)
@@ -217,7 +220,7 @@ def run_score(args) -> int:
         raise CLIError(str(exc)) from exc
     if args.challenge is not None:
         _check_challenge_matches(Path(args.challenge), truth, truth_path)
-    dec = _load_npy(args.decryption, "decryption")
+    dec = _decryption(args.decryption, truth)
     try:
         result = score(dec, truth)
     except (ValueError, TypeError) as exc:
@@ -239,19 +242,14 @@ def run_score(args) -> int:
 
 
 def _check_challenge_matches(folder: Path, truth, truth_path: Path) -> None:
-    meta_path = folder / "meta.json"
-    if meta_path.is_file():
-        try:
-            meta = json.loads(meta_path.read_text())
-        except ValueError as exc:
-            raise CLIError(f"cannot read {meta_path}: {exc}") from exc
-        a, b = meta.get("challenge_id"), truth.params.get("challenge_id")
-        if a is not None and b is not None and a != b:
-            raise CLIError(f"mismatched ground truth: {truth_path} belongs to challenge {b}, but {folder} is "
-                           f"challenge {a}")
-    enc_path = folder / "encryption.npy"
-    if enc_path.is_file():
-        shape = tuple(np.load(enc_path, mmap_mode="r", allow_pickle=False).shape)
-        if shape != truth.encryption_shape:
-            raise CLIError(f"mismatched ground truth: {enc_path} is {shape} but {truth_path} describes "
-                           f"{truth.encryption_shape}")
+    try:
+        enc, _, meta = load_challenge(folder)
+    except (FileNotFoundError, ValueError) as exc:
+        raise CLIError(str(exc)) from None
+    a, b = meta.get("challenge_id"), truth.params.get("challenge_id")
+    if a is not None and b is not None and a != b:
+        raise CLIError(f"mismatched ground truth: {truth_path} belongs to challenge {b}, but {folder} is "
+                       f"challenge {a}")
+    if enc.shape != truth.encryption_shape:
+        raise CLIError(f"mismatched ground truth: {folder} holds {len(enc)} encryptions of {enc.shape[1:]} "
+                       f"(C, H, W) but {truth_path} describes {truth.encryption_shape}")

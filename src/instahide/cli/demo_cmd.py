@@ -11,7 +11,10 @@ from pathlib import Path
 import torch
 
 from .._io import atomic_write_text
+from ..data import load_dataset, load_public_pool
 from ..scheme import KeyGenerator, encrypt
+from ..scheme.config import DOM, UPPER
+from ..train import TrainConfig, load_train_data, train
 from ._common import CLIError
 from .show_cmd import show
 
@@ -58,9 +61,6 @@ TRAIN_RUNS = [  # (label, TrainConfig overrides)
 
 
 def run(args) -> int:
-    from ..data import load_dataset, load_public_pool
-    from ..train import TrainConfig, load_train_data, train
-
     if args.epochs < 1 or args.seeds < 1:
         raise CLIError("--epochs and --seeds must be >= 1")
     out = Path(args.out)
@@ -77,7 +77,7 @@ def run(args) -> int:
         accs = []
         for i in range(args.seeds):
             seed = args.research_seed + i
-            cfg = TrainConfig(**base, **over, research_seed=seed, out=str(runs_dir / _slug(label) / f"seed{seed}"))
+            cfg = TrainConfig.make(**base, **over, research_seed=seed, out=str(runs_dir / _slug(label) / f"seed{seed}"))
             key = over.get("public")
             if key not in data_cache:
                 data_cache[key] = load_train_data(cfg, "cpu")
@@ -113,8 +113,8 @@ def run(args) -> int:
     for label, kw in [("inside_k4", dict(k=4)), ("cross_k6", dict(k=6, num_private=2))]:
         path = out / f"grid_{label}.png"
         show(x, px if "num_private" in kw else None, ds.mean, ds.std, 10, path,
-             title=f"digits, InstaHide {label.replace('_', ' ')}", upper=0.65, mode="instahide",
-             legacy=False, allow_uncentred=False, seed=args.research_seed, dom=0.3, **kw)
+             title=f"digits, InstaHide {label.replace('_', ' ')}", upper=UPPER, mode="instahide",
+             legacy=False, allow_uncentred=False, seed=args.research_seed, dom=DOM, **kw)
         pics.append(path.name)
     seconds = time.perf_counter() - t0
     acc_lines = [

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import CLIError
+from .._config import add_arguments, from_args
+from ..federated import FedConfig
+from ._common import CLIError, report_run
 
 HELP = "federated training with Flower: N parties, each encrypting its own data with its own keys"
 DESCRIPTION = """\
@@ -29,26 +31,19 @@ examples:
 
 def add_parser(sub) -> None:
     """Register ``instahide federated`` on the subparsers ``sub``."""
-    from ..federated.config import FedConfig
-    from ..train.config import add_config_arguments
-
     p = sub.add_parser("federated", help=HELP, description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backend", default="ray", choices=["ray", "inprocess"],
                    help="ray: Flower's simulation engine (default); inprocess: sequential, no Ray")
     p.add_argument("--num-cpus", type=int, default=None, metavar="N",
                    help="CPUs the Ray simulation may use in all (default: min(parties, cores))")
-    add_config_arguments(p, cls=FedConfig)
+    add_arguments(p, FedConfig)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..federated.config import FedConfig
-    from ..train.config import config_from_args
-
-    cfg = config_from_args(args, cls=FedConfig)
     try:
-        cfg.validate()
+        cfg = from_args(args, FedConfig).validate()
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
     if cfg.dataset != "digits" and cfg.root is None:
@@ -63,9 +58,6 @@ def run(args) -> int:
         final = run_federated(cfg, backend=args.backend, num_cpus=args.num_cpus)
     except (ValueError, FileExistsError, FileNotFoundError, ImportError) as exc:
         raise CLIError(str(exc)) from exc
-    acc = final["final_test_acc"]
-    print(f"{cfg.mode} {final['model_name']}, {cfg.num_parties} parties ({cfg.partition}), {cfg.strategy}, "
-          f"{final['rounds_run']} rounds this run: clean test accuracy {acc:.4f}; results in {cfg.out}/final.json")
-    if cfg.research_seed is not None and cfg.mode == "instahide":
-        print(f"note: keys derive from research seed {cfg.research_seed}: anyone who knows it can undo the mask")
+    report_run(f"{cfg.scheme.mode} {final['model_name']}, {cfg.num_parties} parties ({cfg.partition}), "
+               f"{cfg.strategy}", final, "round", cfg)
     return 0

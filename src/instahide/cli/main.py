@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
+from ..data import DATASETS
 from . import attack_cmd, audit_cmd, challenge_cmd, demo_cmd, encrypt_cmd, federated_cmd, shared_cmd, show_cmd, train_cmd
 from ._common import CLIError
 
@@ -30,20 +32,32 @@ start here:
 
 
 def _datasets(args) -> int:
-    from ..data import DATASETS
-
     width = max(map(len, DATASETS))
     for name, text in DATASETS.items():
         print(f"{name:<{width}}  {text}")
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Options are spelt out in full (``--fo`` is not ``--force``), and an argument a (sub)command does
+    not know is reported with that command's usage. Every subcommand's parser is one of these."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **{"allow_abbrev": False, **kwargs})
+
+    def parse_known_args(self, args=None, namespace=None):
+        # argparse hands a subcommand's unknown arguments up to the top-level parser, which then
+        # prints its own usage; here the parser that met them reports them
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instahide", description=DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version",
-                        version=f"instahide {__import__('instahide').__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = Parser(prog="instahide", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"instahide {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     demo_cmd.add_parser(sub)
     encrypt_cmd.add_parser(sub)
     show_cmd.add_parser(sub)
@@ -66,7 +80,9 @@ def run_command(parser: argparse.ArgumentParser, argv: list[str] | None = None) 
         return 2
     try:
         return int(args.func(args) or 0)
-    except CLIError as exc:
+    except (CLIError, OSError) as exc:  # user errors, and files that cannot be read or written
+        if isinstance(exc, OSError) and exc.strerror and exc.filename:
+            exc = f"{exc.strerror}: {exc.filename}"
         print(f"instahide {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

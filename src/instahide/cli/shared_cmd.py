@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import os
 
-from ._common import CLIError
+from .._config import add_arguments, from_args
+from ..distributed import KeyMaterialError, SharedConfig, train_shared
+from ._common import CLIError, report_run
 
 HELP = "train on the union of several parties' encryption folders (no keys), one process or torchrun/DDP"
 DESCRIPTION = """\
@@ -19,9 +21,9 @@ its encryption epoch (e mod T_p): past T_p epochs its encryptions are reused. --
 examples:
   instahide train-shared --encrypted runs/alice runs/bob --test-dataset digits --epochs 20 \\
       --batch-size 64 --lr 0.05 --out runs/shared
-  torchrun --standalone --nproc-per-node=2 -m instahide.distributed train-shared \\
+  torchrun --standalone --nproc-per-node=2 -m instahide train-shared \\
       --encrypted runs/alice runs/bob --test-dataset digits --out runs/shared-ddp      # 2 CPU ranks (gloo)
-  torchrun --standalone --nproc-per-node=8 -m instahide.distributed train-shared \\
+  torchrun --standalone --nproc-per-node=8 -m instahide train-shared \\
       --encrypted /data/a /data/b --test-dataset cifar10 --test-root data/cifar-10-batches-py \\
       --model preact_resnet18 --epochs 200 --out runs/c10                                # 8 GPUs (nccl)
 --batch-size is the global batch over all ranks. See docs/distributed.md (multi-node: --nnodes,
@@ -30,26 +32,19 @@ examples:
 
 
 def add_parser(sub) -> None:
-    from ..distributed.shared import SharedConfig
-    from ..train.config import add_config_arguments
-
     p = sub.add_parser("train-shared", help=HELP, description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encrypted", nargs="+", required=True, metavar="DIR",
                    help="encryption folders written by `instahide encrypt`, one per party")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
-    add_config_arguments(p, SharedConfig, skip=("encrypted",))
+    add_arguments(p, SharedConfig, skip=("encrypted",))
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    from ..distributed.encrypted import KeyMaterialError
-    from ..distributed.shared import SharedConfig, train_shared
-    from ..train.config import config_from_args
-
-    cfg = config_from_args(args, SharedConfig, skip=("encrypted",))
-    cfg.encrypted = tuple(args.encrypted)
     try:
+        cfg = from_args(args, SharedConfig, skip=("encrypted",))
+        cfg.encrypted = tuple(args.encrypted)
         cfg.validate()
         final = train_shared(cfg, resume=args.resume)
     except KeyMaterialError as exc:
@@ -58,11 +53,8 @@ def run(args) -> int:
         raise CLIError(str(exc)) from exc
     if os.environ.get("RANK", "0") != "0":
         return 0  # rank 0 speaks for the job
-    acc = final["final_test_acc"]
     parties = ", ".join(f"{d['folder']} ({d['num_images']} x {d['epochs']})" for d in final["parties"])
-    print(f"{final['model']} on {parties}; {final['epochs_run']} epochs this run, {final['world_size']} "
-          f"rank(s): clean test accuracy {'n/a (no --test-dataset)' if acc is None else f'{acc:.4f}'}; "
-          f"results in {cfg.out}/final.json")
+    report_run(f"{final['model']} on {parties}, {final['world_size']} rank(s)", final, "epoch", cfg)
     if final["reused_encryptions"]:
         print(f"note: {cfg.epochs} epochs > {final['fresh_epochs']} encryption epochs of some party: "
               "its encryptions were reused (ask for more --epochs T at encryption time)")

@@ -4,11 +4,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
+from .._io import check_file_destination
 from ..report.figures import encryption_grid, to_display
 from ..scheme import apply_key, encrypt
-from ._common import (CLIError, add_encryption_options, load_private, load_public, make_generator,
-                      refuse_overwrite, scheme_kwargs)
+from ._common import (CLIError, add_encryption_options, load_public, make_generator, refuse_overwrite,
+                      scheme_kwargs)
+from .encrypt_cmd import load_images
 
 HELP = "draw originals, their Mixup, their InstaHide encryption and |encryption| as a PNG grid"
 DESCRIPTION = """\
@@ -35,12 +36,13 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     out = Path(args.out)
+    check_file_destination(out)
     refuse_overwrite([out], args.force)
     if args.n < 1:
         raise CLIError("--n must be >= 1")
     kw = scheme_kwargs(args)
     kw["mode"] = "instahide"
-    ds, x, y = load_private(args)
+    ds, x, _ = load_images(args)
     _, public = load_public(args, tuple(x.shape[1:]))
     paths = show(x, public, ds.mean if args.normalize else None, ds.std if args.normalize else None,
                  args.n, out, title=f"{ds.name}: InstaHide k={kw['k']}"

@@ -5,8 +5,11 @@ import argparse
 import json
 from pathlib import Path
 
+from .._config import add_arguments, from_args
 from .._io import atomic_write_text
-from ._common import CLIError
+from ..scheme import KeyGenerator
+from ..train import TrainConfig, evaluate, evaluate_instahide, load_model, load_train_data, train
+from ._common import CLIError, report_run
 
 TRAIN_HELP = "train a model on InstaHide encryptions (re-encrypted every epoch), Mixup or plain images"
 TRAIN_DESCRIPTION = """\
@@ -14,7 +17,9 @@ Train on encryptions with the reference recipe (SGD lr 0.1, momentum 0.9, weight
 128, lr / 10 at 50% and 75% of the epochs). Every epoch re-encrypts the whole private set with fresh
 one-time keys, after augmentation. Writes OUT/checkpoint.pt (atomically, every epoch),
 OUT/metrics.jsonl, OUT/metrics.csv, OUT/final.json (metrics + the complete configuration) and
-OUT/curves.png. An interrupted run continues with --resume.
+OUT/curves.png. An interrupted run continues with --resume (it says from which epoch); --resume with a
+larger --epochs extends a finished run (the schedule is recomputed for the new length, and final.json
+records the extension).
 
 examples:
   instahide train --epochs 30 --out runs/digits-ih                         # digits, InstaHide k=4
@@ -38,12 +43,10 @@ examples:
 
 
 def add_parsers(sub) -> None:
-    from ..train.config import add_config_arguments
-
     p = sub.add_parser("train", help=TRAIN_HELP, description=TRAIN_DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
-    add_config_arguments(p)
+    add_arguments(p, TrainConfig)
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("evaluate", help=EVAL_HELP, description=EVAL_DESCRIPTION,
@@ -64,29 +67,17 @@ def add_parsers(sub) -> None:
 
 
 def run_train(args) -> int:
-    from ..train import train
-    from ..train.config import config_from_args
-
-    cfg = config_from_args(args)
     try:
-        cfg.validate()
+        cfg = from_args(args, TrainConfig).validate()
         final = train(cfg, resume=args.resume)
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, FileExistsError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
         raise CLIError(str(exc)) from exc
-    acc = final["final_test_acc"]
-    print(f"{cfg.mode} {final['model']} on {final['dataset']} ({final['train_images']} images, "
-          f"{final['epochs_run']} epochs this run): clean test accuracy {acc:.4f}; results in {cfg.out}/final.json")
-    if cfg.research_seed is not None and cfg.mode == "instahide":
-        print(f"note: keys derive from research seed {cfg.research_seed}: anyone who knows it can undo the mask")
+    report_run(f"{cfg.scheme.mode} {final['model']} on {final['dataset']} ({final['train_images']} images)",
+               final, "epoch", cfg)
     return 0
 
 
 def run_evaluate(args) -> int:
-    import torch
-
-    from ..scheme import KeyGenerator
-    from ..train import evaluate, evaluate_instahide, load_model, load_train_data
-
     try:
         model, cfg, state = load_model(args.checkpoint)
         if args.root is not None:
@@ -98,18 +89,18 @@ def run_evaluate(args) -> int:
     if args.T < 1:
         raise CLIError("--T must be >= 1")
     clean = evaluate(model, data.x_test, data.y_test)
-    k = args.k if args.k is not None else cfg.k
+    k = args.k if args.k is not None else cfg.scheme.k
     cross = data.public is not None
     gen = KeyGenerator.from_seed(args.research_seed) if args.research_seed is not None else None
     try:
         ih = evaluate_instahide(
-            model, data.x_test, data.y_test, T=args.T, k=k, upper=cfg.upper,
-            mode="mixup" if cfg.mode == "mixup" else "instahide", public=data.public,
-            num_private=(1 if args.public_only else (cfg.num_private or 2)) if cross else None,
-            dom=cfg.dom if not args.public_only else 0.0, own_min=args.own_min, generator=gen)
+            model, data.x_test, data.y_test, T=args.T, k=k, upper=cfg.scheme.upper,
+            mode="mixup" if cfg.scheme.mode == "mixup" else "instahide", public=data.public,
+            num_private=(1 if args.public_only else cfg.scheme.private_slots) if cross else None,
+            dom=cfg.scheme.dom if not args.public_only else 0.0, own_min=args.own_min, generator=gen)
     except ValueError as exc:
         raise CLIError(str(exc)) from exc
-    print(f"checkpoint {args.checkpoint}: {cfg.mode} {state['model_name']} on {data.name}, epoch {state['epoch']}")
+    print(f"checkpoint {args.checkpoint}: {cfg.scheme.mode} {state['model_name']} on {data.name}, epoch {state['epoch']}")
     print(f"clean test accuracy: {clean['accuracy']:.4f} ({len(data.x_test)} images)")
     print(f"inference with InstaHide (k={k}{', own coefficient >= ' + str(args.own_min) if args.own_min else ''}):")
     for t, a in zip(ih["T"], ih["accuracy"]):

@@ -3,9 +3,11 @@
 The CIFAR batch files are Python-2 pickles of plain dicts (str keys, lists of ints, str file names)
 plus one numpy array (``data``). Unpickling them needs exactly three globals (checked with
 ``pickletools`` on the official files): ``numpy.core.multiarray._reconstruct`` (``numpy._core`` in
-numpy >= 2 pickles), ``numpy.ndarray`` and ``numpy.dtype``. :func:`safe_load_pickle` resolves those
-three itself and refuses every other global, so a tampered file cannot run code (``os.system``,
-``builtins.eval``, ...) while it is read.
+numpy >= 2 pickles), ``numpy.ndarray`` and ``numpy.dtype``. Python-3 re-pickles add at most three
+more: ``numpy._core.numeric._frombuffer`` (arrays, protocol 5), and for ``bytes`` at protocol 2
+``_codecs.encode(text, "latin1")`` and ``bytes()``, each admitted only with exactly those arguments.
+:func:`safe_load_pickle` resolves these itself and refuses every other global, so a tampered file
+cannot run code (``os.system``, ``builtins.eval``, ...) while it is read.
 """
 from __future__ import annotations
 
@@ -21,38 +23,49 @@ __all__ = ["UntrustedPickleError", "safe_load_pickle"]
 
 
 class UntrustedPickleError(pickle.UnpicklingError, ValueError):
-    """A pickle asked for a global that a CIFAR batch file never contains."""
+    """A pickle asked for a global (or a call) that a CIFAR batch file never contains."""
 
 
-def _reconstruct():
-    try:  # numpy >= 2
-        from numpy._core.multiarray import _reconstruct as fn
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct as fn
-    return fn
+try:  # numpy >= 2
+    from numpy._core.multiarray import _reconstruct
+    from numpy._core.numeric import _frombuffer
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct
+    from numpy.core.numeric import _frombuffer
 
 
-# (module, name) -> object. Both spellings of the numpy core module map to the same function, which
-# is resolved here so that unpickling never imports anything.
+def _latin1(*args: Any) -> bytes:
+    """``_codecs.encode`` as Python 3 pickles ``bytes`` at protocol < 3: ``(str, "latin1")`` only."""
+    if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
+        raise UntrustedPickleError(f"_codecs.encode{args!r:.60} is not the (text, 'latin1') of pickled bytes")
+    return args[0].encode("latin1")
+
+
+def _empty_bytes(*args: Any) -> bytes:
+    """``bytes()`` as Python 3 pickles ``b""`` at protocol < 3; any argument is refused."""
+    if args:
+        raise UntrustedPickleError(f"bytes{args!r:.60} is called with arguments")
+    return b""
+
+
+# (module, name) -> object, resolved here so that unpickling never imports anything. Both spellings
+# of the numpy core module (numpy < 2 and >= 2 pickles) map to the same function.
 _ALLOWED: dict[tuple[str, str], Any] = {
-    ("numpy.core.multiarray", "_reconstruct"): _reconstruct(),
-    ("numpy._core.multiarray", "_reconstruct"): _reconstruct(),
+    **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("core", "_core")},
+    **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): _latin1,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise UntrustedPickleError(
-                f"refusing to load untrusted pickle: global '{module}.{name}' is not allowed in a "
-                f"CIFAR batch file ({self.source})"
-            ) from None
-
-    source = "<stream>"
+        if (module, name) not in _ALLOWED:
+            raise UntrustedPickleError(f"global '{module}.{name}' is not allowed in a CIFAR batch file")
+        return _ALLOWED[(module, name)]
 
 
 def _str_keys(obj: Any) -> Any:
@@ -75,7 +88,8 @@ def safe_load_pickle(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: st
         name: how to call the file in error messages (default: the path, or the file object's name).
 
     Raises:
-        UntrustedPickleError: the pickle refers to any other global (nothing is called).
+        UntrustedPickleError: the pickle refers to any other global, or calls an allowed one
+            with other arguments (nothing else is called).
         ValueError: the file is truncated or not a pickle; the message names the file.
 
     Example: ``batch = safe_load_pickle("cifar-10-batches-py/data_batch_1")``
@@ -87,12 +101,10 @@ def safe_load_pickle(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: st
     f = fileobj_or_path
     source = name or str(getattr(f, "name", "<stream>"))
     data = f.read()
-    unpickler = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes")
-    unpickler.source = source
     try:
-        obj = unpickler.load()
-    except UntrustedPickleError:
-        raise
+        obj = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
+    except UntrustedPickleError as exc:
+        raise UntrustedPickleError(f"refusing to load untrusted pickle: {exc} ({source})") from None
     except Exception as exc:  # EOFError, UnpicklingError, struct/index errors, numpy setstate errors
         raise ValueError(
             f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "

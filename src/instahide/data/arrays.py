@@ -15,6 +15,9 @@ __all__ = ["load_arrays", "to_nchw_uint8", "convert_channels", "default_stats"]
 # for grayscale images that come with no statistics of their own.
 IMAGENET_GRAY_MEAN = (0.449,)
 IMAGENET_GRAY_STD = (0.226,)
+# Labels are class indices; the class names default to "0".."max": refuse a max that would make
+# millions of names (ImageNet-21k has 21,841 classes).
+_MAX_CLASSES = 1 << 20
 
 
 def default_stats(channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -40,16 +43,16 @@ def load_arrays(
     """Images (and labels, if the ``.npz`` has ``labels_key``) from a ``.npy`` or ``.npz`` file.
 
     Images may be ``(N, C, H, W)``, ``(N, H, W, C)`` or ``(N, H, W)`` (see :func:`to_nchw_uint8` for
-    ``layout`` and value ranges); they come back as ``(N, C, H, W)`` uint8. Labels must be ``(N,)``
-    integers. Files are read with ``allow_pickle=False``: object arrays are refused. Mean/std default
-    to the ImageNet values (:func:`default_stats`).
+    ``layout`` and value ranges); they come back as ``(N, C, H, W)`` uint8, N >= 1. Labels must be
+    ``(N,)`` integer class indices below 2**20. Files are read with ``allow_pickle=False``: object
+    arrays are refused. Mean/std default to the ImageNet values (:func:`default_stats`).
 
     Example: ``ds = load_arrays("pool.npz", layout="nhwc")``
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"array file {path} does not exist")
-    labels = None
+    labels, kind = None, ".npz archive" if path.suffix == ".npz" else ".npy file"
     try:
         data = np.load(path, allow_pickle=False)
         if isinstance(data, np.ndarray):
@@ -57,25 +60,26 @@ def load_arrays(
         else:
             with data:
                 if images_key not in data.files:
-                    raise ValueError(
-                        f"{path} has no array {images_key!r} (arrays: {', '.join(data.files)}); "
-                        f"pass images_key="
-                    )
+                    found = ", ".join(data.files) or "none: an empty archive"
+                    raise ValueError(f"{path} has no array {images_key!r} (arrays: {found}); pass images_key=")
                 images = data[images_key]
                 if labels_key is not None and labels_key in data.files:
                     labels = data[labels_key]
     except ValueError as exc:
-        if "allow_pickle" in str(exc):
+        if "Object arrays" in str(exc):
             raise ValueError(
                 f"{path} holds pickled (object) data; refusing to load it. Save plain numeric "
                 f"arrays instead: np.savez(path, images=uint8_array, labels=int_array)"
             ) from exc
         if str(path) in str(exc):
             raise
-        raise ValueError(f"{path}: truncated or corrupt array file ({exc})") from exc
+        detail = "neither a zip archive nor a .npy header" if "allow_pickle" in str(exc) else exc
+        raise ValueError(f"not a valid {kind}: {path}: truncated or corrupt array file ({detail})") from exc
     except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"{path}: truncated or corrupt array file ({exc})") from exc
+        raise ValueError(f"not a valid {kind}: {path}: truncated or corrupt array file ({exc})") from exc
     images = to_nchw_uint8(images, layout=layout, source=str(path))
+    if len(images) == 0:
+        raise ValueError(f"{path}: {images_key!r} holds no images (shape {images.shape})")
     if labels is not None:
         labels = np.asarray(labels)
         if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
@@ -83,10 +87,15 @@ def load_arrays(
                 f"{path}: {labels_key!r} must be ({len(images)},) integers, got "
                 f"{labels.shape} {labels.dtype}"
             )
+        if labels.min() < 0 or labels.max() >= _MAX_CLASSES:
+            raise ValueError(
+                f"{path}: {labels_key!r} must be class indices in [0, {_MAX_CLASSES}), found "
+                f"{labels.min()}..{labels.max()}"
+            )
     if mean is None or std is None:
         mean, std = default_stats(images.shape[1])
     if labels is not None and classes is None:
-        classes = [str(c) for c in range(int(labels.max()) + 1 if len(labels) else 0)]
+        classes = [str(c) for c in range(int(labels.max()) + 1)]
     return ImageDataset(
         images, labels, classes, name or path.stem, tuple(mean), tuple(std),
         meta={"source": str(path)},
@@ -98,9 +107,10 @@ def to_nchw_uint8(images: np.ndarray, layout: str = "auto", *, source: str = "ar
 
     Layouts: ``(N, H, W)`` is grayscale; for 4-D arrays ``layout="auto"`` takes channels-last when
     the last dimension is 1, 3 or 4 and dimension 1 is not, channels-first in the opposite case, and
-    refuses to guess otherwise (pass ``"nchw"`` or ``"nhwc"``). Values: uint8 as is; other integers
-    must lie in [0, 255]; floats must lie in [0, 1] (a tolerance of 1e-6 is clipped) and are scaled
-    by 255 and rounded. NaN or out-of-range values raise ``ValueError``.
+    refuses to guess otherwise (pass ``"nchw"`` or ``"nhwc"``). Values: uint8 as is; bool as 0/255;
+    other integers must lie in [0, 255]; floats must lie in [0, 1] (a tolerance of 1e-6 is clipped)
+    and are scaled by 255 and rounded. NaN or out-of-range values, or a zero C, H or W, raise
+    ``ValueError``.
 
     Example: ``x = to_nchw_uint8(np.random.rand(5, 32, 32, 3))  # (5, 3, 32, 32) uint8``
     """
@@ -122,9 +132,13 @@ def to_nchw_uint8(images: np.ndarray, layout: str = "auto", *, source: str = "ar
             x = x.transpose(0, 3, 1, 2)
     else:
         raise ValueError(f"{source}: images must be (N, H, W), (N, C, H, W) or (N, H, W, C); got {x.shape}")
+    if 0 in x.shape[1:]:
+        raise ValueError(f"{source}: images (N, C, H, W) = {x.shape} have no channels or no pixels")
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
-    if np.issubdtype(x.dtype, np.integer) or x.dtype == np.bool_:
+    if x.dtype == np.bool_:  # a binary image, as Pillow reads mode "1": False -> 0, True -> 255
+        return np.ascontiguousarray(x.astype(np.uint8) * 255)
+    if np.issubdtype(x.dtype, np.integer):
         if x.size and (x.min() < 0 or x.max() > 255):
             raise ValueError(f"{source}: integer images must lie in [0, 255], found {x.min()}..{x.max()}")
         return np.ascontiguousarray(x.astype(np.uint8))
@@ -154,6 +168,9 @@ def convert_channels(images: np.ndarray, channels: int) -> np.ndarray:
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if getattr(images, "dtype", None) != np.uint8 or images.ndim not in (3, 4):
+        raise TypeError(f"images must be (N, C, H, W) or (C, H, W) uint8, got "
+                        f"{getattr(images, 'shape', type(images).__name__)} {getattr(images, 'dtype', '')}")
     axis = images.ndim - 3
     c = images.shape[axis]
     if c == 4:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .dataset import ImageDataset
+from .folders import read_image
 
 __all__ = ["load_digits", "builtin_photographs", "BUILTIN_PHOTOGRAPHS", "DIGITS_MEAN", "DIGITS_STD"]
 
@@ -135,6 +136,4 @@ def builtin_photographs(channels: int = 3) -> list[np.ndarray]:
 
     Example: ``photos = builtin_photographs()  # photos[0].shape == (3, 512, 512)``
     """
-    from .folders import read_image
-
     return [read_image(path, channels=channels) for path in builtin_photograph_paths()]

@@ -86,7 +86,7 @@ def _read_files(kind: str, root, split: str) -> tuple[list[tuple[str, dict]], di
         elif directory is None:
             raise FileNotFoundError(
                 f"no {kind} files in {root}: expected {folder}/{wanted[0]} (or {archive}); "
-                f"pass the folder that holds {folder}/, or download it first"
+                f"pass the folder that holds {folder}/, or pass download=True (--download) to fetch it"
             )
         else:
             loaded, source = {}, str(directory)
@@ -125,6 +125,8 @@ def _read_archive(path: Path, folder: str, wanted: list[str]) -> dict[str, Any]:
 def _names(meta: dict, key: str, source: str) -> list[str]:
     if key not in meta:
         raise ValueError(f"{source}: the meta file has no {key!r} entry (keys: {sorted(meta)})")
+    if not isinstance(meta[key], (list, tuple)) or not meta[key]:
+        raise ValueError(f"{source}: the meta file's {key!r} must be a non-empty list, got {meta[key]!r:.60}")
     return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in meta[key]]
 
 
@@ -134,15 +136,18 @@ def _stack(files: list[tuple[str, dict]], label_key: str, num_classes: int):
         data, lab = batch.get("data"), batch.get(label_key)
         if data is None or lab is None:
             raise ValueError(f"{name}: expected keys 'data' and {label_key!r}, found {sorted(batch)}")
-        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,) or not len(data):
             raise ValueError(
-                f"{name}: 'data' must be a (N, 3072) uint8 array, got "
+                f"{name}: 'data' must be a (N, 3072) uint8 array, N >= 1, got "
                 f"{getattr(data, 'shape', type(data).__name__)} {getattr(data, 'dtype', '')}"
             )
-        lab = np.asarray(lab)
+        try:
+            lab = np.asarray(lab)
+        except ValueError:  # ragged lists
+            lab = np.asarray(lab, dtype=object)
         if lab.shape != (len(data),) or not np.issubdtype(lab.dtype, np.integer):
             raise ValueError(f"{name}: {len(data)} images but {label_key} of shape {lab.shape} ({lab.dtype})")
-        if len(lab) and (lab.min() < 0 or lab.max() >= num_classes):
+        if lab.min() < 0 or lab.max() >= num_classes:
             raise ValueError(f"{name}: labels must be in [0, {num_classes}), found {lab.min()}..{lab.max()}")
         images.append(data)
         labels.append(lab.astype(np.int64))

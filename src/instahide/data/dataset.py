@@ -5,12 +5,13 @@ normalised tensors on the training device only when asked (:meth:`ImageDataset.t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
-# Per-channel statistics of the reference code (SPEC section 2). Images in [0, 1] are normalised as
+# Per-channel statistics of the reference code (docs/scheme.md). Images in [0, 1] are normalised as
 # (x - mean) / std, which centres them: the sign mask only hides anything on centred pixels.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
@@ -50,15 +51,15 @@ class ImageDataset:
                 f"ImageDataset.images must be a uint8 numpy array, got "
                 f"{type(self.images).__name__} of dtype {getattr(self.images, 'dtype', None)}"
             )
-        if self.images.ndim != 4:
-            raise ValueError(f"ImageDataset.images must be (N, C, H, W), got shape {self.images.shape}")
+        if self.images.ndim != 4 or 0 in self.images.shape[1:]:
+            raise ValueError(f"ImageDataset.images must be (N, C, H, W), C, H, W >= 1; got {self.images.shape}")
         c = self.images.shape[1]
         if len(self.mean) != c or len(self.std) != c:
             raise ValueError(
                 f"mean/std have {len(self.mean)}/{len(self.std)} entries for {c}-channel images"
             )
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+        if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
+            raise ValueError(f"mean must be finite and std finite and > 0; got mean {self.mean}, std {self.std}")
         if self.labels is not None:
             self.labels = np.asarray(self.labels)
             if self.labels.shape != (len(self.images),):

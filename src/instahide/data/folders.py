@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .arrays import default_stats
+from .arrays import default_stats, to_nchw_uint8
 from .dataset import ImageDataset
 
 __all__ = ["load_image_folder", "list_image_files", "read_image", "IMAGE_EXTENSIONS"]
@@ -46,17 +46,24 @@ def list_image_files(root: str | os.PathLike, recursive: bool = True) -> list[Pa
 def read_image(path: str | os.PathLike, channels: int = 3, size: tuple[int, int] | None = None) -> np.ndarray:
     """One image file as a ``(C, H, W)`` uint8 array, ``C = channels`` (1 = luminance, 3 = RGB).
 
-    ``size=(H, W)`` resizes with Pillow's antialiased bilinear filter. A file Pillow cannot decode
-    raises ``ValueError`` naming it.
+    Palette images are expanded and alpha is dropped (as :func:`convert_channels` does). 16-bit
+    images (and Pillow's 32-bit integer mode "I", taken as 16-bit) keep their high byte, ``v >> 8``
+    as scikit-image's ``img_as_ubyte``; float images (mode "F") must lie in [0, 1], as for
+    :func:`to_nchw_uint8`. ``size=(H, W)`` resizes with Pillow's antialiased bilinear filter. A
+    file Pillow cannot decode raises ``ValueError`` naming it.
 
     Example: ``x = read_image("cat.jpg", size=(32, 32))  # (3, 32, 32)``
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
+    if size is not None and (np.shape(size) != (2,) or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size)):
+        raise ValueError(f"size must be (H, W) with positive integers, got {size!r}")
     Image = _pil()
     try:
         with Image.open(path) as img:
             img.load()
+            if img.mode in ("I", "F") or img.mode.startswith("I;16"):  # convert("L") would clip them
+                img = Image.fromarray(_wide_to_uint8(np.asarray(img)))
             img = img.convert("RGB" if channels == 3 else "L")
     except Exception as exc:  # UnidentifiedImageError, OSError (truncated), SyntaxError, ...
         raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
@@ -66,6 +73,15 @@ def read_image(path: str | os.PathLike, channels: int = 3, size: tuple[int, int]
             img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return np.ascontiguousarray(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None])
+
+
+def _wide_to_uint8(x: np.ndarray) -> np.ndarray:
+    """A 2-D 16/32-bit integer or float image as uint8 (see :func:`read_image`)."""
+    if x.dtype.kind == "f":
+        return to_nchw_uint8(x[None], source="mode F")[0, 0]
+    if x.size and (x.min() < 0 or x.max() > 65535):
+        raise ValueError(f"{x.dtype} pixel values {x.min()}..{x.max()} are outside the 16-bit range")
+    return (x.astype(np.uint16) >> 8).astype(np.uint8)
 
 
 def load_image_folder(

@@ -2,11 +2,13 @@
 
 The idx format: a big-endian header ``0x00 0x00 <type> <ndim>`` (type 0x08 = uint8), then ``ndim``
 big-endian uint32 sizes, then the raw bytes. Images are magic 0x00000803 ``(N, 28, 28)``, labels
-0x00000801 ``(N,)``. Every size in the header is checked against the bytes actually present.
+0x00000801 ``(N,)``. Every size in the header is checked against the bytes actually present, and
+every error names the file.
 """
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -33,6 +35,7 @@ _CLASSES = {
         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
     ],
 }
+_MAX_BYTES = 1 << 34  # what read_idx accepts (MNIST's training images are 47 MB)
 _STATS = {"mnist": (MNIST_MEAN, MNIST_STD), "fashion-mnist": (FASHION_MNIST_MEAN, FASHION_MNIST_STD)}
 
 
@@ -57,7 +60,7 @@ def load_mnist(root: str | os.PathLike, split: str = "train", name: str = "mnist
     if folder is None:
         raise FileNotFoundError(
             f"no {image_file}[.gz] in {root} (also looked in {root / name}); "
-            f"pass the folder that holds the idx files, or download them first"
+            f"pass the folder that holds the idx files, or pass download=True (--download) to fetch them"
         )
     image_path = _find(folder, image_file)
     label_path = _find(folder, label_file)
@@ -69,7 +72,9 @@ def load_mnist(root: str | os.PathLike, split: str = "train", name: str = "mnist
         raise ValueError(
             f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels"
         )
-    if len(labels) and labels.max() > 9:
+    if not len(labels):
+        raise ValueError(f"{image_path} holds no images")
+    if labels.max() > 9:
         raise ValueError(f"{label_path}: labels must be in [0, 10), found maximum {labels.max()}")
     mean, std = _STATS[name]
     return ImageDataset(
@@ -81,18 +86,25 @@ def load_mnist(root: str | os.PathLike, split: str = "train", name: str = "mnist
 def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     """A uint8 idx file (``.gz`` or raw) as an array of the shape its header gives.
 
+    A ``.gz`` file is decompressed only as far as its header says, so no gzip bomb fills memory.
+
     Example: ``labels = read_idx("t10k-labels-idx1-ubyte.gz", ndim=1)  # shape (10000,)``
     """
     path = Path(path)
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
+    if not path.is_file():
+        raise FileNotFoundError(f"idx file {path} does not exist")
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         try:
-            raw = gzip.decompress(raw)
+            return _read_idx(f, path, ndim)
         except (EOFError, OSError, zlib.error) as exc:
             raise ValueError(f"{path}: truncated or corrupt gzip file ({exc})") from exc
-    if len(raw) < 4:
-        raise ValueError(f"{path}: {len(raw)} bytes, too short for an idx header")
-    zero, dtype_code, dims = struct.unpack(">HBB", raw[:4])
+
+
+def _read_idx(f, path: Path, ndim: int | None) -> np.ndarray:
+    head = f.read(4)
+    if len(head) < 4:
+        raise ValueError(f"{path}: {len(head)} bytes, too short for an idx header")
+    zero, dtype_code, dims = struct.unpack(">HBB", head)
     magic = (dtype_code << 8) | dims
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path}: not a uint8 idx file (magic number 0x{zero << 16 | magic:08x})")
@@ -101,19 +113,23 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
             f"{path}: magic number 0x{magic:08x} means {dims} dimensions, expected "
             f"0x{0x800 | ndim:08x} ({ndim} dimensions)"
         )
-    header = 4 + 4 * dims
-    if len(raw) < header:
-        raise ValueError(f"{path}: truncated idx header ({len(raw)} of {header} bytes)")
-    shape = struct.unpack(f">{dims}I", raw[4:header])
-    expected = int(np.prod(shape, dtype=np.int64))
-    actual = len(raw) - header
-    if actual != expected:
-        what = "truncated" if actual < expected else "trailing bytes in"
+    sizes = f.read(4 * dims)
+    if len(sizes) < 4 * dims:
+        raise ValueError(f"{path}: truncated idx header ({4 + len(sizes)} of {4 + 4 * dims} bytes)")
+    shape = struct.unpack(f">{dims}I", sizes)
+    expected = math.prod(shape)  # exact: a header's sizes can multiply past any fixed-width integer
+    if expected > _MAX_BYTES:
+        raise ValueError(f"{path}: header says shape {shape} = {expected} bytes, more than {_MAX_BYTES} (16 GiB)")
+    data = bytearray()  # read in chunks: never allocate more than the file really holds
+    while len(data) <= expected and (chunk := f.read(min(1 << 24, expected + 1 - len(data)))):
+        data += chunk
+    if len(data) != expected:
+        what = "truncated" if len(data) < expected else "trailing bytes in"
         raise ValueError(
             f"{path}: {what} idx file: header says shape {shape} = {expected} bytes of data, "
-            f"found {actual} bytes"
+            f"found {len(data) if len(data) < expected else 'more'} bytes"
         )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape).copy()
+    return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 
 def _find(folder: Path, name: str) -> Path | None:

@@ -1,6 +1,6 @@
 """Public pools for cross-dataset InstaHide: random patches of natural photographs.
 
-The paper's recipe (SPEC section 2): resize each ImageNet photograph so its short side is 40, crop
+The paper's recipe (docs/scheme.md): resize each ImageNet photograph so its short side is 40, crop
 a random 32x32 patch, and keep it only if SIFT finds more than 40 keypoints on it (drops flat
 patches). :func:`random_patches` does that for any list of photographs, :func:`load_public_pool`
 builds a pool from the built-in photographs, a folder or an array file, with an optional cache.
@@ -19,7 +19,9 @@ import torch
 
 from .._io import atomic_savez
 from .arrays import convert_channels, default_stats, load_arrays
+from .builtin import builtin_photographs
 from .dataset import ImageDataset
+from .folders import _pil, list_image_files, read_image
 
 __all__ = [
     "random_patches", "load_public_pool", "sift_keypoint_count", "resize_short_side", "PhotoFiles",
@@ -94,8 +96,6 @@ class PhotoFiles(Sequence):
     """
 
     def __init__(self, paths, channels: int = 3):
-        from .folders import _pil
-
         Image = _pil()
         self.paths, self.channels, self.shapes = list(paths), channels, []
         for path in self.paths:
@@ -110,8 +110,6 @@ class PhotoFiles(Sequence):
         return len(self.paths)
 
     def __getitem__(self, i):
-        from .folders import read_image
-
         return read_image(self.paths[i], self.channels)
 
 
@@ -261,13 +259,9 @@ def load_public_pool(
 
 def _photos(source, channels: int) -> Sequence[np.ndarray]:
     if str(source) == "builtin":
-        from .builtin import builtin_photographs
-
         return builtin_photographs(channels)
     path = Path(source).expanduser()
     if path.is_dir():
-        from .folders import list_image_files
-
         files = list_image_files(path)
         if not files:
             raise ValueError(f"no image files in {path}")

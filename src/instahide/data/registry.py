@@ -4,7 +4,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import downloads  # looked up at call time so a redirected downloads.download_* is used
+from .arrays import load_arrays
+from .builtin import load_digits
+from .cifar import load_cifar10, load_cifar100
 from .dataset import ImageDataset
+from .folders import load_image_folder
+from .mnist import load_mnist
 
 __all__ = ["load_dataset", "DATASETS", "default_data_root"]
 
@@ -45,8 +51,6 @@ def load_dataset(
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
     if name == "digits":
-        from .builtin import load_digits
-
         return load_digits(split, **kw)
     if root is None:
         if not (download and name in _NEEDS_DOWNLOAD):
@@ -67,27 +71,19 @@ def load_dataset(
 
 
 def _loader(name: str):
-    from .downloads import download_cifar10, download_cifar100, download_fashion_mnist, download_mnist
-    from .cifar import load_cifar10, load_cifar100
-    from .mnist import load_mnist
-
     if name == "cifar10":
-        return load_cifar10, download_cifar10
+        return load_cifar10, downloads.download_cifar10
     if name == "cifar100":
-        return load_cifar100, download_cifar100
+        return load_cifar100, downloads.download_cifar100
     if name == "mnist":
-        return (lambda r, s, **kw: load_mnist(r, s, name="mnist", **kw)), download_mnist
-    return (lambda r, s, **kw: load_mnist(r, s, name="fashion-mnist", **kw)), download_fashion_mnist
+        return (lambda r, s, **kw: load_mnist(r, s, name="mnist", **kw)), downloads.download_mnist
+    return (lambda r, s, **kw: load_mnist(r, s, name="fashion-mnist", **kw)), downloads.download_fashion_mnist
 
 
 def _load_local(name: str, root: Path, split: str, **kw) -> ImageDataset:
     if name == "folder":
-        from .folders import load_image_folder
-
         folder = root / split if (root / split).is_dir() else root
         return load_image_folder(folder, **kw)
-    from .arrays import load_arrays
-
     if root.is_dir():
         candidates = [root / f"{split}.npz", root / f"{split}.npy"]
         path = next((c for c in candidates if c.is_file()), None)

@@ -4,13 +4,13 @@
   validated; a folder holding a key is refused).
 - :func:`train_shared` / :class:`SharedConfig`: a central trainer over that union, one process or
   DistributedDataParallel under ``torchrun`` (gloo on CPU, nccl on CUDA).
-- :mod:`.dist`: the process-group helpers, also used by ``instahide train`` (on-the-fly encryption
-  under DDP: every rank encrypts its own shard with its own keys).
+- the process-group helpers live in :mod:`instahide.train.ddp` (``instahide train`` uses them too:
+  on-the-fly encryption under DDP, every rank encrypting its own shard with its own keys).
 
-Entry point: ``python -m instahide.distributed train-shared ...`` (or ``train``), also under
-``torchrun --nproc-per-node=N -m instahide.distributed ...``. See docs/distributed.md.
+Entry point: ``instahide train-shared ...`` (or ``train``), also under
+``torchrun --nproc-per-node=N -m instahide train-shared ...``. See docs/distributed.md.
 """
-from .dist import DistInfo, cleanup, init_distributed, shard_bounds
+from ..train.ddp import DistInfo, cleanup, init_distributed, shard_bounds
 from .encrypted import EncryptedUnion, KeyMaterialError, Party, find_key_files, load_encrypted
 from .shared import (SharedConfig, epoch_batches, load_shared_checkpoint, load_shared_model, load_test_set,
                      rank_slice, train_shared)

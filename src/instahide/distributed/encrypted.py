@@ -3,11 +3,15 @@
 Each party runs ``instahide encrypt --epochs T`` on its own private data and hands the central trainer
 one folder: ``encryption.npy`` ``(N*T, H, W, C)`` (epoch-major: row ``e*N + i`` is image ``i``
 encrypted in epoch ``e``), ``label.npy`` ``(N*T, classes)`` (mixed soft labels) and ``meta.json``
-(no secrets). :func:`load_encrypted` memory-maps the arrays of one or more such folders
-(``allow_pickle=False``) and checks them before any training starts:
+(no secrets), written last by :func:`write_meta` with the size and SHA-256 of each array.
+:func:`load_encrypted` memory-maps the arrays of one or more such folders (``allow_pickle=False``) and
+checks them before any training starts:
 
 - the arrays exist, are not truncated or corrupt, are floating point, with matching row counts and the
-  shapes ``meta.json`` announces;
+  shapes ``meta.json`` announces, and their bytes are the ones ``meta.json`` records (a folder mixing
+  two runs, or one a copy cut short, is refused);
+- the folder is labelled (``instahide encrypt`` of unlabelled data writes no ``label.npy``: nothing
+  to train on);
 - all parties agree on image shape, classes and normalisation (a clear error names the folder that
   disagrees);
 - no key file lies in a folder: whoever holds a key can undo the mask, so a folder with one is refused
@@ -31,11 +35,14 @@ import json
 import math
 import os
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .._io import atomic_write_text, sha256_file
 
 ENCRYPTION, LABEL, META = "encryption.npy", "label.npy", "meta.json"
 _KEY_FORMAT = b"instahide-key/1"
@@ -137,13 +144,15 @@ def load_encrypted(paths, *, check_keys: bool = True) -> EncryptedUnion:
     """Memory-map and validate one or more ``instahide encrypt`` folders as one training set.
 
     Args:
-        paths: a folder or a list of folders, each with ``encryption.npy``, ``label.npy``, ``meta.json``.
+        paths: a folder or a list of folders, each with ``encryption.npy``, ``label.npy``, ``meta.json``
+            (as :func:`write_meta` writes it).
         check_keys: refuse folders that hold key material (default; leave it on).
 
     Raises:
         KeyMaterialError: a folder holds a key file.
         FileNotFoundError: a folder or one of its three files is missing.
-        ValueError: a truncated/corrupt array, mismatched row counts or shapes, or parties that
+        ValueError: a truncated/corrupt array, mismatched row counts, shapes or checksums, unlabelled
+            encryptions, or parties that
             disagree on image shape, classes or normalisation (the message names the folder).
     """
     if isinstance(paths, (str, os.PathLike)):
@@ -203,8 +212,6 @@ def find_key_files(folder: Path) -> list[Path]:
             continue
         if f.suffix == ".npz":
             try:
-                import zipfile
-
                 with zipfile.ZipFile(f) as z:
                     names = set(z.namelist())
                     fmt = z.read("format.npy") if "format.npy" in names else b""
@@ -213,6 +220,30 @@ def find_key_files(folder: Path) -> list[Path]:
             if _KEY_FORMAT in fmt or {"coefficients.npy", "indices.npy"} <= names:
                 found.append(f)
     return found
+
+
+def write_meta(folder: str | os.PathLike, meta: dict) -> dict:
+    """Write ``folder/meta.json`` (atomically; call it after the arrays): ``meta`` plus ``"files"``,
+    the size and SHA-256 of ``encryption.npy`` and (if present) ``label.npy``, which
+    :func:`load_encrypted` verifies. Returns what was written."""
+    folder = Path(folder)
+    meta = dict(meta, files={name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
+                             for name in (ENCRYPTION, LABEL) if (folder / name).exists()})
+    atomic_write_text(folder / META, json.dumps(meta, indent=2, default=str) + "\n")
+    return meta
+
+
+def _verify_files(folder: Path, meta: dict) -> None:
+    files = meta.get("files")
+    for name in (ENCRYPTION, LABEL):
+        record = files.get(name) if isinstance(files, dict) else None
+        if not isinstance(record, dict) or "sha256" not in record:
+            raise ValueError(f"{folder / META} records no checksum of {name}: not a complete folder written "
+                             "by `instahide encrypt` (re-run it)")
+        size = (folder / name).stat().st_size
+        if size != record.get("bytes") or sha256_file(folder / name) != record["sha256"]:
+            raise ValueError(f"{folder / name} is not the file {META} records (size or SHA-256 differ): the "
+                             "folder mixes two runs or was altered; re-run `instahide encrypt`")
 
 
 def _read_party(folder: Path, check_keys: bool) -> Party:
@@ -225,15 +256,20 @@ def _read_party(folder: Path, check_keys: bool) -> Party:
                 f"{folder} holds key material ({', '.join(str(k) for k in keys)}): whoever holds a key can "
                 "undo the mask, so the trainer refuses the folder. The party must move the key out of the "
                 "folder (keys never leave the party) and hand over only encryption.npy, label.npy, meta.json")
-    for name in (ENCRYPTION, LABEL, META):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} has no {name}: expected a folder written by `instahide encrypt`")
+    if not (folder / META).is_file():
+        raise FileNotFoundError(f"{folder} has no {META}: expected a folder written by `instahide encrypt`")
     try:
         meta = json.loads((folder / META).read_text())
     except (OSError, ValueError) as exc:
         raise ValueError(f"cannot read {folder / META}: {exc}") from exc
     if not isinstance(meta, dict):
         raise ValueError(f"{folder / META} is not a JSON object")
+    if meta.get("labelled") is False:
+        raise ValueError(f"{folder} holds encryptions of unlabelled images (no {LABEL}): there is nothing "
+                         "to train on; encrypt labelled data")
+    for name in (ENCRYPTION, LABEL):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} has no {name}: expected a folder written by `instahide encrypt`")
     enc = _map(folder / ENCRYPTION)
     lab = _map(folder / LABEL)
     if enc.ndim != 4:
@@ -262,6 +298,7 @@ def _read_party(folder: Path, check_keys: bool) -> Party:
     order = meta.get("row_order", "epoch-major")
     if not str(order).startswith("epoch-major"):
         raise ValueError(f"{folder}: row order {order!r} is not epoch-major")
+    _verify_files(folder, meta)
     return Party(folder, enc, lab, n, t, meta)
 
 

@@ -23,38 +23,35 @@ Example::
     from instahide.distributed import SharedConfig, train_shared
     cfg = SharedConfig(encrypted=("runs/alice", "runs/bob"), test_dataset="digits", epochs=20,
                        batch_size=64, lr=0.05, out="runs/shared")
-    final = train_shared(cfg)          # or under: torchrun --nproc-per-node=2 -m instahide.distributed ...
+    final = train_shared(cfg)          # or under: torchrun --nproc-per-node=2 -m instahide train-shared ...
 """
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 import os
-import platform
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 
-import numpy as np
 import torch
 
-from .._io import atomic_torch_save, atomic_write_text, load_torch_checkpoint
-from ..train.config import config_from_dict, make_optimizer
+from .._config import Config, check_types
+from .._io import load_torch_checkpoint
+from ..data import load_dataset, normalize_images
+from ..train.ddp import DistInfo, all_agree, all_reduce_sum, broadcast_object, cleanup, init_distributed
+from ..train.config import validate_training
+from ..train.engine import (Progress, RunFolder, derive_seed, load_weights, make_optimizer, model_for, reschedule,
+                            summary, train_epoch)
 from ..train.evaluate import evaluate
-from ..train.loss import soft_cross_entropy
-from ..train.models import MODELS, build_model
-from .dist import DistInfo, all_agree, all_reduce_sum, broadcast_object, cleanup, init_distributed
+from ..train.models import build_model
+from ..train.recipe import pick_subset
 from .encrypted import EncryptedUnion, load_encrypted
 
-CHECKPOINT = "checkpoint.pt"
 FORMAT = "instahide-shared-checkpoint/1"
 
 
 @dataclass
-class SharedConfig:
+class SharedConfig(Config):
     # -- data --------------------------------------------------------------------------------------
-    encrypted: tuple = ()                # encryption folders, one per party (written by instahide encrypt)
+    encrypted: tuple[str, ...] = ()      # encryption folders, one per party (written by instahide encrypt)
     test_dataset: str | None = None      # clean test set (an instahide.data.load_dataset name); None: no evaluation
     test_root: str | None = None         # where the test dataset is (not needed for digits)
     test_split: str = "test"             # which split of test_dataset to evaluate on
@@ -64,7 +61,7 @@ class SharedConfig:
                                          # fastnet for 3
     width: float = 1.0                   # channel-width multiplier (scale down for CPU runs)
     sync_bn: bool = False                # CUDA + DDP only: BatchNorm statistics over the global batch
-    # -- optimisation (the reference recipe: SPEC section 2) ----------------------------------------
+    # -- optimisation (the reference recipe: docs/scheme.md, "Reference defaults") ------------------
     epochs: int = 10                     # training epochs; party p's rows come from encryption epoch e mod T_p
     batch_size: int = 128                # GLOBAL batch over all ranks (reference: 128)
     lr: float = 0.1                      # SGD learning rate, reference 0.1
@@ -86,30 +83,16 @@ class SharedConfig:
         if isinstance(self.encrypted, (str, os.PathLike)):
             self.encrypted = (str(self.encrypted),)
         self.encrypted = tuple(str(p) for p in self.encrypted)
+        check_types(self)
         if not self.encrypted:
             raise ValueError("no encryption folder given (encrypted=...)")
-        if self.model != "auto" and self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; known models: auto, {', '.join(MODELS)}")
-        for name in ("epochs", "batch_size", "eval_every"):
+        validate_training(self)
+        for name in ("epochs", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.width <= 0:
-            raise ValueError("lr and width must be > 0")
-        if any(not 0 < m < 1 for m in self.milestones):
-            raise ValueError(f"milestones are fractions of the epochs in (0, 1), got {self.milestones}")
         if self.test_subset is not None and self.test_subset < 1:
             raise ValueError(f"test_subset must be >= 1, got {self.test_subset}")
         return self
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["encrypted"] = list(d["encrypted"])
-        d["milestones"] = list(d["milestones"])
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SharedConfig":
-        return config_from_dict(cls, d, tuples=("encrypted", "milestones"))
 
 
 # -- data -----------------------------------------------------------------------------------------
@@ -118,12 +101,7 @@ def load_test_set(cfg: SharedConfig, union: EncryptedUnion, device) -> tuple[tor
     (their mean/std from ``meta.json``, or [0, 1] if they did not normalise); None if no test set."""
     if cfg.test_dataset is None:
         return None
-    from ..data import load_dataset, normalize_images
-
-    ds = load_dataset(cfg.test_dataset, root=cfg.test_root, split=cfg.test_split)
-    if cfg.test_subset is not None and cfg.test_subset < len(ds):
-        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:cfg.test_subset].sort().values
-        ds = ds.subset(order.numpy())
+    ds = pick_subset(load_dataset(cfg.test_dataset, root=cfg.test_root, split=cfg.test_split), cfg.test_subset)
     if ds.labels is None:
         raise ValueError(f"test dataset {cfg.test_dataset!r} has no labels")
     if tuple(ds.shape) != tuple(union.image_shape):
@@ -140,9 +118,7 @@ def epoch_batches(num_rows: int, batch_size: int, epoch: int, order_seed: int, w
     """The global batches of one epoch: a permutation of ``num_rows`` rows (from ``order_seed`` and
     ``epoch``, the same on every rank) cut into batches of ``batch_size``; with ``world_size > 1`` a
     last batch smaller than ``world_size`` is dropped."""
-    from ..train.recipe import hash_seed
-
-    g = torch.Generator().manual_seed(hash_seed(order_seed, epoch, "shared-order"))
+    g = torch.Generator().manual_seed(derive_seed(order_seed, epoch, "shared-order"))
     perm = torch.randperm(num_rows, generator=g)
     batches = list(torch.split(perm, batch_size))
     if world_size > 1 and batches and len(batches[-1]) < world_size:
@@ -163,7 +139,8 @@ def train_shared(cfg: SharedConfig, *, resume: bool = False, on_epoch_end=None, 
 
     Args:
         cfg: the configuration (validated first).
-        resume: continue from ``cfg.out/checkpoint.pt`` (its configuration must match).
+        resume: continue from ``cfg.out/checkpoint.pt`` (its configuration must match; a larger
+            ``epochs`` extends a finished run).
         on_epoch_end: optional ``f(epoch, metrics)`` called on every rank after each epoch.
         return_model: return ``(final, model)`` (this rank's unwrapped model) instead of ``final``.
     """
@@ -176,12 +153,12 @@ def train_shared(cfg: SharedConfig, *, resume: bool = False, on_epoch_end=None, 
         cleanup(info)
 
 
-def _setup(cfg: SharedConfig, info: DistInfo, resume: bool):
+def _setup(cfg: SharedConfig, info: DistInfo, run: RunFolder, resume: bool):
     """Rank 0 reads/validates the checkpoint; every rank reads the encryptions and test set."""
     state, err = None, None
     if info.is_main:
         try:
-            state = _read_resume_state(cfg, resume)
+            state = run.start(cfg.to_dict(), resume)
         except (ValueError, FileExistsError, FileNotFoundError) as exc:
             err = exc
     all_agree(info, err)
@@ -200,44 +177,26 @@ def _setup(cfg: SharedConfig, info: DistInfo, resume: bool):
     return state, union, test
 
 
-def _read_resume_state(cfg: SharedConfig, resume: bool):
-    ckpt = Path(cfg.out) / CHECKPOINT
-    if not resume:
-        if ckpt.exists():
-            raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) to continue it, or use another out")
-        return None
-    state = load_shared_checkpoint(ckpt)
-    saved = SharedConfig.from_dict(state["config"]).validate()
-    diff = {k: (v, getattr(cfg, k)) for k, v in dataclasses.asdict(saved).items()
-            if k not in ("out", "device", "progress", "amp") and getattr(cfg, k) != v}
-    if diff:
-        raise ValueError(f"cannot resume {ckpt}: configuration differs in {diff} (saved, given)")
-    return state
-
-
 def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dict:
-    from ..train.recipe import _Bar, _plot, _write_metrics, hash_seed
-
-    device = info.device
-    state, union, test = _setup(cfg, info, resume)
-    out = Path(cfg.out)
-    if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+    device, W, rank = info.device, info.world_size, info.rank
+    run = RunFolder(cfg.out, FORMAT, main=info.is_main)
+    state, union, test = _setup(cfg, info, run, resume)
     c = union.image_shape[0]
-    model_name = cfg.model if cfg.model != "auto" else ("mnistnet" if c == 1 else "fastnet")
+    arch = {"model_name": model_for(cfg.model, c), "num_classes": union.num_classes, "in_channels": c}
     if cfg.research_seed is not None:
-        torch.manual_seed(hash_seed(cfg.research_seed, "shared-init"))
-    model = build_model(model_name, union.num_classes, c, width=cfg.width).to(device)
+        torch.manual_seed(derive_seed(cfg.research_seed, "shared-init"))
+    model = build_model(arch["model_name"], union.num_classes, c, width=cfg.width).to(device)
     opt, sched = make_optimizer(model, cfg)
-    history: list[dict] = []
-    start_epoch = 0
+    history, start = [], 0
     if state is not None:
-        model.load_state_dict(state["model"])
+        load_weights(model, state["model"], str(run.checkpoint))
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        history, start_epoch, order_seed = state["history"], state["epoch"], state["order_seed"]
+        history, start, order_seed = state["history"], state["epoch"], state["order_seed"]
+        if state["extended"] is not None:
+            reschedule(opt, sched, cfg)
     elif cfg.research_seed is not None:
-        order_seed = hash_seed(cfg.research_seed, "shared-order-seed")
+        order_seed = derive_seed(cfg.research_seed, "shared-order-seed")
     else:
         order_seed = broadcast_object(info, int.from_bytes(os.urandom(8), "little") >> 1)
     net = model
@@ -248,43 +207,26 @@ def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dic
             net, device_ids=[device.index] if device.type == "cuda" else None)
         model = net.module
     amp = cfg.amp and device.type == "cuda"
-    W, rank = info.world_size, info.rank
     rows = union.rows_per_epoch
     t_run = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         batches = epoch_batches(rows, cfg.batch_size, epoch, order_seed, W)
         mine = [rank_slice(b, rank, W) for b in batches]
         xs, ys = union.take(epoch, torch.cat(mine).numpy())
         xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
         t_data = time.perf_counter() - t0
-        net.train()
-        bar = _Bar(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and info.is_main)
-        loss_sum, correct, seen, pos = 0.0, 0, 0, 0
-        for b, m in zip(batches, mine):
-            xb, yb = xs[pos:pos + len(m)], ys[pos:pos + len(m)]
-            pos += len(m)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                logits = net(xb)
-            per_row = soft_cross_entropy(logits.float(), yb, reduction="none")
-            # DDP averages over W ranks: W * sum(local) / |global batch| averages to the global mean
-            loss = per_row.sum() * (W / len(b))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total = per_row.detach().sum().item()
-            if not math.isfinite(total):
-                raise FloatingPointError(f"training diverged: loss {total}; lower the learning rate")
-            loss_sum += total
-            correct += (logits.argmax(1) == yb.argmax(1)).sum().item()
-            seen += len(m)
-            bar.update(f"loss {loss_sum / max(seen, 1):.3f}")
-        loss_sum, correct, seen = all_reduce_sum([loss_sum, correct, seen], info)
-        lr_used = sched.get_last_lr()[0]
-        sched.step()
-        metrics = {"epoch": epoch + 1, "lr": lr_used, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                   "rows": int(seen), "encryption_epochs": [epoch % p.epochs for p in union.parties],
+        bounds = torch.tensor([0] + [len(m) for m in mine]).cumsum(0).tolist()
+        # DDP averages over W ranks: W * sum(local) / |global batch| averages to the global mean
+        steps = ((xs[a:b], ys[a:b], W / len(g)) for a, b, g in zip(bounds, bounds[1:], batches))
+        bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and info.is_main)
+        res = train_epoch(net, opt, steps, amp=amp, progress=bar)
+        loss_sum, correct, seen = all_reduce_sum([res["loss_sum"], res["correct"], res["seen"]], info)
+        metrics = {"epoch": epoch + 1, "lr": sched.get_last_lr()[0], "train_loss": loss_sum / seen,
+                   "train_acc": correct / seen, "rows": int(seen),
+                   "encryption_epochs": [epoch % p.epochs for p in union.parties],
                    "data_seconds": t_data, "epoch_seconds": None, "test_loss": None, "test_acc": None}
+        sched.step()
         if info.is_main:
             if test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
                 ev = evaluate(model, test[0], test[1], batch_size=max(256, cfg.batch_size), amp=amp)
@@ -294,46 +236,23 @@ def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dic
             bar.close(f"loss {metrics['train_loss']:.3f} train acc {metrics['train_acc']:.3f}"
                       + (f" test acc {metrics['test_acc']:.4f}" if metrics["test_acc"] is not None else "")
                       + f" ({metrics['epoch_seconds']:.1f} s, {W} rank{'s' if W > 1 else ''})")
-            save_shared_checkpoint(out / CHECKPOINT, model, opt, sched, epoch + 1, cfg, history, order_seed,
-                                   {"name": model_name, "num_classes": union.num_classes, "in_channels": c})
-            _write_metrics(out, history)
+            run.save(epoch + 1, model, opt, sched, cfg.to_dict(), history, order_seed=int(order_seed), **arch)
         metrics = broadcast_object(info, metrics)
         if not info.is_main:
             history.append(metrics)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
-    tested = [m["test_acc"] for m in history if m["test_acc"] is not None]
-    final = {
-        "config": cfg.to_dict(), "model": model_name, "device": str(device), "world_size": W,
-        "backend": info.backend, "parameters": sum(p.numel() for p in model.parameters()),
-        "parties": union.describe(), "rows_per_epoch": rows, "fresh_epochs": union.fresh_epochs,
-        "reused_encryptions": cfg.epochs > union.fresh_epochs,
-        "test_images": None if test is None else len(test[1]),
-        "final_test_acc": history[-1]["test_acc"] if history else None,
-        "best_test_acc": max(tested) if tested else None,
-        "epochs_run": len(history), "wall_seconds_this_run": time.perf_counter() - t_run,
-        "history": history, "keys": "none: the trainer sees encryptions and mixed labels only",
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "instahide": __import__("instahide").__version__},
-    }
-    if info.is_main:
-        atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
-        if history:
-            _plot(out, history)
-    return final, model
+    final = {"config": cfg.to_dict(), "model": arch["model_name"], "device": str(device), "world_size": W,
+             "backend": info.backend, "parameters": sum(p.numel() for p in model.parameters()),
+             "parties": union.describe(), "rows_per_epoch": rows, "fresh_epochs": union.fresh_epochs,
+             "reused_encryptions": cfg.epochs > union.fresh_epochs,
+             "test_images": None if test is None else len(test[1]),
+             "keys": "none: the trainer sees encryptions and mixed labels only",
+             **summary(history, state, t_run)}
+    return run.finish(final), model
 
 
 # -- checkpoints ----------------------------------------------------------------------------------
-def save_shared_checkpoint(path: Path, model, opt, sched, epoch: int, cfg: SharedConfig, history, order_seed: int,
-                           arch: dict) -> None:
-    """Everything needed to resume (weights, optimiser, schedule, row-order seed), written atomically."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-             "epoch": epoch, "config": cfg.to_dict(), "history": history, "order_seed": int(order_seed),
-             "model_name": arch["name"], "num_classes": arch["num_classes"], "in_channels": arch["in_channels"],
-             "format": FORMAT}
-    atomic_torch_save(path, state)
-
-
 def load_shared_checkpoint(path) -> dict:
     """Load a shared-trainer checkpoint with ``weights_only=True``."""
     return load_torch_checkpoint(path, FORMAT, "shared-trainer checkpoint")
@@ -344,5 +263,5 @@ def load_shared_model(path, device="cpu"):
     state = load_shared_checkpoint(path)
     cfg = SharedConfig.from_dict(state["config"])
     model = build_model(state["model_name"], state["num_classes"], state["in_channels"], width=cfg.width)
-    model.load_state_dict(state["model"])
+    load_weights(model, state["model"], str(path))
     return model.to(device).eval(), cfg, state

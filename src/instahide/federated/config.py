@@ -14,10 +14,11 @@
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from ..train.config import TRAIN_MODES
+from .._config import Config, check_types, flat_dict, from_dict
+from ..scheme.config import SchemeConfig
+from ..train.config import AUGMENT, validate_training
 
 PARTITIONS = ("iid", "dirichlet")
 STRATEGIES = ("fedavg", "fedprox", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "fedmedian",
@@ -27,7 +28,7 @@ FLOWER_KEYS = ("server-round", "proximal-mu")
 
 
 @dataclass
-class FedConfig:
+class FedConfig(Config):
     # -- data (each party holds one partition of the training set) ---------------------------------
     dataset: str = "digits"              # instahide.data.load_dataset name; digits is built in (no download)
     root: str | None = None              # where the dataset is (not needed for digits); a node may override it
@@ -38,21 +39,13 @@ class FedConfig:
     partition: str = "iid"               # iid | dirichlet (non-IID, per-class Dirichlet proportions)
     alpha: float = 0.5                   # Dirichlet concentration: small = skewed labels, large = near IID
     min_party_size: int = 10             # every party gets at least this many images (Dirichlet re-draws)
-    seed: int = 0                        # seed of the partition (which party holds which images); not key material
+    partition_seed: int = 0              # seed of the partition (which party holds which images); not key material
     # -- model -------------------------------------------------------------------------------------
     model: str = "auto"                  # preact_resnet18 | fastnet | mnistnet; auto: mnistnet for 1 channel,
                                          # fastnet for 3
     width: float = 1.0                   # channel-width multiplier (scale down for CPU runs)
-    # -- scheme (the paper's names; see instahide.encrypt) -------------------------------------------
-    mode: str = "instahide"              # vanilla (no mixing) | mixup (no mask) | instahide
-    k: int = 4                           # images per encryption (paper: 4 inside, 6 cross)
-    upper: float = 0.65                  # c1, largest coefficient
-    dom: float = 0.3                     # c2, smallest private-coefficient sum (cross-dataset only)
-    num_private: int | None = None       # private slots with a public pool (default 2)
-    public: str | None = None            # public pool source (builtin | folder | .npz): cross-dataset mode;
-                                         # every party loads the same public pool
-    public_size: int = 10_000            # patches in the public pool
-    public_resize: int | None = None     # short side before cropping patches (paper: 40 for 32x32)
+    # -- scheme (the paper's names; see instahide.encrypt and docs/scheme.md) -----------------------
+    scheme: SchemeConfig = field(default_factory=SchemeConfig)  # every party loads the same public pool
     # -- local training (every party, every round) -------------------------------------------------
     local_epochs: int = 1                # passes over the party's data per round, each with fresh keys
     batch_size: int = 32                 # local SGD batch
@@ -86,20 +79,15 @@ class FedConfig:
     # -- checks ------------------------------------------------------------------------------------
     def validate(self) -> "FedConfig":
         """Raise a ValueError naming the first bad field (before any data is loaded)."""
-        if self.mode not in TRAIN_MODES:
-            raise ValueError(f"unknown mode {self.mode!r}; expected one of {TRAIN_MODES}")
+        check_types(self)
         if self.partition not in PARTITIONS:
             raise ValueError(f"unknown partition {self.partition!r}; expected one of {PARTITIONS}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {self.strategy!r}; expected one of {STRATEGIES}")
-        from ..train.models import MODELS
-
-        if self.model != "auto" and self.model not in MODELS:
-            raise ValueError(f"unknown model {self.model!r}; known models: auto, {', '.join(MODELS)}")
-        if self.augment not in ("auto", "on", "off"):
-            raise ValueError(f"augment must be auto, on or off, got {self.augment!r}")
-        for name in ("rounds", "num_parties", "local_epochs", "batch_size", "k", "min_party_size",
-                     "public_size", "threads"):
+        if self.augment not in AUGMENT:
+            raise ValueError(f"augment must be one of {', '.join(AUGMENT)}, got {self.augment!r}")
+        validate_training(self)
+        for name in ("rounds", "num_parties", "local_epochs", "min_party_size", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.min_train_nodes < 0:
@@ -109,22 +97,19 @@ class FedConfig:
         if self.min_train_nodes > self.num_parties:
             raise ValueError(f"min_train_nodes={self.min_train_nodes} exceeds num_parties={self.num_parties}: "
                              "the federation would wait for nodes that do not exist")
-        if self.lr <= 0 or self.width <= 0 or self.alpha <= 0 or self.timeout <= 0:
-            raise ValueError("lr, width, alpha and timeout must be > 0")
-        if self.proximal_mu < 0 or self.momentum < 0 or self.weight_decay < 0:
-            raise ValueError("proximal_mu, momentum and weight_decay must be >= 0")
+        if self.alpha <= 0 or self.timeout <= 0:
+            raise ValueError("alpha and timeout must be > 0")
+        if self.proximal_mu < 0:
+            raise ValueError("proximal_mu must be >= 0")
         for name in ("fraction_train", "fraction_evaluate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if self.fraction_train == 0 and self.min_train_nodes == 0:
             raise ValueError("fraction_train=0 and min_train_nodes=0: no party would ever train")
-        from ..train.config import check_scheme_options
-
-        num_private = check_scheme_options(self.mode, self.k, self.upper, self.dom, self.public, self.num_private)
-        if self.mode != "vanilla":
-            if self.min_party_size < num_private:
-                raise ValueError(f"min_party_size={self.min_party_size} is below the {num_private} private "
-                                 f"images one encryption needs (k={self.k}): raise min_party_size")
+        self.scheme.validate()
+        if self.scheme.mode != "vanilla" and self.min_party_size < self.scheme.private_slots:
+            raise ValueError(f"min_party_size={self.min_party_size} is below the {self.scheme.private_slots} "
+                             f"private images one encryption needs (k={self.scheme.k}): raise min_party_size")
         self.drops()
         return self
 
@@ -140,54 +125,12 @@ class FedConfig:
         return out
 
     # -- conversions -------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "FedConfig":
-        from ..train.config import config_from_dict
-
-        return config_from_dict(cls, d)
-
     def to_run_config(self) -> dict:
         """Flower run config: kebab-case keys, ``None`` values left out (Flower has no null)."""
-        return {f.name.replace("_", "-"): getattr(self, f.name) for f in dataclasses.fields(self)
-                if getattr(self, f.name) is not None}
+        return {k.replace("_", "-"): v for k, v in flat_dict(self, drop_none=True).items()}
 
     @classmethod
     def from_run_config(cls, run_config, ignore=FLOWER_KEYS) -> "FedConfig":
         """Inverse of :meth:`to_run_config`; values are converted to the fields' types (TOML writes
         ``lr = 1`` as an int), keys in ``ignore`` are skipped, any other unknown key is an error."""
-        fields = {f.name.replace("_", "-"): f for f in dataclasses.fields(cls)}
-        kw = {}
-        for key, value in dict(run_config).items():
-            if key in ignore:
-                continue
-            if key not in fields:
-                raise ValueError(f"unknown run-config key {key!r}; known keys: {', '.join(sorted(fields))}")
-            f = fields[key]
-            kw[f.name] = _convert(value, str(f.type), key)
-        return cls(**kw)
-
-
-def _convert(value, annotation: str, key: str):
-    base = annotation.split(" ")[0]
-    if isinstance(value, str) and value.lower() in ("none", "null") and "None" in annotation:
-        return None
-    try:
-        if base == "bool":
-            if isinstance(value, str):
-                low = value.lower()
-                if low not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                return low in ("true", "1", "yes")
-            return bool(value)
-        if base == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(value)
-            return int(value)
-        if base == "float":
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"run-config key {key!r}: cannot read {value!r} as {base}") from None
+        return from_dict(cls, run_config, ignore=ignore, what="run-config key")

@@ -19,20 +19,19 @@ Example::
 """
 from __future__ import annotations
 
-import hashlib
-import math
 import time
 from dataclasses import dataclass
 
 import torch
 
 from ..scheme import KeyGenerator, encrypt
-from ..train import Augment, TrainConfig, build_model, evaluate, load_train_data, soft_cross_entropy
+from ..train import TrainData, build_model, evaluate, load_train_data, load_weights, train_epoch
+from ..train.engine import augment_for, derive_seed, index_batches, model_for, seeded
 from .config import FedConfig
 from .partition import dirichlet_partition, iid_partition
 
-__all__ = ["PartyData", "load_party", "partition_indices", "build_global_model", "model_name",
-           "party_key_generator", "local_train", "local_evaluate", "clear_cache"]
+__all__ = ["PartyData", "load_party", "partition_indices", "build_global_model", "party_key_generator",
+           "local_train", "local_evaluate", "clear_cache"]
 
 
 @dataclass
@@ -56,21 +55,7 @@ class PartyData:
         return tuple(self.x.shape[1:])
 
 
-def _seed(*parts) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
-
-
-def train_config(cfg: FedConfig) -> TrainConfig:
-    """The :class:`TrainConfig` with this federation's data and scheme fields (to load data with it)."""
-    return TrainConfig(dataset=cfg.dataset, root=cfg.root, subset=cfg.subset, test_subset=cfg.test_subset,
-                       augment=cfg.augment, model=cfg.model, width=cfg.width, mode=cfg.mode, k=cfg.k,
-                       upper=cfg.upper, dom=cfg.dom, num_private=cfg.num_private, public=cfg.public,
-                       public_size=cfg.public_size, public_resize=cfg.public_resize, batch_size=cfg.batch_size,
-                       lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                       research_seed=cfg.research_seed, device="cpu", progress=False)
-
-
-_CACHE: dict = {}
+_CACHE: dict[tuple, TrainData] = {}
 
 
 def clear_cache() -> None:
@@ -78,24 +63,23 @@ def clear_cache() -> None:
     _CACHE.clear()
 
 
-def _full_data(cfg: FedConfig):
-    key = (cfg.dataset, cfg.root, cfg.subset, cfg.test_subset, cfg.public, cfg.public_size, cfg.public_resize,
-           cfg.mode, cfg.k, cfg.num_private)
+def _full_data(cfg: FedConfig) -> TrainData:
+    key = (cfg.dataset, cfg.root, cfg.subset, cfg.test_subset, *cfg.scheme.to_dict().values())
     if key not in _CACHE:
-        _CACHE[key] = load_train_data(train_config(cfg), "cpu")
+        _CACHE[key] = load_train_data(cfg, "cpu")
     return _CACHE[key]
 
 
 def partition_indices(cfg: FedConfig, labels: torch.Tensor) -> list:
     """The partition of the training set described by ``cfg`` (IID or Dirichlet), one index array per party."""
     if cfg.partition == "iid":
-        parts = iid_partition(len(labels), cfg.num_parties, cfg.seed)
+        parts = iid_partition(len(labels), cfg.num_parties, cfg.partition_seed)
         small = min(len(p) for p in parts)
         if small < cfg.min_party_size:
             raise ValueError(f"{len(labels)} images over {cfg.num_parties} parties leaves {small} per party, "
                              f"below min_party_size={cfg.min_party_size}")
         return parts
-    return dirichlet_partition(labels, cfg.num_parties, cfg.alpha, cfg.seed, cfg.min_party_size)
+    return dirichlet_partition(labels, cfg.num_parties, cfg.alpha, cfg.partition_seed, cfg.min_party_size)
 
 
 def load_party(cfg: FedConfig, partition_id: int, num_partitions: int | None = None) -> PartyData:
@@ -114,20 +98,16 @@ def load_party(cfg: FedConfig, partition_id: int, num_partitions: int | None = N
     partition_id = int(partition_id)
     data = _full_data(cfg)
     idx = torch.from_numpy(partition_indices(cfg, data.y_train)[partition_id])
-    tidx = torch.from_numpy(iid_partition(len(data.y_test), cfg.num_parties, cfg.seed)[partition_id])
+    tidx = torch.from_numpy(iid_partition(len(data.y_test), cfg.num_parties, cfg.partition_seed)[partition_id])
     return PartyData(data.x_train[idx], data.y_train[idx], data.x_test[tidx], data.y_test[tidx],
                      data.num_classes, data.mean, data.std, data.public, partition_id, cfg.num_parties, data.name)
-
-
-def model_name(cfg: FedConfig, in_channels: int) -> str:
-    return cfg.model if cfg.model != "auto" else ("mnistnet" if in_channels == 1 else "fastnet")
 
 
 def build_global_model(cfg: FedConfig, in_channels: int, num_classes: int) -> torch.nn.Module:
     """The model every party trains (initialised from the research seed when one is set)."""
     if cfg.research_seed is not None:
-        torch.manual_seed(_seed(cfg.research_seed, "init"))
-    return build_model(model_name(cfg, in_channels), num_classes, in_channels, width=cfg.width)
+        torch.manual_seed(derive_seed(cfg.research_seed, "init"))
+    return build_model(model_for(cfg.model, in_channels), num_classes, in_channels, width=cfg.width)
 
 
 def party_key_generator(cfg: FedConfig, partition_id: int, server_round: int) -> KeyGenerator:
@@ -138,26 +118,12 @@ def party_key_generator(cfg: FedConfig, partition_id: int, server_round: int) ->
     return KeyGenerator.from_seed(f"federated/{cfg.research_seed}").spawn(partition_id).spawn(server_round)
 
 
-def _generator(cfg: FedConfig, *parts) -> torch.Generator | None:
-    if cfg.research_seed is None:
-        return None
-    return torch.Generator().manual_seed(_seed(cfg.research_seed, *parts))
-
-
-def _load_state(model: torch.nn.Module, state_dict: dict) -> None:
-    own = model.state_dict()
-    if set(own) != set(state_dict):
-        missing, extra = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
-        raise ValueError(f"global weights do not fit the model: missing {missing[:5]}, unexpected {extra[:5]}")
-    fixed = {}
-    for name, ref in own.items():
-        t = torch.as_tensor(state_dict[name])
-        if tuple(t.shape) != tuple(ref.shape):
-            raise ValueError(f"global weight {name!r} has shape {tuple(t.shape)}, the model's is {tuple(ref.shape)}")
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise ValueError(f"global weight {name!r} holds NaN or infinite values")
-        fixed[name] = t.to(ref.dtype) if not ref.is_floating_point() else t.to(ref.dtype)
-    model.load_state_dict(fixed)
+def _party_model(cfg: FedConfig, party: PartyData, state_dict: dict) -> torch.nn.Module:
+    torch.set_num_threads(cfg.threads)
+    c = party.shape[0]
+    model = build_model(model_for(cfg.model, c), party.num_classes, c, width=cfg.width)
+    load_weights(model, state_dict, "global weights")
+    return model
 
 
 def local_train(state_dict: dict, party: PartyData, cfg: FedConfig, *, server_round: int,
@@ -173,66 +139,47 @@ def local_train(state_dict: dict, party: PartyData, cfg: FedConfig, *, server_ro
 
     Returns:
         ``(state_dict, metrics)``: the updated weights (CPU tensors, same keys and shapes) and scalars
-        ``num-examples`` (private images), ``train-loss``, ``train-acc`` (agreement with the dominant
-        label), ``encrypt-seconds``, ``train-seconds``.
+        ``num-examples`` (private images), ``train-loss`` (cross-entropy, without the proximal term),
+        ``train-acc`` (agreement with the dominant label), ``encrypt-seconds``, ``train-seconds``.
     """
-    torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
-    c = party.shape[0]
-    model = build_model(model_name(cfg, c), party.num_classes, c, width=cfg.width)
-    _load_state(model, state_dict)
+    model = _party_model(cfg, party, state_dict)
     mu = cfg.proximal_mu if proximal_mu is None else float(proximal_mu)
-    anchor = [p.detach().clone() for p in model.parameters()] if mu > 0 else None
+    anchor = [p.detach().clone() for p in model.parameters()]
+    penalty = (lambda: 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))) if mu > 0 else None
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    h, w = party.shape[1:]
-    use_aug = cfg.augment == "on" or (cfg.augment == "auto" and c == 3 and h == 32 and w == 32)
-    augment = Augment(padding=4, flip=True, fill=tuple(-m / s for m, s in zip(party.mean, party.std))) if use_aug else None
+    augment = augment_for(cfg.augment, party.shape, party.mean, party.std)
     onehot = torch.nn.functional.one_hot(party.y, party.num_classes).float()
-    keys = party_key_generator(cfg, party.partition_id, server_round) if cfg.mode != "vanilla" else None
-    t_enc = 0.0
-    loss_sum, correct, seen = 0.0, 0, 0
-    model.train()
+    keys = party_key_generator(cfg, party.partition_id, server_round) if cfg.scheme.mode != "vanilla" else None
+    t_enc, total = 0.0, {"loss_sum": 0.0, "correct": 0, "seen": 0}
     for epoch in range(cfg.local_epochs):
         t0 = time.perf_counter()
-        x = party.x if augment is None else augment(
-            party.x, generator=_generator(cfg, "augment", party.partition_id, server_round, epoch))
-        if cfg.mode == "vanilla":
+        parts = (party.partition_id, server_round, epoch)
+        x = party.x if augment is None else augment(party.x, generator=seeded(cfg.research_seed, "augment", *parts))
+        if cfg.scheme.mode == "vanilla":
             xs, ys = x, onehot
         else:
-            enc = encrypt(x, party.y, k=cfg.k, upper=cfg.upper, mode=cfg.mode, public=party.public,
-                          num_private=cfg.num_private, dom=cfg.dom, num_classes=party.num_classes, generator=keys)
+            enc = encrypt(x, party.y, **cfg.scheme.encrypt_kwargs(), public=party.public,
+                          num_classes=party.num_classes, generator=keys)
             xs, ys = enc.images, enc.soft_labels
         t_enc += time.perf_counter() - t0
-        order = torch.randperm(len(xs), generator=_generator(cfg, "order", party.partition_id, server_round, epoch))
-        for s in range(0, len(xs), cfg.batch_size):
-            b = order[s:s + cfg.batch_size]
-            logits = model(xs[b])
-            loss = soft_cross_entropy(logits, ys[b])
-            if anchor is not None:
-                loss = loss + 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            value = loss.item()
-            if not math.isfinite(value):
-                raise FloatingPointError(f"party {party.partition_id}: local training diverged (loss {value}); "
-                                         "lower the learning rate")
-            loss_sum += value * len(b)
-            correct += (logits.argmax(1) == ys[b].argmax(1)).sum().item()
-            seen += len(b)
+        order = torch.randperm(len(xs), generator=seeded(cfg.research_seed, "order", *parts))
+        try:
+            res = train_epoch(model, opt, index_batches(xs, ys, order, cfg.batch_size), penalty=penalty)
+        except FloatingPointError as exc:
+            raise FloatingPointError(f"party {party.partition_id}: local {exc}") from None
+        total = {k: total[k] + res[k] for k in total}
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    metrics = {"num-examples": int(len(party.x)), "train-loss": loss_sum / seen, "train-acc": correct / seen,
-               "encrypt-seconds": t_enc, "train-seconds": time.perf_counter() - t_start}
+    metrics = {"num-examples": int(len(party.x)), "train-loss": total["loss_sum"] / total["seen"],
+               "train-acc": total["correct"] / total["seen"], "encrypt-seconds": t_enc,
+               "train-seconds": time.perf_counter() - t_start}
     return state, metrics
 
 
 def local_evaluate(state_dict: dict, party: PartyData, cfg: FedConfig) -> dict:
     """Clean accuracy of the global weights on this party's test shard:
     ``{"num-examples", "eval-acc", "eval-loss"}``."""
-    torch.set_num_threads(cfg.threads)
-    c = party.shape[0]
-    model = build_model(model_name(cfg, c), party.num_classes, c, width=cfg.width)
-    _load_state(model, state_dict)
+    model = _party_model(cfg, party, state_dict)
     if len(party.x_test) == 0:
         return {"num-examples": 0, "eval-acc": 0.0, "eval-loss": 0.0}
     ev = evaluate(model, party.x_test, party.y_test)

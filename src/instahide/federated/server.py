@@ -23,23 +23,22 @@ Example (the module-level ``app`` is what a Flower app's ``serverapp`` key point
 """
 from __future__ import annotations
 
-import json
-import platform
 import time
-from pathlib import Path
 
 import torch
 
-from .._io import atomic_open, atomic_torch_save, atomic_write_text, load_torch_checkpoint
+from .._io import load_torch_checkpoint
+from ..data import load_dataset
+from ..train import evaluate, load_weights, pick_subset
+from ..train.engine import CHECKPOINT, RunFolder, model_for, summary
 from .config import FedConfig
-from .local import build_global_model, model_name
+from .local import build_global_model
 
 __all__ = ["make_strategy", "run_server", "make_server_app", "app", "load_server_checkpoint",
-           "load_test_data", "CHECKPOINT", "ROUNDS"]
+           "load_test_data", "CHECKPOINT", "ROUNDS", "FORMAT"]
 
-CHECKPOINT = "checkpoint.pt"
 ROUNDS = "rounds.jsonl"
-_FORMAT = "instahide-federated-checkpoint/1"
+FORMAT = "instahide-federated-checkpoint/2"
 
 
 def make_strategy(cfg: FedConfig):
@@ -69,32 +68,16 @@ def make_strategy(cfg: FedConfig):
 
 def load_test_data(cfg: FedConfig):
     """The clean test set ``(x (M, C, H, W) normalised, y (M,), num_classes)`` for central evaluation."""
-    from ..data import load_dataset
-
-    ds = load_dataset(cfg.dataset, root=cfg.root, split="test")
+    ds = pick_subset(load_dataset(cfg.dataset, root=cfg.root, split="test"), cfg.test_subset)
     if ds.labels is None:
         raise ValueError(f"dataset {cfg.dataset!r} has no labels")
-    if cfg.test_subset is not None and cfg.test_subset < len(ds):
-        order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[:cfg.test_subset].sort().values
-        ds = ds.subset(order.numpy())
     x, y = ds.to_tensor(device="cpu")
     return x, y, ds.num_classes
 
 
-def _save_checkpoint(path: Path, state: dict, server_round: int, cfg: FedConfig, history: list,
-                     arch: dict) -> None:
-    blob = {"format": _FORMAT, "model": {k: v.detach().cpu().clone() for k, v in state.items()},
-            "round": server_round, "config": cfg.to_dict(), "history": history, **arch}
-    atomic_torch_save(path, blob)
-
-
 def load_server_checkpoint(path) -> dict:
     """A server checkpoint, read with ``weights_only=True``."""
-    return load_torch_checkpoint(path, _FORMAT, "federated checkpoint")
-
-
-# Fields that may change between a run and its resumption.
-_RESUMABLE = ("rounds", "resume", "out", "timeout", "drop", "threads")
+    return load_torch_checkpoint(path, FORMAT, "federated checkpoint")
 
 
 def run_server(grid, cfg: FedConfig, *, log=print) -> dict:
@@ -103,40 +86,30 @@ def run_server(grid, cfg: FedConfig, *, log=print) -> dict:
     Args:
         grid: a Flower ``Grid`` (from a ServerApp, the simulation engine, or
             :class:`~instahide.federated.simulation.InProcessGrid`).
-        cfg: the configuration (``cfg.resume`` continues ``cfg.out/checkpoint.pt``).
+        cfg: the configuration (``cfg.resume`` continues ``cfg.out/checkpoint.pt``; a larger ``rounds``
+            extends a finished run).
         log: where progress lines go (``None``: nowhere).
     """
+    import flwr
     from flwr.app import ArrayRecord, ConfigRecord
 
     log = log or (lambda *a, **k: None)
     cfg.validate()
     torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
-    ckpt = out / CHECKPOINT
+    run = RunFolder(cfg.out, FORMAT, length="rounds", metrics="rounds")
+    state = run.start(cfg.to_dict(), cfg.resume)
     x_test, y_test, num_classes = load_test_data(cfg)
     c = x_test.shape[1]
     model = build_global_model(cfg, c, num_classes)
-    arch = {"model_name": model_name(cfg, c), "num_classes": num_classes, "in_channels": c}
-    history: list[dict] = []
-    start = 0
-    if cfg.resume:
-        blob = load_server_checkpoint(ckpt)
-        saved = FedConfig.from_dict(blob["config"])
-        diff = {k: (v, getattr(cfg, k)) for k, v in saved.to_dict().items()
-                if k not in _RESUMABLE and getattr(cfg, k) != v}
-        if diff:
-            raise ValueError(f"cannot resume {ckpt}: configuration differs in {diff} (saved, given)")
-        model.load_state_dict(blob["model"])
-        history, start = list(blob["history"]), int(blob["round"])
-        log(f"resuming {ckpt} after round {start}")
-    elif ckpt.exists():
-        raise FileExistsError(f"{ckpt} exists: set resume (--resume) to continue it, or use another out")
-    out.mkdir(parents=True, exist_ok=True)
+    arch = {"model_name": model_for(cfg.model, c), "num_classes": num_classes, "in_channels": c}
+    history, start = [], 0
+    if state is not None:
+        load_weights(model, state["model"], str(run.checkpoint))
+        history, start = list(state["history"]), int(state["round"])
+        log(f"resuming {run.checkpoint} after round {start} of {cfg.rounds}")
     strategy = make_strategy(cfg)
     arrays = ArrayRecord(model.state_dict())
     run_config = cfg.to_run_config()
-    from ..train import evaluate
-
     t_run = time.perf_counter()
     for rnd in range(start + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
@@ -156,8 +129,7 @@ def run_server(grid, cfg: FedConfig, *, log=print) -> dict:
             ev_replies = list(grid.send_and_receive(
                 strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(run_config)), grid), timeout=cfg.timeout))
             eval_metrics = strategy.aggregate_evaluate(rnd, ev_replies)
-        state = arrays.to_torch_state_dict()
-        model.load_state_dict({k: v.to(model.state_dict()[k].dtype) for k, v in state.items()})
+        load_weights(model, arrays.to_torch_state_dict(), f"aggregated weights of round {rnd}")
         ev = evaluate(model, x_test, y_test)
         rec = {"round": rnd, "test_acc": ev["accuracy"], "test_loss": ev["loss"], "updated": updated,
                "replies": len(ok), "failures": len(failed) + max(0, len(messages) - len(replies)),
@@ -172,22 +144,14 @@ def run_server(grid, cfg: FedConfig, *, log=print) -> dict:
             rec.update({f"fed_{k.replace('-', '_')}": float(v) for k, v in eval_metrics.items()
                         if k != "num-examples"})
         history.append(rec)
-        _save_checkpoint(ckpt, model.state_dict(), rnd, cfg, history, arch)
-        with atomic_open(out / ROUNDS, "w") as fh:
-            for h in history:
-                fh.write(json.dumps(h) + "\n")
+        run.save(rnd, model, None, None, cfg.to_dict(), history, **arch)
         log(f"round {rnd}/{cfg.rounds}: test acc {ev['accuracy']:.4f} ({len(ok)} replies, "
             f"{rec['failures']} failures, {rec['round_seconds']:.1f} s)")
-    final = {"config": cfg.to_dict(), **arch, "rounds_run": len(history),
-             "final_test_acc": history[-1]["test_acc"] if history else None,
-             "test_images": len(y_test), "wall_seconds_this_run": time.perf_counter() - t_run,
+    final = {"config": cfg.to_dict(), **arch, "test_images": len(y_test),
              "keys": "research-seed" if cfg.research_seed is not None else "os-entropy (per party)",
-             "history": history,
-             "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                          "flwr": __import__("flwr").__version__,
-                          "instahide": __import__("instahide").__version__}}
-    atomic_write_text(out / "final.json", json.dumps(final, indent=2) + "\n")
-    return final
+             **summary(history, state, t_run, unit="round")}
+    final["versions"]["flwr"] = flwr.__version__
+    return run.finish(final)
 
 
 def make_server_app(cfg: FedConfig | None = None):

@@ -1,7 +1,7 @@
 """SSIM and L2 (root-mean-square error) for batches of images, in torch, as scikit-image computes them.
 
 :func:`ssim` reproduces ``skimage.metrics.structural_similarity(a_i, b_i, data_range=R,
-channel_axis=-1)`` with its defaults, for every image ``i`` of a batch at once:
+channel_axis=0)`` with its defaults, for every image ``i`` of a batch ``(N, C, H, W)`` at once:
 
 * a uniform ``win_size x win_size`` window (default 7), no Gaussian weighting;
 * K1 = 0.01, K2 = 0.03, C1 = (K1 R)^2, C2 = (K2 R)^2;
@@ -16,7 +16,7 @@ average pool with stride 1 and no padding, which is what is used here. Everythin
 float64 (scikit-image uses float32 for float32 input; the two agree to about 1e-6), and the result
 is returned in the input's floating dtype.
 
-:func:`l2` is the root-mean-square error per image, ``sqrt(mean over H, W, C of (a - b)^2)``, in the
+:func:`l2` is the root-mean-square error per image, ``sqrt(mean over C, H, W of (a - b)^2)``, in the
 images' own pixel units.
 """
 from __future__ import annotations
@@ -38,30 +38,31 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor or numpy array (N, H, W, C), got {type(x).__name__}")
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array (N, C, H, W), got {type(x).__name__}")
     if not (x.dtype in _FLOATS or x.dtype == torch.uint8):
         raise TypeError(f"{name} must be float (or uint8), got {x.dtype}")
     return x
 
 
-def check_pair(a, b, *, min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two batches of images ``(N, H, W, C)`` of the same shape, finite, at least ``min_size``
+def check_pair(a, b, *, min_size: int = 1, names: tuple[str, str] = ("a", "b")) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two batches of images ``(N, C, H, W)`` of the same shape, finite, at least ``min_size``
     pixels high and wide, as tensors; or a TypeError/ValueError saying exactly what is wrong."""
-    a, b = _as_tensor(a, "a"), _as_tensor(b, "b")
-    for name, x in (("a", a), ("b", b)):
+    a, b = _as_tensor(a, names[0]), _as_tensor(b, names[1])
+    for name, x in zip(names, (a, b)):
         if x.ndim != 4:
-            hint = " (for one image use x[None]; grayscale images need a channel axis: x[..., None])" \
+            hint = " (for one image use x[None]; grayscale images need a channel axis: x[:, None])" \
                 if x.ndim in (2, 3) else ""
-            raise ValueError(f"Invalid {name} shape, expected (N, H, W, C) channels last. Got: {tuple(x.shape)}{hint}")
+            raise ValueError(f"Invalid {name} shape, expected (N, C, H, W) channels first. Got: {tuple(x.shape)}{hint}")
     if a.shape != b.shape:
-        raise ValueError(f"shape mismatch: a is {tuple(a.shape)}, b is {tuple(b.shape)}; they must be equal")
+        raise ValueError(f"shape mismatch: {names[0]} is {tuple(a.shape)}, {names[1]} is {tuple(b.shape)}; "
+                         "they differ in shape")
     if a.device != b.device:
-        raise ValueError(f"a is on {a.device}, b on {b.device}; put them on the same device")
-    h, w = a.shape[1:3]
+        raise ValueError(f"{names[0]} is on {a.device}, {names[1]} on {b.device}; put them on the same device")
+    h, w = a.shape[2:]
     if h < min_size or w < min_size:
         raise ValueError(f"images of {h}x{w} pixels are too small for a {min_size}x{min_size} window; "
                          f"pass a smaller odd win_size (at least 3)")
-    for name, x in (("a", a), ("b", b)):
+    for name, x in zip(names, (a, b)):
         if x.is_floating_point() and not bool(torch.isfinite(x).all()):
             bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten()
             raise ValueError(f"{name} contains NaN or Inf in {len(bad)} image(s), first rows {bad[:5].tolist()}")
@@ -69,11 +70,7 @@ def check_pair(a, b, *, min_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:
-    if reduction == "mean":
-        return x.mean()
-    if reduction == "sum":
-        return x.sum()
-    return x
+    return x.mean() if reduction == "mean" else x.sum() if reduction == "sum" else x
 
 
 def _check_reduction(reduction: str) -> None:
@@ -85,7 +82,7 @@ def ssim(a, b, *, data_range: float, win_size: int = 7, reduction: str = "mean")
     """Mean structural similarity of every pair of images, as scikit-image's ``structural_similarity``.
 
     Args:
-        a, b: images ``(N, H, W, C)``, channels last, float (or uint8), same shape; torch tensors
+        a, b: images ``(N, C, H, W)``, channels first, float (or uint8), same shape; torch tensors
             (CPU or CUDA; differentiable) or numpy arrays. ``H, W >= win_size``.
         data_range: the pixels' range (max - min possible value), e.g. 2.0 for [-1, 1], 1.0 for
             [0, 1], 255 for uint8. Required: scikit-image guesses it wrongly for floats.
@@ -97,7 +94,7 @@ def ssim(a, b, *, data_range: float, win_size: int = 7, reduction: str = "mean")
         in the input's float dtype (float32 for uint8 input).
 
     Example:
-        >>> a = torch.rand(4, 32, 32, 3); b = (a + 0.1 * torch.randn_like(a)).clamp(0, 1)
+        >>> a = torch.rand(4, 3, 32, 32); b = (a + 0.1 * torch.randn_like(a)).clamp(0, 1)
         >>> ssim(a, b, data_range=1.0, reduction="none").shape
         torch.Size([4])
     """
@@ -109,10 +106,10 @@ def ssim(a, b, *, data_range: float, win_size: int = 7, reduction: str = "mean")
         raise ValueError(f"data_range must be a positive finite number, got {data_range!r}")
     a, b = check_pair(a, b, min_size=win_size)
     out_dtype = a.dtype if a.is_floating_point() else torch.float32
-    # (N, H, W, C) -> (N*C, 1, H, W) float64: one "image" per channel, pooled together.
-    n, h, w, c = a.shape
-    x = a.to(torch.float64).permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
-    y = b.to(torch.float64).permute(0, 3, 1, 2).reshape(n * c, 1, h, w)
+    # (N, C, H, W) -> (N*C, 1, H, W) float64: one "image" per channel, pooled together.
+    n, c, h, w = a.shape
+    x = a.to(torch.float64).reshape(n * c, 1, h, w)
+    y = b.to(torch.float64).reshape(n * c, 1, h, w)
     # One pooling call for the five local moments: mean a, mean b, mean a^2, mean b^2, mean ab.
     stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)
     mu_x, mu_y, m_xx, m_yy, m_xy = F.avg_pool2d(stack, win_size, stride=1).unbind(dim=1)
@@ -127,10 +124,10 @@ def ssim(a, b, *, data_range: float, win_size: int = 7, reduction: str = "mean")
 
 
 def l2(a, b, *, reduction: str = "none") -> torch.Tensor:
-    """Root-mean-square error of every pair of images: ``sqrt(mean over H, W, C of (a - b)^2)``.
+    """Root-mean-square error of every pair of images: ``sqrt(mean over C, H, W of (a - b)^2)``.
 
     Args:
-        a, b: images ``(N, H, W, C)``, same shape, finite (torch or numpy).
+        a, b: images ``(N, C, H, W)``, same shape, finite (torch or numpy).
         reduction: ``"none"`` (default: ``(N,)``), ``"mean"`` or ``"sum"`` over the batch.
 
     Returns:
@@ -138,7 +135,7 @@ def l2(a, b, *, reduction: str = "none") -> torch.Tensor:
         input's float dtype).
 
     Example:
-        >>> l2(torch.zeros(2, 4, 4, 1), torch.ones(2, 4, 4, 1))
+        >>> l2(torch.zeros(2, 1, 4, 4), torch.ones(2, 1, 4, 4))
         tensor([1., 1.])
     """
     _check_reduction(reduction)
@@ -154,7 +151,7 @@ class SSIM(nn.Module):
 
     Example:
         >>> metric = SSIM(data_range=2.0, reduction="none")
-        >>> metric(torch.zeros(2, 8, 8, 1), torch.zeros(2, 8, 8, 1))
+        >>> metric(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))
         tensor([1., 1.])
     """
 

@@ -26,21 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write_text
+from .figures import _plt, encryption_grid, truth_unit_range
 
 __all__ = ["write_audit_report", "ssim_distribution_png", "recovered_png", "best_rows_per_image"]
 
 DISCLAIMER = ("InstaHide is not encryption in the cryptographic sense. These are the results of the attacks "
               "run here, at this scale; an attack that recovers little here does not show that a stronger "
               "or longer attack recovers little.")
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def best_rows_per_image(score) -> tuple[np.ndarray, np.ndarray]:
@@ -86,12 +78,10 @@ def ssim_distribution_png(outcomes, path: str | os.PathLike, threshold: float = 
 
 
 def recovered_png(outcome, truth, encryption, path: str | os.PathLike, max_images: int = 12) -> Path | None:
-    """Originals / one ``|encryption|`` holding each / the attack's best recovery of each (with SSIM)."""
+    """Originals / one ``|encryption|`` holding each / the attack's best recovery of each (with SSIM);
+    ``encryption`` and the outcome's decryption are ``(N, C, H, W)``."""
     if outcome.score is None or outcome.decryption is None:
         return None
-    from ..challenge import to_unit_range
-
-    plt = _plt()
     rows, best = best_rows_per_image(outcome.score)
     order = [i for i in np.argsort(-np.nan_to_num(best, nan=-9)) if rows[i] >= 0]
     # show the best, the median and the worst recoveries, not only the best
@@ -101,31 +91,13 @@ def recovered_png(outcome, truth, encryption, path: str | os.PathLike, max_image
     n = len(order)
     if n == 0:
         return None
-    enc = np.asarray(encryption, dtype=np.float32)
-    dec = np.asarray(outcome.decryption, dtype=np.float32)
-    originals = to_unit_range(truth.private[order], truth)
-    held = np.abs(enc[rows[order]])
+    held = np.abs(np.asarray(encryption, dtype=np.float32)[rows[order]])
     held = held / np.maximum(held.reshape(n, -1).max(1), 1e-12)[:, None, None, None]
-    recovered = to_unit_range(dec[rows[order]], truth)
-    fig, axes = plt.subplots(3, n, figsize=(1.15 * n + 1.4, 3.9), squeeze=False)
-    for r, (label, imgs) in enumerate((("original", originals), ("|encryption|\n(attacker)", held),
-                                       ("recovered", recovered))):
-        for j in range(n):
-            ax = axes[r][j]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            img = imgs[j]
-            if img.shape[-1] == 1:
-                ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            else:
-                ax.imshow(np.clip(img, 0, 1), interpolation="nearest")
-            if r == 2:
-                ax.set_title(f"{best[order[j]]:.2f}", fontsize=8, y=-0.32)
-        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
-    fig.suptitle(f"{outcome.name}: best recovery of each private image (SSIM below; best to worst)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    dec = np.asarray(outcome.decryption, dtype=np.float32)
+    encryption_grid([("original", truth_unit_range(truth.private[order], truth)),
+                     ("|encryption|\n(attacker)", held),
+                     ("recovered", truth_unit_range(dec[rows[order]], truth), [f"{best[i]:.2f}" for i in order])],
+                    path, title=f"{outcome.name}: best recovery of each private image (SSIM below; best to worst)")
     return Path(path)
 
 

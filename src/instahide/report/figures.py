@@ -1,14 +1,36 @@
-"""Figures of originals, mixtures and encryptions (matplotlib, an optional extra)."""
+"""Figures of originals, mixtures, encryptions and recoveries (matplotlib, an optional extra).
+
+Images are ``(N, C, H, W)`` here as everywhere in the library; they are turned channels-last only for
+``imshow``.
+"""
 from __future__ import annotations
 
 import os
+import warnings
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..challenge import ChallengeTruth, ScoreResult, write_score_files
+from ..data.scaling import to_unit_range
+
+__all__ = ["to_display", "encryption_grid", "truth_unit_range", "write_score_report"]
+
+
+def _plt():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError('pictures need matplotlib: pip install "instahide[plot]"') from exc
+    return plt
+
 
 def to_display(x: torch.Tensor, mean=None, std=None, stretch: bool = False) -> np.ndarray:
-    """Images ``(N, C, H, W)`` -> ``(N, H, W, C)`` floats in [0, 1] for display.
+    """Images ``(N, C, H, W)`` -> ``(N, C, H, W)`` floats in [0, 1] for display.
 
     ``stretch=False``: undo the normalisation (``x * std + mean``) and clip to [0, 1], the way the
     original images look. ``stretch=True``: map each image's own min..max to 0..1 (for encryptions,
@@ -24,23 +46,23 @@ def to_display(x: torch.Tensor, mean=None, std=None, stretch: bool = False) -> n
             c = x.shape[1]
             x = x * torch.tensor(std).view(1, c, 1, 1) + torch.tensor(mean).view(1, c, 1, 1)
         x = x.clamp(0, 1)
-    return x.permute(0, 2, 3, 1).numpy()
+    return x.numpy()
 
 
-def encryption_grid(rows: list[tuple[str, np.ndarray]], path: str | os.PathLike, title: str | None = None,
+def truth_unit_range(images: np.ndarray, truth: ChallengeTruth) -> np.ndarray:
+    """Images ``(N, C, H, W)`` in the challenge's pixel units -> [0, 1] (clipped), for display."""
+    return to_unit_range(images, truth.scaling, truth.params.get("private_mean"), truth.params.get("private_std"))
+
+
+def encryption_grid(rows: list[tuple], path: str | os.PathLike, title: str | None = None,
                     cell: float = 1.1) -> None:
-    """Save a PNG grid: one labelled row per ``(label, images (N, H, W, C) in [0, 1])``."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError('pictures need matplotlib: pip install "instahide[plot]"') from exc
-    n = max(len(imgs) for _, imgs in rows)
+    """Save a PNG grid: one labelled row per ``(label, images (N, C, H, W) in [0, 1])`` or
+    ``(label, images, captions)`` (one caption below each image)."""
+    plt = _plt()
+    n = max(len(row[1]) for row in rows)
     fig, axes = plt.subplots(len(rows), n, figsize=(cell * n + 1.6, cell * len(rows) + (0.5 if title else 0.1)),
                              squeeze=False)
-    for r, (label, imgs) in enumerate(rows):
+    for r, (label, imgs, *captions) in enumerate(rows):
         for i in range(n):
             ax = axes[r][i]
             ax.set_xticks([])
@@ -48,14 +70,47 @@ def encryption_grid(rows: list[tuple[str, np.ndarray]], path: str | os.PathLike,
             for spine in ax.spines.values():
                 spine.set_visible(False)
             if i < len(imgs):
-                img = imgs[i]
+                img = np.clip(np.asarray(imgs[i]).transpose(1, 2, 0), 0, 1)
                 if img.shape[-1] == 1:
                     ax.imshow(img[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
                 else:
                     ax.imshow(img, interpolation="nearest")
+                if captions:
+                    ax.set_title(captions[0][i], fontsize=8, y=-0.32)
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center", fontsize=9)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def write_score_report(result: ScoreResult, out_dir: str | os.PathLike, decryption, truth: ChallengeTruth,
+                       *, per_side: int = 8) -> dict[str, Path]:
+    """:func:`~instahide.challenge.write_score_files` (``rows.csv``, ``scores.json``) and
+    ``best_worst.png``: the ``per_side`` best and worst rows of ``decryption`` ``(N, C, H, W)``,
+    each above its best-matching private image (skipped with a warning without matplotlib).
+    Returns the paths written."""
+    paths = write_score_files(result, out_dir, truth)
+    try:
+        _plt()
+    except ImportError:
+        warnings.warn('best_worst.png skipped: pictures need matplotlib (pip install "instahide[plot]")',
+                      stacklevel=2)
+        return paths
+    dec = np.asarray(decryption.detach().cpu() if isinstance(decryption, torch.Tensor) else decryption,
+                     dtype=np.float32)
+    row_max = result.row_max_ssim
+    order = np.argsort(-row_max, kind="stable")
+    m = min(per_side, len(order))
+    best_rows, worst_rows = order[:m], order[::-1][:m]
+    match = np.where(result.ssim1 >= result.ssim2, result.p1, result.p2)
+    rows = []
+    for name, picked in (("best", best_rows), ("worst", worst_rows)):
+        span = f"{row_max[picked].min():.2f}..{row_max[picked].max():.2f}"
+        rows += [(f"{name} {m}\ndecryption\nSSIM {span}", truth_unit_range(dec[picked], truth)),
+                 ("best match\n(private)", truth_unit_range(truth.private[match[picked]], truth))]
+    paths["picture"] = Path(out_dir) / "best_worst.png"
+    encryption_grid(rows, paths["picture"], title=f"Max_SSIM {result.max_ssim:.3f}, Mean_SSIM "
+                    f"{result.mean_ssim:.3f} over {len(row_max)} rows (data range {result.data_range:g})")
+    return paths

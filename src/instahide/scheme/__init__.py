@@ -1,4 +1,4 @@
-"""The InstaHide scheme: coefficients, partners, masks, keys, and encryption (SPEC sections 1-3)."""
+"""The InstaHide scheme: coefficients, partners, masks, keys, and encryption (docs/scheme.md)."""
 from .coefficients import acceptance_rate, check_bounds, sample_coefficients
 from .encrypt import (MODES, Encryption, UncentredInputError, apply_key, check_images, encrypt,
                       mix_labels, sample_key)

@@ -1,6 +1,6 @@
 """Step 1 of the scheme: the mixing coefficients lambda of every encryption.
 
-Reference distribution (SPEC section 1): draw ``k`` values of ``|N(0, 1)|``, divide by their sum,
+Reference distribution (docs/scheme.md, "The scheme"): draw ``k`` values of ``|N(0, 1)|``, divide by their sum,
 and redraw the whole vector until every coefficient is ``<= upper`` (c1) and, in cross-dataset mode,
 the coefficients of the private slots sum to ``>= dom`` (c2). Both conditions are tested together on
 each draw. Rejection sampling keeps accepted draws exactly distributed as the conditional law, so this
@@ -28,8 +28,8 @@ def check_bounds(k: int, upper: float, dom: float | None = None, num_private: in
 
     Args:
         k: number of images mixed into one encryption (``k >= 1``).
-        upper: c1, the largest allowed coefficient. Ignored for ``k == 1`` (the single coefficient
-            is 1, as in the reference code).
+        upper: c1, the largest allowed coefficient, at most 1 (no bound). Ignored for ``k == 1``
+            (the single coefficient is 1, as in the reference code).
         dom: c2, the smallest allowed sum of the first ``num_private`` coefficients, or None.
         num_private: number of leading slots that ``dom`` constrains.
         own_min: the smallest allowed first coefficient (the encrypted image's own), or None.
@@ -38,8 +38,11 @@ def check_bounds(k: int, upper: float, dom: float | None = None, num_private: in
         raise TypeError(f"k must be an integer, got {type(k).__name__}")
     if k < 1:
         raise ValueError(f"k must be >= 1 (the number of images mixed), got k={k}")
-    if not isinstance(upper, (int, float, np.floating)) or not math.isfinite(upper):
+    if isinstance(upper, bool) or not isinstance(upper, (int, float, np.floating)) or not math.isfinite(upper):
         raise ValueError(f"upper (c1) must be a finite number, got {upper!r}")
+    if upper > 1:
+        raise ValueError(f"upper (c1) must be <= 1, got upper={upper}: coefficients sum to 1, so upper=1 "
+                         "already means no bound")
     if k > 1 and upper * k <= 1.0:
         raise ValueError(
             f"infeasible bound upper={upper} for k={k}: k coefficients that sum to 1 cannot all be "
@@ -109,9 +112,12 @@ def sample_coefficients(
         >>> lam.shape, bool(torch.allclose(lam.sum(1), torch.ones(5)))
         (torch.Size([5, 4]), True)
     """
-    n = int(n)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"n must be an integer, got {type(n).__name__} {n!r}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise TypeError(f"dtype must be a floating-point torch dtype (coefficients are in [0, 1]), got {dtype}")
     check_bounds(k, upper, dom, num_private, own_min)
     gen = resolve_generator(seed, generator)
     out = np.empty((n, k), dtype=np.float64)
@@ -139,7 +145,7 @@ def sample_coefficients(
 def acceptance_rate(k: int, *, upper: float = 0.65, dom: float | None = None, num_private: int = 2,
                     draws: int = 200_000, seed=None) -> float:
     """Monte-Carlo estimate of the probability that one draw meets the bounds (first-draw
-    acceptance in SPEC section 2)."""
+    acceptance in docs/scheme.md, "Reference defaults")."""
     check_bounds(k, upper, dom, num_private)
     gen = resolve_generator(seed)
     z = gen.half_normal((draws, k))

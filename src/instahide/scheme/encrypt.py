@@ -22,9 +22,10 @@ from .rng import KeyGenerator, resolve_generator
 
 MODES = ("instahide", "mixup")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Share of negative values under which inputs count as "not centred" (then the mask hides nothing:
-# on non-negative pixels |e| is exactly the Mixup, SPEC section 5).
-_CENTRED_MIN_NEGATIVE = 0.01
+# Share of negative MIXED values under which inputs count as "not centred": the mask hides the sign
+# of a mixed value only where that sign is not already known; on non-negative mixtures |e| is exactly
+# the Mixup (docs/scheme.md, "Pixel scaling"). Normalised CIFAR-10 gives about 50%.
+CENTRED_MIN_NEGATIVE = 0.10
 
 
 class UncentredInputError(ValueError):
@@ -123,18 +124,11 @@ def encrypt(
         if public.device != images.device or public.dtype != images.dtype:
             raise ValueError(f"public pool is {public.dtype} on {public.device}, images are {images.dtype} "
                              f"on {images.device}; move/cast the pool once (public.to(images))")
-        num_private = 2 if num_private is None else num_private
-        if num_private >= k:
-            raise ValueError(f"cross-dataset mode with k={k} and num_private={num_private} leaves no public "
-                             "slot; lower num_private or drop the public pool")
-    else:
-        if num_private is not None and num_private != k:
-            raise ValueError(f"num_private={num_private} < k={k} needs a public pool (public=...)")
-        num_private = k
+    num_private = check_scheme(k, upper, num_private, dom, public is not None)
     if mode == "instahide" and not allow_uncentred:
-        _check_centred(images, "images")
+        check_centred(images, k, "images")
         if public is not None:
-            _check_centred(public, "public")
+            check_centred(public, k, "public")
     soft_target = None
     if labels is not None:
         soft_target, num_classes = check_labels(labels, n, num_classes, images.device)
@@ -211,6 +205,10 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
         out = torch.empty((n, *key.image_shape), dtype=dtype, device=dev)
     elif out.shape != (n, *key.image_shape) or out.dtype != dtype or out.device != dev or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {dtype} tensor of shape {(n, *key.image_shape)} on {dev}")
+    for name, t in (("images", images), ("public", public)):
+        if t is not None and _overlaps(out, t):
+            raise ValueError(f"out overlaps {name}: encryptions are written while {name} are still read "
+                             "(wrong results); pass a separate buffer")
     flat = out.view(n, d)
     p = key.num_private
     lam = key.coefficients.to(device=dev, dtype=dtype)
@@ -241,6 +239,15 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
     return out
 
 
+def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of ``a`` and ``b`` intersect (conservative for strided tensors)."""
+    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
+        return False
+    (a0, a1), (b0, b1) = ((t.data_ptr(), t.data_ptr() + t.element_size() * (
+        1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())))) for t in (a, b))
+    return a0 < b1 and b0 < a1
+
+
 def _check_indices(idx: torch.Tensor, size: int, name: str) -> None:
     if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= size):
         raise ValueError(f"key indexes {name} images up to {int(idx.max())}, but only {size} were given")
@@ -259,6 +266,23 @@ def mix_labels(labels: torch.Tensor, key: Key) -> torch.Tensor:
 
 
 # -- input checks ----------------------------------------------------------------------------------
+def check_scheme(k: int, upper: float, num_private: int | None, dom: float, cross: bool) -> int:
+    """Validate the scheme options before any image is seen; returns the number of private slots."""
+    check_bounds(k, upper)
+    if num_private is not None and (isinstance(num_private, bool) or not isinstance(num_private, (int, np.integer))):
+        raise TypeError(f"num_private must be an integer, got {type(num_private).__name__}")
+    if not cross:
+        if num_private not in (None, k):
+            raise ValueError(f"num_private={num_private} < k={k} needs a public pool (public=...)")
+        return k
+    num_private = 2 if num_private is None else num_private
+    if num_private >= k:
+        raise ValueError(f"cross-dataset mode with k={k} and num_private={num_private} leaves no public "
+                         "slot; lower num_private or drop the public pool")
+    check_bounds(k, upper, dom, num_private)
+    return num_private
+
+
 def check_images(images, name: str = "images") -> torch.Tensor:
     """A float tensor ``(N, C, H, W)`` or a clear TypeError/ValueError saying what is wrong."""
     if isinstance(images, np.ndarray):
@@ -308,18 +332,29 @@ def check_labels(labels, n: int, num_classes: int | None, device) -> tuple[torch
     raise ValueError(f"Invalid labels shape, expected (N,) or (N, num_classes). Got: {tuple(labels.shape)}")
 
 
-def _check_centred(x: torch.Tensor, name: str) -> None:
-    """Refuse (non-negative) inputs on which the mask hides nothing; looks at up to 256 rows."""
-    step = max(1, x.shape[0] // 256)
-    sample = x[::step][:256]
-    negative = float((sample < 0).float().mean())
-    if negative < _CENTRED_MIN_NEGATIVE:
+def check_centred(x: torch.Tensor, k: int, name: str = "images") -> float:
+    """Refuse inputs on which the mask hides (almost) nothing; returns the share it hides.
+
+    Mixes 256 rows drawn at random from ``x`` with ``k - 1`` random partners each (coefficients
+    ``|z| / sum |z|``) and measures the share of negative mixed values, the signs the mask actually
+    hides; raises :class:`UncentredInputError` below :data:`CENTRED_MIN_NEGATIVE`. The sample is drawn
+    from a fixed seed (it is not key material), so a verdict is reproducible.
+    """
+    g = KeyGenerator.from_seed("instahide/centring-check")
+    rows = torch.from_numpy(g.integers(x.shape[0], (256, k))).to(x.device)
+    z = g.half_normal((256, k))
+    lam = torch.from_numpy(z / z.sum(axis=1, keepdims=True)).to(device=x.device, dtype=x.dtype)
+    mixed = F.embedding_bag(rows, x.reshape(x.shape[0], -1), per_sample_weights=lam, mode="sum")
+    negative = float((mixed < 0).float().mean())
+    if negative < CENTRED_MIN_NEGATIVE:
         raise UncentredInputError(
-            f"{name} are not centred: only {negative:.2%} of sampled values are negative. The sign mask "
-            "hides nothing on non-negative pixels (|encryption| equals the Mixup exactly, so anyone can "
-            "undo it). Normalise them (instahide.data.normalize_images with the dataset's mean/std), or "
-            "pass allow_uncentred=True (CLI: --allow-uncentred) if this is what you want to measure."
+            f"{name} are not centred: only {negative:.2%} of mixed values are negative (k={k}; at least "
+            f"{CENTRED_MIN_NEGATIVE:.0%} needed), so the sign mask hides almost nothing (on non-negative "
+            "mixtures |encryption| equals the Mixup exactly). Normalise them (instahide.data.normalize_images "
+            "with the dataset's mean/std), or pass allow_uncentred=True (CLI: --allow-uncentred) if this "
+            "is what you want to measure."
         )
+    return negative
 
 
 def _raise_nonfinite(images: torch.Tensor, public: torch.Tensor | None) -> None:

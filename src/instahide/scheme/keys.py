@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -136,6 +137,8 @@ class Key:
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Key":
         """Read a key written by :meth:`save`; refuses pickles and malformed files."""
+        if Path(path).is_file() and not zipfile.is_zipfile(path):  # e.g. a .npy array, a truncated file
+            raise ValueError(f"cannot read key file {path}: it is not an .npz archive")
         fields = load_plain_npz(path, "key file")
         if "format" not in fields or bytes(fields["format"]).decode(errors="replace") != _FORMAT:
             raise ValueError(f"{path} is not an instahide key file ({_FORMAT})")

@@ -1,4 +1,4 @@
-"""``legacy=True``: the reference code's key sampling, defects included (SPEC section 3).
+"""``legacy=True``: the reference code's key sampling, defects included (docs/scheme.md, defects).
 
 Kept so that the published challenge and the attacks on it can be replayed, never as a default:
 

@@ -3,7 +3,7 @@
 Slot 1 (index 0) holds the encrypted image itself. Slots ``1 .. num_private-1`` hold other private
 images, slots ``num_private .. k-1`` hold public images (cross-dataset mode; inside-dataset mode has
 ``num_private == k``). The fixed sampler makes the k images of one encryption distinct (the reference's
-permutations could mix an image with itself, SPEC defect 2) and draws public indices uniformly from the
+permutations could mix an image with itself, docs/scheme.md defect 2) and draws public indices uniformly from the
 whole pool, independently per slot and per encryption (the reference used an n-row window, defect 1).
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The reference code drew its keys from the global Mersenne-Twister generators of numpy and torch,
 seeded (if at all) from a small integer, and the InstaHide challenge was broken exactly that way: the
-seed was brute-forced, the masks replayed and undone (SPEC section 3, defect 3). Mersenne Twister has a
+seed was brute-forced, the masks replayed and undone (docs/scheme.md, defect 3). Mersenne Twister has a
 second weakness here: its whole state follows from 624 consecutive outputs, so anyone who learns some
 mask bits (for instance by guessing the signs of smooth image regions) could predict the rest.
 
@@ -14,19 +14,38 @@ from other outputs, and by default the key is 32 bytes from the operating system
 reproducible research only: anyone who knows or guesses the seed can recompute every key.
 
 Derived draws (uniforms, half-normals, integers) are computed from the bytes with numpy, vectorised.
+
+A generator never emits the same stream in two processes. A copy inherited by a forked child (a
+DataLoader worker with the "fork" start method, ``os.fork``) notices the new process id at its next
+draw and rekeys: from OS entropy, or, for a research seed, from the key, the number of forks the
+parent made before and the DataLoader worker id (reproducible, distinct per worker and per epoch; a
+research-seeded copy in a forked process that is not a DataLoader worker raises instead). Pickling
+(the "spawn" start method) is refused.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import struct
+import weakref
 
 import numpy as np
+from torch.utils.data import get_worker_info
 
 _DOMAIN = b"instahide/keystream/v1\x00"
 _SEED_DOMAIN = b"instahide/research-seed/v1\x00"
 _SPAWN_DOMAIN = b"instahide/spawn/v1\x00"
-KEY_BYTES = 32  # 256-bit keys: well above the 128 bits of entropy that SPEC section 3 asks for
+_FORK_DOMAIN = b"instahide/fork/v1\x00"
+KEY_BYTES = 32  # 256-bit keys: well above the 128 bits of entropy docs/scheme.md (defect 3) asks for
+_LIVE = weakref.WeakSet()  # every generator: each counts the forks of its process (see _forked)
+
+
+def _count_fork() -> None:
+    for g in list(_LIVE):
+        g._forks += 1
+
+
+os.register_at_fork(after_in_parent=_count_fork)
 
 
 class KeyGenerator:
@@ -44,16 +63,17 @@ class KeyGenerator:
         (4,)
     """
 
-    __slots__ = ("_key", "_counter", "origin", "seed")
+    __slots__ = ("_key", "_counter", "_pid", "_forks", "origin", "seed", "__weakref__")
 
     def __init__(self, key: bytes, *, origin: str = "os-entropy", seed=None) -> None:
         if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
             raise ValueError(f"KeyGenerator needs a {KEY_BYTES}-byte key, got {type(key).__name__} "
                              f"of length {len(key) if hasattr(key, '__len__') else '?'}")
         self._key = bytes(key)
-        self._counter = 0
+        self._counter, self._pid, self._forks = 0, os.getpid(), 0
         self.origin = origin
         self.seed = seed
+        _LIVE.add(self)
 
     # -- construction -----------------------------------------------------------------------------
     @classmethod
@@ -67,7 +87,8 @@ class KeyGenerator:
 
         Every key it produces can be recomputed by anyone who knows (or guesses) the seed; a small
         integer seed is exactly what broke the InstaHide challenge. Never use it for data you want to
-        keep private.
+        keep private. In a distributed job (``WORLD_SIZE > 1``, as torchrun sets) the rank (``RANK``)
+        is folded in, so the ranks never share a stream: the same seed gives each rank its own.
         """
         if isinstance(seed, bool) or not isinstance(seed, (int, str, bytes, np.integer)):
             raise TypeError(f"seed must be an int, str or bytes, got {type(seed).__name__}")
@@ -77,6 +98,8 @@ class KeyGenerator:
             material = b"s" + seed.encode()
         else:
             material = b"b" + bytes(seed)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            material += b"/rank" + os.environ.get("RANK", "0").encode()
         key = hashlib.shake_256(_SEED_DOMAIN + material).digest(KEY_BYTES)
         return cls(key, origin="research-seed", seed=seed if not isinstance(seed, np.integer) else int(seed))
 
@@ -87,6 +110,8 @@ class KeyGenerator:
 
     def spawn(self, index: int) -> "KeyGenerator":
         """An independent child generator (e.g. one per distributed rank or per worker)."""
+        if self._pid != os.getpid():
+            self._forked()
         key = hashlib.shake_256(_SPAWN_DOMAIN + self._key + struct.pack("<Q", int(index))).digest(KEY_BYTES)
         return KeyGenerator(key, origin=self.origin, seed=self.seed)
 
@@ -104,12 +129,30 @@ class KeyGenerator:
         n = int(n)
         if n < 0:
             raise ValueError(f"number of bytes must be >= 0, got {n}")
+        if self._pid != os.getpid():
+            self._forked()
         block = struct.pack("<Q", self._counter)
         self._counter += 1
         if n == 0:
             return np.empty(0, dtype=np.uint8)
         data = hashlib.shake_256(_DOMAIN + self._key + block).digest(n)
         return np.frombuffer(bytearray(data), dtype=np.uint8)  # writable, no second copy
+
+    def _forked(self) -> None:
+        """In a forked child: rekey, so that parent and children never share a stream."""
+        worker = get_worker_info()
+        if self.origin == "os-entropy":
+            self._key = os.urandom(KEY_BYTES)
+        elif worker is None:
+            raise RuntimeError(
+                f"a research-seeded {self!r} was copied into a forked process that is not a DataLoader "
+                "worker: it would repeat the parent's keys there. spawn() one generator per process "
+                "before forking (or use KeyGenerator.from_entropy())")
+        else:
+            rank = int(os.environ.get("RANK", "0"))
+            who = struct.pack("<QQQQ", self._forks, worker.id, rank, self._counter)
+            self._key = hashlib.shake_256(_FORK_DOMAIN + self._key + who).digest(KEY_BYTES)
+        self._counter, self._pid, self._forks = 0, os.getpid(), 0
 
     # -- derived draws ----------------------------------------------------------------------------
     def uniform(self, shape) -> np.ndarray:

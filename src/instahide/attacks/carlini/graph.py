@@ -6,16 +6,12 @@ Nothing here uses the row order: every function works on the set of rows (the te
   share a private image only if their supports share a class (the graph masks the other pairs).
 * :func:`similarity_graph`: ``(N, N)`` symmetric pair probabilities from the pair network, zero on
   the diagonal and on class-impossible pairs.
-* :func:`grow_clusters`: greedy growth from many seeds, separately inside every class (a cluster is
-  one private image, so one class): from a seed row, repeatedly add the row of that class with the
-  highest mean similarity to the cluster, up to ``core_size`` rows; rank the grown cores by their mean
-  internal similarity and keep the best ones that overlap little (``max_overlap``), ``n`` in all
-  (Carlini et al. keep large, dense, little-overlapping clusters the same way).
-* :func:`assign_rows`: every row to ``num_private`` clusters by its mean similarity to each
-  cluster's rows, filtered by its label's classes (each class in the label gets a cluster of that
-  class; a label class carrying the mass of two slots gets two); the coefficients are read off the
-  label (a class holding two assigned clusters is split equally here, refined later).
-  :func:`refine_assignment` re-estimates the clusters from the assignment and re-assigns.
+* :func:`grow_clusters`: greedy growth from many seeds inside every class (a cluster is one private
+  image, so one class), adding the row most similar to the cluster up to ``core_size`` rows; the
+  densest cores that overlap little are kept, ``n`` in all (as Carlini et al.).
+* :func:`assign_rows`: every row to ``num_private`` clusters of its label's classes by mean
+  similarity, coefficients read off the label; :func:`refine_assignment` re-estimates the clusters
+  from the assignment and re-assigns.
 * :func:`pair_metrics`, :func:`cluster_metrics`, :func:`assignment_accuracy`: per-step accuracy
   against the ground truth, for REPORTING only (nothing above reads the truth).
 """
@@ -154,15 +150,8 @@ def assign_rows(affinity: np.ndarray, cluster_class: np.ndarray, label: np.ndarr
             if pick is not None:
                 chosen.append(int(pick))
         in_label = np.isin(cluster_class, classes)
-        for j in order:
-            if len(chosen) >= num_private:
-                break
-            if in_label[j] and j not in chosen:
-                chosen.append(int(j))
-        for j in order:  # no cluster of the label's classes left: the best others
-            if len(chosen) >= num_private:
-                break
-            if j not in chosen:
+        for j in [j for j in order if in_label[j]] + list(order):  # then, if none is left, the best others
+            if len(chosen) < num_private and j not in chosen:
                 chosen.append(int(j))
         chosen.sort(key=lambda j: -affinity[r, j])
         assignment[r] = chosen
@@ -196,16 +185,13 @@ def true_member_sets(indices: np.ndarray, num_private: int, n_private: int) -> n
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
     """Area under the ROC curve (Mann-Whitney U with average ranks for ties)."""
-    scores, positive = np.asarray(scores, np.float64), np.asarray(positive, bool)
+    from scipy.stats import rankdata
+
+    positive = np.asarray(positive, bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
         return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(len(scores))
-    sorted_scores = scores[order]
-    _, start, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = start + (counts + 1) / 2.0  # 1-based average rank of each tie group
-    ranks[order] = np.repeat(avg, counts)
+    ranks = rankdata(np.asarray(scores, np.float64))  # 1-based, ties get their average rank
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 

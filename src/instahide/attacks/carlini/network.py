@@ -3,14 +3,10 @@
 The original trained a WideResNet-28-6 on the 6-channel pair ``(|a|, |b|)``, so every one of the
 ``N^2`` pairs costs a full forward pass. On a CPU this project uses a SIAMESE design instead: a
 small conv encoder ``f(|x|)`` (shared by both sides) maps every encryption's magnitude to a
-unit-norm embedding once, and a cheap head scores a pair from the two embeddings,
-
-    logit(a, b) = scale * <f(a), f(b)> + bias,
-
-the linear head on ``[f(a) * f(b), (f(a) - f(b))^2]`` with tied weights (for unit vectors
-``|f(a) - f(b)|^2 = 2 - 2 <f(a), f(b)>``; the squared difference instead of Carlini's absolute
-difference keeps every term a matrix product). So all ``N^2`` pairs are scored from ``N``
-embeddings with one ``(N, D) x (D, N)`` product (:meth:`PairNet.logit_matrix`).
+unit-norm embedding once, and a pair's logit is ``scale * <f(a), f(b)> + bias``: the linear head on
+``[f(a) * f(b), (f(a) - f(b))^2]`` with tied weights (``|f(a) - f(b)|^2 = 2 - 2 <f(a), f(b)>``; the
+square instead of Carlini's absolute difference keeps every term a matrix product), so all ``N^2``
+pairs come from one ``(N, D) x (D, N)`` product (:meth:`PairNet.logit_matrix`).
 
 The encoder is ``h + g(h)`` with ``h`` the high-passed magnitudes (``|e|`` minus its Gaussian blur)
 and ``g`` a few dilated convs whose last layer starts at zero: at initialisation the network IS the
@@ -21,18 +17,17 @@ at chance, 51% pair accuracy, after 200 CPU steps; this start is what makes a CP
 
 Training data is made here, by the attacker, with the library's own InstaHide on the attacker's own
 images (disjoint from the attacked ones) and its own public pool, with the attacked challenge's
-public parameters (``k``, ``num_private``, ``upper``, ``dom``, ``mode``, ``scaling``). Each step draws
-``batch_images`` of them, encrypts them ``batch_epochs`` times with fresh keys (partners among the
-drawn images, as in a challenge), and trains on ALL positive pairs of the batch (two rows that share
-a private image) against as many HARD negatives (rows whose leaked labels share a class but that
-share no image; class-disjoint pairs are masked out of the similarity graph anyway, so they never
-need to be learned).
+public parameters (``k``, ``num_private``, ``upper``, ``dom``, ``mode``, ``scaling``): each step
+trains on ALL positive pairs of a fresh batch (:class:`EncryptionSampler`) against as many HARD
+negatives (rows whose labels share a class but no image; class-disjoint pairs are masked out of the
+graph anyway).
 
 Example::
 
-    from instahide.attacks.carlini import PairNetConfig, train_pair_network
-    net, log = train_pair_network(train_images, train_labels, public, k=6, num_private=2,
-                                  scaling="pm1", steps=600)
+    from instahide.attacks.carlini import CarliniConfig, EncryptionSampler, train_pair_network
+    sampler = EncryptionSampler(images, labels, public, k=6, num_private=2, upper=0.65, dom=0.3,
+                                mode="instahide", num_classes=10, allow_uncentred=False)
+    net, log = train_pair_network(sampler, CarliniConfig(train_steps=600))
     save_pair_network(net, "pairnet.pt"); net = load_pair_network("pairnet.pt")
 """
 from __future__ import annotations
@@ -47,6 +42,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..._io import atomic_open
+from ...scheme import KeyGenerator, encrypt
+from ..demix import gaussian_kernel, highpass
+from .config import CarliniConfig
 
 __all__ = ["PairNetConfig", "PairNet", "SignNet", "EncryptionSampler", "train_pair_network",
            "save_pair_network", "load_pair_network", "train_sign_network", "embed", "PAIRNET_FORMAT"]
@@ -80,22 +78,12 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-def _gaussian_kernel(sigma: float) -> torch.Tensor:
-    r = max(1, int(round(3 * sigma)))
-    g = torch.exp(-torch.arange(-r, r + 1, dtype=torch.float32) ** 2 / (2 * sigma ** 2))
-    return g / g.sum()
-
-
 class PairNet(nn.Module):
     """Siamese pair-similarity network (module docstring). Input: magnitudes ``(B, C, H, W)``.
 
-    Encoder ``f``: ``h = highpass(|e| / input_scale)``, then ``h + g(h)`` with ``g`` a residual stack of
-    ``depth`` dilated 3x3 convs at full resolution (last layer initialised at zero), flattened, minus
-    its mean and normalised: ``f (B, C*H*W)``. At initialisation the network IS the hand-made
-    similarity "correlation of high-passed magnitudes"; training learns the filter that makes rows
-    sharing a private image correlate more. Head: ``logit = scale * <f(a), f(b)> + bias``; as ``f`` is
-    unit-norm this is the linear head on ``[f(a) * f(b), (f(a) - f(b))^2]`` with tied weights
-    (``|f(a) - f(b)|^2 = 2 - 2 <f(a), f(b)>``).
+    Encoder ``f``: ``h = highpass(|e| / input_scale)``, then ``h + g(h)`` with ``g`` ``depth`` dilated
+    3x3 convs at full resolution (last layer initialised at zero), flattened, centred and normalised:
+    ``f (B, C*H*W)``. Head: ``logit = scale * <f(a), f(b)> + bias``.
     """
 
     def __init__(self, config: PairNetConfig):
@@ -111,24 +99,13 @@ class PairNet(nn.Module):
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
         self.g = nn.Sequential(*layers, last)
-        self.register_buffer("kernel", _gaussian_kernel(config.sigma) if config.sigma > 0 else torch.ones(1))
+        self.register_buffer("kernel", gaussian_kernel(config.sigma) if config.sigma > 0 else torch.ones(1))
         self.scale = nn.Parameter(torch.tensor(10.0))
         self.bias = nn.Parameter(torch.tensor(-2.0))
 
-    def _highpass(self, x: torch.Tensor) -> torch.Tensor:
-        if self.config.sigma <= 0:
-            return x
-        n, c, h, w = x.shape
-        k = self.kernel
-        r = (len(k) - 1) // 2
-        flat = x.reshape(n * c, 1, h, w)
-        blur = F.conv2d(F.pad(flat, (r, r, 0, 0), mode="replicate"), k.view(1, 1, 1, -1))
-        blur = F.conv2d(F.pad(blur, (0, 0, r, r), mode="replicate"), k.view(1, 1, -1, 1))
-        return x - blur.reshape(n, c, h, w)
-
     def embed(self, magnitude: torch.Tensor) -> torch.Tensor:
         """``(B, C, H, W)`` magnitudes ``|e|`` -> ``(B, C*H*W)`` unit-norm embeddings."""
-        h = self._highpass(magnitude / self.config.input_scale)
+        h = highpass(magnitude / self.config.input_scale, self.config.sigma, self.kernel)
         f = (h + self.g(h)).flatten(1)
         f = f - f.mean(1, keepdim=True)
         return f / (f.norm(dim=1, keepdim=True) + 1e-8)
@@ -177,8 +154,6 @@ class EncryptionSampler:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, public: torch.Tensor | None, *, k: int,
                  num_private: int, upper: float, dom: float, mode: str, num_classes: int, allow_uncentred: bool,
                  seed: int = 0):
-        from ...scheme import KeyGenerator
-
         self.images, self.labels, self.public = images, labels.long(), public
         self.kw = dict(k=k, upper=upper, mode=mode, public=public, num_private=num_private if public is not None else None,
                        dom=dom, num_classes=num_classes, allow_uncentred=allow_uncentred)
@@ -187,8 +162,6 @@ class EncryptionSampler:
         self.rng = np.random.default_rng(seed)
 
     def batch(self, batch_images: int, batch_epochs: int):
-        from ...scheme import encrypt
-
         m = min(batch_images, len(self.images))
         sel = torch.from_numpy(self.rng.choice(len(self.images), m, replace=False))
         x, y = self.images[sel], self.labels[sel]
@@ -233,45 +206,34 @@ def embed(network: PairNet, magnitude: torch.Tensor, batch: int = 512) -> torch.
     return torch.cat(out)
 
 
-def train_pair_network(
-    sampler: EncryptionSampler,
-    *,
-    steps: int = 600,
-    batch_images: int = 64,
-    batch_epochs: int = 4,
-    width_mult: int = 16,
-    depth: int = 4,
-    sigma: float = 1.0,
-    lr: float = 2e-3,
-    seed: int = 0,
-    scheme: dict | None = None,
-    network: PairNet | None = None,
-    progress=None,
-    time_budget_s: float | None = None,
-    device: str | torch.device = "cpu",
-) -> tuple[PairNet, list[dict]]:
+def train_pair_network(sampler: EncryptionSampler, config: CarliniConfig = CarliniConfig(), *,
+                       scheme: dict | None = None, network: PairNet | None = None,
+                       progress=None) -> tuple[PairNet, list[dict]]:
     """Train a :class:`PairNet` on fresh encryptions from ``sampler`` (module docstring).
 
-    ``steps`` optimiser steps (AdamW, cosine learning rate), each on ``batch_images * batch_epochs``
-    rows; ``time_budget_s`` stops earlier; ``device`` trains there (the encryptions are made on the CPU). ``network``: continue training it. Returns the network
-    (eval mode) and a log (one dict per 25 steps: step, loss, pair accuracy on the batch, seconds).
+    ``config.train_steps`` optimiser steps (AdamW, cosine learning rate), each on ``batch_images *
+    batch_epochs`` rows; ``config.train_time_s`` stops earlier; it trains on ``config.device`` (the
+    encryptions are made on the CPU). ``scheme``: the public parameters stored in the network;
+    ``network``: continue training it. Returns the network (eval mode) and a log (one dict per 25
+    steps: step, loss, pair accuracy on the batch, seconds).
     """
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed + 1)
+    steps, device = config.train_steps, config.device
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed + 1)
     if network is None:
         c, h, w = sampler.images.shape[1:]
         with torch.no_grad():
             scale = float(sampler.batch(min(64, len(sampler.images)), 2)[0].mean()) or 1.0
-        config = PairNetConfig(c, h, w, width_mult, depth, sigma, scale, dict(scheme or {}))
-        network = PairNet(config)
+        network = PairNet(PairNetConfig(c, h, w, config.width_mult, config.depth, config.sigma, scale,
+                                        dict(scheme or {})))
     network = network.to(device)
-    opt = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(network.parameters(), lr=config.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(steps, 1))
     log, t0 = [], time.perf_counter()
     run_loss = run_acc = 0.0
     for step in range(steps):
         network.train()
-        mag, members, support = sampler.batch(batch_images, batch_epochs)
+        mag, members, support = sampler.batch(config.batch_images, config.batch_epochs)
         target, weight = _pair_targets(members, support, rng)
         mag, target, weight = mag.to(device), target.to(device), weight.to(device)
         f = network.embed(mag)
@@ -291,7 +253,7 @@ def train_pair_network(
             log.append(entry)
             if progress is not None:
                 progress("train", entry)
-        if time_budget_s is not None and elapsed > time_budget_s:
+        if config.train_time_s is not None and elapsed > config.train_time_s:
             break
     network.eval()
     return network, log

@@ -5,12 +5,10 @@ label), and the public coefficient mass ``p_r = 1 - sum(label_r)`` (cross-datase
 row is ``m_r = sum_s lam_rs X[a_rs] + p_r mu`` with ``X (m, d)`` the private images and ``mu`` the
 public pool's mean (the public part is a residual). Two solvers:
 
-* :func:`reconstruct_gd` (SPEC 5.B.5, Carlini et al.'s): gradient descent (Adam, lr 0.01, ~1000
-  steps) on ``mean_r,p (|m_r,p| - |e_r,p|)^2``, i.e. per pixel whichever sign hypothesis
-  ``m = +|e|`` or ``m = -|e|`` fits better, plus a small term pushing pixels away from 0 (centred
-  pixels only), with pixels clamped to the range. Rows whose two clusters share a class (the label
-  holds ``lam_1 + lam_2`` in one entry) get a learnable split of that mass. ``init`` starts it from
-  another solution (e.g. the oracle solver's), otherwise from each cluster's mean ``|e|``.
+* :func:`reconstruct_gd` (Carlini et al.'s, docs/attacks.md): gradient descent (Adam, lr 0.01, ~1000
+  steps) on ``mean_r,p (|m_r,p| - |e_r,p|)^2`` (per pixel whichever sign fits better), plus a small
+  term pushing centred pixels away from 0, pixels clamped to the range; rows whose two clusters share
+  a class get a learnt split of that class's mass.
 * :func:`reconstruct_oracle`: the estimated assignment and coefficients fed to the oracle decoder
   (:func:`instahide.attacks.oracle_decode`, Gram-matrix phase retrieval + sign/least-squares
   refinement), the project's yardstick; WITHOUT its evaluation mode (no ground truth).
@@ -76,7 +74,7 @@ def _compact(assignment: np.ndarray, m: int):
 
 def reconstruct_oracle(encryption: np.ndarray, assignment: np.ndarray, coefficients: np.ndarray, label: np.ndarray,
                        *, k: int, num_private: int, n_clusters: int, pixel_range: str = "pm1", iterations: int = 150):
-    """Oracle solver on the ESTIMATED keys. Returns ``(recovered (m, H, W, C), public_mean or None)``;
+    """Oracle solver on the ESTIMATED keys. Returns ``(recovered (m, C, H, W), public_mean or None)``;
     clusters no row uses come back as zeros. No ground truth and no evaluation mode."""
     a, used = _compact(assignment, n_clusters)
     idx, lam = estimated_keys(a, coefficients, label, k, num_private)
@@ -85,13 +83,6 @@ def reconstruct_oracle(encryption: np.ndarray, assignment: np.ndarray, coefficie
     out = np.zeros((n_clusters, *encryption.shape[1:]), dtype=np.float32)
     out[used] = res.recovered
     return out, res.public_mean
-
-
-def _same_class_rows(coefficients: np.ndarray, assignment_class: np.ndarray) -> np.ndarray:
-    """Rows whose first two assigned clusters share a class (their label mass was split equally)."""
-    if assignment_class.shape[1] < 2:
-        return np.zeros(len(assignment_class), dtype=bool)
-    return assignment_class[:, 0] == assignment_class[:, 1]
 
 
 def fit_loss(magnitude: np.ndarray, recovered: np.ndarray, public_mean, assignment: np.ndarray,
@@ -112,15 +103,15 @@ def reconstruct_gd(magnitude: np.ndarray, assignment: np.ndarray, coefficients: 
     """Gradient descent of the module docstring.
 
     Args:
-        magnitude: ``(N, H, W, C)`` ``|e|``.
+        magnitude: ``(N, C, H, W)`` ``|e|``.
         assignment, coefficients: ``(N, s)`` clusters and coefficients of every row.
         pub: ``(N,)`` public coefficient mass (zeros inside-dataset: no public term).
         n_clusters: ``m``; cluster_class: ``(m,)`` to find rows whose split is learnt.
         pixel_range: ``"pm1"`` or ``"unit"`` (bounds for the clamp; the push term only on pm1).
-        init, init_public: ``(m, H, W, C)`` / ``(H, W, C)`` starting point (default: each cluster's
+        init, init_public: ``(m, C, H, W)`` / ``(C, H, W)`` starting point (default: each cluster's
             mean ``|e|`` divided by its mean coefficient, and the rows' mean ``|e|``).
 
-    Returns ``(recovered (m, H, W, C), public_mean (H, W, C) or None, coefficients (N, s), loss)``.
+    Returns ``(recovered (m, C, H, W), public_mean (C, H, W) or None, coefficients (N, s), loss)``.
     """
     torch.manual_seed(seed)
     n_rows = len(magnitude)
@@ -148,22 +139,23 @@ def reconstruct_gd(magnitude: np.ndarray, assignment: np.ndarray, coefficients: 
     else:
         mu0 = mag.mean(0) * 0.0
     mu = mu0.clone().requires_grad_(has_pub)
-    split_rows = np.zeros(n_rows, dtype=bool)
+    split_rows = np.zeros(n_rows, dtype=bool)  # rows whose first two clusters share a class: split learnt
     if learn_split and cluster_class is not None and assignment.shape[1] >= 2:
-        split_rows = _same_class_rows(coefficients, cluster_class[assignment])
+        split_rows = cluster_class[assignment[:, 0]] == cluster_class[assignment[:, 1]]
     sr = torch.from_numpy(np.nonzero(split_rows)[0])
     theta = torch.zeros(len(sr), requires_grad=True)
     params = [x] + ([mu] if has_pub else []) + ([theta] if len(sr) else [])
     opt = torch.optim.Adam(params, lr=lr)
+
+    def split():
+        if not len(sr):
+            return lam0
+        lam, total, frac = lam0.clone(), lam0[sr, 0] + lam0[sr, 1], torch.sigmoid(theta)
+        lam[sr, 0], lam[sr, 1] = total * frac, total * (1 - frac)
+        return lam
+
     for step in range(steps):
-        lam = lam0
-        if len(sr):
-            total = lam0[sr, 0] + lam0[sr, 1]
-            frac = torch.sigmoid(theta)
-            lam = lam0.clone()
-            lam[sr, 0] = total * frac
-            lam[sr, 1] = total * (1 - frac)
-        m = (lam[:, :, None] * x[a]).sum(1)
+        m = (split()[:, :, None] * x[a]).sum(1)
         if has_pub:
             m = m + p[:, None] * mu[None, :]
         loss = (m.abs() - mag).pow(2).mean()
@@ -179,11 +171,7 @@ def reconstruct_gd(magnitude: np.ndarray, assignment: np.ndarray, coefficients: 
         if progress is not None and (step + 1) % 100 == 0:
             progress("reconstruct", {"step": step + 1, "loss": float(loss.detach())})
     with torch.no_grad():
-        lam = lam0.clone()
-        if len(sr):
-            total = lam0[sr, 0] + lam0[sr, 1]
-            lam[sr, 0] = total * torch.sigmoid(theta)
-            lam[sr, 1] = total * (1 - torch.sigmoid(theta))
+        lam = split()
     rec = x.detach().numpy().reshape(n_clusters, *shape)
     pm = mu.detach().numpy().reshape(shape) if has_pub else None
     return rec, pm, lam.numpy().astype(np.float64), float(loss.detach())
@@ -204,9 +192,9 @@ def align_solution(recovered: np.ndarray, public_mean) -> tuple[np.ndarray, np.n
 
 def choose_sign(recovered: np.ndarray, sign_net) -> tuple[int, float]:
     """The global sign (+1/-1) under which the attacker's :class:`SignNet` finds the recovered images
-    ``(m, H, W, C)`` most natural: ``sign(sum_i logit(x_i) - logit(-x_i))``; also returns that sum
+    ``(m, C, H, W)`` most natural: ``sign(sum_i logit(x_i) - logit(-x_i))``; also returns that sum
     divided by ``m`` (its confidence)."""
-    x = torch.from_numpy(np.ascontiguousarray(recovered, dtype=np.float32)).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(recovered, dtype=np.float32))
     with torch.no_grad():
         vote = float((sign_net(x) - sign_net(-x)).sum())
     return (1 if vote >= 0 else -1), vote / max(len(recovered), 1)
@@ -226,14 +214,14 @@ class ColourNet(nn.Module):
 
 def fit_colour_correction(reconstructed: np.ndarray, originals: np.ndarray, *, steps: int = 400, lr: float = 3e-3,
                           seed: int = 0) -> ColourNet:
-    """Train :class:`ColourNet` on the attacker's own ``reconstructed -> originals`` ``(n, H, W, C)``
+    """Train :class:`ColourNet` on the attacker's own ``reconstructed -> originals`` ``(n, C, H, W)``
     (flips as augmentation); full batch, Adam, mean squared error."""
     if reconstructed.shape != originals.shape or len(reconstructed) == 0:
-        raise ValueError(f"colour correction needs matching (n, H, W, C) pairs, got {reconstructed.shape} "
+        raise ValueError(f"colour correction needs matching (n, C, H, W) pairs, got {reconstructed.shape} "
                          f"and {originals.shape}")
     torch.manual_seed(seed)
-    x = torch.from_numpy(np.ascontiguousarray(reconstructed, np.float32)).permute(0, 3, 1, 2)
-    y = torch.from_numpy(np.ascontiguousarray(originals, np.float32)).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.ascontiguousarray(reconstructed, np.float32))
+    y = torch.from_numpy(np.ascontiguousarray(originals, np.float32))
     x, y = torch.cat([x, x.flip(3)]), torch.cat([y, y.flip(3)])
     net = ColourNet(x.shape[1])
     opt = torch.optim.Adam(net.parameters(), lr=lr)
@@ -247,12 +235,10 @@ def fit_colour_correction(reconstructed: np.ndarray, originals: np.ndarray, *, s
 
 
 def apply_colour_correction(net: ColourNet, images: np.ndarray, pixel_range: str = "pm1") -> np.ndarray:
-    """``(n, H, W, C)`` -> corrected ``(n, H, W, C)``, clamped to the pixel range."""
+    """``(n, C, H, W)`` -> corrected ``(n, C, H, W)``, clamped to the pixel range."""
     lo, hi = PIXEL_BOUNDS.get(pixel_range, (-np.inf, np.inf))
-    x = torch.from_numpy(np.ascontiguousarray(images, np.float32)).permute(0, 3, 1, 2)
     with torch.no_grad():
-        out = net(x).clamp(lo, hi)
-    return out.permute(0, 2, 3, 1).numpy()
+        return net(torch.from_numpy(np.ascontiguousarray(images, np.float32))).clamp(lo, hi).numpy()
 
 
 def assign_by_fit(magnitude: np.ndarray, recovered: np.ndarray, public_mean, label: np.ndarray,
@@ -310,7 +296,7 @@ def assign_by_fit(magnitude: np.ndarray, recovered: np.ndarray, public_mean, lab
 
 
 def public_sign_field(public_mean: np.ndarray, attacker_public_mean: np.ndarray) -> np.ndarray:
-    """Per-position signs ``(H, W, C)`` from the attacker's own public pool.
+    """Per-position signs ``(C, H, W)`` from the attacker's own public pool.
 
     On centred pixels every position's sign is shared by all recovered images AND the recovered
     public mean ``mu`` (it is one sign of the whole per-position solution). The attacker's own public

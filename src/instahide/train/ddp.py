@@ -1,4 +1,4 @@
-"""torch.distributed plumbing shared by the trainers: join the process group, agree, reduce, broadcast.
+"""torch.distributed plumbing shared by the trainers (``instahide train`` under torchrun, the shared trainer): join the process group, agree, reduce, broadcast.
 
 A process launched by ``torchrun`` finds ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and the rendezvous
 address in its environment; :func:`init_distributed` joins the group with the backend that fits the
@@ -19,6 +19,7 @@ Example::
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -49,7 +50,18 @@ class DistInfo:
 def _pick_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA device (torch "
+                         f"{torch.__version__}); use --device cpu or auto")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r} is not supported: expected auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
@@ -91,8 +103,6 @@ def init_distributed(device: str = "auto") -> DistInfo:
 def cleanup(info: DistInfo) -> None:
     """Leave the process group if :func:`init_distributed` created it (after a barrier)."""
     if info.owns_group and dist.is_initialized():
-        import gc
-
         gc.collect()  # free DDP reducers (reference cycles) while the group they use still exists
         try:
             dist.barrier()

@@ -1,0 +1,301 @@
+"""The training engine: the one loop, the one run folder and the one seeding rule of the package.
+
+Every trainer (``instahide train`` and its torchrun mode in :mod:`.recipe`, the shared trainer of
+:mod:`instahide.distributed`, a federated party in :mod:`instahide.federated`) is built from these
+pieces and keeps only what differs (what an epoch's rows are, rank slicing, FedProx):
+
+- :func:`train_epoch`: SGD steps on soft-label cross-entropy over given batches, with the divergence
+  check, bf16 autocast on CUDA, an optional penalty term (FedProx) and progress.
+- :class:`RunFolder`: ``checkpoint.pt`` (atomic, every epoch), ``metrics.jsonl`` / ``metrics.csv``,
+  ``final.json``, ``curves.png``; resume with a message that says from which epoch, and extension of
+  a finished run to more epochs (the schedule recomputed, the change recorded).
+- :func:`derive_seed` / :func:`seeded`: every research-seeded stream (initial weights, order,
+  augmentation) derives from the seed and a tuple naming its use. Keys come from
+  :class:`~instahide.scheme.KeyGenerator`, never from these generators.
+- the shared rules: :func:`model_for` ("auto" model), :func:`augment_for` ("auto" augmentation),
+  :func:`make_optimizer` (the reference SGD + step schedule), :func:`load_weights` (checked).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+import platform
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+from .._io import atomic_open, atomic_torch_save, atomic_write_text, load_torch_checkpoint
+from ..data.augment import Augment
+from .loss import soft_cross_entropy
+
+CHECKPOINT = "checkpoint.pt"
+# Fields that may differ between a run and its resumption (where and how it runs, not what it computes).
+RUN_ONLY = ("out", "device", "progress", "amp", "epochs", "resume", "threads")
+
+
+# -- seeds and shared rules -----------------------------------------------------------------------
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from ``parts`` (SHA-256 of their repr): one stream per use, none shared."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 1
+
+
+def seeded(seed: int | None, *parts, device="cpu") -> torch.Generator | None:
+    """A torch generator seeded from ``(seed, *parts)``, or None (torch's global stream) without a seed.
+    For order, initialisation and augmentation only: never key material."""
+    if seed is None:
+        return None
+    return torch.Generator(device=device).manual_seed(derive_seed(seed, *parts))
+
+
+def model_for(name: str, in_channels: int) -> str:
+    """The model to build: ``name``, or for ``"auto"`` mnistnet (1 channel) / fastnet (3 channels)."""
+    return name if name != "auto" else ("mnistnet" if in_channels == 1 else "fastnet")
+
+
+def augment_for(setting: str, shape, mean, std) -> Augment | None:
+    """The reference augmentation (crop 32 with padding 4 and flip, padding black) for ``setting``
+    ``"on"``, or ``"auto"`` on 3-channel 32x32 images ``shape`` ``(C, H, W)``; None otherwise."""
+    c, h, w = shape
+    if setting == "on" or (setting == "auto" and (c, h, w) == (3, 32, 32)):
+        return Augment(padding=4, flip=True, fill=tuple(-m / s for m, s in zip(mean, std)))
+    return None
+
+
+def _milestones(cfg) -> list[int]:
+    return sorted({max(1, round(m * cfg.epochs)) for m in cfg.milestones})
+
+
+def make_optimizer(model, cfg):
+    """SGD (``lr``, ``momentum``, ``weight_decay``) and a per-epoch MultiStepLR that multiplies the
+    rate by ``gamma`` at the fractions ``milestones`` of ``epochs``. Returns ``(optimizer, scheduler)``."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=_milestones(cfg), gamma=cfg.gamma)
+
+
+def reschedule(opt, sched, cfg) -> None:
+    """After loading a checkpoint of a run with fewer epochs: the milestones of ``cfg.epochs`` and the
+    learning rate they give at the current epoch (as if the run had been planned that long)."""
+    sched.milestones = Counter(_milestones(cfg))
+    done = sched.last_epoch
+    lr = cfg.lr * cfg.gamma ** sum(1 for m in _milestones(cfg) if m <= done)
+    for group in opt.param_groups:
+        group["lr"] = lr
+    sched._last_lr = [lr for _ in opt.param_groups]
+
+
+def load_weights(model: torch.nn.Module, state_dict: dict, what: str = "checkpoint") -> None:
+    """``model.load_state_dict`` with errors that name what is wrong: missing or unexpected entries,
+    a shape that differs, NaN or infinite values."""
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state_dict)), sorted(set(state_dict) - set(own))
+    if missing or extra:
+        raise ValueError(f"{what} does not fit the model: missing {missing[:5]}, unexpected {extra[:5]}")
+    fixed = {}
+    for name, ref in own.items():
+        t = torch.as_tensor(state_dict[name])
+        if tuple(t.shape) != tuple(ref.shape):
+            raise ValueError(f"{what}: weight {name!r} has shape {tuple(t.shape)}, the model's is {tuple(ref.shape)}")
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise ValueError(f"{what}: weight {name!r} holds NaN or infinite values")
+        fixed[name] = t.to(ref.dtype)
+    model.load_state_dict(fixed)
+
+
+# -- the loop -------------------------------------------------------------------------------------
+def index_batches(xs: torch.Tensor, ys: torch.Tensor, order: torch.Tensor, batch_size: int):
+    """``(xs[b], ys[b], 1 / len(b))`` for consecutive batches ``b`` of ``order``: the weight makes the
+    summed loss of a batch its mean."""
+    for s in range(0, len(order), batch_size):
+        b = order[s:s + batch_size]
+        yield xs[b], ys[b], 1.0 / len(b)
+
+
+def train_epoch(model, opt, batches, *, amp: bool = False, penalty=None, progress=None) -> dict:
+    """SGD steps on soft-label cross-entropy, one per batch.
+
+    Args:
+        model: the network (or its DDP wrapper), put in train mode here.
+        opt: the optimiser.
+        batches: iterable of ``(x (B, C, H, W), soft labels (B, classes), weight)``; a step minimises
+            ``weight * sum of the B per-row losses`` (``1/B``: the batch mean; under DDP
+            ``world_size / global batch``, so that DDP's gradient average is the global mean).
+        amp: bfloat16 autocast (CUDA).
+        penalty: optional ``f() -> scalar tensor`` added to every step's loss (FedProx).
+        progress: optional :class:`Progress`, updated after every step.
+
+    Returns:
+        ``{"loss_sum", "correct", "seen"}``: summed per-row loss, rows whose prediction agrees with
+        their dominant label, rows. Raises ``FloatingPointError`` if the loss stops being finite.
+    """
+    model.train()
+    loss_sum, correct, seen = 0.0, 0, 0
+    for xb, yb, weight in batches:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            logits = model(xb)
+        per_row = soft_cross_entropy(logits.float(), yb, reduction="none")
+        loss = per_row.sum() * weight
+        if penalty is not None:
+            loss = loss + penalty()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total = per_row.detach().sum().item()
+        if not math.isfinite(total) or not math.isfinite(loss.item()):
+            raise FloatingPointError(f"training diverged: loss {total}; lower the learning rate")
+        loss_sum += total
+        correct += (logits.argmax(1) == yb.argmax(1)).sum().item()
+        seen += len(xb)
+        if progress is not None:
+            progress.update(1, f"loss {loss_sum / max(seen, 1):.3f} acc {correct / max(seen, 1):.3f}")
+    return {"loss_sum": loss_sum, "correct": correct, "seen": seen}
+
+
+class Progress:
+    """A progress line on stderr: ``\\r`` updates on a terminal, one line per ``every`` steps otherwise;
+    with rate and ETA. ``enabled=False`` prints nothing."""
+
+    def __init__(self, total: int, label: str, enabled: bool = True, unit: str = "", every: int | None = None):
+        self.total, self.label, self.unit, self.done = total, label, unit, 0
+        self.enabled, self.tty = enabled, sys.stderr.isatty()
+        self.every = every or (1 if self.tty else max(1, total))
+        self.start = time.perf_counter()
+
+    def update(self, n: int = 1, info: str = "") -> None:
+        self.done += n
+        if not self.enabled or (self.done % self.every and self.done < self.total):
+            return
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        rate = self.done / elapsed
+        eta = (self.total - self.done) / rate if rate > 0 else 0.0
+        fill = int(24 * self.done / max(self.total, 1))
+        line = (f"{self.label} [{'#' * fill}{'.' * (24 - fill)}] {self.done}/{self.total} "
+                f"({rate:.1f}{self.unit}/s, ETA {eta:.0f} s) {info}")
+        print(("\r" if self.tty else "") + line, end="" if self.tty and self.done < self.total else "\n",
+              file=sys.stderr, flush=True)
+
+    def close(self, info: str) -> None:
+        if self.enabled:
+            print(("\r" if self.tty else "") + f"{self.label}: {info}" + " " * 10, file=sys.stderr, flush=True)
+
+
+# -- the run folder -------------------------------------------------------------------------------
+def versions() -> dict:
+    """The versions a result was produced with."""
+    return {"torch": torch.__version__, "python": platform.python_version(), "instahide": __version__}
+
+
+class RunFolder:
+    """One training run's folder ``out``: checkpoint, metrics, final summary and curves.
+
+    ``fmt`` names the checkpoint format (a checkpoint of another trainer is refused); ``length`` is
+    the configuration field that counts the run's steps (``epochs``, or ``rounds`` for a federation)
+    and ``metrics`` the stem of the per-step files (``metrics.jsonl`` / ``.csv``). Only the main
+    process (``main=True``) writes; every process may read.
+    """
+
+    def __init__(self, out, fmt: str, main: bool = True, *, length: str = "epochs", metrics: str = "metrics"):
+        self.out, self.fmt, self.main, self.length, self.metrics = Path(out), fmt, main, length, metrics
+        self.unit = length.removesuffix("s")  # the checkpoint's count of steps done: "epoch" or "round"
+        self.checkpoint = self.out / CHECKPOINT
+
+    def start(self, config: dict, resume: bool) -> dict | None:
+        """The checkpoint to continue (or None for a new run), after the checks.
+
+        Without ``resume`` an existing checkpoint is refused (never overwritten). With it, the saved
+        configuration must equal ``config`` except in :data:`RUN_ONLY` fields; the length (epochs)
+        may grow (the run is extended) but not shrink below what was done. The returned state has
+        ``resumed_from`` (steps done) and ``extended`` (the old length, or None).
+        """
+        if not resume:
+            if self.checkpoint.exists():
+                raise FileExistsError(f"{self.checkpoint} exists: pass resume=True (--resume) to continue it, "
+                                      "or use another out")
+            return None
+        if not self.checkpoint.exists():
+            raise FileNotFoundError(f"nothing to resume: {self.checkpoint} does not exist")
+        state = load_torch_checkpoint(self.checkpoint, self.fmt)
+        saved, length = state["config"], config[self.length]
+        skip = (*RUN_ONLY, self.length)
+        diff = {k: (v, config.get(k)) for k, v in saved.items() if k not in skip and config.get(k) != v}
+        if diff:
+            raise ValueError(f"cannot resume {self.checkpoint}: configuration differs in {diff} (saved, given)")
+        done = state[self.unit]
+        if length < done:
+            raise ValueError(f"cannot resume {self.checkpoint} with {self.length}={length}: it has already run "
+                             f"{done}")
+        state["resumed_from"] = done
+        state["extended"] = saved[self.length] if length != saved[self.length] else None
+        return state
+
+    def save(self, epoch: int, model, opt, sched, config: dict, history: list, **extra) -> None:
+        """Everything needed to resume, written atomically (a killed run never leaves a torn file);
+        then the metrics files. No key material: keys are regenerated (research seed) or fresh."""
+        if not self.main:
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                 "optimizer": None if opt is None else opt.state_dict(),
+                 "scheduler": None if sched is None else sched.state_dict(),
+                 self.unit: epoch, "config": config, "history": history, "format": self.fmt, **extra}
+        atomic_torch_save(self.checkpoint, state)
+        with atomic_open(self.out / f"{self.metrics}.jsonl", "w") as fh:
+            for m in history:
+                fh.write(json.dumps(m) + "\n")
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for m in history for k in m)))
+        writer.writeheader()
+        writer.writerows(history)
+        atomic_write_text(self.out / f"{self.metrics}.csv", buf.getvalue())
+
+    def finish(self, final: dict) -> dict:
+        """Write ``final.json`` and ``curves.png``; returns ``final``."""
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "final.json", json.dumps(final, indent=2) + "\n")
+            if final.get("history"):
+                plot_curves(self.out / "curves.png", final["history"])
+        return final
+
+
+def summary(history: list[dict], state: dict | None, t_run: float, unit: str = "epoch") -> dict:
+    """The fields every ``final.json`` shares: final and best test accuracy, how many epochs (or
+    rounds) were run in all and in this run, from where it resumed, whether it was extended."""
+    tested = [m["test_acc"] for m in history if m.get("test_acc") is not None]
+    start = 0 if state is None else state["resumed_from"]
+    return {"final_test_acc": history[-1].get("test_acc") if history else None,
+            "final_test_loss": history[-1].get("test_loss") if history else None,
+            "best_test_acc": max(tested) if tested else None,
+            f"{unit}s_run": len(history), f"resumed_from_{unit}": start, f"{unit}s_this_run": len(history) - start,
+            f"extended_from_{unit}s": None if state is None else state["extended"],
+            "wall_seconds_this_run": time.perf_counter() - t_run, "history": history, "versions": versions()}
+
+
+def plot_curves(path: Path, history: list[dict]) -> None:
+    """Loss and accuracy per epoch (train on what the model saw, test on clean images); needs matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    unit = "epoch" if "epoch" in history[0] else "round"
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, what in zip(axes, ("loss", "acc")):
+        for kind, label in (("train", "train (what the model saw)"), ("test", "test (clean)")):
+            pts = [(m[unit], m[f"{kind}_{what}"]) for m in history if m.get(f"{kind}_{what}") is not None]
+            if pts:
+                ax.plot(*zip(*pts), label=label)
+        ax.set_xlabel(unit)
+        ax.set_ylabel("loss" if what == "loss" else "accuracy")
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
