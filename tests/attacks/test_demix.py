@@ -126,6 +126,8 @@ def test_bad_inputs():
     bad[0, 0, 0, 0] = np.inf
     with pytest.raises(ValueError, match="NaN or Inf"):
         demix(bad, lab)
+    with pytest.raises(ValueError, match="channels-last"):
+        demix(np.zeros((10, 8, 8, 3)), lab)
     with pytest.raises(ValueError, match="all zero"):
         demix(e, np.zeros((10, 10)))
     with pytest.raises(ValueError, match="Invalid label shape"):

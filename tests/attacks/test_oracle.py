@@ -163,5 +163,7 @@ def test_bad_inputs():
         oracle_decode(e, idx, lam, 3, 6, pixel_range="0-255")
     with pytest.raises(ValueError, match="public_model"):
         oracle_decode(e, idx, lam, 3, 6, public_model="ignore")
+    with pytest.raises(ValueError, match="channels-last"):
+        oracle_decode(np.zeros((18, 8, 8, 3)), idx, lam, 3, 6)
     with pytest.raises(ValueError, match="evaluate_with"):
         oracle_decode(e, idx, lam, 3, 6, evaluate_with=ch["private"][:2])

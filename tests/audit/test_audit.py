@@ -22,7 +22,7 @@ def digits():
 
 def test_audit_mixup_unit_is_recovered_and_reported(tmp_path):
     """On unmasked Mixup with non-negative pixels demixing recovers the images: the report must say so."""
-    cfg = AuditConfig(n_private=12, T=12, mode="mixup", scaling="unit", public_size=500,
+    cfg = AuditConfig.make(n_private=12, T=12, mode="mixup", scaling="unit", public_size=500,
                       attacks=("demix", "seed", "oracle"), research_seed=3)
     res = run_audit(cfg, tmp_path / "a", log=lambda m: None)
     by = {o.name: o for o in res.outcomes}
@@ -50,14 +50,14 @@ def test_audit_mixup_unit_is_recovered_and_reported(tmp_path):
 
 
 def test_mask_stops_demixing_in_the_same_audit(tmp_path):
-    cfg = AuditConfig(n_private=12, T=12, mode="instahide", scaling="pm1", public_size=500,
+    cfg = AuditConfig.make(n_private=12, T=12, mode="instahide", scaling="pm1", public_size=500,
                       attacks=("demix",), research_seed=3)
     res = run_audit(cfg, tmp_path / "b", formats=("md",), log=lambda m: None)
     assert res.outcomes[0].score.max_ssim < 0.3
 
 
 def test_resume_reuses_challenge_and_results(tmp_path):
-    cfg = AuditConfig(n_private=10, T=5, public=None, k=4, attacks=("demix", "seed"), research_seed=1)
+    cfg = AuditConfig.make(n_private=10, T=5, public=None, k=4, attacks=("demix", "seed"), research_seed=1)
     run_audit(cfg, tmp_path / "r", formats=("md",), log=lambda m: None)
     cid = json.loads((tmp_path / "r" / "challenge" / "meta.json").read_text())["challenge_id"]
     before = (tmp_path / "r" / "attacks" / "demix" / "outcome.json").stat().st_mtime_ns
@@ -67,12 +67,12 @@ def test_resume_reuses_challenge_and_results(tmp_path):
     assert (tmp_path / "r" / "attacks" / "demix" / "outcome.json").stat().st_mtime_ns == before
     assert any("reused the result" in m for m in lines) and any("reused" in m for m in lines[:1])
     with pytest.raises(ValueError, match="another configuration"):
-        run_audit(AuditConfig(n_private=10, T=6, public=None, k=4, attacks=("demix",), research_seed=1),
+        run_audit(AuditConfig.make(n_private=10, T=6, public=None, k=4, attacks=("demix",), research_seed=1),
                   tmp_path / "r", resume=True, formats=("md",), log=lambda m: None)
 
 
 def test_legacy_keys_fall_to_the_seed_attack(tmp_path):
-    cfg = AuditConfig(n_private=10, T=4, public_size=300, legacy=True, research_seed=4321,
+    cfg = AuditConfig.make(n_private=10, T=4, public_size=300, legacy=True, research_seed=4321,
                       attacks=("seed",), seed_range=(4000, 5000))
     res = run_audit(cfg, tmp_path / "l", formats=("md",), log=lambda m: None)
     out = res.outcomes[0]
@@ -107,9 +107,9 @@ def test_augmented_rows_are_crops_and_flips_of_the_originals(digits):
 
 def test_bad_input_is_a_clear_error(tmp_path, digits):
     with pytest.raises(ValueError, match="unknown attack"):
-        AuditConfig(attacks=("nope",)).validate()
+        AuditConfig.make(attacks=("nope",)).validate()
     with pytest.raises(ValueError, match="too few images"):
-        run_audit(AuditConfig(n_private=10_000, attacks=("demix",)), tmp_path / "x", log=lambda m: None)
+        run_audit(AuditConfig.make(n_private=10_000, attacks=("demix",)), tmp_path / "x", log=lambda m: None)
     x, y = digits
     enc, lab, truth = make_challenge(x, y, None, T=2, k=4, research_seed=0)
     meta = dict(truth.params)
@@ -146,7 +146,7 @@ def test_cli_attack_and_audit(tmp_path, capsys):
 
 
 def test_audit_runs_the_carlini_pipeline_on_disjoint_attacker_data(tmp_path):
-    cfg = AuditConfig(n_private=10, T=10, public_size=300, attacks=("carlini",), research_seed=2,
+    cfg = AuditConfig.make(n_private=10, T=10, public_size=300, attacks=("carlini",), research_seed=2,
                       carlini={"preset": "tiny"})
     res = run_audit(cfg, tmp_path / "c", formats=("md",), log=lambda m: None)
     out = res.outcomes[0]

@@ -96,6 +96,7 @@ def test_l2_is_rmse_per_image():
     (torch.zeros(2, 3, 8, 8), torch.zeros(2, 1, 8, 8), {}, ValueError, "shape mismatch"),
     (torch.zeros(3, 8, 8), torch.zeros(3, 8, 8), {}, ValueError, "expected (N, C, H, W) channels first"),
     (torch.zeros(2, 1, 6, 8), torch.zeros(2, 1, 6, 8), {}, ValueError, "too small for a 7x7 window"),
+    (torch.zeros(2, 32, 32, 3), torch.zeros(2, 32, 32, 3), {}, ValueError, "is channels-last (N, H, W, C)"),
     (torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), {"win_size": 4}, ValueError, "odd integer >= 3"),
     (torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), {"data_range": 0}, ValueError, "positive finite"),
     (torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8), {"reduction": "max"}, ValueError, "unknown reduction"),

@@ -5,7 +5,7 @@ behind ``instahide attack NAME``.
 Example::
 
     from instahide.audit import AuditConfig, run_audit
-    result = run_audit(AuditConfig(dataset="digits", n_private=20, T=20), "runs/audit")
+    result = run_audit(AuditConfig.make(dataset="digits", n_private=20, T=20), "runs/audit")
     print(result.paths["md"])
 """
 from .attacks import ATTACKS, AttackOutcome, attack_names, run_attack

@@ -14,7 +14,7 @@ Steps (each result is written as soon as it exists, so ``resume=True`` picks up 
 
 Example::
 
-    cfg = AuditConfig(dataset="digits", n_private=20, T=20, public="builtin", k=6)
+    cfg = AuditConfig.make(dataset="digits", n_private=20, T=20, public="builtin", k=6)
     result = run_audit(cfg, "runs/audit")
     result.outcomes[0].score.max_ssim
 """
@@ -23,15 +23,17 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .. import __version__
+from .._config import Config
 from .._io import atomic_save_npy, atomic_write_text
 from ..challenge import load_challenge, load_truth, make_challenge, score, write_challenge
 from ..data import load_dataset, load_public_pool
+from ..scheme.config import SchemeConfig
 from ..report import write_audit_report, write_score_report
 from .attacks import ATTACKS, AttackOutcome, run_attack
 
@@ -39,42 +41,34 @@ __all__ = ["AuditConfig", "AuditResult", "run_audit", "save_outcome", "DEFAULT_A
 
 DEFAULT_ATTACKS = ("demix", "seed", "oracle", "carlini")
 # The fields that make the challenge: a resumed audit must have the same ones.
-_CHALLENGE_FIELDS = ("dataset", "root", "split", "n_private", "T", "mode", "k", "num_private", "upper", "dom",
-                     "scaling", "public", "public_size", "public_seed", "public_resize", "augment_padding",
-                     "legacy", "research_seed")
+_CHALLENGE_FIELDS = ("dataset", "root", "split", "n_private", "T", *SchemeConfig().to_dict(), "scaling",
+                     "public_seed", "augment_padding", "research_seed")
 
 
 @dataclass
-class AuditConfig:
-    """What to audit. The scheme's fields carry the paper's names and the reference defaults."""
+class AuditConfig(Config):
+    """What to audit: the user's images, the scheme (the same options as training, with a public pool
+    by default, as in the published challenge), the epochs, pixel units, and the attacks."""
 
-    # the user's images: a dataset name (digits needs no download), root, split, how many
-    dataset: str = "digits"
-    root: str | None = None
-    split: str = "test"
-    n_private: int = 20              # private images in the challenge (the published one: 100)
-    # the scheme
-    T: int = 50                      # epochs = encryptions per image, fresh keys each
-    mode: str = "instahide"          # instahide (mix + mask) or mixup (no mask)
-    k: int | None = None             # images per encryption (default 6 with a public pool, 4 without)
-    num_private: int | None = None   # private slots (default 2 with a public pool, k without)
-    upper: float = 0.65              # c1
-    dom: float = 0.3                 # c2 (cross-dataset)
-    scaling: str = "pm1"             # pixel units: pm1 [-1, 1], normalize (mean/std), unit [0, 1]
-    public: str | None = "builtin"   # public pool source, or None for inside-dataset InstaHide
-    public_size: int = 4000
-    public_seed: int = 0
-    public_resize: int | None = None
-    augment_padding: int | None = None  # crop padding of the per-epoch augmentation (None: none)
-    legacy: bool = False             # the reference code's keys (32-bit MT seed) and defects
-    research_seed: int | None = None  # reproducible keys for research (anyone knowing it undoes them)
-    # the attacks
-    attacks: tuple = DEFAULT_ATTACKS
-    seed_range: tuple = (0, 2 ** 16)  # seeds searched by the seed attack
+    # -- the user's images -------------------------------------------------------------------------
+    dataset: str = "digits"              # a dataset name (digits needs no download)
+    root: str | None = None              # where the images are (not for digits)
+    split: str = "test"                  # which split
+    n_private: int = 20                  # private images in the challenge: the first n (the published one: 100)
+    # -- the configuration audited -----------------------------------------------------------------
+    scheme: SchemeConfig = field(default_factory=lambda: SchemeConfig(public="builtin"))
+    T: int = 50                          # epochs = encryptions per image, fresh keys each
+    scaling: str = "pm1"                 # pixel units: pm1 [-1, 1], normalize (mean/std), unit [0, 1]
+    public_seed: int = 0                 # which patches are cut for the public pool
+    augment_padding: int | None = None   # crop padding of the per-epoch augmentation (None: none)
+    research_seed: int | None = None     # reproducible keys for research (anyone knowing it undoes them)
+    # -- the attacks -------------------------------------------------------------------------------
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
+    seed_range: tuple[int, ...] = (0, 2 ** 16)  # seeds searched by the seed attack
     carlini: dict = field(default_factory=dict)  # options of the Carlini et al. pipeline
-    threshold: float = 0.8           # SSIM counted as "recovered"
+    threshold: float = 0.8               # SSIM counted as "recovered"
 
-    def validate(self) -> None:
+    def validate(self) -> "AuditConfig":
         unknown = [a for a in self.attacks if a not in ATTACKS]
         if unknown:
             raise ValueError(f"unknown attack(s) {unknown}; expected some of {list(ATTACKS)}")
@@ -84,6 +78,10 @@ class AuditConfig:
             raise ValueError(f"T must be >= 1, got {self.T}")
         if self.dataset != "digits" and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs a root (a folder or file); digits is built in")
+        if self.scheme.mode == "vanilla":
+            raise ValueError("mode vanilla encrypts nothing: audit instahide or mixup")
+        self.scheme.validate()
+        return self
 
 
 @dataclass
@@ -109,7 +107,7 @@ def _load_images(cfg: AuditConfig):
 
 def _challenge(cfg: AuditConfig, out: Path, resume: bool):
     folder, truth_path = out / "challenge", out / "challenge-truth.npz"
-    recipe = {k: v for k, v in asdict(cfg).items() if k in _CHALLENGE_FIELDS}
+    recipe = {k: v for k, v in cfg.to_dict().items() if k in _CHALLENGE_FIELDS}
     if resume and (folder / "meta.json").is_file() and truth_path.is_file():
         enc, lab, meta = load_challenge(folder)
         truth = load_truth(truth_path)
@@ -125,19 +123,17 @@ def _challenge(cfg: AuditConfig, out: Path, resume: bool):
             return enc, lab, meta, truth, True
     ds, labels = _load_images(cfg)
     c, h, w = ds.shape
-    pool = None
-    if cfg.public is not None:
-        pool = load_public_pool(cfg.public, n=cfg.public_size, size=(h, w), channels=c, seed=cfg.public_seed,
-                                resize=cfg.public_resize).images
-    k = cfg.k if cfg.k is not None else (6 if pool is not None else 4)
+    scheme, pool = cfg.scheme, None
+    if scheme.cross:
+        pool = load_public_pool(scheme.public, n=scheme.public_size, size=(h, w), channels=c, seed=cfg.public_seed,
+                                resize=scheme.public_resize).images
     info = {"private_source": {"dataset": cfg.dataset, "root": cfg.root, "split": cfg.split,
                                "selection": f"first {cfg.n_private}"},
-            "public_source": None if pool is None else {"source": cfg.public, "size": len(pool),
+            "public_source": None if pool is None else {"source": scheme.public, "size": len(pool),
                                                          "seed": cfg.public_seed},
             "instahide_version": __version__}
     enc, lab, truth = make_challenge(
-        ds.images, labels, pool, T=cfg.T, k=k, num_private=cfg.num_private, mode=cfg.mode, upper=cfg.upper,
-        dom=cfg.dom, scaling=cfg.scaling, legacy=cfg.legacy, research_seed=cfg.research_seed,
+        ds.images, labels, pool, T=cfg.T, **scheme.encrypt_kwargs(), scaling=cfg.scaling, research_seed=cfg.research_seed,
         num_classes=max(ds.num_classes or 1, int(labels.max()) + 1),
         mean=ds.mean if cfg.scaling == "normalize" else None, std=ds.std if cfg.scaling == "normalize" else None,
         info=info, augment_padding=cfg.augment_padding)
@@ -219,8 +215,8 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
         log(f"{name}: " + (f"Max_SSIM {s.max_ssim:.3f}, images > {cfg.threshold}: "
                            f"{int(np.sum(s.per_private_best_ssim > cfg.threshold))}/{truth.n}"
                            if s is not None else "recovered nothing") + f" ({outcome.seconds:.1f} s)")
-    config = {**asdict(cfg), "resolved": {"k": truth.k, "num_private": truth.num_private}}
-    config["carlini"] = {k: v for k, v in cfg.carlini.items() if not callable(v)}
+    config = {**cfg.to_dict(), "carlini": {k: v for k, v in cfg.carlini.items() if not callable(v)},
+              "resolved": {"k": truth.k, "num_private": truth.num_private}}
     paths = write_audit_report(out, config, meta, outcomes, truth, enc, formats=formats,
                                threshold=cfg.threshold, notes=notes)
     return AuditResult(cfg, meta, truth, outcomes, paths)

@@ -35,19 +35,29 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_scheme_options(p: argparse.ArgumentParser, **defaults) -> None:
-    """The :class:`~instahide.scheme.SchemeConfig` options (the same names, defaults and help in every
-    command; ``defaults`` overrides a command's own defaults by name), and the key options."""
+    """The :class:`~instahide.scheme.SchemeConfig` options: the same names, defaults and help in every
+    command (``defaults`` overrides a command's own defaults by name, e.g. the challenge's public pool)."""
     add_arguments(p, SchemeConfig, title="scheme (the paper's names; defaults are the reference code's)",
                   defaults=defaults)
-    g = p.add_argument_group("public pool and keys")
+
+
+def add_key_options(p: argparse.ArgumentParser, *, uncentred: bool = True) -> None:
+    """``--research-seed`` (and, for commands that encrypt a dataset, ``--allow-uncentred``)."""
+    g = p.add_argument_group("keys")
+    g.add_argument("--research-seed", type=int, default=None, metavar="N",
+                   help="REPRODUCIBLE RESEARCH ONLY: derive every key from N (with --legacy: the 32-bit legacy "
+                        "seed), so anyone who knows or guesses N can undo the encryption. Default: OS entropy")
+    if uncentred:
+        g.add_argument("--allow-uncentred", action="store_true",
+                       help="mask non-negative pixels anyway (to measure that the mask then hides nothing)")
+
+
+def add_pool_options(p: argparse.ArgumentParser) -> None:
+    """How the public pool's patches are chosen (the pool is public: these are not key material)."""
+    g = p.add_argument_group("public pool patches")
     g.add_argument("--public-min-keypoints", type=int, default=None, metavar="K",
                    help="keep only patches with more than K SIFT keypoints (the paper's filter; slow)")
     g.add_argument("--public-cache", default=None, metavar="NPZ", help="reuse/build the pool in this .npz")
-    g.add_argument("--research-seed", type=int, default=None, metavar="N",
-                   help="REPRODUCIBLE RESEARCH ONLY: derive every key from N, so anyone who knows or "
-                        "guesses N can undo the encryption. Default: 256 bits of OS entropy")
-    g.add_argument("--allow-uncentred", action="store_true",
-                   help="mask non-negative pixels anyway (to measure that the mask then hides nothing)")
 
 
 def scheme_from_args(args) -> SchemeConfig:
@@ -70,6 +80,8 @@ def add_encryption_options(p: argparse.ArgumentParser) -> None:
     """Everything a command that encrypts a dataset takes: data, scheme (with the public pool), keys."""
     add_data_options(p)
     add_scheme_options(p)
+    add_pool_options(p)
+    add_key_options(p)
 
 
 def refuse_overwrite(paths, force: bool) -> None:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ..audit import DEFAULT_ATTACKS, AuditConfig, attack_names, run_audit
-from ._common import CLIError
+from ._common import CLIError, add_key_options, add_scheme_options, scheme_from_args
 from .attack_cmd import _parse_range
 
 HELP = "measure what a configuration leaks: challenge from your images, attacks, report (md/html)"
@@ -45,24 +45,14 @@ def add_parser(sub) -> None:
     g.add_argument("--root", default=None, metavar="PATH", help="where the images are (not for digits)")
     g.add_argument("--split", default="test", choices=["train", "test"], help="split (default test)")
     g.add_argument("--n-private", type=int, default=20, metavar="n", help="images to audit: the first n (default 20)")
+    add_scheme_options(p, public="builtin")
     g = p.add_argument_group("the configuration audited")
     g.add_argument("--T", type=int, default=50, help="epochs: encryptions of each image, fresh keys each (default 50)")
-    g.add_argument("--mode", default="instahide", choices=["instahide", "mixup"])
-    g.add_argument("--k", type=int, default=None, help="images per encryption (default 6 with a public pool, else 4)")
-    g.add_argument("--num-private", type=int, default=None, help="private slots (default 2 with a public pool)")
-    g.add_argument("--upper", type=float, default=0.65, help="c1 (default 0.65)")
-    g.add_argument("--dom", type=float, default=0.3, help="c2 (default 0.3)")
     g.add_argument("--scaling", default="pm1", choices=["pm1", "normalize", "unit"],
                    help="pixel units the encryption works in (default pm1 = [-1, 1]; unit = [0, 1])")
-    g.add_argument("--public", default="builtin", metavar="SOURCE",
-                   help="public pool: builtin (default), a folder of photographs, a .npy/.npz, or none")
-    g.add_argument("--public-size", type=int, default=4000, metavar="M")
-    g.add_argument("--public-resize", type=int, default=None, metavar="S")
     g.add_argument("--augment-padding", type=int, default=None, metavar="PAD",
                    help="random crop with this padding + flip before every epoch (training augmentation)")
-    g.add_argument("--legacy", action="store_true", help="the reference code's keys (32-bit seed) and defects")
-    g.add_argument("--research-seed", type=int, default=None, metavar="N",
-                   help="reproducible keys (research only: anyone knowing N undoes them)")
+    add_key_options(p, uncentred=False)
     g = p.add_argument_group("attacks")
     g.add_argument("--attacks", default=",".join(DEFAULT_ATTACKS), metavar="LIST",
                    help=f"comma-separated, from {','.join(attack_names())} (default all)")
@@ -82,10 +72,8 @@ def run(args) -> int:
                "attacker_split": args.attacker_split, "preset": args.preset, "device": args.device,
                "log": lambda msg: print(msg, file=sys.stderr, flush=True)}
     cfg = AuditConfig(
-        dataset=args.dataset, root=args.root, split=args.split, n_private=args.n_private, T=args.T, mode=args.mode,
-        k=args.k, num_private=args.num_private, upper=args.upper, dom=args.dom, scaling=args.scaling,
-        public=None if args.public.lower() == "none" else args.public, public_size=args.public_size,
-        public_resize=args.public_resize, augment_padding=args.augment_padding, legacy=args.legacy,
+        dataset=args.dataset, root=args.root, split=args.split, n_private=args.n_private,
+        scheme=scheme_from_args(args), T=args.T, scaling=args.scaling, augment_padding=args.augment_padding,
         research_seed=args.research_seed, attacks=attacks, seed_range=_parse_range(args.seed_range),
         carlini=carlini)
     formats = ("md", "html") if args.format == "both" else (args.format,)

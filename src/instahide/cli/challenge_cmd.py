@@ -14,7 +14,7 @@ from ..challenge import (default_truth_path, load_challenge, load_truth, make_ch
                          write_challenge)
 from ..data import load_dataset, load_public_pool
 from ..report import write_score_report
-from ._common import CLIError, refuse_overwrite
+from ._common import CLIError, add_key_options, add_scheme_options, refuse_overwrite, scheme_from_args
 
 HELP = "generate an InstaHide challenge (make) or score a decryption of one (score)"
 MAKE_DESCRIPTION = """\
@@ -83,37 +83,17 @@ def _add_make(csub) -> None:
                    help="split the private images come from (default test)")
     g.add_argument("--n-private", type=int, default=100, metavar="n",
                    help="number of private images: the FIRST n of the split (default 100)")
-    g = p.add_argument_group("scheme (the challenge's defaults)")
+    add_scheme_options(p, k=6, public="builtin")  # the published challenge: cross-dataset, k = 6 (2 + 4)
+    g = p.add_argument_group("the challenge")
     g.add_argument("--T", type=int, default=50, help="encryptions per private image, one per epoch (default 50)")
-    g.add_argument("--k", type=int, default=6, help="images per encryption (default 6)")
-    g.add_argument("--num-private", type=int, default=None,
-                   help="private slots (default 2 with a public pool, k with --public none)")
-    g.add_argument("--mode", default="instahide", choices=["instahide", "mixup"],
-                   help="instahide (mix and mask, default) or mixup (no mask)")
-    g.add_argument("--upper", type=float, default=0.65, help="c1, the largest coefficient (default 0.65)")
-    g.add_argument("--dom", type=float, default=0.3, help="c2, smallest sum of the private coefficients (default 0.3)")
     g.add_argument("--scaling", default="pm1", choices=["pm1", "normalize", "unit"],
                    help="pixel units: pm1 = [-1, 1] (default), normalize = mean/std, unit = [0, 1] "
                         "(mask hides nothing)")
-    g.add_argument("--legacy", action="store_true",
-                   help="the reference code's keys and defects (public window, self-mixing, Mersenne-Twister "
-                        "seeded with a 32-bit integer, streams continuing across epochs); the seed goes to "
-                        "the truth file only")
-    g.add_argument("--research-seed", type=int, default=None, metavar="N",
-                   help="REPRODUCIBLE RESEARCH ONLY: derive every key from N (with --legacy: the 32-bit "
-                        "legacy seed). Default: OS entropy")
-    g = p.add_argument_group("public pool")
-    g.add_argument("--public", default="builtin", metavar="SOURCE",
-                   help="builtin (photographs shipped with scikit-image/scikit-learn, default), a folder of "
-                        "photographs, a .npy/.npz array, or none (inside-dataset InstaHide)")
-    g.add_argument("--public-size", type=int, default=4000, metavar="M", help="patches in the pool (default 4000)")
-    g.add_argument("--public-resize", type=int, default=None, metavar="S",
-                   help="resize photographs to short side S before cropping (default: no resize; the "
-                        "built-in photos at S=40 only hold 2,610 distinct 32x32 patches)")
-    g.add_argument("--public-min-keypoints", type=int, default=None, metavar="K",
-                   help="keep only patches with more than K SIFT keypoints (slow)")
     g.add_argument("--public-seed", type=int, default=0, metavar="S",
                    help="seed of the patch positions (the pool is public; default 0)")
+    g.add_argument("--public-min-keypoints", type=int, default=None, metavar="K",
+                   help="keep only patches with more than K SIFT keypoints (slow)")
+    add_key_options(p, uncentred=False)
     p.set_defaults(func=run_make)
 
 
@@ -139,9 +119,12 @@ def run_make(args) -> int:
     if args.dataset != "digits" and args.root is None:
         raise CLIError(f"--dataset {args.dataset} needs --root PATH (e.g. the cifar-10-batches-py folder or "
                        "cifar-10-python.tar.gz; nothing is downloaded), or use --dataset digits (built in)")
-    for flag, value in (("--n-private", args.n_private), ("--T", args.T), ("--public-size", args.public_size)):
+    for flag, value in (("--n-private", args.n_private), ("--T", args.T)):
         if value < 1:
             raise CLIError(f"{flag} must be >= 1, got {value}")
+    scheme = scheme_from_args(args)
+    if scheme.mode == "vanilla":
+        raise CLIError("--mode vanilla encrypts nothing: pick instahide or mixup")
     try:
         ds = load_dataset(args.dataset, root=args.root, split=args.split)
     except (ValueError, FileNotFoundError, ImportError) as exc:
@@ -154,14 +137,14 @@ def run_make(args) -> int:
     c, h, w = ds.shape
     pool = None
     public_info = None
-    if args.public.lower() != "none":
-        options = dict(min_keypoints=args.public_min_keypoints, seed=args.public_seed, resize=args.public_resize)
+    if scheme.cross:
+        options = dict(min_keypoints=args.public_min_keypoints, seed=args.public_seed, resize=scheme.public_resize)
         try:
-            pool = load_public_pool(args.public, n=args.public_size, size=(h, w), channels=c, **options)
+            pool = load_public_pool(scheme.public, n=scheme.public_size, size=(h, w), channels=c, **options)
         except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
             raise CLIError(f"public pool: {exc}") from exc
         public_info = {"source": pool.meta.get("source"), "size": len(pool), "seed": args.public_seed,
-                       "resize": args.public_resize, "min_keypoints": args.public_min_keypoints}
+                       "resize": scheme.public_resize, "min_keypoints": args.public_min_keypoints}
     info = {
         "private_source": {"dataset": ds.name, "split": args.split, "selection": f"first {args.n_private}",
                            "root": args.root, "classes": ds.classes},
@@ -173,9 +156,8 @@ def run_make(args) -> int:
     t0 = time.perf_counter()
     try:
         enc, lab, truth = make_challenge(
-            ds.images, ds.labels, None if pool is None else pool.images, T=args.T, k=args.k,
-            num_private=args.num_private, mode=args.mode, upper=args.upper, dom=args.dom, scaling=args.scaling,
-            legacy=args.legacy, research_seed=args.research_seed, num_classes=ds.num_classes,
+            ds.images, ds.labels, None if pool is None else pool.images, T=args.T, **scheme.encrypt_kwargs(),
+            scaling=args.scaling, research_seed=args.research_seed, num_classes=ds.num_classes,
             mean=ds.mean if args.scaling == "normalize" else None,
             std=ds.std if args.scaling == "normalize" else None, info=info)
         paths = write_challenge(out, enc, lab, truth, truth_path=truth_path, force=args.force)

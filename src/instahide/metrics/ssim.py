@@ -53,6 +53,9 @@ def check_pair(a, b, *, min_size: int = 1, names: tuple[str, str] = ("a", "b")) 
             hint = " (for one image use x[None]; grayscale images need a channel axis: x[:, None])" \
                 if x.ndim in (2, 3) else ""
             raise ValueError(f"Invalid {name} shape, expected (N, C, H, W) channels first. Got: {tuple(x.shape)}{hint}")
+        if x.shape[1] > 4 and x.shape[3] in (1, 3, 4):
+            raise ValueError(f"{name} of shape {tuple(x.shape)} is channels-last (N, H, W, C); expected "
+                             "(N, C, H, W): transpose(0, 3, 1, 2)")
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch: {names[0]} is {tuple(a.shape)}, {names[1]} is {tuple(b.shape)}; "
                          "they differ in shape")
