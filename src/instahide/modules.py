@@ -27,8 +27,7 @@ class _SchemeOptions:
         if public is not None:
             public = check_images(public, "public")
         check_scheme(k, upper, num_private, dom, public is not None)
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):
+        if num_classes is not None and (type(num_classes) is not int or num_classes < 1):
             raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
         self.k, self.upper, self.mode, self.num_private, self.dom = k, upper, mode, num_private, dom
         self.num_classes, self.legacy, self.allow_uncentred = num_classes, legacy, allow_uncentred

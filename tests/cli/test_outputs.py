@@ -212,25 +212,39 @@ def test_top_level_options_are_exact_too(capsys):
 
 
 # -- a kill at any moment leaves the old complete set or the new one -------------------------------
-CHILD = r"""
+# A server process imports instahide once and, per request "N", forks a child that runs `instahide
+# encrypt` and SIGKILLs itself at the N-th call made by the code that writes the folder (0: no kill,
+# and the calls are listed in TRACE). It answers with the child's wait status.
+SERVER = r"""
 import json, os, signal, sys
 from instahide.cli.main import main
-target, trace, names = int(os.environ["KILL_AT"]), os.environ.get("TRACE"), []
 OURS = ("_io.py", "encrypt_cmd.py", "encrypted.py")
 
-def profile(frame, event, arg):  # every call made by the code that writes the folder: a kill point
-    caller = frame if event == "c_call" else frame.f_back
-    if event in ("call", "c_call") and caller and caller.f_code.co_filename.endswith(OURS):
-        names.append(getattr(arg, "__name__", "?") if event == "c_call" else frame.f_code.co_name)
-        if len(names) == target:
-            os.kill(os.getpid(), signal.SIGKILL)
+def run(target, trace):
+    names = []
 
-sys.setprofile(profile)
-rc = main(sys.argv[1:])
-sys.setprofile(None)
-if trace:
-    open(trace, "w").write(json.dumps(names))
-sys.exit(rc)
+    def profile(frame, event, arg):
+        caller = frame if event == "c_call" else frame.f_back
+        if event in ("call", "c_call") and caller and caller.f_code.co_filename.endswith(OURS):
+            names.append(getattr(arg, "__name__", "?") if event == "c_call" else frame.f_code.co_name)
+            if len(names) == target:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1), os.dup2(null, 2)
+    sys.setprofile(profile)
+    rc = main(sys.argv[1:])
+    sys.setprofile(None)
+    if trace:
+        open(trace, "w").write(json.dumps(names))
+    os._exit(rc)
+
+for line in sys.stdin:
+    target, trace = line.split()[0], (line.split() + [""])[1]
+    pid = os.fork()
+    if pid == 0:
+        run(int(target), trace)
+    print(os.waitpid(pid, 0)[1], flush=True)
 """
 
 
@@ -240,8 +254,6 @@ def _files(folder):
 
 @pytest.mark.filterwarnings("ignore:.*derive from a seed")
 def test_a_kill_at_any_moment_leaves_a_complete_set(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
     root = tmp_path / "runs"
     root.mkdir()
     out = root / "enc"
@@ -250,38 +262,45 @@ def test_a_kill_at_any_moment_leaves_a_complete_set(tmp_path):
     assert main([*args, "--out", str(tmp_path / "new"), "--research-seed", "2"]) == 0
     old, new = _files(out), _files(tmp_path / "new")
     arrays = ("encryption.npy", "label.npy")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
+    server = subprocess.Popen([sys.executable, "-c", SERVER, *args, "--out", str(out), "--force",
+                               "--research-seed", "2"], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
 
-    def child(kill_at, trace=None):
-        e = {**env, "KILL_AT": str(kill_at), **({"TRACE": str(trace)} if trace else {})}
-        return subprocess.run([sys.executable, "-c", CHILD, *args, "--out", str(out), "--force",
-                               "--research-seed", "2"], env=e, capture_output=True, text=True)
+    def child(kill_at, trace=""):
+        server.stdin.write(f"{kill_at} {trace}\n")
+        server.stdin.flush()
+        return int(server.stdout.readline())
 
-    trace = tmp_path / "trace.json"
-    r = child(0, trace)                        # a full run, recording the calls it makes
-    assert r.returncode == 0, r.stderr
-    names = json.loads(trace.read_text())
-    assert all(_files(out)[a] == new[a] for a in arrays)
-    # kill points: spread over the run, and at every step of writing meta.json and committing
-    points = set(np.linspace(1, len(names), 6).astype(int).tolist())
-    for step in ("write_meta", "_fsync", "_exchange", "rmtree", "rename"):
-        first = next((i for i, n in enumerate(names, 1) if n == step), None)
-        if first is not None:
+    try:
+        trace = tmp_path / "trace.json"
+        assert child(0, trace) == 0                 # a full run, listing the calls it makes
+        names = json.loads(trace.read_text())
+        assert all(_files(out)[a] == new[a] for a in arrays)
+        # kill points: spread over the run, and at each step of writing meta.json and committing
+        points = set(np.linspace(1, len(names), 12).astype(int).tolist())
+        for step in ("write_meta", "sha256_file", "atomic_write_text", "chmod", "_fsync", "_exchange",
+                     "rmtree"):
+            first = names.index(step) + 1
             points |= {first, first + 1}
-    assert {"_exchange", "rmtree", "write_meta"} <= set(names)
-    seen = set()
-    for kill_at in sorted(points):
-        shutil.rmtree(out)
-        out.mkdir()
-        for name, data in old.items():
-            (out / name).write_bytes(data)
-        r = child(kill_at)
-        got = _files(out)
-        assert sorted(got) == OUTPUTS, (kill_at, sorted(got))            # no temporary file inside
-        which = [s for s, ref in (("old", old), ("new", new)) if all(got[a] == ref[a] for a in arrays)]
-        assert which, f"killed at call {kill_at} ({names[kill_at - 1]}): a mixture of two runs"
-        load_encrypted(out)                                               # meta matches the arrays
-        seen.add(which[0])
-        assert r.returncode in (-9, 0), r.stderr
-    assert seen == {"old", "new"}              # the kill points spanned the commit
-    assert child(0).returncode == 0            # the next run sweeps what the killed ones left
+        seen = set()
+        for kill_at in sorted(points):
+            shutil.rmtree(out)
+            out.mkdir()
+            for name, data in old.items():
+                (out / name).write_bytes(data)
+            status = child(kill_at)
+            got = _files(out)
+            assert sorted(got) == OUTPUTS, (kill_at, sorted(got))        # no temporary file inside
+            which = [s for s, ref in (("old", old), ("new", new)) if all(got[a] == ref[a] for a in arrays)]
+            assert which, f"killed at call {kill_at} ({names[kill_at - 1]}): a mixture of two runs"
+            load_encrypted(out)                                           # meta.json matches the arrays
+            seen.add(which[0])
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9 or status == 0
+        assert seen == {"old", "new"}               # the kill points spanned the commit
+        assert child(0) == 0                        # the next run sweeps what the killed ones left
+    finally:
+        server.stdin.close()
+        server.wait(timeout=60)
     assert sorted(p.name for p in root.iterdir()) == ["enc"]

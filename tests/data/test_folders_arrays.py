@@ -197,8 +197,8 @@ def test_real_tiny_imagenet_folder(shared_data):
         ({}, "auto", r"has no array 'images' \(arrays: none: an empty archive\)"),
         ({"images": np.zeros((3, 5, 5), np.uint8), "labels": np.int64(1)}, "auto", r"'labels' must be \(3,\) integers, got \(\)"),
         ({"images": np.zeros((3, 5, 5), np.uint8), "labels": np.zeros(2, int)}, "auto", r"'labels' must be \(3,\) integers, got \(2,\)"),
-        ({"images": np.zeros((3, 5, 5), np.uint8), "labels": np.array([0, -1, 2])}, "auto", r"class indices in \[0, 1048576\), found -1\.\.2"),
-        ({"images": np.zeros((2, 5, 5), np.uint8), "labels": np.array([0, 2**63], np.uint64)}, "auto", r"class indices in \[0, 1048576\)"),
+        ({"images": np.zeros((3, 5, 5), np.uint8), "labels": np.array([0, -1, 2])}, "auto", r"integers in \[0, 1048576\), got -1\.\.2"),
+        ({"images": np.zeros((2, 5, 5), np.uint8), "labels": np.array([0, 2**63], np.uint64)}, "auto", r"integers in \[0, 1048576\), got 0\.\.9223372036854775808"),
     ],
 )
 def test_empty_and_mismatched_arrays_name_the_file(tmp_path, arrays, layout, message):

@@ -19,7 +19,7 @@ import torch
 from instahide.distributed import load_shared_checkpoint
 from instahide.train import load_checkpoint
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*derive from a seed")
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*derive from a seed")]
 HERE = Path(__file__).resolve().parent
 SRC = HERE.parents[1] / "src"
 

@@ -178,6 +178,7 @@ def test_cli_inprocess_and_errors(tmp_path, capsys):
             args.func(args)
 
 
+@pytest.mark.slow
 def test_end_to_end_ray_simulation_matches_in_process(tmp_path):
     """Flower's simulation engine (Ray): 2 parties, 2 rounds, party 1 crashing in round 1. With a
     research seed the result equals the in-process run's (same apps, same keys)."""

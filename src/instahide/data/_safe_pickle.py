@@ -34,18 +34,15 @@ except ImportError:  # pragma: no cover - numpy 1.x
     from numpy.core.numeric import _frombuffer
 
 
-def _latin1(*args: Any) -> bytes:
-    """``_codecs.encode`` as Python 3 pickles ``bytes`` at protocol < 3: ``(str, "latin1")`` only."""
+def _pickled_bytes(*args: Any) -> bytes:
+    """``bytes`` as Python 3 pickles them at protocol < 3: ``_codecs.encode(text, "latin1")``, and
+    ``bytes()`` for ``b""``. Any other arguments are refused."""
+    if not args:
+        return b""
     if len(args) != 2 or not isinstance(args[0], str) or args[1] not in ("latin1", "latin-1"):
-        raise UntrustedPickleError(f"_codecs.encode{args!r:.60} is not the (text, 'latin1') of pickled bytes")
+        raise UntrustedPickleError(f"_codecs.encode/bytes called with {args!r:.60}, not the (text, 'latin1') "
+                                   f"of pickled bytes")
     return args[0].encode("latin1")
-
-
-def _empty_bytes(*args: Any) -> bytes:
-    """``bytes()`` as Python 3 pickles ``b""`` at protocol < 3; any argument is refused."""
-    if args:
-        raise UntrustedPickleError(f"bytes{args!r:.60} is called with arguments")
-    return b""
 
 
 # (module, name) -> object, resolved here so that unpickling never imports anything. Both spellings
@@ -55,9 +52,9 @@ _ALLOWED: dict[tuple[str, str], Any] = {
     **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
-    ("_codecs", "encode"): _latin1,
-    ("__builtin__", "bytes"): _empty_bytes,
-    ("builtins", "bytes"): _empty_bytes,
+    ("_codecs", "encode"): _pickled_bytes,
+    ("__builtin__", "bytes"): _pickled_bytes,
+    ("builtins", "bytes"): _pickled_bytes,
 }
 
 
@@ -71,9 +68,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
 def _str_keys(obj: Any) -> Any:
     """Dict keys (Python-2 ``str`` read as ``bytes``) decoded to ``str``, recursively for dicts."""
     if isinstance(obj, dict):
-        return {
-            (k.decode("latin1") if isinstance(k, bytes) else k): _str_keys(v) for k, v in obj.items()
-        }
+        return {(k.decode("latin1") if isinstance(k, bytes) else k): _str_keys(v) for k, v in obj.items()}
     return obj
 
 

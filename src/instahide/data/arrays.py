@@ -15,8 +15,7 @@ __all__ = ["load_arrays", "to_nchw_uint8", "convert_channels", "default_stats"]
 # for grayscale images that come with no statistics of their own.
 IMAGENET_GRAY_MEAN = (0.449,)
 IMAGENET_GRAY_STD = (0.226,)
-# Labels are class indices; the class names default to "0".."max": refuse a max that would make
-# millions of names (ImageNet-21k has 21,841 classes).
+# Class names default to "0".."max label": a larger max is refused (ImageNet-21k has 21,841 classes).
 _MAX_CLASSES = 1 << 20
 
 
@@ -65,41 +64,30 @@ def load_arrays(
                 images = data[images_key]
                 if labels_key is not None and labels_key in data.files:
                     labels = data[labels_key]
-    except ValueError as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         if "Object arrays" in str(exc):
-            raise ValueError(
-                f"{path} holds pickled (object) data; refusing to load it. Save plain numeric "
-                f"arrays instead: np.savez(path, images=uint8_array, labels=int_array)"
-            ) from exc
+            raise ValueError(f"{path} holds pickled (object) data; refusing to load it. Save plain numeric arrays "
+                             f"instead: np.savez(path, images=uint8_array, labels=int_array)") from exc
         if str(path) in str(exc):
             raise
         detail = "neither a zip archive nor a .npy header" if "allow_pickle" in str(exc) else exc
         raise ValueError(f"not a valid {kind}: {path}: truncated or corrupt array file ({detail})") from exc
-    except (OSError, EOFError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"not a valid {kind}: {path}: truncated or corrupt array file ({exc})") from exc
     images = to_nchw_uint8(images, layout=layout, source=str(path))
     if len(images) == 0:
         raise ValueError(f"{path}: {images_key!r} holds no images (shape {images.shape})")
     if labels is not None:
         labels = np.asarray(labels)
-        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
-                f"{path}: {labels_key!r} must be ({len(images)},) integers, got "
-                f"{labels.shape} {labels.dtype}"
-            )
-        if labels.min() < 0 or labels.max() >= _MAX_CLASSES:
-            raise ValueError(
-                f"{path}: {labels_key!r} must be class indices in [0, {_MAX_CLASSES}), found "
-                f"{labels.min()}..{labels.max()}"
-            )
+        ok = labels.shape == (len(images),) and np.issubdtype(labels.dtype, np.integer)
+        if not ok or labels.min() < 0 or labels.max() >= _MAX_CLASSES:
+            got = f"{labels.min()}..{labels.max()}" if ok else f"{labels.shape} {labels.dtype}"
+            raise ValueError(f"{path}: {labels_key!r} must be ({len(images)},) integers in [0, {_MAX_CLASSES}), "
+                             f"got {got}")
     if mean is None or std is None:
         mean, std = default_stats(images.shape[1])
     if labels is not None and classes is None:
         classes = [str(c) for c in range(int(labels.max()) + 1)]
-    return ImageDataset(
-        images, labels, classes, name or path.stem, tuple(mean), tuple(std),
-        meta={"source": str(path)},
-    )
+    meta = {"source": str(path)}
+    return ImageDataset(images, labels, classes, name or path.stem, tuple(mean), tuple(std), meta=meta)
 
 
 def to_nchw_uint8(images: np.ndarray, layout: str = "auto", *, source: str = "array") -> np.ndarray:

@@ -56,14 +56,18 @@ def read_image(path: str | os.PathLike, channels: int = 3, size: tuple[int, int]
     """
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
-    if size is not None and (np.shape(size) != (2,) or not all(isinstance(v, (int, np.integer)) and v > 0 for v in size)):
+    if size is not None and (np.shape(size) != (2,) or np.asarray(size).dtype.kind not in "iu" or min(size) < 1):
         raise ValueError(f"size must be (H, W) with positive integers, got {size!r}")
     Image = _pil()
     try:
         with Image.open(path) as img:
             img.load()
             if img.mode in ("I", "F") or img.mode.startswith("I;16"):  # convert("L") would clip them
-                img = Image.fromarray(_wide_to_uint8(np.asarray(img)))
+                x = np.asarray(img)
+                if x.dtype.kind == "i" and (x.min() < 0 or x.max() > 65535):
+                    raise ValueError(f"{x.dtype} pixel values {x.min()}..{x.max()} are outside the 16-bit range")
+                x = to_nchw_uint8(x[None], source="mode F")[0, 0] if x.dtype.kind == "f" else x >> 8
+                img = Image.fromarray(x.astype(np.uint8))
             img = img.convert("RGB" if channels == 3 else "L")
     except Exception as exc:  # UnidentifiedImageError, OSError (truncated), SyntaxError, ...
         raise ValueError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
@@ -73,15 +77,6 @@ def read_image(path: str | os.PathLike, channels: int = 3, size: tuple[int, int]
             img = img.resize((w, h), Image.Resampling.BILINEAR)
     arr = np.asarray(img, dtype=np.uint8)
     return np.ascontiguousarray(arr.transpose(2, 0, 1) if arr.ndim == 3 else arr[None])
-
-
-def _wide_to_uint8(x: np.ndarray) -> np.ndarray:
-    """A 2-D 16/32-bit integer or float image as uint8 (see :func:`read_image`)."""
-    if x.dtype.kind == "f":
-        return to_nchw_uint8(x[None], source="mode F")[0, 0]
-    if x.size and (x.min() < 0 or x.max() > 65535):
-        raise ValueError(f"{x.dtype} pixel values {x.min()}..{x.max()} are outside the 16-bit range")
-    return (x.astype(np.uint16) >> 8).astype(np.uint8)
 
 
 def load_image_folder(
@@ -110,10 +105,8 @@ def load_image_folder(
     if class_dirs:
         loose = list_image_files(root, recursive=False)
         if loose:
-            raise ValueError(
-                f"{root} mixes class sub-folders ({', '.join(d.name for d in class_dirs[:3])}, ...) "
-                f"with loose images ({loose[0].name}); put every image in a class folder"
-            )
+            raise ValueError(f"{root} mixes class sub-folders ({', '.join(d.name for d in class_dirs[:3])}, ...) "
+                             f"with loose images ({loose[0].name}); put every image in a class folder")
         classes = [d.name for d in class_dirs]
         files, labels = [], []
         for label, d in enumerate(class_dirs):
@@ -131,10 +124,8 @@ def load_image_folder(
     for i, path in enumerate(files[1:], start=1):
         x = read_image(path, channels, size)
         if x.shape != first.shape:
-            raise ValueError(
-                f"{path} is {x.shape[2]}x{x.shape[1]} (WxH) but {files[0]} is "
-                f"{first.shape[2]}x{first.shape[1]}; pass size=(H, W) to resize every image"
-            )
+            raise ValueError(f"{path} is {x.shape[2]}x{x.shape[1]} (WxH) but {files[0]} is "
+                             f"{first.shape[2]}x{first.shape[1]}; pass size=(H, W) to resize every image")
         images[i] = x
     if mean is None or std is None:
         mean, std = default_stats(channels)

@@ -58,20 +58,14 @@ def load_mnist(root: str | os.PathLike, split: str = "train", name: str = "mnist
     folders = [root / name, root, root / "MNIST" / "raw"]
     folder = next((d for d in folders if _find(d, image_file)), None)
     if folder is None:
-        raise FileNotFoundError(
-            f"no {image_file}[.gz] in {root} (also looked in {root / name}); "
-            f"pass the folder that holds the idx files, or pass download=True (--download) to fetch them"
-        )
-    image_path = _find(folder, image_file)
-    label_path = _find(folder, label_file)
+        raise FileNotFoundError(f"no {image_file}[.gz] in {root} (also looked in {root / name}); pass the folder "
+                                f"that holds the idx files, or pass download=True (--download) to fetch them")
+    image_path, label_path = _find(folder, image_file), _find(folder, label_file)
     if label_path is None:
         raise FileNotFoundError(f"{folder / label_file}[.gz] is missing (next to {image_path.name})")
-    images = read_idx(image_path, ndim=3)
-    labels = read_idx(label_path, ndim=1)
+    images, labels = read_idx(image_path, ndim=3), read_idx(label_path, ndim=1)
     if len(images) != len(labels):
-        raise ValueError(
-            f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels"
-        )
+        raise ValueError(f"{image_path} has {len(images)} images but {label_path} has {len(labels)} labels")
     if not len(labels):
         raise ValueError(f"{image_path} holds no images")
     if labels.max() > 9:
@@ -93,42 +87,34 @@ def read_idx(path: str | os.PathLike, ndim: int | None = None) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"idx file {path} does not exist")
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
-        try:
-            return _read_idx(f, path, ndim)
-        except (EOFError, OSError, zlib.error) as exc:
-            raise ValueError(f"{path}: truncated or corrupt gzip file ({exc})") from exc
-
-
-def _read_idx(f, path: Path, ndim: int | None) -> np.ndarray:
-    head = f.read(4)
-    if len(head) < 4:
-        raise ValueError(f"{path}: {len(head)} bytes, too short for an idx header")
-    zero, dtype_code, dims = struct.unpack(">HBB", head)
-    magic = (dtype_code << 8) | dims
-    if zero != 0 or dtype_code != 0x08:
-        raise ValueError(f"{path}: not a uint8 idx file (magic number 0x{zero << 16 | magic:08x})")
-    if ndim is not None and dims != ndim:
-        raise ValueError(
-            f"{path}: magic number 0x{magic:08x} means {dims} dimensions, expected "
-            f"0x{0x800 | ndim:08x} ({ndim} dimensions)"
-        )
-    sizes = f.read(4 * dims)
-    if len(sizes) < 4 * dims:
-        raise ValueError(f"{path}: truncated idx header ({4 + len(sizes)} of {4 + 4 * dims} bytes)")
-    shape = struct.unpack(f">{dims}I", sizes)
-    expected = math.prod(shape)  # exact: a header's sizes can multiply past any fixed-width integer
-    if expected > _MAX_BYTES:
-        raise ValueError(f"{path}: header says shape {shape} = {expected} bytes, more than {_MAX_BYTES} (16 GiB)")
-    data = bytearray()  # read in chunks: never allocate more than the file really holds
-    while len(data) <= expected and (chunk := f.read(min(1 << 24, expected + 1 - len(data)))):
-        data += chunk
+    try:  # the ValueErrors below pass through; only read errors are caught
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+            head = f.read(4)
+            if len(head) < 4:
+                raise ValueError(f"{path}: {len(head)} bytes, too short for an idx header")
+            zero, dtype_code, dims = struct.unpack(">HBB", head)
+            magic = (dtype_code << 8) | dims
+            if zero != 0 or dtype_code != 0x08:
+                raise ValueError(f"{path}: not a uint8 idx file (magic number 0x{zero << 16 | magic:08x})")
+            if ndim is not None and dims != ndim:
+                raise ValueError(f"{path}: magic number 0x{magic:08x} means {dims} dimensions, expected "
+                                 f"0x{0x800 | ndim:08x} ({ndim} dimensions)")
+            sizes = f.read(4 * dims)
+            if len(sizes) < 4 * dims:
+                raise ValueError(f"{path}: truncated idx header ({4 + len(sizes)} of {4 + 4 * dims} bytes)")
+            shape = struct.unpack(f">{dims}I", sizes)
+            expected = math.prod(shape)  # exact: the sizes can multiply past any fixed-width integer
+            if expected > _MAX_BYTES:
+                raise ValueError(f"{path}: header says shape {shape} = {expected} bytes, more than 16 GiB")
+            data = bytearray()  # in chunks: never more than the header says (and one byte to spot extra)
+            while len(data) <= expected and (chunk := f.read(min(1 << 24, expected + 1 - len(data)))):
+                data += chunk
+    except (EOFError, OSError, zlib.error) as exc:
+        raise ValueError(f"{path}: truncated or corrupt gzip file ({exc})") from exc
     if len(data) != expected:
-        what = "truncated" if len(data) < expected else "trailing bytes in"
-        raise ValueError(
-            f"{path}: {what} idx file: header says shape {shape} = {expected} bytes of data, "
-            f"found {len(data) if len(data) < expected else 'more'} bytes"
-        )
+        what, found = ("truncated", len(data)) if len(data) < expected else ("trailing bytes in", "more")
+        raise ValueError(f"{path}: {what} idx file: header says shape {shape} = {expected} bytes of data, "
+                         f"found {found} bytes")
     return np.frombuffer(data, dtype=np.uint8).reshape(shape)
 
 

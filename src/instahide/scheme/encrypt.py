@@ -333,13 +333,9 @@ def check_labels(labels, n: int, num_classes: int | None, device) -> tuple[torch
 
 
 def check_centred(x: torch.Tensor, k: int, name: str = "images") -> float:
-    """Refuse inputs on which the mask hides (almost) nothing; returns the share it hides.
-
-    Mixes 256 rows drawn at random from ``x`` with ``k - 1`` random partners each (coefficients
-    ``|z| / sum |z|``) and measures the share of negative mixed values, the signs the mask actually
-    hides; raises :class:`UncentredInputError` below :data:`CENTRED_MIN_NEGATIVE`. The sample is drawn
-    from a fixed seed (it is not key material), so a verdict is reproducible.
-    """
+    """The share of negative values in 256 random ``k``-image mixtures of rows of ``x`` (the signs the
+    mask hides); :class:`UncentredInputError` below :data:`CENTRED_MIN_NEGATIVE`. Fixed seed (not key
+    material): a verdict is reproducible."""
     g = KeyGenerator.from_seed("instahide/centring-check")
     rows = torch.from_numpy(g.integers(x.shape[0], (256, k))).to(x.device)
     z = g.half_normal((256, k))

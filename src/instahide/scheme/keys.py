@@ -64,11 +64,6 @@ class Key:
     def k(self) -> int:
         return self.coefficients.shape[1]
 
-    @property
-    def is_public(self) -> torch.Tensor:
-        """bool ``(k,)``: which slots hold public images."""
-        return torch.arange(self.k) >= self.num_private
-
     def signs(self) -> torch.Tensor | None:
         """The masks as int8 signs ``(N, C, H, W)`` (+1 or -1), or None for Mixup."""
         if self.mask_bits is None:
@@ -89,14 +84,6 @@ class Key:
     def unmasked(self) -> "Key":
         """The same key without the mask: applying it gives the Mixup of the same images."""
         return replace(self, mask_bits=None, meta=dict(self.meta))
-
-    def to(self, device) -> "Key":
-        return replace(
-            self,
-            coefficients=self.coefficients.to(device),
-            indices=self.indices.to(device),
-            mask_bits=None if self.mask_bits is None else self.mask_bits.to(device),
-        )
 
     @staticmethod
     def cat(keys: list["Key"]) -> "Key":

@@ -15,12 +15,9 @@ reproducible research only: anyone who knows or guesses the seed can recompute e
 
 Derived draws (uniforms, half-normals, integers) are computed from the bytes with numpy, vectorised.
 
-A generator never emits the same stream in two processes. A copy inherited by a forked child (a
-DataLoader worker with the "fork" start method, ``os.fork``) notices the new process id at its next
-draw and rekeys: from OS entropy, or, for a research seed, from the key, the number of forks the
-parent made before and the DataLoader worker id (reproducible, distinct per worker and per epoch; a
-research-seeded copy in a forked process that is not a DataLoader worker raises instead). Pickling
-(the "spawn" start method) is refused.
+A generator never emits one stream in two processes: a copy in a forked child (DataLoader worker,
+``os.fork``) rekeys at its first draw, from OS entropy, or for a research seed from the key, the fork
+count and the DataLoader worker id (reproducible; outside a DataLoader worker it raises instead).
 """
 from __future__ import annotations
 
