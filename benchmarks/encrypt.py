@@ -22,9 +22,9 @@ of ``--pool`` (default 10,000) tiny-imagenet photographs downsampled to 32x32:
 (c)  the memory floor: the same bytes streamed with no gathers and no randomness: ``k`` contiguous
      reads of a dataset-sized tensor and one dataset-sized write, in cache-sized row chunks.
 
-The data come from the library's own loaders (``instahide.data.load_dataset("cifar10", root=...)``,
-normalised with the CIFAR-10 mean/std); loading and normalising them is not timed. Every measurement runs ``--repeats`` times (default
-3); the table reports the best (min) and the median.
+The data come from the library's own loader (``instahide.data.load_dataset("cifar10", root=...)``,
+normalised with the CIFAR-10 mean/std); loading and normalising them is not timed. Every measurement
+runs ``--repeats`` times (default 3); the table reports the best (min) and the median.
 
 Columns of the table:
     setting     inside k=4 / cross k=6

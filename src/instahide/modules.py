@@ -57,9 +57,8 @@ class InstaHide(nn.Module, _SchemeOptions):
 
     Shapes: ``x`` ``(B, C, H, W)`` float, centred; ``y`` ``(B,)`` class indices or
     ``(B, num_classes)``; returns ``(B, C, H, W)`` and ``(B, num_classes)`` (None if ``y`` is None).
-    Options are checked when the module is built. Class-index labels need ``num_classes`` (a batch
-    need not hold every class, so the label width would change from batch to batch); with
-    ``(B, C)`` labels and no ``num_classes``, the first batch fixes it and other widths are refused.
+    Options are checked when the module is built. Labels need ``num_classes``: a batch need not hold
+    every class, so a width taken from the batch would change from batch to batch.
 
     Example:
         >>> hide = InstaHide(k=4, num_classes=10, seed=0)
@@ -79,11 +78,8 @@ class InstaHide(nn.Module, _SchemeOptions):
 
     def forward(self, x: torch.Tensor, y: torch.Tensor | None = None):
         if y is not None and self.num_classes is None:
-            y = torch.as_tensor(y)
-            if y.ndim == 1:
-                raise ValueError("InstaHide needs num_classes=... to encrypt class-index labels (a batch may "
-                                 "not hold every class, so the soft-label width would vary)")
-            self.num_classes = y.shape[1] if y.ndim == 2 else None
+            raise ValueError("InstaHide needs num_classes=... to encrypt labels (a batch may not hold every "
+                             "class, so the soft-label width would vary from batch to batch)")
         public = self.public
         if public is not None and (public.device != x.device or public.dtype != x.dtype):
             public = public.to(device=x.device, dtype=x.dtype)

@@ -166,12 +166,15 @@ def test_python3_repickled_batches_load(tmp_path, cifar10_writer, repickle, prot
     assert ds.classes[9] == "truck"
 
 
+_ROWS2 = np.zeros((2, 3072), np.uint8)
+
+
 @pytest.mark.parametrize(
     "file, content, message",
     [
-        ("test_batch", {b"data": np.zeros((0, 3072), np.uint8), b"labels": []}, r"'data' must be a \(N, 3072\) uint8 array, N >= 1"),
-        ("test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": 3}, r"2 images but labels of shape \(\)"),
-        ("test_batch", {b"data": np.zeros((2, 3072), np.uint8), b"labels": [[0], [1, 2]]}, r"2 images but labels of shape \(2,\) \(object\)"),
+        ("test_batch", {b"data": _ROWS2[:0], b"labels": []}, r"'data' must be a \(N, 3072\) uint8 array, N >= 1"),
+        ("test_batch", {b"data": _ROWS2, b"labels": 3}, r"2 images but labels of shape \(\)"),
+        ("test_batch", {b"data": _ROWS2, b"labels": [[0], [1, 2]]}, r"2 images but labels of shape \(2,\) \(object\)"),
         ("batches.meta", {b"label_names": 5}, r"meta file's 'label_names' must be a non-empty list, got 5"),
         ("batches.meta", {b"label_names": []}, r"meta file's 'label_names' must be a non-empty list"),
     ],

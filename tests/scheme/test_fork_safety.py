@@ -2,12 +2,12 @@
 and the ranks of a torchrun job (research seeds included)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import json
 import numpy as np
 import pytest
 import torch

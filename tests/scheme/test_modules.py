@@ -94,12 +94,13 @@ def test_module_and_loader_check_options_when_built(kwargs, exc, match):
 
 
 def test_module_label_width_is_fixed():
-    with pytest.raises(ValueError, match="InstaHide needs num_classes=... to encrypt class-index labels"):
-        InstaHide(k=2)(torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 0, 1]))
-    hide = InstaHide(k=2)
-    _, soft = hide(torch.randn(4, 3, 4, 4), torch.eye(3)[[0, 1, 2, 0]])  # (B, C) labels fix C = 3
-    assert soft.shape == (4, 3)
-    with pytest.raises(ValueError, match="labels have 5 columns but num_classes=3"):
+    for y in (torch.tensor([0, 1, 0, 1]), torch.eye(3)[[0, 1, 2, 0]]):  # batch 0 need not hold every class
+        with pytest.raises(ValueError, match="InstaHide needs num_classes=... to encrypt labels"):
+            InstaHide(k=2)(torch.randn(4, 3, 4, 4), y)
+    hide = InstaHide(k=2, num_classes=6)
+    assert hide(torch.randn(4, 3, 4, 4), torch.tensor([0, 1, 0, 1]))[1].shape == (4, 6)
+    assert hide(torch.randn(4, 3, 4, 4), torch.tensor([2, 3, 4, 5]))[1].shape == (4, 6)
+    with pytest.raises(ValueError, match="labels have 5 columns but num_classes=6"):
         hide(torch.randn(4, 3, 4, 4), torch.eye(5)[:4])
     xe, none = InstaHide(k=2)(torch.randn(4, 3, 4, 4))  # no labels: no num_classes needed
     assert xe.shape == (4, 3, 4, 4) and none is None

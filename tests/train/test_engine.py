@@ -180,3 +180,12 @@ def test_a_checkpoint_with_wrong_weights_names_the_problem(tmp_path, digits):
         torch.save(broken, tmp_path / "broken.pt")
         with pytest.raises(ValueError, match=match):
             load_model(tmp_path / "broken.pt")
+
+
+def test_an_unusable_out_fails_before_the_first_epoch(tmp_path, digits):
+    (tmp_path / "file").write_text("not a folder")
+    epochs = []
+    with pytest.raises(NotADirectoryError, match="is not a folder"):
+        train(TrainConfig.make(**FAST, epochs=1, out=str(tmp_path / "file" / "run")), data=digits,
+              on_epoch_end=lambda e, m: epochs.append(e))
+    assert epochs == [] and (tmp_path / "file").read_text() == "not a folder"

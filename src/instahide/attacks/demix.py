@@ -1,39 +1,10 @@
-"""Demixing attack on Mixup without the mask (docs/attacks.md, demixing): why the mask matters.
+"""Demixing attack on Mixup without the mask (docs/attacks.md, "Mixup demixing"): why the mask matters.
 
-Without the mask an encryption is linear in the images it mixes. The attack uses only the
-encryptions and the leaked labels (no keys, no row order, no ground truth):
-
-(a) **Cluster.** Labels leak each row's private coefficients and classes: in cross-dataset mode a
-    row's label holds ``lambda_1`` at class(p1) and ``lambda_2`` at class(p2). Rows where one class
-    carries most of the private mass (``dominance = max entry / sum >= 0.75`` by default) are
-    *anchors*: mostly one private image plus noise. Their similarity is the correlation of the
-    HIGH-PASSED encryptions (each row minus the mean row, minus its Gaussian blur: natural images
-    share low frequencies), about 0.6 for rows sharing their dominant image, below 0.25 for others
-    (99th percentile; CIFAR-10, cross k=6). Average-linkage clustering on ``1 - correlation``, never
-    across dominant classes, gives the private images (clusters of ``min_cluster`` anchors or more,
-    or the ``n_private`` largest).
-(b) **Coefficients and assignment.** Each row's coefficients come from its label; which recovered
-    image holds each of them is found by least squares against the current images: in cross-dataset
-    mode (``num_private=2``) an exact search over the pairs of images whose classes match the label
-    (for a single-class label the split of its mass is fitted too); with more private slots, a
-    non-negative least squares per row with one sum constraint per label class.
-(c) **Solve.** With every row's images and coefficients fixed, one least-squares solve gives the
-    images (public slots are modelled as ``(1 - label sum) * mu``, ``mu`` an extra unknown image).
-    (b) and (c) alternate ``iterations`` times. The decryption of a row is its assigned image with
-    the largest coefficient.
-
-With the mask on, the raw encryptions carry random signs, their correlations vanish, and the same
-attack recovers nothing (the tests assert both).
-
-Measured (CIFAR-10 test images, built-in patch pool, keys from ``KeyGenerator.from_seed(0)``, default
-parameters, ``n_private`` given; the challenge's Max_SSIM, data range 2 on pm1 and 1 on unit pixels;
-the oracle's least squares on the true assignment in brackets), cross-dataset k=6, n=20 x T=50:
-Mixup unit 0.970 (0.968) with a pool of 4,000 and 0.977 (0.977) with 100; Mixup pm1 0.842 (0.840)
-and 0.890 (0.889); n=50 x T=20, pool 4,000: 0.779; the mask on (pm1): 0.008. Clusters are pure
-(1.00) and 97-98% of rows get exactly their private set, coefficient error below 1e-3; on centred
-pixels the public residual caps both. Inside-dataset k=4 (Mixup pm1, n=20 x T=50 / n=50 x T=20):
-purity 0.81 / 0.88, Max_SSIM 0.50 (0.97 / 0.98 as the max over all the row's private images): a
-label sums all k slots, so nothing tells slot 1 or 2 from slots 3-4.
+Uses only the encryptions and the leaked labels (no keys, no row order): (a) anchors (rows whose
+label puts ``dominance`` of its private mass on one class) clustered by the correlation of their
+high-passed pixels, never across classes; (b) every row's images and coefficients by least squares
+against the current images; (c) one least-squares solve for the images; (b)-(c) alternate. With the
+mask on, the correlations vanish and nothing is recovered. Measured: docs/audit.md.
 """
 from __future__ import annotations
 
@@ -151,15 +122,13 @@ def _solve_images(y: np.ndarray, assign: np.ndarray, coef: np.ndarray, public_ma
     return z[:m], (z[m] if public_mass is not None else None)
 
 
-def _assign_pairs(y, protos, proto_class, label, mu, public_mass):
-    """Best pair of images for every row (cross-dataset, two private slots), vectorised.
-
-    Two-class rows: image i of the first class with the first coefficient and j of the second with
-    the second. One-class rows: i, j of that class (i == j allowed) with the split fitted.
-    """
-    n_rows = y.shape[0]
+def _assign_pairs(target, protos, proto_class, label):
+    """Best pair of images for every row of ``target`` (the rows minus their public part; cross-dataset,
+    two private slots), vectorised. Two-class rows: image i of the first class with the first
+    coefficient and j of the second with the second. One-class rows: i, j of that class (i == j
+    allowed) with the split fitted."""
+    n_rows = target.shape[0]
     m = len(protos)
-    target = y - (public_mass[:, None] * mu[None, :] if mu is not None else 0.0)
     gram = protos @ protos.T  # (m, m)
     corr = target @ protos.T  # (N, m)
     sq = np.diag(gram)
@@ -202,13 +171,12 @@ def _assign_pairs(y, protos, proto_class, label, mu, public_mass):
     return assign, coef
 
 
-def _assign_nnls(y, protos, proto_class, label, mu, public_mass, slots: int, penalty: float = 1e3):
+def _assign_nnls(target, protos, proto_class, label, slots: int, penalty: float = 1e3):
     """Per row: non-negative coefficients on the images of the label's classes, each class's
     coefficients summing to its label entry (penalty rows); the ``slots`` largest are kept."""
     from scipy.optimize import nnls
 
-    n_rows = y.shape[0]
-    target = y - (public_mass[:, None] * mu[None, :] if mu is not None else 0.0)
+    n_rows = target.shape[0]
     scale = np.sqrt(np.mean(protos ** 2) * protos.shape[1]) + _EPS
     assign = -np.ones((n_rows, slots), dtype=np.int64)
     coef = np.zeros((n_rows, slots))
@@ -260,8 +228,7 @@ def demix(
         public: model public slots (``(1 - label sum) * mu``); default: when labels sum below 1.
 
     Returns:
-        :class:`DemixResult` (recovered images, one decryption per row, assignment, coefficients,
-        clusters).
+        :class:`DemixResult`.
     """
     enc = check_encryption(encryption, "encryption", min_rows=2)
     lab = check_label(label, enc.shape[0])
@@ -310,10 +277,11 @@ def demix(
     mass = public_mass if public else np.zeros(n_rows)
     assign = coef = None
     for _ in range(max(1, iterations)):
+        target = y_hp - mass[:, None] * hp(mu[None])
         if num_private == 2:
-            assign, coef = _assign_pairs(y_hp, hp(protos), proto_class, lab, hp(mu[None])[0], mass)
+            assign, coef = _assign_pairs(target, hp(protos), proto_class, lab)
         else:
-            assign, coef = _assign_nnls(y_hp, hp(protos), proto_class, lab, hp(mu[None])[0], mass, num_private)
+            assign, coef = _assign_nnls(target, hp(protos), proto_class, lab, num_private)
         if iterations == 0:
             break
         protos, mu = _solve_images(y, assign, coef, public_mass, m)

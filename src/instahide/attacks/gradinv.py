@@ -1,37 +1,11 @@
-"""Gradient inversion (docs/attacks.md, gradient inversion): recover a training batch from the gradient one client shares.
+"""Gradient inversion (docs/attacks.md, "Gradient inversion"; API, settings and measurements in
+docs/gradient_inversion.md): recover a training batch from the gradient one client shares.
 
-In federated SGD a client sends the gradient of one training step; in FedAvg with one local step
-of plain SGD it sends the updated weights, from which the gradient follows as
-``(before - after) / lr``. An eavesdropper on that message knows the model, so it can look for
-inputs whose gradient equals the observed one. This module implements the "inverting gradients"
-family (Geiping et al., NeurIPS 2020):
-
-* dummy inputs ``x'`` (and, when not known, dummy soft labels) are optimised so that their gradient
-  ``g(x')`` matches the observed ``g``, under the cosine distance summed over the parameter tensors
-  ``sum_l (1 - <g_l(x'), g_l> / (|g_l(x')| |g_l|))`` plus ``tv_weight`` times a total-variation
-  prior on the images;
-* Adam on the SIGN of the gradient of that objective, learning rate divided by 10 at 3/8, 5/8 and
-  7/8 of the steps; optional box constraint (``bounds``) after every step;
-* several restarts from independent random starts; the one with the lowest final objective wins.
-
-Labels, when not given: for batch size 1, the last layer's bias gradient ``dL/db = p * sum(t) - t``
-(softmax cross-entropy) has one negative entry, the label, for a hard target (exact; without a bias,
-the row sums of the weight gradient, exact after a ReLU); more than one negative entry means a soft
-label (Mixup/InstaHide), then tied to the dummy input as ``t(x') = s * softmax(model(x')) - dL/db``
-(exact at the true input; ``s``, the label's sum, optimised in ``[0.05, 1]``; force it with
-``labels="bias-implied"``: a soft label with one negative entry is otherwise read as one-hot). For
-batch size > 1 (or ``labels="joint"``) they are optimised jointly as ``softmax(logits)``, rows summing
-to 1 (cross-dataset labels sum to less: only approximated).
-
-The loss is :func:`instahide.train.loss.soft_cross_entropy`, mean over the batch, as in the
-project's training loop. BatchNorm: the attack runs the model in whatever mode it is in, so pass it
-in the mode the client used (train mode: batch statistics of the dummy batch, which is what the
-client's own step used; eval mode: running statistics). BatchNorm buffers are restored afterwards.
-
-Against InstaHide the client trains on encryptions, so the inversion recovers ENCRYPTIONS, not
-private images: ``e = sigma * sum_j lambda_j x_j`` with a random sign per value. The total
-variation prior assumes a natural image, which an encryption is not (its signs are noise);
-``prior="tv-abs"`` puts the prior on ``|x'|`` instead (``|e|`` is the mixture, a natural image).
+The "inverting gradients" family (Geiping et al., NeurIPS 2020): dummy inputs (and labels, when not
+known) optimised by Adam on the SIGN of the gradient of ``distance(g(x'), g) + tv_weight * TV``,
+several restarts. The loss is :func:`instahide.train.loss.soft_cross_entropy`, mean over the batch;
+the model runs in the mode it is given (the client's), BatchNorm buffers restored afterwards. Against
+InstaHide the recovered inputs are ENCRYPTIONS (``prior="tv-abs"`` puts the prior on ``|x'|``).
 
 Example::
 
@@ -46,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -75,29 +50,14 @@ def _trainable(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
 
 
 def observed_gradient(model: nn.Module, inputs: torch.Tensor, soft_labels: torch.Tensor) -> list[torch.Tensor]:
-    """The gradient one training step computes, as a client of federated SGD shares it.
-
-    ``soft_cross_entropy(model(inputs), soft_labels)`` (mean over the batch), differentiated with
-    respect to every trainable parameter, in ``model.named_parameters()`` order. The model is used
-    in its current mode (train/eval); BatchNorm buffers updated by the forward pass are restored,
-    and no ``.grad`` field is touched.
-
-    Args:
-        model: maps ``(B, C, H, W)`` to logits ``(B, classes)``.
-        inputs: ``(B, C, H, W)`` the training batch (for InstaHide: the encryptions).
-        soft_labels: ``(B, classes)`` one-hot or soft labels.
-
-    Returns:
-        list of detached tensors, one per trainable parameter, same shapes.
-    """
+    """The gradient of one training step, as a client of federated SGD shares it: of
+    ``soft_cross_entropy(model(inputs), soft_labels)`` (``(B, C, H, W)``, ``(B, classes)``; mean over
+    the batch), one detached tensor per trainable parameter in ``model.named_parameters()`` order.
+    The model runs in its current mode; BatchNorm buffers are restored, no ``.grad`` is touched."""
     check_batch(inputs, soft_labels)
     names, params = zip(*_trainable(model))
-    saved = _save_buffers(model)
-    try:
-        loss = soft_cross_entropy(model(inputs), soft_labels)
-        return [g.detach() for g in _param_grads(loss, params)]
-    finally:
-        _restore_buffers(model, saved)
+    with _buffers_kept(model):
+        return [g.detach() for g in _param_grads(soft_cross_entropy(model(inputs), soft_labels), params)]
 
 
 def _param_grads(loss: torch.Tensor, params, create_graph: bool = False) -> list[torch.Tensor]:
@@ -108,11 +68,8 @@ def _param_grads(loss: torch.Tensor, params, create_graph: bool = False) -> list
 
 def gradient_from_update(before_state, after_state, lr: float, *, model: nn.Module | None = None,
                          weight_decay: float = 0.0) -> list[torch.Tensor]:
-    """The gradient implied by ONE local step of plain SGD: ``(before - after) / lr - wd * before``.
-
-    This is what an eavesdropper reads from a FedAvg client that ran one local step of SGD
-    (no momentum) on one batch: the weights it sends back differ from the global weights by exactly
-    ``lr`` times that batch's gradient (plus weight decay, if the client used it).
+    """The gradient implied by ONE local step of plain SGD (a FedAvg client's update):
+    ``(before - after) / lr - wd * before``.
 
     Args:
         before_state, after_state: the weights before and after the step, as state dicts
@@ -168,15 +125,17 @@ def _as_state(state, keys, name: str) -> dict[str, torch.Tensor]:
             for k, v in state.items()}
 
 
-def _save_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {n: b.detach().clone() for n, b in model.named_buffers()}
-
-
-def _restore_buffers(model: nn.Module, saved: dict[str, torch.Tensor]) -> None:
-    with torch.no_grad():
-        for n, b in model.named_buffers():
-            if n in saved:
-                b.copy_(saved[n])
+@contextmanager
+def _buffers_kept(model: nn.Module):
+    """Restore the model's buffers (BatchNorm statistics) on exit."""
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                if n in saved:
+                    b.copy_(saved[n])
 
 
 # -- the objective ---------------------------------------------------------------------------------
@@ -228,14 +187,9 @@ def _head_index(params: list[tuple[str, torch.Tensor]], num_classes: int | None)
 
 
 def recover_label_from_gradient(model: nn.Module, gradients: Sequence[torch.Tensor]) -> int:
-    """The class of a batch-of-one hard label, read off the last layer's gradient (iDLG-style).
-
-    With softmax cross-entropy the bias gradient is ``p - y``: the only negative entry is the label.
-    Without a bias, the row sums of the weight gradient ``(p - y) * sum(h)`` have the same sign
-    pattern when the head's input ``h`` is non-negative (after a ReLU). Exact in those cases; for
-    soft labels (Mixup, InstaHide) it returns the class of the largest coefficient only when that
-    class dominates the gradient, and is not guaranteed.
-    """
+    """The class of a batch-of-one hard label, read off the last layer's gradient (iDLG-style): the
+    only negative entry of the bias gradient ``p - y`` (without a bias: of the weight gradient's row
+    sums, exact when the head's input is non-negative). Not guaranteed for soft labels."""
     params = _trainable(model)
     grads = check_gradients(params, gradients)
     w, b = _head_index(params, None)
@@ -296,11 +250,9 @@ def invert_gradients(
             :func:`observed_gradient` or :func:`gradient_from_update`.
         batch_size: ``B``, the client's batch size (assumed known).
         input_shape: ``(C, H, W)`` of one input.
-        labels: ``(B,)`` class indices or ``(B, classes)`` one-hot/soft labels if known; None to
-            recover them (batch 1: from the last layer, exact for hard labels; tied to the input as
-            ``s * p(x') - dL/db`` when the last layer shows a soft label; batch > 1: optimised
-            jointly); ``"bias-implied"`` to force that tie for batch 1 (soft labels), ``"joint"``
-            to optimise them jointly as ``softmax(logits)``.
+        labels: ``(B,)`` class indices or ``(B, classes)`` labels if known; None to recover them
+            (batch 1: off the last layer, or tied to the input as ``s * p(x') - dL/db`` for a soft
+            label; batch > 1: jointly); ``"bias-implied"`` / ``"joint"`` force either way.
         num_classes: classes of the head (default: read off the last linear layer).
         steps: optimisation steps per restart.
         lr: Adam learning rate (on signed gradients; divided by 10 at 3/8, 5/8, 7/8 of ``steps``).
@@ -369,12 +321,11 @@ def invert_gradients(
         frozen.update(dict(model.named_buffers()))
 
     names, plist = zip(*params)
-    saved = _save_buffers(model)
     gen = torch.Generator().manual_seed(int(seed))
     best = None
     restart_losses = []
     milestones = [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-    try:
+    with _buffers_kept(model):
         for r in range(restarts):
             x = torch.randn((batch_size, *input_shape), generator=gen, dtype=dtype).to(device)
             if bounds is not None:
@@ -429,8 +380,6 @@ def invert_gradients(
             restart_losses.append(final)
             if best is None or final < best[0]:
                 best = (final, r, x.detach().clone(), y.detach().clone(), history, final_dist)
-    finally:
-        _restore_buffers(model, saved)
     _, r, x, y, history, final_dist = best
     return GradientInversionResult(x, y, label_source, history, r, restart_losses, final_dist)
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..metrics import refuse_channels_last
+
 __all__ = ["as_array", "check_count", "check_encryption", "check_label", "check_key_arrays", "check_images",
            "check_attacker_data", "check_batch", "check_gradients", "check_labels_tensor"]
 
@@ -31,21 +33,12 @@ def check_count(value, name: str, *, minimum: int = 1) -> int:
     return int(value)
 
 
-def refuse_channels_last(shape, name: str) -> None:
-    """Refuse a 4-d shape that can only be channels-last ``(N, H, W, C)``: more than 4 "channels" and
-    a last axis of 1, 3 or 4 (the ``.npy`` files are channels-last; the library is channels-first)."""
-    if len(shape) == 4 and shape[1] > 4 and shape[3] in (1, 3, 4):
-        raise ValueError(f"{name} of shape {tuple(shape)} is channels-last (N, H, W, C); the library takes "
-                         "(N, C, H, W): transpose(0, 3, 1, 2), or read a challenge with "
-                         "instahide.challenge.load_challenge")
-
-
 def check_encryption(x, name: str = "encryption", *, min_rows: int = 1) -> np.ndarray:
     """Encryptions as a float64 ``(N, C, H, W)`` array, or a clear error."""
     x = as_array(x, name)
     if x.ndim != 4:
         raise ValueError(f"Invalid {name} shape, expected (N, C, H, W) channels-first. Got: {tuple(x.shape)}")
-    refuse_channels_last(x.shape, name)
+    refuse_channels_last(x.shape, name, ", or read a challenge with instahide.challenge.load_challenge")
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"{name} must be floating point, got dtype {x.dtype}")
     if x.shape[0] < min_rows:

@@ -1,45 +1,13 @@
-"""Oracle decoder (docs/attacks.md, the oracle decoder): recover the private images given the TRUE assignment and coefficients.
+"""Oracle decoder (docs/attacks.md, "The oracle decoder"): the private images from the TRUE assignment
+and coefficients, a yardstick that bounds the Carlini et al. family.
 
-It solves step B.5 of the Carlini et al. attack directly, so it bounds what any attack of that
-family can reach, and it measures what the sign mask hides under each pixel scaling:
-
-* no mask (Mixup), or non-negative pixels (``pixel_range="unit"``, where ``|e|`` IS the mixture):
-  every encryption is linear in the private images, ``y_r = sum_j lam_rj x_idx(r,j) + public part``,
-  with the same coefficient matrix at every value position, so one least-squares solve with ``d``
-  right-hand sides recovers them;
-* mask on and centred pixels (``pixel_range="pm1"``): only ``|e_r| = |a_r . z|`` is known per value
-  position, with ``z`` the private values there (a phase-retrieval problem, one unknown sign per
-  position shared by all images). The decoder (a) fits, per position, the Gram matrix ``z z^T`` to
-  the squared encryptions (linear in its entries; public slots contribute their mean and variance),
-  takes each position's leading eigenvector for the signs and the diagonal for the magnitudes; (b)
-  aligns the arbitrary sign of every position with its neighbours (natural images are smooth:
-  spectral sign synchronisation over positions 1, 2 and 4 pixels apart and across channels); (c)
-  refines by alternating signs and least squares: soft signs ``tanh(|e| (a . z) / s^2)`` (the
-  posterior mean under Gaussian public noise of variance ``s^2``) whose log-odds are first averaged
-  over neighbouring positions of the same row, coarse to fine (the mixture is itself a natural
-  image, so its sign is locally constant), with the alignment redone every few steps; (d)
-  optionally smooths lightly. One global sign stays unknown: it cannot be read from ``|e|``.
-
-Public slots are a residual: by default (``public_model="mean"``) their sum is modelled as
-``(sum of public coefficients) * mu`` with ``mu`` one extra unknown image (the pool's mean),
-the rest is noise; ``"solve"`` makes every distinct public image an unknown (useful for the
-reference's public window, where few public images recur; ridge-regularised), ``"none"`` ignores
-them.
-
-The pixel values must be what was encrypted: ``"pm1"`` means images in ``[-1, 1]`` (the published
-attacks' assumption), ``"unit"`` images in ``[0, 1]``; any centred scaling behaves like ``"pm1"``.
-
-Evaluation mode (``evaluate_with=``) picks the global sign with the ground truth and says so
-(``result.sign_chosen_by == "evaluation-mode"``); without it the sign is left at +1.
-
-Measured Max_SSIM (20 CIFAR-10 test images x T=50 = 1,000 rows, cross-dataset k=6, built-in patch
-pool of 4,000 (of 100 in brackets), keys from ``KeyGenerator.from_seed(0)``, data range 2 for pm1 and
-1 for unit, evaluation-mode sign for masked pm1): masked unit pixels 0.970 (0.978; public "solve"
-1.000); Mixup unit 0.968 (0.977), Mixup pm1 0.840 (0.889); masked pm1: the Gram step alone 0.11, with
-the refinement but no spatial coupling 0.22, full (150 steps) 0.748 (0.810; public "solve" 0.962).
-Inside-dataset k=4 (10 images x T=20), masked pm1: 0.99 from the Gram step alone. The same error
-scores lower on pm1 than on unit pixels as SSIM's luminance term is not offset-invariant. The full pm1
-decoder takes about 35 s on one core for 1,000 rows of 3x32x32.
+Unmasked, or ``pixel_range="unit"`` (``|e|`` IS the mixture): one least-squares solve. Masked centred
+pixels (``"pm1"``, any centred scaling): phase retrieval: a per-position Gram fit (signs from its
+leading eigenvector), sign alignment across neighbouring positions (:func:`align_signs`), then
+alternating soft signs and least squares (:func:`_refine`). One global sign stays unknown; evaluation
+mode (``evaluate_with=``) picks it with the truth and says so. Public slots: ``public_model="mean"``
+(their sum is ``(public coefficients) * mu``), ``"solve"`` (every distinct public image an unknown)
+or ``"none"``. Measured: docs/carlini.md (yardstick table) and docs/audit.md.
 """
 from __future__ import annotations
 
@@ -281,13 +249,10 @@ def oracle_decode(
         masked: whether the sign mask was applied (False for Mixup).
         pixel_range: ``"pm1"`` (centred, e.g. ``[-1, 1]``) or ``"unit"`` (``[0, 1]``, non-negative:
             the mask then hides nothing, ``|e|`` is the mixture).
-        public_model: ``"mean"``, ``"solve"`` or ``"none"`` (see the module docstring).
-        iterations: alternating sign / least-squares steps (masked ``pm1`` only; 0 = Gram step
-            alone). Cost: two ``(N, u) x (u, d)`` products and a blur per step.
-        spatial: couple each row's sign estimates across neighbouring positions and channels
-            (coarse to fine), as the mixture is a natural image (masked ``pm1`` only).
-        align: sign synchronisation across neighbouring positions (masked ``pm1`` only).
-        smooth: light smoothing strength in ``[0, 1)`` applied to the result (masked ``pm1``).
+        public_model: ``"mean"``, ``"solve"`` or ``"none"``.
+        iterations, spatial, align, smooth (masked ``pm1`` only): alternating sign / least-squares
+            steps (0 = the Gram step alone); coupling each row's signs across neighbouring positions;
+            sign synchronisation across positions; a light smoothing in ``[0, 1)`` of the result.
         ridge: ridge weight on the public unknowns (relative to the mean squared column norm).
         evaluate_with: EVALUATION MODE: the true private images ``(n, C, H, W)``; both global
             signs are scored (mean SSIM, data range from ``pixel_range``) and the better is kept.

@@ -1,44 +1,17 @@
-"""Generator-seed recovery against ``legacy`` keys (docs/attacks.md, seed recovery; the reference
-code's defect in docs/scheme.md).
+"""Generator-seed recovery against ``legacy`` keys (docs/attacks.md, "Generator-seed recovery"; the
+reference code's defect in docs/scheme.md, "Defects of the reference code, and what we do instead").
 
-The reference code drew every key from the global numpy and torch Mersenne-Twister generators,
-seeded with one integer below ``2**32``. The whole challenge is then a deterministic function of
-that integer, and ``label.npy`` leaks the coefficients of the first epoch. The attack:
+1. **Filter** (:func:`seed_candidates`): for many seeds at once, the first outputs of
+   ``numpy.random.RandomState(seed)`` (:func:`mt19937_outputs`), turned into the first epoch-0
+   coefficients as numpy's legacy ``normal`` and the reference's rejection test would; a seed
+   survives when they agree with the leaked labels (tolerance 2e-6).
+2. **Replay and solve**: the reference's draws replayed epoch after epoch (:func:`replay_keys`), the
+   masks undone (``e * sigma`` is the mixture), the private and public-window images solved by least
+   squares; a small residual confirms the seed.
 
-1. **Filter** (vectorised): for a batch of candidate seeds, compute the first outputs of
-   ``numpy.random.RandomState(seed)`` for all seeds at once (:func:`mt19937_outputs`, MT19937 in
-   numpy array arithmetic: ``init_genrand`` and the first twist), turn them into normals exactly as
-   numpy's legacy ``normal`` does (Marsaglia's polar method, two normals per accepted pair of
-   doubles), and form the first draws of the first rows of epoch 0. A row whose first draw passes
-   the reference's rejection test keeps those coefficients, which must agree with its leaked label
-   (every non-zero entry a sum of some private coefficients, the entries summing to their total,
-   tolerance 2e-6; a random seed passes one row with probability below 1e-9). Two passes and a
-   real ``RandomState`` for the rare undecided seeds (:func:`seed_candidates`).
-2. **Confirm and replay**: for a candidate, replay the reference's draws exactly, epoch after epoch
-   with the streams continuing (:func:`instahide.scheme.legacy.legacy_key` on one
-   :class:`~instahide.scheme.legacy.LegacyGenerator`, i.e. ``normal`` + rejection loop (numpy),
-   one ``randperm`` per slot 2..k, then ``randint(2)`` for the mask (torch)), check all of epoch 0's
-   labels, undo the masks (``e * sigma`` is the mixture, exactly), and solve the linear system for
-   the private images AND the public-window images by least squares (legacy public partners are
-   a permutation of the pool's first ``n`` rows, so only ``n`` public unknowns; see
-   ``public_per_epoch`` for the later "reshuffle every epoch" variant). A small residual confirms
-   the seed.
-
-Assumptions about the challenge (the format of :mod:`instahide.challenge`): rows are epoch-major
-(row ``t * n + i`` is epoch ``t``'s encryption of private image ``i``), each epoch was made by ONE
-call ``encrypt(private, labels, k=k, public=pool, legacy=True, generator=g)`` on a shared
-``LegacyGenerator g`` (the reference re-encrypts the training set each epoch; a challenge made in
-smaller batches per call would need the batch size here). The attack uses that row order: it is
-part of how the data were generated, not ground truth about the images.
-
-Against default keys there is nothing to search: :class:`~instahide.scheme.rng.KeyGenerator` keys
-are SHAKE-256 output under a 256-bit key from ``os.urandom``. No integer seed produces them, so
-:func:`recover_seed` returns None over any range, and searching the key itself takes ``2**256``
-SHAKE evaluations (at 1e9 per second per core, about 1e60 core-years).
-
-Cost (one core, :func:`seed_rate`): about 3e5 seeds per second, so the whole ``2**32`` space in
-about 4 CPU-hours, split across cores by seed range (docs/attacks.md); replaying and solving one
-candidate of a full challenge (100 x 50, k=6) about 10 s. The published attack: about 120 CPU-hours.
+Rows must be epoch-major, each epoch ONE ``encrypt(..., legacy=True, generator=g)`` call on a shared
+``LegacyGenerator``. Default keys (SHAKE-256 under a 256-bit OS key) have no integer seed: the search
+returns None. Throughput: :func:`seed_rate`, measured in docs/audit.md.
 """
 from __future__ import annotations
 
@@ -188,13 +161,6 @@ def _consistent(lam: np.ndarray, values: np.ndarray, num_private: int, atol: flo
     return each.all(-1) & total
 
 
-def _accepted(lam: np.ndarray, upper: float, dom: float | None) -> np.ndarray:
-    ok = lam.max(-1) <= upper
-    if dom is not None:
-        ok &= lam[..., 0] + lam[..., 1] >= dom
-    return ok
-
-
 def _filter(seeds: np.ndarray, label: np.ndarray, rows: int, words: int, k: int, num_private: int,
             upper: float, dom: float | None, atol: float) -> tuple[np.ndarray, np.ndarray]:
     """One vectorised pass: (passed, undecided) boolean masks over ``seeds``."""
@@ -204,7 +170,9 @@ def _filter(seeds: np.ndarray, label: np.ndarray, rows: int, words: int, k: int,
     lam = a / a.sum(-1, keepdims=True)
     known = ~np.isnan(lam).any(-1)
     lam = np.nan_to_num(lam, nan=1.0)
-    known &= _accepted(lam, upper, dom)  # (S, rows): first draw accepted = final coefficients
+    known &= lam.max(-1) <= upper  # (S, rows): first draw accepted = final coefficients
+    if dom is not None:
+        known &= lam[..., 0] + lam[..., 1] >= dom
     bad = (known & ~_consistent(lam, values, num_private, atol)).any(-1)
     decided = known.any(-1)
     return decided & ~bad, ~decided & ~bad
@@ -334,14 +302,9 @@ def recover_seed(
         masked: whether the challenge is InstaHide (mask drawn) or legacy Mixup (no mask draw).
         batch: seeds per vectorised filter step (memory about ``batch * 1 KB``).
         check_rows: epoch-0 rows checked per seed by the filter.
-        public_per_epoch: the later reference fix that reshuffles the pool each epoch: the window
-            then holds different public images in every epoch, so the public unknowns grow to
-            ``n * T`` (as many as the rows), the system is underdetermined in them and the least
-            squares only returns the minimum-norm solution; the private images degrade. This
-            assumes the reshuffle draws from a stream of its own; one drawn from the same torch
-            stream would shift every later draw and would have to be replayed too (not
-            implemented). Default False: one fixed window of ``n`` public images (the published
-            challenge's code, and this library's ``legacy=True``).
+        public_per_epoch: the later reference fix that reshuffles the pool each epoch (from a stream
+            of its own): ``n * T`` public unknowns, so only the minimum-norm solution. Default False:
+            one fixed window of ``n`` public images (the published code, and ``legacy=True`` here).
         max_residual: relative RMS residual above which a candidate is rejected.
 
     Returns:

@@ -1,20 +1,9 @@
-"""One interface over the attacks, for ``instahide attack NAME`` and ``instahide audit``.
+"""One interface over the attacks (docs/attacks.md), for ``instahide attack NAME`` and ``instahide audit``.
 
-Every runner takes a challenge (``encryption (N, C, H, W)`` as :func:`~instahide.challenge.load_challenge`
-returns it, ``label (N, classes)``) and its PUBLIC description ``meta`` (what ``meta.json`` holds:
-``n_private``, ``T``, ``k``, ``num_private``, ``mode``, ``upper``, ``dom``, ``scaling``), and returns an
-:class:`AttackOutcome` holding one recovered image per row (``decryption``, the challenge's submission
-format) when the attack produced one. The ground truth is used only where the attack is defined by
-it (the oracle decoder, an upper bound) or, passed as ``truth``, to report per-step accuracies after
-the fact; it never steers an attack. The attacks (docs/attacks.md):
-
-* ``demix``: clustering + least squares on raw pixels; succeeds on Mixup, shows what the mask stops.
-* ``carlini``: Carlini et al.'s pipeline (pair network trained on the attacker's own encryptions,
-  graph, clusters, assignment, reconstruction).
-* ``seed``: brute force of the reference code's 32-bit generator seed (``legacy`` keys).
-* ``oracle``: reconstruction from the TRUE keys, the upper bound of Carlini et al.'s family.
-
-Gradient inversion attacks a training step, not a challenge: ``instahide attack gradient-inversion``.
+Every runner takes a challenge (``encryption (N, C, H, W)``, ``label (N, classes)``) and its PUBLIC
+``meta`` (what ``meta.json`` holds) and returns an :class:`AttackOutcome`. The truth is used only where
+the attack is defined by it (the oracle, an upper bound) or, as ``truth``, to score afterwards; it never
+steers an attack. Gradient inversion attacks a training step instead: :mod:`instahide.audit.gradient`.
 
 Example::
 
@@ -58,14 +47,6 @@ class AttackOutcome:
     info: dict = field(default_factory=dict)
     uses_truth: str = ""
     score: object | None = None
-
-    def summary(self) -> dict:
-        s = {"attack": self.name, "title": ATTACKS[self.name]["title"] if self.name in ATTACKS else self.name,
-             "seconds": round(self.seconds, 2), "recovered_anything": self.decryption is not None,
-             "uses_truth": self.uses_truth or None, "info": self.info}
-        if self.score is not None:
-            s["scores"] = self.score.summary()
-        return s
 
 
 def _meta_int(meta: dict, key: str) -> int:

@@ -1,18 +1,8 @@
-"""Gradient inversion (docs/attacks.md) as an audit step: what an eavesdropper on one training step gets.
-
-A client holds ``n`` private images, encrypts them (InstaHide inside- or cross-dataset, Mixup, or
-nothing: ``mode="vanilla"``), and takes training steps of batch ``B`` on a victim model at its
-initialisation (the sigmoid LeNet of the gradient-leakage papers, :func:`leakage_lenet`, or a
-registered model). For each of the first ``n // B`` batches the eavesdropper observes that step's
-gradient (:func:`~instahide.attacks.gradinv.observed_gradient`), inverts it with
-:func:`~instahide.attacks.gradinv.invert_gradients` (labels unknown), and the result is scored:
-
-* ``ssim_vs_input``: recovered vs what the client trained on (for InstaHide: the encryptions);
-* ``max_ssim_vs_private``: recovered vs the private images hidden in that row (the best of its
-  private slots), and the same for ``|recovered|`` (``|e|`` is the mixture, the attacks' usual start).
-
-Defaults are the settings that converge on CPU budgets (docs/gradient_inversion.md): l2 distance,
-lr 0.03, no TV prior.
+"""Gradient inversion (docs/attacks.md, "Gradient inversion") as an audit step: a client encrypts ``n``
+private images (InstaHide, Mixup, or ``mode="vanilla"``) and takes steps of batch ``B`` on a model at its
+initialisation; each step's gradient is inverted (labels unknown) and scored against the input
+(``ssim_vs_input``) and the private images it hides (``max_ssim_vs_private``, also for ``|recovered|``).
+Defaults: the settings that converge on CPU budgets (docs/gradient_inversion.md).
 
 Example::
 
@@ -29,7 +19,7 @@ from torch import nn
 
 from ..attacks.gradinv import invert_gradients, observed_gradient
 from ..data.scaling import scale_images, scaling_data_range
-from ..metrics import match_batches, ssim
+from ..metrics import match_batches, ssim, window_for
 from ..scheme import KeyGenerator, encrypt
 from ..train.models import build_model
 
@@ -53,13 +43,8 @@ def _row_private_ssim(rec: torch.Tensor, private: torch.Tensor, idx: np.ndarray,
     for i in range(len(rec)):
         cand = private[torch.as_tensor(idx[i, :num_private])].double()
         r = rec[i:i + 1].double().expand_as(cand)
-        out[i] = float(ssim(r, cand, data_range=data_range, win_size=_win(rec), reduction="none").max())
+        out[i] = float(ssim(r, cand, data_range=data_range, win_size=window_for(rec), reduction="none").max())
     return out
-
-
-def _win(x: torch.Tensor) -> int:
-    side = min(x.shape[-2:])
-    return 7 if side >= 7 else (side if side % 2 else side - 1)
 
 
 def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int = 4, num_private: int | None = None,

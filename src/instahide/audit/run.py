@@ -1,16 +1,7 @@
-"""``instahide audit``: build a challenge from a configuration and the user's own images, run the attacks
-that apply, and write a report of the measured leakage.
-
-Steps (each result is written as soon as it exists, so ``resume=True`` picks up after an interruption):
-
-1. ``OUT/challenge/`` (encryption.npy, label.npy, meta.json: what an attacker would hold) and
-   ``OUT/challenge-truth.npz`` (the private images and keys), from :func:`make_challenge` with the
-   audited configuration: mode, k, private/public slots, c1/c2, pixel scaling, public pool, T epochs,
-   augmentation (the training recipe's crop + flip before every epoch), legacy or default keys.
-2. For each attack: ``OUT/attacks/<name>/`` with ``decryption.npy``, ``outcome.json``, and the
-   challenge scorer's ``rows.csv``, ``scores.json`` and ``best_worst.png``.
-3. ``OUT/report.md`` / ``OUT/report.html`` with the SSIM distribution, the share of images recovered
-   above SSIM 0.8, and recovered-vs-original pictures (:mod:`instahide.report.audit_report`).
+"""``instahide audit`` (docs/audit.md): build a challenge from a configuration and the user's own images
+(``OUT/challenge/``, truth in ``OUT/challenge-truth.npz``), run the attacks that apply
+(``OUT/attacks/<name>/``) and write the report (``OUT/report.md``, ``OUT/report.html``). Each result is
+written as soon as it exists, so ``resume=True`` picks up after an interruption.
 
 Example::
 

@@ -10,13 +10,12 @@ Example::
     result = score(decryption, load_truth("runs/challenge-truth.npz"))
     result.max_ssim, result.mean_ssim
 """
-from ..data.scaling import private_stats
 from .make import (ChallengeTruth, challenge_meta, default_truth_path, load_challenge, load_truth,
                    make_challenge, read_npy, save_truth, write_challenge)
 from .score import L2_CONVENTION, SSIM_CONVENTION, ScoreResult, check_decryption, score, write_score_files
 
 __all__ = [
     "make_challenge", "write_challenge", "load_challenge", "read_npy", "ChallengeTruth", "save_truth",
-    "load_truth", "challenge_meta", "default_truth_path", "private_stats",
+    "load_truth", "challenge_meta", "default_truth_path",
     "score", "ScoreResult", "write_score_files", "check_decryption", "SSIM_CONVENTION", "L2_CONVENTION",
 ]

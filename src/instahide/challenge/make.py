@@ -1,28 +1,12 @@
-"""Generate an InstaHide challenge in the published format, and keep its ground truth apart.
+"""Generate an InstaHide challenge in the published format (docs/challenge.md, "Format"), and keep its
+ground truth apart.
 
-The published challenge (docs/challenge.md): 100 private CIFAR-10 images, each encrypted T = 50 times
-(one "epoch" = one encryption of each of the 100, with fresh keys), cross-dataset InstaHide with
-k = 6 (2 private + 4 public slots), 5,000 encryptions in all, handed out as
-
-* ``encryption.npy``: float32 ``(N, H, W, C)``, channels last, one encryption per row;
-* ``label.npy``: float32 ``(N, classes)``, lambda_1 e_{y1} + lambda_2 e_{y2} (this leaks the private
-  coefficients, and every published attack uses it);
-
-plus, here, ``meta.json`` (the public parameters: no secrets, no local paths). Rows are epoch-major:
-row ``t * n + i`` is the encryption of private image ``i`` in epoch ``t`` (so image ``i`` is in slot 1
-of rows ``i, n + i, 2n + i, ...``), its partners drawn from the n private images and the public pool.
-
-In Python every image array is channels-first ``(N, C, H, W)``; the files (``encryption.npy`` and
-the truth's images) are channels last, converted by :func:`write_challenge`, :func:`load_challenge`,
-:func:`save_truth` and :func:`load_truth`.
-
-The ground truth (private images, keys, and the seed of a legacy challenge) goes to a SEPARATE
-``.npz`` file (default ``<OUT>-truth.npz`` next to ``OUT``, mode 0600), never inside ``OUT``: ``OUT`` is
-what is handed to attackers. :func:`load_truth` reads it back without unpickling anything.
-
-Pixel units (``scaling``): :mod:`instahide.data.scaling`. With ``"unit"`` every mixture is
-non-negative, so ``|e|`` IS the mixture and the mask hides nothing (docs/attacks.md): the challenge
-is generated with ``allow_uncentred=True`` and ``meta.json`` says so.
+``OUT`` holds ``encryption.npy`` (float32 ``(N, H, W, C)``, channels last), ``label.npy`` (float32
+``(N, classes)``) and ``meta.json`` (the public parameters: no secrets, no local paths); rows are
+epoch-major (row ``t * n + i`` encrypts private image ``i`` in epoch ``t``). The ground truth goes to a
+SEPARATE ``.npz`` (default ``<OUT>-truth.npz`` next to ``OUT``, mode 0600), read back without unpickling.
+In Python images are ``(N, C, H, W)``; :func:`write_challenge` and the loaders convert. Pixel units:
+:mod:`instahide.data.scaling` (with ``"unit"`` the mask hides nothing, and ``meta.json`` says so).
 """
 from __future__ import annotations
 
@@ -75,12 +59,10 @@ class ChallengeTruth:
             is ``i``.
         coefficients: float32 ``(N, k)``, lambda of every slot.
         num_private: private slots per row (2 in the challenge).
-        mask_bits: uint8 ``(N, ceil(C*H*W / 8))``, the packed sign masks in NCHW order, as
+        mask_bits: uint8 ``(N, ceil(C*H*W / 8))``, the packed sign masks as
             :class:`instahide.scheme.Key` stores them; None for ``mode="mixup"``.
-        scaling: ``"pm1"``, ``"normalize"`` or ``"unit"`` (see the module docstring).
+        scaling: ``"pm1"``, ``"normalize"`` or ``"unit"``; data_range: its SSIM data range.
         legacy_seed: the 32-bit seed of a ``legacy`` challenge (its keys follow from it), else -1.
-        data_range: the SSIM data range of the pixel units (2.0 for pm1, 1.0 for unit, mean 1/std
-            for normalize).
         params: every parameter of the generation (including secrets such as the research seed).
         public: float32 ``(M, C, H, W)``, the public pool in the same units, or None (no public slot).
     """
@@ -210,12 +192,10 @@ def make_challenge(
         num_private: private slots; default 2 with a public pool (the challenge), ``k`` without.
         mode: ``"instahide"`` (mix and mask) or ``"mixup"`` (no mask).
         upper, dom: c1 and c2 (c2 only with a public pool), the reference's 0.65 and 0.3.
-        scaling: pixel units ``"pm1"`` (default), ``"normalize"`` or ``"unit"`` (module docstring).
-        legacy: draw keys the reference code's way, defects included: one
-            :class:`~instahide.scheme.LegacyGenerator` whose Mersenne-Twister streams continue across
-            epochs as the reference's globals did; public partners come from the pool's first ``n``
-            rows (the public-window defect). ``research_seed`` is then the 32-bit legacy seed (drawn
-            from OS entropy if None) and is stored in the truth: it alone recovers every key.
+        scaling: pixel units ``"pm1"`` (default), ``"normalize"`` or ``"unit"``.
+        legacy: draw keys the reference code's way, defects included (docs/scheme.md): one
+            :class:`~instahide.scheme.LegacyGenerator` across the epochs; ``research_seed`` is then the
+            32-bit legacy seed (OS entropy if None), stored in the truth: it alone recovers every key.
         research_seed: the key seed, FOR REPRODUCIBLE RESEARCH ONLY (anyone who knows it recomputes
             every key); default: keys from 256 bits of OS entropy.
         generator: a :class:`~instahide.scheme.KeyGenerator` (or ``LegacyGenerator`` with
@@ -225,11 +205,9 @@ def make_challenge(
             CIFAR-10's); the public pool uses ImageNet's.
         info: extra descriptive entries for the parameters, e.g. the data's source (``root`` and
             local ``source`` entries stay in the truth, out of ``meta.json``).
-        augment_padding: the training recipe's augmentation before every epoch's encryption: a random crop
-            with this padding (black fill; 0 = no crop) and a random horizontal flip, drawn anew per
-            image and epoch (as training with augmentation encrypts). None (default): no
-            augmentation, every epoch hides the same images, the published challenge's setting.
-            The truth keeps the UN-augmented images: scores measure what is recovered of them.
+        augment_padding: the training recipe's random crop with this padding (black fill; 0 = none) and
+            flip before every epoch's encryption, per image and epoch; None (default, the published
+            setting): no augmentation. The truth keeps the UN-augmented images.
         augment_seed: seed of the augmentation draws (not key material); default OS entropy.
 
     Returns:

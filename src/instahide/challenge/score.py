@@ -1,22 +1,9 @@
-"""Score a decryption of an InstaHide challenge the way the challenge did (docs/challenge.md).
+"""Score a decryption of an InstaHide challenge the way the challenge did (docs/challenge.md, "Format").
 
-For every row (encryption) ``r``, with ``p1, p2`` the private images in slots 1 and 2 (the first two
-columns of the truth's indices) and ``dec_r`` the submitted image:
-
-* ``ssim1, ssim2 = SSIM(dec_r, p1), SSIM(dec_r, p2)`` with :func:`instahide.metrics.ssim`, which
-  equals scikit-image's ``structural_similarity(dec_r, p, data_range=R, channel_axis=0)`` on
-  ``(C, H, W)`` images (uniform 7x7 window, K1 = 0.01, K2 = 0.03, sample covariance, mean over the
-  valid region, per channel then averaged over channels). ``R`` is the truth's data range: 2.0 for
-  pm1 pixels, 1.0 for unit, the mean over channels of 1/std for normalised pixels. The decryption is NOT clipped or rescaled: submit it
-  in the encryption's pixel units. A decryption that is right up to a global sign scores as the
-  negated image does (the challenge had no sign allowance either).
-* ``l2_1, l2_2``: root-mean-square error per pixel value (over H, W and C) in the encryption's pixel
-  units.
-
-Summary scores, each a mean over the rows: ``Max_SSIM`` = mean of ``max(ssim1, ssim2)`` (the
-challenge's ranking metric), ``Mean_SSIM`` = mean of ``(ssim1 + ssim2) / 2``, ``Best_L2`` = mean of
-``min(l2_1, l2_2)``, ``Mean_L2`` = mean of ``(l2_1 + l2_2) / 2``. With ``num_private == 1`` only slot 1
-holds a private image: ``p2 = p1`` and the pair collapses to one score (noted in the result).
+Per row ``r`` (``p1, p2`` the private images in slots 1 and 2): ``ssim1, ssim2`` (:func:`instahide.metrics.ssim`,
+data range from the truth; the decryption is NOT clipped, and has no sign allowance) and ``l2_1, l2_2``
+(RMSE). ``Max_SSIM`` = mean of ``max(ssim1, ssim2)``, ``Mean_SSIM`` = mean of their average, ``Best_L2`` /
+``Mean_L2`` the same for L2. With ``num_private == 1``, ``p2 = p1`` (noted in the result).
 """
 from __future__ import annotations
 

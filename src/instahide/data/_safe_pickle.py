@@ -93,16 +93,12 @@ def safe_load_pickle(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: st
         path = Path(fileobj_or_path)
         with open(path, "rb") as f:
             return safe_load_pickle(f, name=name or str(path))
-    f = fileobj_or_path
-    source = name or str(getattr(f, "name", "<stream>"))
-    data = f.read()
+    source, data = name or str(getattr(fileobj_or_path, "name", "<stream>")), fileobj_or_path.read()
     try:
         obj = _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
     except UntrustedPickleError as exc:
         raise UntrustedPickleError(f"refusing to load untrusted pickle: {exc} ({source})") from None
     except Exception as exc:  # EOFError, UnpicklingError, struct/index errors, numpy setstate errors
-        raise ValueError(
-            f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
-            f"the file is {len(data)} bytes"
-        ) from exc
+        raise ValueError(f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
+                         f"the file is {len(data)} bytes") from exc
     return _str_keys(obj)

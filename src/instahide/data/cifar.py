@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._safe_pickle import UntrustedPickleError, safe_load_pickle
+from ._safe_pickle import safe_load_pickle
 from .dataset import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD, ImageDataset
 
 __all__ = ["load_cifar10", "load_cifar100"]
@@ -77,17 +77,14 @@ def _read_files(kind: str, root, split: str) -> tuple[list[tuple[str, dict]], di
     if root.is_file():
         loaded, source = _read_archive(root, folder, wanted), str(root)
     else:
-        directory = next(
-            (d for d in (root / folder, root) if d.is_dir() and any((d / w).exists() for w in wanted)),
-            None,
-        )
+        found = (d for d in (root / folder, root) if d.is_dir() and any((d / w).exists() for w in wanted))
+        directory = next(found, None)
         if directory is None and (root / archive).is_file():
             loaded, source = _read_archive(root / archive, folder, wanted), str(root / archive)
         elif directory is None:
-            raise FileNotFoundError(
-                f"no {kind} files in {root}: expected {folder}/{wanted[0]} (or {archive}); "
-                f"pass the folder that holds {folder}/, or pass download=True (--download) to fetch it"
-            )
+            raise FileNotFoundError(f"no {kind} files in {root}: expected {folder}/{wanted[0]} (or {archive}); "
+                                    f"pass the folder that holds {folder}/, or pass download=True (--download) "
+                                    f"to fetch it")
         else:
             loaded, source = {}, str(directory)
             for w in wanted:
@@ -112,8 +109,6 @@ def _read_archive(path: Path, folder: str, wanted: list[str]) -> dict[str, Any]:
                 parent = member.name.rsplit("/", 1)[0] if "/" in member.name else ""
                 if base in wanted and base not in found and member.isfile() and parent.endswith(folder):
                     found[base] = safe_load_pickle(tar.extractfile(member), name=f"{path}:{member.name}")
-    except (UntrustedPickleError, ValueError):
-        raise
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise ValueError(f"{path}: truncated or corrupt archive ({type(exc).__name__}: {exc})") from exc
     missing = [w for w in wanted if w not in found]

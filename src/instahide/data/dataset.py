@@ -47,17 +47,13 @@ class ImageDataset:
 
     def __post_init__(self) -> None:
         if not isinstance(self.images, np.ndarray) or self.images.dtype != np.uint8:
-            raise TypeError(
-                f"ImageDataset.images must be a uint8 numpy array, got "
-                f"{type(self.images).__name__} of dtype {getattr(self.images, 'dtype', None)}"
-            )
+            raise TypeError(f"ImageDataset.images must be a uint8 numpy array, got "
+                            f"{type(self.images).__name__} of dtype {getattr(self.images, 'dtype', None)}")
         if self.images.ndim != 4 or 0 in self.images.shape[1:]:
             raise ValueError(f"ImageDataset.images must be (N, C, H, W), C, H, W >= 1; got {self.images.shape}")
         c = self.images.shape[1]
         if len(self.mean) != c or len(self.std) != c:
-            raise ValueError(
-                f"mean/std have {len(self.mean)}/{len(self.std)} entries for {c}-channel images"
-            )
+            raise ValueError(f"mean/std have {len(self.mean)}/{len(self.std)} entries for {c}-channel images")
         if not all(math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
             raise ValueError(f"mean must be finite and std finite and > 0; got mean {self.mean}, std {self.std}")
         if self.labels is not None:
@@ -92,12 +88,8 @@ class ImageDataset:
     def subset(self, indices) -> "ImageDataset":
         """The images (and labels) at ``indices``, a slice, an index array or a boolean mask."""
         idx = indices
-        return replace(
-            self,
-            images=np.ascontiguousarray(self.images[idx]),
-            labels=None if self.labels is None else self.labels[idx],
-            meta=dict(self.meta),
-        )
+        return replace(self, images=np.ascontiguousarray(self.images[idx]),
+                       labels=None if self.labels is None else self.labels[idx], meta=dict(self.meta))
 
     def to_tensor(
         self,
@@ -108,8 +100,7 @@ class ImageDataset:
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Float images ``(N, C, H, W)`` on ``device`` (normalised with ``mean``/``std`` unless
         ``normalize=False``, in which case they are scaled to [0, 1]) and int64 labels ``(N,)``."""
-        x = torch.from_numpy(self.images).to(device=device)
-        x = x.to(dtype).div_(255.0)
+        x = torch.from_numpy(self.images).to(device=device).to(dtype).div_(255.0)
         if normalize:
             x = normalize_images(x, self.mean, self.std)
         y = None if self.labels is None else torch.from_numpy(self.labels).to(device)
@@ -118,8 +109,7 @@ class ImageDataset:
 
 def normalize_images(x: torch.Tensor, mean, std) -> torch.Tensor:
     """``(x - mean) / std`` per channel for ``x`` of shape ``(N, C, H, W)`` scaled to [0, 1]."""
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    m, s = (torch.as_tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
     if m.shape[1] != x.shape[1]:
         raise ValueError(f"{m.shape[1]} channel statistics for {x.shape[1]}-channel images")
     return (x - m) / s
@@ -127,6 +117,5 @@ def normalize_images(x: torch.Tensor, mean, std) -> torch.Tensor:
 
 def denormalize_images(x: torch.Tensor, mean, std) -> torch.Tensor:
     """Inverse of :func:`normalize_images`: back to the [0, 1] scale (not clipped)."""
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    m, s = (torch.as_tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
     return x * s + m

@@ -155,13 +155,7 @@ def train_shared(cfg: SharedConfig, *, resume: bool = False, on_epoch_end=None, 
 
 def _setup(cfg: SharedConfig, info: DistInfo, run: RunFolder, resume: bool):
     """Rank 0 reads/validates the checkpoint; every rank reads the encryptions and test set."""
-    state, err = None, None
-    if info.is_main:
-        try:
-            state = run.start(cfg.to_dict(), resume)
-        except (ValueError, FileExistsError, FileNotFoundError) as exc:
-            err = exc
-    all_agree(info, err)
+    state = run.start_all(cfg.to_dict(), resume, info)
     if cfg.sync_bn and not (info.distributed and info.device.type == "cuda"):
         raise ValueError("sync_bn needs DDP on CUDA (SyncBatchNorm has no CPU implementation)")
     err, union, test = None, None, None
@@ -173,7 +167,6 @@ def _setup(cfg: SharedConfig, info: DistInfo, run: RunFolder, resume: bool):
     except (ValueError, FileNotFoundError, ImportError) as exc:
         err = exc
     all_agree(info, err)
-    state = broadcast_object(info, state)
     return state, union, test
 
 
@@ -227,19 +220,10 @@ def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dic
                    "encryption_epochs": [epoch % p.epochs for p in union.parties],
                    "data_seconds": t_data, "epoch_seconds": None, "test_loss": None, "test_acc": None}
         sched.step()
-        if info.is_main:
-            if test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-                ev = evaluate(model, test[0], test[1], batch_size=max(256, cfg.batch_size), amp=amp)
-                metrics.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
-            metrics["epoch_seconds"] = time.perf_counter() - t0
-            history.append(metrics)
-            bar.close(f"loss {metrics['train_loss']:.3f} train acc {metrics['train_acc']:.3f}"
-                      + (f" test acc {metrics['test_acc']:.4f}" if metrics["test_acc"] is not None else "")
-                      + f" ({metrics['epoch_seconds']:.1f} s, {W} rank{'s' if W > 1 else ''})")
-            run.save(epoch + 1, model, opt, sched, cfg.to_dict(), history, order_seed=int(order_seed), **arch)
-        metrics = broadcast_object(info, metrics)
-        if not info.is_main:
-            history.append(metrics)
+        if info.is_main and test is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            ev = evaluate(model, test[0], test[1], batch_size=max(256, cfg.batch_size), amp=amp)
+            metrics.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
+        metrics = run.record(info, history, metrics, t0, bar, model, opt, sched, cfg.to_dict(), order_seed=int(order_seed), **arch)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
     final = {"config": cfg.to_dict(), "model": arch["model_name"], "device": str(device), "world_size": W,

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .ssim import check_pair, ssim
+from .ssim import check_pair, ssim, window_for
 
 __all__ = ["MatchResult", "match_batches"]
 
@@ -49,11 +49,7 @@ def match_batches(recovered, truth, *, data_range: float, win_size: int | None =
     if method not in ("auto", "hungarian", "greedy"):
         raise ValueError(f"unknown method {method!r}")
     b = rec.shape[0]
-    if win_size is None:
-        side = min(rec.shape[-2:])
-        win_size = 7 if side >= 7 else (side if side % 2 else side - 1)
-        if win_size < 3:
-            raise ValueError(f"images of {tuple(rec.shape[-2:])} pixels are too small for SSIM")
+    win_size = window_for(rec) if win_size is None else win_size
     sim = ssim(rec.repeat_interleave(b, dim=0), tru.repeat(b, 1, 1, 1), data_range=data_range, win_size=win_size,
                reduction="none").reshape(b, b).numpy()
     used, order = "greedy", None

@@ -1,23 +1,11 @@
-"""SSIM and L2 (root-mean-square error) for batches of images, in torch, as scikit-image computes them.
+"""SSIM and L2 (root-mean-square error) for batches of images ``(N, C, H, W)``, in torch.
 
-:func:`ssim` reproduces ``skimage.metrics.structural_similarity(a_i, b_i, data_range=R,
-channel_axis=0)`` with its defaults, for every image ``i`` of a batch ``(N, C, H, W)`` at once:
-
-* a uniform ``win_size x win_size`` window (default 7), no Gaussian weighting;
-* K1 = 0.01, K2 = 0.03, C1 = (K1 R)^2, C2 = (K2 R)^2;
-* sample (co)variances: ``cov_norm = W / (W - 1)`` with ``W = win_size^2`` pixels per window;
-* per pixel ``S = (2 mu_a mu_b + C1)(2 cov_ab + C2) / ((mu_a^2 + mu_b^2 + C1)(var_a + var_b + C2))``;
-* the mean of ``S`` over the valid region (the image cropped by ``(win_size - 1) // 2`` on each
-  side, i.e. the positions where the whole window fits), per channel, then averaged over channels.
-
-scikit-image filters with ``scipy.ndimage.uniform_filter`` (reflect padding) and then crops the
-padded border away, so only windows lying wholly inside the image count: that is exactly an
-average pool with stride 1 and no padding, which is what is used here. Everything is computed in
-float64 (scikit-image uses float32 for float32 input; the two agree to about 1e-6), and the result
-is returned in the input's floating dtype.
-
-:func:`l2` is the root-mean-square error per image, ``sqrt(mean over C, H, W of (a - b)^2)``, in the
-images' own pixel units.
+:func:`ssim` is ``skimage.metrics.structural_similarity(a_i, b_i, data_range=R, channel_axis=0)`` with
+its defaults (uniform window, K1 = 0.01, K2 = 0.03, sample covariance, mean over the region where the
+window fits, per channel then averaged: an average pool with stride 1 and no padding), computed in
+float64 and returned in the input's float dtype. The tests assert agreement with scikit-image within
+1e-9 on float64 input and 1e-5 on float32 input (scikit-image then computes in float32).
+:func:`l2` is ``sqrt(mean over C, H, W of (a - b)^2)`` per image, in the images' own pixel units.
 """
 from __future__ import annotations
 
@@ -26,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ssim", "SSIM", "l2", "L2", "K1", "K2"]
+__all__ = ["ssim", "SSIM", "l2", "L2", "K1", "K2", "window_for", "refuse_channels_last"]
 
 K1 = 0.01  # scikit-image's (and Wang et al.'s) constants
 K2 = 0.03
@@ -44,6 +32,14 @@ def _as_tensor(x, name: str) -> torch.Tensor:
     return x
 
 
+def refuse_channels_last(shape, name: str, hint: str = "") -> None:
+    """Refuse a 4-d shape that can only be channels-last ``(N, H, W, C)``: more than 4 "channels" and
+    a last axis of 1, 3 or 4 (the ``.npy`` files are channels-last; the library is channels-first)."""
+    if len(shape) == 4 and shape[1] > 4 and shape[3] in (1, 3, 4):
+        raise ValueError(f"{name} of shape {tuple(shape)} is channels-last (N, H, W, C); expected (N, C, H, W): "
+                         f"transpose(0, 3, 1, 2){hint}")
+
+
 def check_pair(a, b, *, min_size: int = 1, names: tuple[str, str] = ("a", "b")) -> tuple[torch.Tensor, torch.Tensor]:
     """Two batches of images ``(N, C, H, W)`` of the same shape, finite, at least ``min_size``
     pixels high and wide, as tensors; or a TypeError/ValueError saying exactly what is wrong."""
@@ -53,9 +49,7 @@ def check_pair(a, b, *, min_size: int = 1, names: tuple[str, str] = ("a", "b")) 
             hint = " (for one image use x[None]; grayscale images need a channel axis: x[:, None])" \
                 if x.ndim in (2, 3) else ""
             raise ValueError(f"Invalid {name} shape, expected (N, C, H, W) channels first. Got: {tuple(x.shape)}{hint}")
-        if x.shape[1] > 4 and x.shape[3] in (1, 3, 4):
-            raise ValueError(f"{name} of shape {tuple(x.shape)} is channels-last (N, H, W, C); expected "
-                             "(N, C, H, W): transpose(0, 3, 1, 2)")
+        refuse_channels_last(x.shape, name)
     if a.shape != b.shape:
         raise ValueError(f"shape mismatch: {names[0]} is {tuple(a.shape)}, {names[1]} is {tuple(b.shape)}; "
                          "they differ in shape")
@@ -70,6 +64,15 @@ def check_pair(a, b, *, min_size: int = 1, names: tuple[str, str] = ("a", "b")) 
             bad = (~torch.isfinite(x.reshape(x.shape[0], -1))).any(dim=1).nonzero().flatten()
             raise ValueError(f"{name} contains NaN or Inf in {len(bad)} image(s), first rows {bad[:5].tolist()}")
     return a, b
+
+
+def window_for(x) -> int:
+    """The SSIM window for images ``(..., H, W)``: 7, or the largest odd size that fits smaller images."""
+    side = min(x.shape[-2:])
+    win = 7 if side >= 7 else (side if side % 2 else side - 1)
+    if win < 3:
+        raise ValueError(f"images of {tuple(x.shape[-2:])} pixels are too small for SSIM")
+    return win
 
 
 def _reduce(x: torch.Tensor, reduction: str) -> torch.Tensor:

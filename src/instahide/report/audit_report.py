@@ -1,18 +1,7 @@
-"""The privacy report of ``instahide audit``: measured leakage, in numbers and pictures.
-
-:func:`write_audit_report` writes ``report.md`` and/or ``report.html`` (the HTML is self-contained:
-pictures are embedded) with
-
-* the configuration audited and what each attack knew;
-* per attack: Max_SSIM / Mean_SSIM (the challenge's scores), the share of rows and of private images
-  recovered above the SSIM threshold (0.8), the wall time, and its own facts (per-step accuracies,
-  the seed found, ...);
-* ``ssim_distribution.png``: per attack, the distribution of each private image's best SSIM and of
-  each row's Max_SSIM;
-* ``recovered_<attack>.png``: originals, what the attacker holds for them (one ``|encryption|``), and
-  the attack's best recovery of each, with its SSIM.
-
-Pictures need matplotlib (``instahide[plot]``); without it the report says they were skipped.
+"""The report of ``instahide audit`` (:func:`write_audit_report`): ``report.md`` and/or a self-contained
+``report.html`` with the configuration, per attack the challenge's scores, the share of rows and images
+recovered above the SSIM threshold and its facts, and the pictures ``ssim_distribution.png`` and
+``recovered_<attack>.png`` (they need matplotlib, ``instahide[plot]``; without it the report says so).
 """
 from __future__ import annotations
 

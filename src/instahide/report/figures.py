@@ -37,16 +37,11 @@ def to_display(x: torch.Tensor, mean=None, std=None, stretch: bool = False) -> n
     whose values are not pixels).
     """
     x = x.detach().float().cpu()
-    if stretch:
-        lo = x.amin(dim=(1, 2, 3), keepdim=True)
-        hi = x.amax(dim=(1, 2, 3), keepdim=True)
-        x = (x - lo) / (hi - lo).clamp_min(1e-12)
-    else:
-        if mean is not None:
-            c = x.shape[1]
-            x = x * torch.tensor(std).view(1, c, 1, 1) + torch.tensor(mean).view(1, c, 1, 1)
-        x = x.clamp(0, 1)
-    return x.numpy()
+    if not stretch:
+        return to_unit_range(x.numpy(), "unit" if mean is None else "normalize", mean, std)
+    lo = x.amin(dim=(1, 2, 3), keepdim=True)
+    hi = x.amax(dim=(1, 2, 3), keepdim=True)
+    return ((x - lo) / (hi - lo).clamp_min(1e-12)).numpy()
 
 
 def truth_unit_range(images: np.ndarray, truth: ChallengeTruth) -> np.ndarray:

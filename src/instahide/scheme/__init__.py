@@ -1,5 +1,5 @@
 """The InstaHide scheme: coefficients, partners, masks, keys, and encryption (docs/scheme.md)."""
-from .coefficients import acceptance_rate, check_bounds, sample_coefficients
+from .coefficients import check_bounds, sample_coefficients
 from .encrypt import (MODES, Encryption, UncentredInputError, apply_key, check_images, encrypt,
                       mix_labels, sample_key)
 from .keys import Key
@@ -10,7 +10,7 @@ from .rng import KeyGenerator, resolve_generator
 
 __all__ = [
     "MODES", "Encryption", "Key", "KeyGenerator", "LegacyGenerator", "UncentredInputError",
-    "acceptance_rate", "apply_key", "apply_mask_", "check_bounds", "check_images", "encrypt",
+    "apply_key", "apply_mask_", "check_bounds", "check_images", "encrypt",
     "legacy_coefficients", "legacy_key", "mix_labels", "pack_signs", "resolve_generator",
     "sample_coefficients", "sample_key", "sample_mask_bits", "sample_partners", "unpack_signs",
 ]

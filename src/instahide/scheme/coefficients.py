@@ -58,7 +58,7 @@ def check_bounds(k: int, upper: float, dom: float | None = None, num_private: in
         return
     if not isinstance(dom, (int, float, np.floating)) or not math.isfinite(dom):
         raise ValueError(f"dom (c2) must be a finite number, got {dom!r}")
-    if isinstance(num_private, bool) or not 1 <= num_private <= k:
+    if isinstance(num_private, bool) or not isinstance(num_private, (int, np.integer)) or not 1 <= num_private <= k:
         raise ValueError(f"num_private must be in [1, k={k}], got {num_private}")
     if dom < 0 or dom > 1:
         raise ValueError(f"dom (c2) must be in [0, 1], got dom={dom}")
@@ -140,17 +140,6 @@ def sample_coefficients(
                 f"{accepted} of {drawn} draws; loosen them"
             )
     return torch.from_numpy(out).to(dtype=dtype, device=device)
-
-
-def acceptance_rate(k: int, *, upper: float = 0.65, dom: float | None = None, num_private: int = 2,
-                    draws: int = 200_000, seed=None) -> float:
-    """Monte-Carlo estimate of the probability that one draw meets the bounds (first-draw
-    acceptance in docs/scheme.md, "Reference defaults")."""
-    check_bounds(k, upper, dom, num_private)
-    gen = resolve_generator(seed)
-    z = gen.half_normal((draws, k))
-    lam = z / z.sum(axis=1, keepdims=True)
-    return float(_accepted(lam, upper, dom, num_private).mean())
 
 
 def _accepted(lam: np.ndarray, upper: float, dom: float | None, num_private: int,

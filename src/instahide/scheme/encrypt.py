@@ -22,9 +22,8 @@ from .rng import KeyGenerator, resolve_generator
 
 MODES = ("instahide", "mixup")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Share of negative MIXED values under which inputs count as "not centred": the mask hides the sign
-# of a mixed value only where that sign is not already known; on non-negative mixtures |e| is exactly
-# the Mixup (docs/scheme.md, "Pixel scaling"). Normalised CIFAR-10 gives about 50%.
+# Share of negative MIXED values under which inputs count as "not centred": the mask hides only signs
+# not already known; on non-negative mixtures |e| is the Mixup (docs/scheme.md, "Pixel scaling").
 CENTRED_MIN_NEGATIVE = 0.10
 
 
@@ -94,13 +93,12 @@ def encrypt(
         generator: a :class:`KeyGenerator` to draw from (instead of ``seed``); with ``legacy=True``
             a :class:`~instahide.scheme.legacy.LegacyGenerator`, whose streams continue across calls.
         return_key: also return the keys (secrets: store them apart from the encryptions).
-        legacy: reproduce the reference code's key sampling and its defects (public window,
-            partners by permutation with fixed points, Mersenne-Twister generators seeded with
-            ``seed``, a 32-bit integer, drawn from OS entropy if None). For replaying the published
-            challenge and attacks only.
-        allow_uncentred: mask images whose values are all non-negative anyway (the mask then hides
-            nothing: ``|e|`` equals the Mixup). Without it such input is refused.
-        out: optional preallocated output ``(N, C, H, W)`` of the images' dtype and device.
+        legacy: the reference code's key sampling with its defects (docs/scheme.md; ``seed`` a 32-bit
+            integer, from OS entropy if None), for replaying the published challenge and attacks only.
+        allow_uncentred: mask images whose mixtures are (almost) all non-negative anyway (the mask then
+            hides nearly nothing: ``|e|`` equals the Mixup). Without it such input is refused.
+        out: optional preallocated output ``(N, C, H, W)`` of the images' dtype and device, sharing
+            no memory with ``images`` or ``public``.
 
     Returns:
         :class:`Encryption` with ``images`` ``(N, C, H, W)``, ``soft_labels`` ``(N, num_classes)`` and
@@ -180,9 +178,7 @@ def sample_key(
     idx = sample_partners(n, k, num_private=num_private, pool_size=pool_size, generator=gen)
     d = int(np.prod(image_shape))
     bits = sample_mask_bits(n, d, gen) if masked else None
-    meta = {"origin": gen.origin, "legacy": False}
-    if gen.seed is not None:
-        meta["seed"] = gen.seed
+    meta = {"origin": gen.origin, "legacy": False, **({} if gen.seed is None else {"seed": gen.seed})}
     return Key(lam, idx, num_private, bits, image_shape, meta)
 
 
@@ -205,10 +201,9 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
         out = torch.empty((n, *key.image_shape), dtype=dtype, device=dev)
     elif out.shape != (n, *key.image_shape) or out.dtype != dtype or out.device != dev or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {dtype} tensor of shape {(n, *key.image_shape)} on {dev}")
-    for name, t in (("images", images), ("public", public)):
-        if t is not None and _overlaps(out, t):
-            raise ValueError(f"out overlaps {name}: encryptions are written while {name} are still read "
-                             "(wrong results); pass a separate buffer")
+    elif any(t is not None and _overlaps(out, t) for t in (images, public)):
+        raise ValueError("out overlaps images or public: rows would be overwritten before they are read; "
+                         "pass a separate buffer")
     flat = out.view(n, d)
     p = key.num_private
     lam = key.coefficients.to(device=dev, dtype=dtype)
@@ -241,11 +236,9 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
 
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether the memory spans of ``a`` and ``b`` intersect (conservative for strided tensors)."""
-    if a.device != b.device or a.numel() == 0 or b.numel() == 0:
-        return False
     (a0, a1), (b0, b1) = ((t.data_ptr(), t.data_ptr() + t.element_size() * (
         1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride())))) for t in (a, b))
-    return a0 < b1 and b0 < a1
+    return a.device == b.device and a.numel() > 0 and b.numel() > 0 and a0 < b1 and b0 < a1
 
 
 def _check_indices(idx: torch.Tensor, size: int, name: str) -> None:
@@ -269,8 +262,6 @@ def mix_labels(labels: torch.Tensor, key: Key) -> torch.Tensor:
 def check_scheme(k: int, upper: float, num_private: int | None, dom: float, cross: bool) -> int:
     """Validate the scheme options before any image is seen; returns the number of private slots."""
     check_bounds(k, upper)
-    if num_private is not None and (isinstance(num_private, bool) or not isinstance(num_private, (int, np.integer))):
-        raise TypeError(f"num_private must be an integer, got {type(num_private).__name__}")
     if not cross:
         if num_private not in (None, k):
             raise ValueError(f"num_private={num_private} < k={k} needs a public pool (public=...)")
@@ -345,10 +336,9 @@ def check_centred(x: torch.Tensor, k: int, name: str = "images") -> float:
     if negative < CENTRED_MIN_NEGATIVE:
         raise UncentredInputError(
             f"{name} are not centred: only {negative:.2%} of mixed values are negative (k={k}; at least "
-            f"{CENTRED_MIN_NEGATIVE:.0%} needed), so the sign mask hides almost nothing (on non-negative "
-            "mixtures |encryption| equals the Mixup exactly). Normalise them (instahide.data.normalize_images "
-            "with the dataset's mean/std), or pass allow_uncentred=True (CLI: --allow-uncentred) if this "
-            "is what you want to measure."
+            f"{CENTRED_MIN_NEGATIVE:.0%} needed): the sign mask hides almost nothing. Normalise them "
+            "(instahide.data.normalize_images, the dataset's mean/std), or pass allow_uncentred=True "
+            "(CLI: --allow-uncentred) if this is what you want to measure."
         )
     return negative
 

@@ -1,19 +1,12 @@
 """Key material: where the randomness of every one-time key comes from.
 
-The reference code drew its keys from the global Mersenne-Twister generators of numpy and torch,
-seeded (if at all) from a small integer, and the InstaHide challenge was broken exactly that way: the
-seed was brute-forced, the masks replayed and undone (docs/scheme.md, defect 3). Mersenne Twister has a
-second weakness here: its whole state follows from 624 consecutive outputs, so anyone who learns some
-mask bits (for instance by guessing the signs of smooth image regions) could predict the rest.
-
-:class:`KeyGenerator` is a deterministic random bit generator built on SHAKE-256 (an extendable-output
-function from the SHA-3 family, in Python's standard library): output block ``i`` is
-``SHAKE-256(domain || key || i)`` for a 256-bit ``key``. Without the key its output cannot be predicted
-from other outputs, and by default the key is 32 bytes from the operating system's entropy source
-(``os.urandom``). A generator made from a user-given seed (:meth:`KeyGenerator.from_seed`) is for
-reproducible research only: anyone who knows or guesses the seed can recompute every key.
-
-Derived draws (uniforms, half-normals, integers) are computed from the bytes with numpy, vectorised.
+The reference code's keys came from Mersenne-Twister generators seeded with a small integer, which
+is how the InstaHide challenge fell (docs/scheme.md, defect 3). :class:`KeyGenerator` is a
+deterministic random bit generator on SHAKE-256 (Python's standard library): output block ``i`` is
+``SHAKE-256(domain || key || i)`` for a 256-bit ``key``, by default from ``os.urandom``; without the key
+no output can be predicted from others. A generator made from a user-given seed
+(:meth:`KeyGenerator.from_seed`) is for reproducible research only: the seed recomputes every key.
+Uniforms, half-normals and integers are derived from the bytes with numpy, vectorised.
 
 A generator never emits one stream in two processes: a copy in a forked child (DataLoader worker,
 ``os.fork``) rekeys at its first draw, from OS entropy, or for a research seed from the key, the fork
@@ -35,14 +28,7 @@ _SPAWN_DOMAIN = b"instahide/spawn/v1\x00"
 _FORK_DOMAIN = b"instahide/fork/v1\x00"
 KEY_BYTES = 32  # 256-bit keys: well above the 128 bits of entropy docs/scheme.md (defect 3) asks for
 _LIVE = weakref.WeakSet()  # every generator: each counts the forks of its process (see _forked)
-
-
-def _count_fork() -> None:
-    for g in list(_LIVE):
-        g._forks += 1
-
-
-os.register_at_fork(after_in_parent=_count_fork)
+os.register_at_fork(after_in_parent=lambda: [setattr(g, "_forks", g._forks + 1) for g in list(_LIVE)])
 
 
 class KeyGenerator:
@@ -141,13 +127,11 @@ class KeyGenerator:
         if self.origin == "os-entropy":
             self._key = os.urandom(KEY_BYTES)
         elif worker is None:
-            raise RuntimeError(
-                f"a research-seeded {self!r} was copied into a forked process that is not a DataLoader "
-                "worker: it would repeat the parent's keys there. spawn() one generator per process "
-                "before forking (or use KeyGenerator.from_entropy())")
-        else:
-            rank = int(os.environ.get("RANK", "0"))
-            who = struct.pack("<QQQQ", self._forks, worker.id, rank, self._counter)
+            raise RuntimeError(f"a research-seeded {self!r} was copied into a forked process that is not a "
+                               "DataLoader worker, where it would repeat the parent's keys; spawn() one "
+                               "generator per process before forking, or use KeyGenerator.from_entropy()")
+        else:  # reproducible, and distinct per worker, per fork (epoch) and per rank
+            who = struct.pack("<QQQQ", self._forks, worker.id, int(os.environ.get("RANK", "0")), self._counter)
             self._key = hashlib.shake_256(_FORK_DOMAIN + self._key + who).digest(KEY_BYTES)
         self._counter, self._pid, self._forks = 0, os.getpid(), 0
 

@@ -31,8 +31,9 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .._io import atomic_open, atomic_torch_save, atomic_write_text, load_torch_checkpoint
+from .._io import atomic_open, atomic_torch_save, atomic_write_text, check_file_destination, load_torch_checkpoint
 from ..data.augment import Augment
+from .ddp import DistInfo, all_agree, broadcast_object
 from .loss import soft_cross_entropy
 
 CHECKPOINT = "checkpoint.pt"
@@ -213,6 +214,7 @@ class RunFolder:
         may grow (the run is extended) but not shrink below what was done. The returned state has
         ``resumed_from`` (steps done) and ``extended`` (the old length, or None).
         """
+        check_file_destination(self.checkpoint)  # an unusable out fails now, not after the first epoch
         if not resume:
             if self.checkpoint.exists():
                 raise FileExistsError(f"{self.checkpoint} exists: pass resume=True (--resume) to continue it, "
@@ -233,6 +235,37 @@ class RunFolder:
         state["resumed_from"] = done
         state["extended"] = saved[self.length] if length != saved[self.length] else None
         return state
+
+    def start_all(self, config: dict, resume: bool, info: DistInfo) -> dict | None:
+        """:meth:`start` on the main process, its error raised on every rank and its state broadcast
+        (a world of one: just :meth:`start`)."""
+        state, err = None, None
+        if info.is_main:
+            try:
+                state = self.start(config, resume)
+            except (ValueError, OSError) as exc:
+                err = exc
+        all_agree(info, err)
+        return broadcast_object(info, state)
+
+    def record(self, info: DistInfo, history: list, metrics: dict, t0: float, progress: Progress, model, opt, sched,
+               config: dict, **extra) -> dict:
+        """End an epoch on every rank: the main process times it, appends ``metrics`` to ``history``,
+        closes the progress line and saves (:meth:`save`); the others receive the same metrics, which
+        are returned."""
+        if info.is_main:
+            metrics["epoch_seconds"] = time.perf_counter() - t0
+            test = f" test acc {metrics['test_acc']:.4f}" if metrics.get("test_acc") is not None else ""
+            ranks = f", {info.world_size} ranks" if info.world_size > 1 else ""
+            progress.close(f"loss {metrics['train_loss']:.3f} train acc {metrics['train_acc']:.3f}{test} "
+                           f"({metrics['epoch_seconds']:.1f} s{ranks})")
+            history.append(metrics)
+            self.save(metrics["epoch"], model, opt, sched, config, history, **extra)
+        if info.world_size > 1:
+            metrics = broadcast_object(info, metrics)
+            if not info.is_main:
+                history.append(metrics)
+        return metrics
 
     def save(self, epoch: int, model, opt, sched, config: dict, history: list, **extra) -> None:
         """Everything needed to resume, written atomically (a killed run never leaves a torn file);

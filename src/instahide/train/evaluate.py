@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from ..scheme import KeyGenerator, encrypt
+from ..scheme.defaults import DOM, UPPER
 
 
 @torch.no_grad()
@@ -34,11 +35,11 @@ def evaluate_instahide(
     *,
     T: int = 16,
     k: int = 4,
-    upper: float = 0.65,
+    upper: float = UPPER,
     mode: str = "instahide",
     public: torch.Tensor | None = None,
     num_private: int | None = None,
-    dom: float = 0.3,
+    dom: float = DOM,
     own_min: float | None = None,
     generator: KeyGenerator | None = None,
     batch_size: int = 512,

@@ -41,7 +41,7 @@ from .._io import load_torch_checkpoint
 from ..data import load_dataset, load_public_pool
 from ..scheme import KeyGenerator, encrypt
 from .config import TrainConfig
-from .ddp import DistInfo, all_agree, all_reduce_sum, broadcast_object, cleanup, init_distributed
+from .ddp import DistInfo, all_agree, all_reduce_sum, cleanup, init_distributed
 from .engine import (CHECKPOINT, Progress, RunFolder, augment_for, derive_seed, index_batches, load_weights,
                      make_optimizer, model_for, reschedule, seeded, summary, train_epoch)
 from .evaluate import evaluate
@@ -175,17 +175,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, data: TrainData | None = No
 def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | None, on_epoch_end) -> dict:
     device, W, rank = info.device, info.world_size, info.rank
     run = RunFolder(cfg.out, FORMAT, main=info.is_main)
-    state, err = None, None
-    if info.is_main:
-        try:
-            state = run.start(cfg.to_dict(), resume)
-        except (ValueError, FileExistsError, FileNotFoundError) as exc:
-            err = exc
-    all_agree(info, err)
+    state = run.start_all(cfg.to_dict(), resume, info)
     if W > 1 and cfg.scheme.legacy:
         raise ValueError("legacy keys replay the reference code's single-process generator; they are not "
                          "available under DDP (run legacy replays in one process)")
-    state = broadcast_object(info, state)
     if cfg.research_seed is not None:
         torch.manual_seed(derive_seed(cfg.research_seed, "init"))
     err, full = None, data
@@ -232,20 +225,10 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
                    "train_acc": correct / seen, "encrypt_seconds": t_enc, "epoch_seconds": None,
                    "test_loss": None, "test_acc": None}
         sched.step()
-        if info.is_main:
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                ev = evaluate(model, data.x_test, data.y_test, batch_size=max(256, cfg.batch_size), amp=amp)
-                metrics.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
-            metrics["epoch_seconds"] = time.perf_counter() - t0
-            history.append(metrics)
-            bar.close(f"loss {metrics['train_loss']:.3f} train acc {metrics['train_acc']:.3f}"
-                      + (f" test acc {metrics['test_acc']:.4f}" if metrics["test_acc"] is not None else "")
-                      + f" ({metrics['epoch_seconds']:.1f} s)")
-            run.save(epoch + 1, model, opt, sched, cfg.to_dict(), history, **arch)
-        if W > 1:
-            metrics = broadcast_object(info, metrics)
-            if not info.is_main:
-                history.append(metrics)
+        if info.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            ev = evaluate(model, data.x_test, data.y_test, batch_size=max(256, cfg.batch_size), amp=amp)
+            metrics.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
+        metrics = run.record(info, history, metrics, t0, bar, model, opt, sched, cfg.to_dict(), **arch)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
     final = {"config": cfg.to_dict(), "model": arch["model_name"], "device": str(device),

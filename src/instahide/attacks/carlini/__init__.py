@@ -1,9 +1,6 @@
-"""Carlini et al.'s attack on InstaHide (IEEE S&P 2021; docs/attacks.md), every step a function of its own.
-
-:func:`carlini_attack` (:mod:`.attack`, which lists the steps) runs them all, with every option in one
-:class:`CarliniConfig` (presets ``tiny``, ``cpu``, ``full``): the pair network (:mod:`.network`),
-graph, clusters and assignment (:mod:`.graph`), reconstruction, signs and colour (:mod:`.reconstruct`).
-Given the truth it reports each step's accuracy, never using it to steer. Measured: docs/carlini.md.
+"""Carlini et al.'s attack on InstaHide (IEEE S&P 2021; docs/attacks.md, "Carlini et al."; measured in
+docs/carlini.md): :func:`carlini_attack` runs the steps (:mod:`.network`, :mod:`.graph`, :mod:`.reconstruct`)
+with every option in one :class:`CarliniConfig` (presets ``tiny``, ``cpu``, ``full``).
 
 Example::
 

@@ -1,20 +1,10 @@
-"""The driver of Carlini et al.'s attack (docs/attacks.md, Carlini et al.): :func:`carlini_attack`.
+"""The driver of Carlini et al.'s attack (docs/attacks.md, "Carlini et al."): :func:`carlini_attack`.
 
-Three layers, each around the one before:
-
-1. The algorithm, one function per step with explicit inputs and a small result: the pair network
-   (:func:`~.network.train_pair_network`, on the attacker's OWN encryptions) -> :func:`pair_graph` (``|e|``,
-   class-impossible pairs masked) -> :func:`find_clusters` -> :func:`assign_clusters` ->
-   :func:`solve_images` (coefficients, images, re-assignment by fit) -> :func:`fix_signs` (per-position
-   and global signs from the attacker's own data) -> optional colour correction trained on the
-   attacker's own challenge -> :func:`decrypt_rows`. :func:`run_steps` chains the steps after the network.
-2. Caching (:class:`StepCache`): with ``checkpoint_dir``, the trained pair network and each step's
-   output are written atomically and a rerun with the same input and options resumes from them.
-3. Scoring against the truth (:func:`score_steps`): per-step accuracies for the report, computed from
-   the steps' outputs after the algorithm ran; the algorithm never reads the truth.
-
-The row order is never used (the challenge's rows are epoch-major; the attack works on any order).
-Example: :mod:`instahide.attacks.carlini`.
+One function per step (:func:`pair_graph`, :func:`find_clusters`, :func:`assign_clusters`,
+:func:`solve_images`, :func:`fix_signs`, :func:`decrypt_rows`; :func:`run_steps` chains them after the
+pair network), each step's result cached by :class:`StepCache` under ``checkpoint_dir``, and
+:func:`score_steps` (per-step accuracies against the truth, after the fact: the algorithm never
+reads it, nor the row order). Example: :mod:`instahide.attacks.carlini`.
 """
 from __future__ import annotations
 
@@ -57,9 +47,8 @@ class CarliniResult:
         clusters: per cluster, the rows assigned to it; ``cores``: the grown cores (step 4).
         cluster_class: int ``(m,)``; assignment: int ``(N, num_private)``; coefficients: ``(N, num_private)``.
         public_mean: ``(C, H, W)`` estimated public mean (cross-dataset) or None.
-        sign, sign_confidence: the global sign of the sign network's vote (+1 on unit pixels and with
-            the public-mean prior, which fixes every position's sign) and the vote per image (or the
-            share of positions the prior kept minus those it flipped).
+        sign, sign_confidence: the sign network's global sign and its vote per image (+1, and the share
+            of positions kept minus those flipped, with the public-mean prior; +1 on unit pixels).
         metrics: per-step accuracies against ``truth`` (empty without it), fit losses and the sign rule.
         timings: seconds per step. ``train_log``: the pair network's training log.
         network: the pair network (reuse it with ``network=`` on challenges of the same configuration).

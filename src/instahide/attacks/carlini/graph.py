@@ -1,19 +1,6 @@
-"""Steps 3-5 of Carlini et al.'s attack: similarity graph, dense clusters, assignment, coefficients.
-
-Nothing here uses the row order: every function works on the set of rows (the tests shuffle them).
-
-* :func:`label_support`, :func:`compatibility`: the classes each leaked label shows; two rows can
-  share a private image only if their supports share a class (the graph masks the other pairs).
-* :func:`similarity_graph`: ``(N, N)`` symmetric pair probabilities from the pair network, zero on
-  the diagonal and on class-impossible pairs.
-* :func:`grow_clusters`: greedy growth from many seeds inside every class (a cluster is one private
-  image, so one class), adding the row most similar to the cluster up to ``core_size`` rows; the
-  densest cores that overlap little are kept, ``n`` in all (as Carlini et al.).
-* :func:`assign_rows`: every row to ``num_private`` clusters of its label's classes by mean
-  similarity, coefficients read off the label; :func:`refine_assignment` re-estimates the clusters
-  from the assignment and re-assigns.
-* :func:`pair_metrics`, :func:`cluster_metrics`, :func:`assignment_accuracy`: per-step accuracy
-  against the ground truth, for REPORTING only (nothing above reads the truth).
+"""Steps 3-5 of Carlini et al.'s attack: similarity graph (:func:`similarity_graph`), dense clusters
+(:func:`grow_clusters`), assignment and coefficients (:func:`assign_rows`). Nothing reads the row order;
+the metrics against the truth (:func:`pair_metrics`, ...) are for REPORTING only.
 """
 from __future__ import annotations
 
@@ -54,7 +41,8 @@ def similarity_graph(network, embeddings: torch.Tensor, support: np.ndarray, *, 
 
 def grow_clusters(graph: np.ndarray, support: np.ndarray, n_clusters: int, core_size: int, *,
                   max_overlap: float = 0.3, max_seeds_per_class: int = 600, seed: int = 0):
-    """Dense clusters of the graph, one per private image (module docstring).
+    """Dense clusters of the graph, one per private image: greedy growth inside every class, adding the
+    row most similar to the cluster up to ``core_size`` rows; the densest cores that overlap little win.
 
     Args:
         graph: ``(N, N)`` similarities (zero on the diagonal).
@@ -95,7 +83,6 @@ def grow_clusters(graph: np.ndarray, support: np.ndarray, n_clusters: int, core_
             cands.append((float(quality[i]), c, rows[member[i].numpy()]))
     cands.sort(key=lambda t: -t[0])
     cores, classes, quality = [], [], []
-    taken = np.zeros(len(graph), dtype=np.int32)
     for limit in (max_overlap, 0.5, 0.7, 1.01):  # relax the overlap only if too few clusters were found
         for q, c, rows in cands:
             if len(cores) >= n_clusters:
@@ -107,7 +94,6 @@ def grow_clusters(graph: np.ndarray, support: np.ndarray, n_clusters: int, core_
                 cores.append(rows)
                 classes.append(c)
                 quality.append(q)
-                taken[rows] += 1
         if len(cores) >= n_clusters:
             break
     return cores, np.array(classes, dtype=np.int64), np.array(quality)
@@ -124,7 +110,7 @@ def cluster_affinity(graph: np.ndarray, members: list[np.ndarray]) -> np.ndarray
 
 def assign_rows(affinity: np.ndarray, cluster_class: np.ndarray, label: np.ndarray, num_private: int, *,
                 eps: float = _EPS):
-    """Assign every row to ``num_private`` distinct clusters (module docstring).
+    """Assign every row to ``num_private`` distinct clusters.
 
     Each class in the row's label first gets its best cluster of that class; the remaining slots go
     to the best remaining clusters whose class is in the label (so a one-class label, both private

@@ -1,34 +1,12 @@
 """Step 2 of Carlini et al.'s attack: a network that says whether two encryptions share a private image.
 
-The original trained a WideResNet-28-6 on the 6-channel pair ``(|a|, |b|)``, so every one of the
-``N^2`` pairs costs a full forward pass. On a CPU this project uses a SIAMESE design instead: a
-small conv encoder ``f(|x|)`` (shared by both sides) maps every encryption's magnitude to a
-unit-norm embedding once, and a pair's logit is ``scale * <f(a), f(b)> + bias``: the linear head on
-``[f(a) * f(b), (f(a) - f(b))^2]`` with tied weights (``|f(a) - f(b)|^2 = 2 - 2 <f(a), f(b)>``; the
-square instead of Carlini's absolute difference keeps every term a matrix product), so all ``N^2``
-pairs come from one ``(N, D) x (D, N)`` product (:meth:`PairNet.logit_matrix`).
-
-The encoder is ``h + g(h)`` with ``h`` the high-passed magnitudes (``|e|`` minus its Gaussian blur)
-and ``g`` a few dilated convs whose last layer starts at zero: at initialisation the network IS the
-hand-made similarity "correlation of high-passed magnitudes" (ROC-AUC 0.77 on class-compatible pairs
-of a CIFAR-10 pm1 cross k=6 challenge, 0.94 on unit pixels), and training learns the filter that
-makes rows sharing a private image correlate more. (A plain conv encoder trained from scratch stayed
-at chance, 51% pair accuracy, after 200 CPU steps; this start is what makes a CPU budget enough.)
-
-Training data is made here, by the attacker, with the library's own InstaHide on the attacker's own
-images (disjoint from the attacked ones) and its own public pool, with the attacked challenge's
-public parameters (``k``, ``num_private``, ``upper``, ``dom``, ``mode``, ``scaling``): each step
-trains on ALL positive pairs of a fresh batch (:class:`EncryptionSampler`) against as many HARD
-negatives (rows whose labels share a class but no image; class-disjoint pairs are masked out of the
-graph anyway).
-
-Example::
-
-    from instahide.attacks.carlini import CarliniConfig, EncryptionSampler, train_pair_network
-    sampler = EncryptionSampler(images, labels, public, k=6, num_private=2, upper=0.65, dom=0.3,
-                                mode="instahide", num_classes=10, allow_uncentred=False)
-    net, log = train_pair_network(sampler, CarliniConfig(train_steps=600))
-    save_pair_network(net, "pairnet.pt"); net = load_pair_network("pairnet.pt")
+A SIAMESE design (not Carlini's WideResNet on the 6-channel pair): an encoder ``f(|x|)`` shared by
+both sides maps every magnitude to a unit-norm embedding once, and a pair's logit is
+``scale * <f(a), f(b)> + bias``, so all ``N^2`` pairs are one product (:meth:`PairNet.logit_matrix`).
+The encoder ``h + g(h)`` (``h`` the high-passed ``|e|``, ``g``'s last layer zero at initialisation)
+starts as the hand-made correlation of high-passed magnitudes. It trains on the attacker's own
+encryptions of its own images (:class:`EncryptionSampler`), all positive pairs of a batch against as
+many hard negatives (labels share a class, not an image). Design and measurements: docs/carlini.md.
 """
 from __future__ import annotations
 
@@ -54,15 +32,9 @@ PAIRNET_FORMAT = "instahide-carlini-pairnet/1"
 
 @dataclass
 class PairNetConfig:
-    """Architecture and the public parameters the network was trained for.
-
-    ``channels, height, width``: the image shape. ``width_mult``: channels of the encoder's convs.
-    ``depth``: number of 3x3 convs (dilations 1, 2, 4, 1, 2, 4, ...). ``sigma``: the fixed high-pass
-    (input minus its Gaussian blur of this std, 0 = none). ``input_scale``: the magnitudes are divided
-    by it (the mean ``|e|`` of the training encryptions). ``scheme``: the public parameters of the
-    encryptions it was trained on (``k, num_private, upper, dom, mode, scaling``), checked when a
-    network is reused on another challenge.
-    """
+    """Architecture (image shape; ``width_mult``, ``depth``, ``sigma`` as in :class:`CarliniConfig`;
+    ``input_scale``: the mean ``|e|`` of the training encryptions, divided out) and ``scheme``, the public
+    parameters it was trained for (checked when it is reused on another challenge)."""
 
     channels: int
     height: int
@@ -110,10 +82,6 @@ class PairNet(nn.Module):
         f = f - f.mean(1, keepdim=True)
         return f / (f.norm(dim=1, keepdim=True) + 1e-8)
 
-    def pair_logits(self, fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
-        """Logits of the pairs ``(fa[i], fb[i])``: ``(B, D), (B, D) -> (B,)``."""
-        return self.scale * (fa * fb).sum(1) + self.bias
-
     def logit_matrix(self, fa: torch.Tensor, fb: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of all pairs: ``(Na, D), (Nb, D) -> (Na, Nb)`` (``fb`` defaults to ``fa``)."""
         fb = fa if fb is None else fb
@@ -121,7 +89,7 @@ class PairNet(nn.Module):
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """Logits ``(B,)`` that ``a[i]`` and ``b[i]`` (magnitudes ``(B, C, H, W)``) share a private image."""
-        return self.pair_logits(self.embed(a), self.embed(b))
+        return self.scale * (self.embed(a) * self.embed(b)).sum(1) + self.bias
 
 
 class SignNet(nn.Module):

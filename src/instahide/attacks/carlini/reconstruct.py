@@ -1,30 +1,11 @@
-"""Steps 6-7 of Carlini et al.'s attack: solve for the private images, pick the sign, correct colours.
+"""Steps 6-7 of Carlini et al.'s attack (docs/attacks.md, "Carlini et al."): solve for the private
+images, fix the signs, correct colours.
 
-Given every row's assigned clusters ``a_r (s,)`` and coefficients ``lam_r (s,)`` (read off the
-label), and the public coefficient mass ``p_r = 1 - sum(label_r)`` (cross-dataset), the model of a
-row is ``m_r = sum_s lam_rs X[a_rs] + p_r mu`` with ``X (m, d)`` the private images and ``mu`` the
-public pool's mean (the public part is a residual). Two solvers:
-
-* :func:`reconstruct_gd` (Carlini et al.'s, docs/attacks.md): gradient descent (Adam, lr 0.01, ~1000
-  steps) on ``mean_r,p (|m_r,p| - |e_r,p|)^2`` (per pixel whichever sign fits better), plus a small
-  term pushing centred pixels away from 0, pixels clamped to the range; rows whose two clusters share
-  a class get a learnt split of that class's mass.
-* :func:`reconstruct_oracle`: the estimated assignment and coefficients fed to the oracle decoder
-  (:func:`instahide.attacks.oracle_decode`, Gram-matrix phase retrieval + sign/least-squares
-  refinement), the project's yardstick; WITHOUT its evaluation mode (no ground truth).
-
-On centred pixels ``|e|`` cannot give one global sign (and, per pixel position, only a sign shared
-by all images: :func:`instahide.attacks.oracle.align_signs` fixes those up to one global sign).
-The signs left are chosen from the attacker's own data alone: cross-dataset,
-:func:`public_sign_field` fixes every position's sign (and so the global one) by matching the
-recovered public mean to the mean of the attacker's OWN public pool; inside-dataset (no public
-term), :func:`choose_sign` picks the global sign by asking a
-:class:`~instahide.attacks.carlini.network.SignNet` trained on the attacker's OWN images to tell
-``x`` from ``-x``, summing its votes over all recovered images.
-
-Colour correction (the original: a tiny per-pixel network): :func:`fit_colour_correction` trains
-:class:`ColourNet` on the attacker's own reconstructions -> its own originals (same pipeline, known
-images), :func:`apply_colour_correction` applies it to the recovered images.
+A row's model is ``m_r = sum_s lam_rs X[a_rs] + p_r mu`` (assigned clusters ``a_r``, coefficients
+``lam_r`` off the label, public mass ``p_r``, ``mu`` the public mean). Solvers: :func:`reconstruct_gd`
+(Carlini's gradient descent on ``(|m| - |e|)^2``) and :func:`reconstruct_oracle` (the oracle decoder
+on the ESTIMATED keys, no evaluation mode). Signs from the attacker's own data only:
+:func:`public_sign_field` (cross-dataset) or :func:`choose_sign` (a :class:`SignNet` vote).
 """
 from __future__ import annotations
 
@@ -100,7 +81,8 @@ def reconstruct_gd(magnitude: np.ndarray, assignment: np.ndarray, coefficients: 
                    n_clusters: int, cluster_class: np.ndarray | None = None, pixel_range: str = "pm1",
                    steps: int = 1000, lr: float = 0.01, push: float = 0.01, init=None, init_public=None,
                    learn_split: bool = True, seed: int = 0, progress=None):
-    """Gradient descent of the module docstring.
+    """Carlini's gradient descent: Adam on ``mean (|m| - |e|)^2`` (per pixel the better sign), plus
+    ``push`` times a term pushing centred pixels from 0, pixels clamped; one-class rows learn their split.
 
     Args:
         magnitude: ``(N, C, H, W)`` ``|e|``.
@@ -134,10 +116,8 @@ def reconstruct_gd(magnitude: np.ndarray, assignment: np.ndarray, coefficients: 
         x0 = torch.from_numpy(np.asarray(init, np.float32).reshape(n_clusters, -1)).clone()
     x = x0.clone().requires_grad_(True)
     has_pub = bool((p > 0).any())
-    if init_public is not None:
-        mu0 = torch.from_numpy(np.asarray(init_public, np.float32).reshape(-1))
-    else:
-        mu0 = mag.mean(0) * 0.0
+    mu0 = torch.zeros(mag.shape[1]) if init_public is None else torch.from_numpy(
+        np.asarray(init_public, np.float32).reshape(-1))
     mu = mu0.clone().requires_grad_(has_pub)
     split_rows = np.zeros(n_rows, dtype=bool)  # rows whose first two clusters share a class: split learnt
     if learn_split and cluster_class is not None and assignment.shape[1] >= 2:
@@ -296,16 +276,8 @@ def assign_by_fit(magnitude: np.ndarray, recovered: np.ndarray, public_mean, lab
 
 
 def public_sign_field(public_mean: np.ndarray, attacker_public_mean: np.ndarray) -> np.ndarray:
-    """Per-position signs ``(C, H, W)`` from the attacker's own public pool.
-
-    On centred pixels every position's sign is shared by all recovered images AND the recovered
-    public mean ``mu`` (it is one sign of the whole per-position solution). The attacker's own public
-    pool (natural photographs like the challenge's) has a mean image ``mu_att`` far from 0 (mean
-    ``|mu_att|`` 0.30 for the built-in patches on [-1, 1]), so ``sign(mu_hat * mu_att)`` per position
-    undoes the per-position flips and the global sign at once, from the attacker's data alone.
-    Measured with the TRUE keys (20 CIFAR-10 images x T=50, cross k=6, pool 4,000): it agrees with the
-    truth's per-position sign at 97.6% of positions, mean SSIM 0.70 against 0.68 for the oracle's own
-    alignment with the sign chosen by the truth.
-    """
+    """Per-position signs ``(C, H, W)``: ``sign(mu_hat * mu_att)``, the recovered public mean against
+    the mean of the attacker's OWN public pool (far from 0 for natural photographs); it fixes every
+    position's sign and the global one at once. Measured: docs/carlini.md (step 6b)."""
     f = np.asarray(public_mean, np.float64) * np.asarray(attacker_public_mean, np.float64)
     return np.where(f >= 0, 1.0, -1.0)
