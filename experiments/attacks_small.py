@@ -4,7 +4,8 @@ recovery reach, in numbers, against the scheme's settings and pixel scalings.
 Challenge: the first ``--n`` CIFAR-10 test images, ``--T`` encryptions each (epoch-major), cross-dataset
 k=6 (2 private + 4 public), c1 = 0.65, c2 = 0.3, a public pool of ``--pool`` patches of the photographs
 that ship with scikit-image / scikit-learn; keys from research seed 0 (default scheme) or legacy seed
-``--legacy-seed``. Scores: instahide.challenge.score (Max_SSIM as in SPEC section 4).
+``--legacy-seed``. Scores: instahide.challenge.score (Max_SSIM as in docs/challenge.md, "Format").
+Results: docs/audit.md.
 
   .venv/bin/python experiments/attacks_small.py --n 20 --T 50 --pool 4000 --json docs/attacks_small.json
 """
@@ -59,25 +60,25 @@ def main() -> None:
                                                generator=KeyGenerator.from_seed(0), **common)
             t = time.perf_counter()
             d = demix(enc, label, n_private=args.n, num_private=2)
-            record("Mixup demixing (5.A)", mode, scaling, score(d.decryption, truth), time.perf_counter() - t)
+            record("Mixup demixing", mode, scaling, score(d.decryption, truth), time.perf_counter() - t)
             t = time.perf_counter()
             o = oracle_decode(enc, truth.indices, truth.coefficients, 2, args.n, masked=mode == "instahide",
                               pixel_range="unit" if scaling == "unit" else "pm1",
                               evaluate_with=truth.private if mode == "instahide" and scaling == "pm1" else None)
-            record("oracle decoder (5.E)", mode, scaling, score(o.decryption, truth), time.perf_counter() - t,
+            record("oracle decoder", mode, scaling, score(o.decryption, truth), time.perf_counter() - t,
                    {"sign_chosen_by": o.sign_chosen_by})
     # generator-seed recovery: legacy keys vs the default keys
     enc, label, truth = make_challenge(priv, lab, pool, scaling="pm1", legacy=True,
                                        generator=LegacyGenerator(args.legacy_seed), **common)
     t = time.perf_counter()
     rec = recover_seed(enc, label, n_private=args.n, k=6, num_private=2, seed_range=(0, 2 ** 16))
-    record("seed recovery (5.C)", f"legacy keys, seed {args.legacy_seed} in [0, 2^16)", "pm1",
+    record("seed recovery", f"legacy keys, seed {args.legacy_seed} in [0, 2^16)", "pm1",
            score(rec.decryption, truth) if rec else None, time.perf_counter() - t,
            {"seed_found": None if rec is None else rec.seed})
     enc, label, truth = make_challenge(priv, lab, pool, scaling="pm1", generator=KeyGenerator.from_entropy(), **common)
     t = time.perf_counter()
     rec = recover_seed(enc, label, n_private=args.n, k=6, num_private=2, seed_range=(0, 2 ** 16))
-    record("seed recovery (5.C)", "default keys (SHAKE-256, 256-bit OS entropy)", "pm1",
+    record("seed recovery", "default keys (SHAKE-256, 256-bit OS entropy)", "pm1",
            score(rec.decryption, truth) if rec else None, time.perf_counter() - t,
            {"seed_found": None if rec is None else rec.seed})
     if args.json:

@@ -1,4 +1,4 @@
-"""Carlini et al.'s attack (SPEC 5.B) end to end on challenges made here, measured step by step.
+"""Carlini et al.'s attack (docs/attacks.md, "Carlini et al.") end to end on challenges made here, measured step by step.
 
 Challenge: the first ``--n`` CIFAR-10 TEST images, ``--T`` encryptions each, rows SHUFFLED (the attack
 never sees the epoch-major order), keys from research seed 0; cross-dataset (``--setting cross``:

@@ -1,4 +1,5 @@
-"""What a gradient eavesdropper on one federated client gets, with and without InstaHide (SPEC 5.D).
+"""What a gradient eavesdropper on one federated client gets, with and without InstaHide
+(docs/attacks.md, "Gradient inversion"; results in docs/gradient_inversion.md).
 
 Two measurements, both on a model at its random initialisation (the first round of federated
 training, the easiest case for the attacker and the one the literature reports):
@@ -52,6 +53,8 @@ from instahide._io import atomic_savez, load_plain_npz  # noqa: E402
 from instahide.attacks import oracle_decode  # noqa: E402
 from instahide.attacks.gradinv import invert_gradients, observed_gradient  # noqa: E402
 from instahide.metrics import match_batches, ssim  # noqa: E402
+
+from _common import append_jsonl  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 SETTINGS = {  # name -> encrypt() keywords (None = vanilla: the inputs are the private images)
@@ -176,25 +179,38 @@ def run_table(args, out: Path, done: set) -> None:
                            label_top1=label_ok, label_source=res.label_source, grad_distance=res.gradient_distance,
                            wall_s=round(wall, 1), ssim_win=win, data_range=rng_range, client_n=args.client_n,
                            pool=args.pool if setting == "cross-k6" else 0, seed=args.seed)
-                with out.open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+                append_jsonl(out, row)
                 print(f"{setting:10s} B={b} trial {trial}: SSIM input {m.mean_ssim:.3f}  private {hid.mean():.3f} "
                       f"|rec| {hid_abs.mean():.3f}  ({wall:.0f}s)", flush=True)
                 if trial == 0 and args.img_dir:
                     save_picture(args, setting, b, batch[m.order], rec, x, idx_rows, num_private)
 
 
-def save_picture(args, setting, b, true_in, rec, private, idx_rows, num_private):
-    """Rows: true input, recovered, |recovered|, then the private images it hides."""
+def pyplot_and_show(args):
+    """matplotlib's pyplot (None without it), and ``(C, H, W)`` in ``args.scale`` units -> [0, 1] for imshow."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return
+        return None, None
     lo = -1.0 if args.scale == "pm1" else 0.0
-    show = lambda t: ((t.permute(1, 2, 0).numpy() - lo) / (1 - lo)).clip(0, 1).squeeze()  # noqa: E731
+    return plt, lambda t: ((t.permute(1, 2, 0).numpy() - lo) / (1 - lo)).clip(0, 1).squeeze()
+
+
+def save_figure(plt, fig, path: Path) -> None:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save_picture(args, setting, b, true_in, rec, private, idx_rows, num_private):
+    """Rows: true input, recovered, |recovered|, then the private images it hides."""
+    plt, show = pyplot_and_show(args)
+    if plt is None:
+        return
     n_rows = 3 + (num_private if SETTINGS[setting] is not None else 0)
     fig, ax = plt.subplots(n_rows, b, figsize=(1.3 * b + 0.8, 1.3 * n_rows), squeeze=False)
     names = ["true input", "recovered", "|recovered|"] + [f"private {j + 1}" for j in range(n_rows - 3)]
@@ -206,12 +222,8 @@ def save_picture(args, setting, b, true_in, rec, private, idx_rows, num_private)
             if i == 0:
                 ax[r, i].set_ylabel(names[r], fontsize=7)
     fig.suptitle(f"{args.dataset} {setting} B={b} ({args.model}, {args.scale})", fontsize=8)
-    fig.tight_layout()
-    path = Path(args.img_dir) / (f"gradinv_{args.dataset}_{setting}_b{b}_{args.scale}_{args.model}_"
-                                 f"{args.distance}{args.steps}.png")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, Path(args.img_dir) / (f"gradinv_{args.dataset}_{setting}_b{b}_{args.scale}_{args.model}_"
+                                               f"{args.distance}{args.steps}.png"))
 
 
 # -- 2. the chain: inversion over T epochs of one client, then the oracle decoder --------------------
@@ -292,21 +304,14 @@ def run_chain(args, out: Path, done: set) -> None:
                    oracle_on_recovered=scores["recovered"], oracle_on_true=scores["true_encryptions"],
                    naive_abs_max_ssim=float(naive.mean()), rows=len(rec), wall_s=round(wall, 1),
                    ssim_win=win, data_range=data_range, pool=args.pool if public is not None else 0, seed=args.seed)
-        with out.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_jsonl(out, row)
         print(json.dumps(row), flush=True)
 
 
 def save_chain_picture(args, setting, private, decoded):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt, show = pyplot_and_show(args)
+    if plt is None:
         return
-    lo = -1.0 if args.scale == "pm1" else 0.0
-    show = lambda t: ((t.permute(1, 2, 0).numpy() - lo) / (1 - lo)).clip(0, 1).squeeze()  # noqa: E731
     n = min(10, len(private))
     fig, ax = plt.subplots(2, n, figsize=(1.2 * n, 2.7), squeeze=False)
     for i in range(n):
@@ -317,11 +322,7 @@ def save_chain_picture(args, setting, private, decoded):
     ax[1, 0].set_ylabel("decoded", fontsize=7)
     fig.suptitle(f"{args.dataset} {setting}, {args.scale}: inversion -> oracle decoder (true keys), "
                  f"{args.chain_epochs} epochs", fontsize=8)
-    fig.tight_layout()
-    path = Path(args.img_dir) / f"gradinv_chain_{args.dataset}_{setting}_{args.scale}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(plt, fig, Path(args.img_dir) / f"gradinv_chain_{args.dataset}_{setting}_{args.scale}.png")
 
 
 def main(argv=None) -> None:

@@ -17,10 +17,20 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+def _real(shared_data: Path, name: str) -> Path:
+    root = shared_data / name
+    if not root.is_dir():
+        pytest.skip(f"{name} not present at {root}")
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar10_root(shared_data) -> Path:
     """The real CIFAR-10 batches (``cifar-10-batches-py``); the test is skipped without them."""
-    root = shared_data / "cifar-10-batches-py"
-    if not root.is_dir():
-        pytest.skip(f"CIFAR-10 not present at {root}")
-    return root
+    return _real(shared_data, "cifar-10-batches-py")
+
+
+@pytest.fixture(scope="session")
+def mnist_root(shared_data) -> Path:
+    """The real MNIST idx files; the test is skipped without them."""
+    return _real(shared_data, "mnist")

@@ -118,18 +118,13 @@ def _sweep(path: Path) -> None:
     prefix = f".{path.name}."
     for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         pid = stale.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's
-        pass
-    return True
+        if pid.isdigit():
+            try:
+                os.kill(int(pid), 0)  # still running (or someone else's: PermissionError): leave it
+            except ProcessLookupError:
+                shutil.rmtree(stale, ignore_errors=True)
+            except PermissionError:
+                pass
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -203,11 +198,11 @@ def load_plain_npz(path: str | os.PathLike, what: str) -> dict:
                          "pickled objects are refused)") from exc
 
 
-def atomic_torch_save(path: str | os.PathLike, obj, *, secret: bool = False) -> None:
+def atomic_torch_save(path: str | os.PathLike, obj) -> None:
     """``torch.save`` of ``obj`` (tensors and plain containers only) to ``path``, atomically."""
     import torch
 
-    with atomic_open(path, secret=secret) as fh:
+    with atomic_open(path) as fh:
         torch.save(obj, fh)
 
 

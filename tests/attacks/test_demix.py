@@ -4,8 +4,6 @@ Challenges are built with instahide.encrypt (epoch-major rows) and scored with s
 structural_similarity (data_range 2 for [-1, 1] pixels, 1 for [0, 1], channels-first: channel_axis=0). The attack
 never sees keys or row order; the tests use them only to score it.
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -14,25 +12,18 @@ from instahide.attacks import demix
 from instahide.attacks.demix import find_anchors, highpass
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
-CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
 
 
-def challenge(n=20, epochs=30, k=6, num_private=2, mode="mixup", scale="pm1", pool=1000, seed=0,
+def challenge(private_images, n=20, epochs=30, k=6, num_private=2, mode="mixup", scale="pm1", pool=1000, seed=0,
               dataset="cifar10"):
     """Epoch-major challenge from instahide.challenge.make_challenge (keys from research seed ``seed``)."""
     from instahide.challenge import make_challenge
-    from instahide.data import load_dataset, load_public_pool
+    from instahide.data import load_public_pool
 
-    if dataset == "cifar10":
-        if not CIFAR.is_dir():
-            pytest.skip(f"CIFAR-10 not present at {CIFAR}")
-        ds = load_dataset("cifar10", root=CIFAR, split="test")
-    else:
-        ds = load_dataset(dataset)
-    sel = np.random.default_rng(seed).choice(len(ds.images), n, replace=False)
-    public = load_public_pool("builtin", pool, ds.shape[1:], ds.shape[0]).images if num_private < k else None
-    enc, label, truth = make_challenge(ds.images[sel], ds.labels[sel], public, T=epochs, k=k, num_private=num_private,
-                                       mode=mode, scaling=scale, num_classes=ds.num_classes,
+    imgs, labels, classes = private_images(dataset, n, seed)
+    public = load_public_pool("builtin", pool, imgs.shape[2:], imgs.shape[1]).images if num_private < k else None
+    enc, label, truth = make_challenge(imgs, labels, public, T=epochs, k=k, num_private=num_private,
+                                       mode=mode, scaling=scale, num_classes=classes,
                                        generator=instahide.KeyGenerator.from_seed(seed))
     return {"encryption": enc, "label": label, "private": truth.private, "indices": truth.indices,
             "coefficients": truth.coefficients, "num_private": truth.num_private, "range": truth.data_range}
@@ -58,9 +49,9 @@ def scores(ch, res):
             "assign_acc": assign_acc, "coef_err": coef_err, "max_ssim": max_ssim}
 
 
-def test_mixup_unit_pixels_cross_dataset_is_broken():
+def test_mixup_unit_pixels_cross_dataset_is_broken(private_images):
     """Cross-dataset k=6 Mixup, 20 CIFAR-10 images x 30 epochs, pool of 1,000 public patches."""
-    ch = challenge(scale="unit")
+    ch = challenge(private_images, scale="unit")
     res = demix(ch["encryption"], ch["label"], n_private=20)
     s = scores(ch, res)
     assert res.recovered.shape == (20, 3, 32, 32)
@@ -72,10 +63,10 @@ def test_mixup_unit_pixels_cross_dataset_is_broken():
     assert s["max_ssim"] > 0.9
 
 
-def test_same_attack_fails_once_the_mask_is_on():
+def test_same_attack_fails_once_the_mask_is_on(private_images):
     """Same images, scaling and generator seed; pixels in [-1, 1]. The mask takes it to ~0."""
-    mix = challenge(mode="mixup", epochs=20)
-    hidden = challenge(mode="instahide", epochs=20)
+    mix = challenge(private_images, mode="mixup", epochs=20)
+    hidden = challenge(private_images, mode="instahide", epochs=20)
     s_mix = scores(mix, demix(mix["encryption"], mix["label"], n_private=20))
     s_hid = scores(hidden, demix(hidden["encryption"], hidden["label"], n_private=20))
     # centred pixels: the public residual caps even the oracle near 0.84 (measured 0.77 here)
@@ -84,17 +75,17 @@ def test_same_attack_fails_once_the_mask_is_on():
     assert s_hid["distinct"] < 10  # raw correlations carry no cluster structure
 
 
-def test_unknown_number_of_images():
-    ch = challenge(scale="unit")
+def test_unknown_number_of_images(private_images):
+    ch = challenge(private_images, scale="unit")
     res = demix(ch["encryption"], ch["label"])  # n_private not given: clusters of >= 3 anchors
     assert 15 <= len(res.clusters) <= 22  # measured 18 of the 20 images
     assert scores(ch, res)["purity"] >= 0.95
     assert res.info["clusters_below_min_size"] == 0
 
 
-def test_digits_smoke():
+def test_digits_smoke(private_images):
     """Always runs (no CIFAR needed): shapes and bookkeeping on 8x8 digits, inside-dataset k=4."""
-    ch = challenge(n=12, epochs=20, k=4, num_private=4, dataset="digits")
+    ch = challenge(private_images, n=12, epochs=20, k=4, num_private=4, dataset="digits")
     res = demix(ch["encryption"], ch["label"], n_private=12, num_private=4, iterations=2)
     m = len(res.recovered)
     assert res.recovered.shape[1:] == (1, 8, 8) and m <= 12

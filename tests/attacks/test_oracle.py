@@ -1,8 +1,6 @@
 """Oracle decoder (docs/attacks.md) on small challenges built with instahide.encrypt, scored with
 scikit-image's structural_similarity (data_range 2 for [-1, 1] pixels, 1 for [0, 1]; images
 channels-first, channel_axis=0)."""
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -12,23 +10,9 @@ from instahide.attacks import oracle_decode
 from instahide.attacks.oracle import align_signs, design_matrix
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
-CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
 
 
-def private_images(name, n, seed=0):
-    from instahide.data import load_dataset
-
-    if name == "cifar10":
-        if not CIFAR.is_dir():
-            pytest.skip(f"CIFAR-10 not present at {CIFAR}")
-        ds = load_dataset("cifar10", root=CIFAR, split="test")
-    else:
-        ds = load_dataset("digits")
-    sel = np.random.default_rng(seed).choice(len(ds.images), n, replace=False)
-    return ds.images[sel], ds.labels[sel], ds.num_classes
-
-
-def challenge(name="digits", n=20, epochs=10, k=4, num_private=None, mode="instahide", scale="pm1",
+def challenge(private_images, name="digits", n=20, epochs=10, k=4, num_private=None, mode="instahide", scale="pm1",
               pool=0, seed=0):
     """Epoch-major challenge: rows t*n+i hide private image i (slot 1) in epoch t."""
     imgs, labels, classes = private_images(name, n, seed)
@@ -70,8 +54,8 @@ def decode(ch, **kw):
 
 
 # -- near-perfect where the mixtures are linear --------------------------------------------------
-def test_unmasked_inside_dataset_is_exact():
-    ch = challenge("digits", n=20, epochs=8, k=4, mode="mixup")
+def test_unmasked_inside_dataset_is_exact(private_images):
+    ch = challenge(private_images, "digits", n=20, epochs=8, k=4, mode="mixup")
     res = decode(ch, masked=False)
     assert res.method == "least-squares"
     assert res.recovered.shape == ch["private"].shape
@@ -79,33 +63,33 @@ def test_unmasked_inside_dataset_is_exact():
     assert max_ssim(res.decryption, ch) > 0.95
 
 
-def test_unit_pixels_masked_inside_dataset_is_exact():
+def test_unit_pixels_masked_inside_dataset_is_exact(private_images):
     """On non-negative pixels |e| is the mixture: the mask hides nothing."""
-    ch = challenge("digits", n=20, epochs=8, k=4, scale="unit")
+    ch = challenge(private_images, "digits", n=20, epochs=8, k=4, scale="unit")
     res = decode(ch, pixel_range="unit")
     np.testing.assert_allclose(res.recovered, ch["private"], atol=1e-4)
     assert max_ssim(res.decryption, ch) > 0.95
 
 
-def test_unit_pixels_masked_cross_dataset_cifar():
+def test_unit_pixels_masked_cross_dataset_cifar(private_images):
     """Cross-dataset k=6: the public slots are a residual (their mean is solved for)."""
-    ch = challenge("cifar10", n=10, epochs=30, k=6, num_private=2, scale="unit", pool=1000)
+    ch = challenge(private_images, "cifar10", n=10, epochs=30, k=6, num_private=2, scale="unit", pool=1000)
     res = decode(ch, pixel_range="unit")
     assert res.public_mean.shape == (3, 32, 32)
     assert max_ssim(res.decryption, ch) > 0.9
 
 
-def test_decryption_is_slot_one_image():
-    ch = challenge("digits", n=12, epochs=5, k=4, mode="mixup")
+def test_decryption_is_slot_one_image(private_images):
+    ch = challenge(private_images, "digits", n=12, epochs=5, k=4, mode="mixup")
     res = decode(ch, masked=False)
     assert res.decryption.shape == ch["encryption"].shape
     np.testing.assert_array_equal(res.decryption, res.recovered[ch["indices"][:, 0]])
 
 
 # -- masked, centred pixels: phase retrieval ------------------------------------------------------
-def test_pm1_masked_inside_dataset_cifar_gram_step():
+def test_pm1_masked_inside_dataset_cifar_gram_step(private_images):
     """Without public noise, the Gram-matrix step already recovers the images (up to one sign)."""
-    ch = challenge("cifar10", n=10, epochs=20, k=4)
+    ch = challenge(private_images, "cifar10", n=10, epochs=20, k=4)
     res = decode(ch, iterations=0, evaluate_with=ch["private"])
     assert res.method == "phase-retrieval"
     assert res.sign_chosen_by == "evaluation-mode"
@@ -114,8 +98,8 @@ def test_pm1_masked_inside_dataset_cifar_gram_step():
     assert max_ssim(res.decryption, ch) > 0.9
 
 
-def test_pm1_masked_without_evaluation_mode_keeps_sign():
-    ch = challenge("digits", n=10, epochs=20, k=4)
+def test_pm1_masked_without_evaluation_mode_keeps_sign(private_images):
+    ch = challenge(private_images, "digits", n=10, epochs=20, k=4)
     res = decode(ch, iterations=5)
     assert res.sign == 1 and res.sign_chosen_by == "none" and res.scores == {}
     assert np.isfinite(res.recovered).all()
@@ -144,8 +128,8 @@ def test_design_matrix_public_models():
 
 
 # -- input checks ---------------------------------------------------------------------------------
-def test_bad_inputs():
-    ch = challenge("digits", n=6, epochs=3, k=3, mode="mixup")
+def test_bad_inputs(private_images):
+    ch = challenge(private_images, "digits", n=6, epochs=3, k=3, mode="mixup")
     e, idx, lam = ch["encryption"], ch["indices"], ch["coefficients"]
     with pytest.raises(ValueError, match="expected \\(N, C, H, W\\)"):
         oracle_decode(e[0], idx, lam, 3, 6)

@@ -4,8 +4,6 @@ Challenges: epoch-major rows, each epoch one encrypt(..., legacy=True, generator
 LegacyGenerator g (the reference's global streams continue across epochs). Pixels in [-1, 1];
 scored with scikit-image's structural_similarity (data_range=2; images channels-first, channel_axis=0).
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -15,28 +13,22 @@ from instahide.attacks import mt19937_outputs, recover_seed, seed_candidates, se
 from instahide.attacks.seed import _legacy_normals
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
-CIFAR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "cifar-10-batches-py"
 
 
-def challenge(dataset="digits", n=30, epochs=10, k=6, num_private=2, pool=200, legacy_seed=None, seed=0):
+def challenge(private_images, dataset="digits", n=30, epochs=10, k=6, num_private=2, pool=200, legacy_seed=None,
+              seed=0):
     """Epoch-major [-1, 1] challenge from instahide.challenge.make_challenge: legacy keys from
     ``legacy_seed`` (one LegacyGenerator across the epochs, as the reference's global streams), or
     default keys from OS entropy."""
     from instahide.challenge import make_challenge
-    from instahide.data import load_dataset, load_public_pool
+    from instahide.data import load_public_pool
 
-    if dataset == "cifar10":
-        if not CIFAR.is_dir():
-            pytest.skip(f"CIFAR-10 not present at {CIFAR}")
-        ds = load_dataset("cifar10", root=CIFAR, split="test")
-    else:
-        ds = load_dataset(dataset)
-    sel = np.random.default_rng(seed).choice(len(ds.images), n, replace=False)
-    public = load_public_pool("builtin", pool, ds.shape[1:], ds.shape[0]).images if num_private < k else None
+    imgs, labels, classes = private_images(dataset, n, seed)
+    public = load_public_pool("builtin", pool, imgs.shape[2:], imgs.shape[1]).images if num_private < k else None
     legacy = legacy_seed is not None
     gen = instahide.LegacyGenerator(legacy_seed) if legacy else instahide.KeyGenerator.from_entropy()
-    enc, label, truth = make_challenge(ds.images[sel], ds.labels[sel], public, T=epochs, k=k, num_private=num_private,
-                                       num_classes=ds.num_classes, legacy=legacy, generator=gen)
+    enc, label, truth = make_challenge(imgs, labels, public, T=epochs, k=k, num_private=num_private,
+                                       num_classes=classes, legacy=legacy, generator=gen)
     return {"encryption": enc, "label": label, "private": truth.private, "key": truth.key(), "n": n, "k": k,
             "num_private": truth.num_private}
 
@@ -71,8 +63,8 @@ def test_legacy_normals_match_randomstate():
 
 
 # -- the attack ------------------------------------------------------------------------------------
-def test_legacy_cross_dataset_digits_recovered_exactly():
-    ch = challenge(legacy_seed=2741)
+def test_legacy_cross_dataset_digits_recovered_exactly(private_images):
+    ch = challenge(private_images, legacy_seed=2741)
     found = attack(ch, seed_range=(0, 2 ** 12))
     assert found is not None and found.seed == 2741
     assert found.seeds_checked == 2742
@@ -84,26 +76,26 @@ def test_legacy_cross_dataset_digits_recovered_exactly():
     assert max_ssim(found.decryption, ch) > 0.95
 
 
-def test_legacy_inside_dataset_cifar_recovered_exactly():
-    ch = challenge("cifar10", n=20, epochs=5, k=4, num_private=4, legacy_seed=4000)
+def test_legacy_inside_dataset_cifar_recovered_exactly(private_images):
+    ch = challenge(private_images, "cifar10", n=20, epochs=5, k=4, num_private=4, legacy_seed=4000)
     found = attack(ch, seed_range=(0, 2 ** 12))
     assert found is not None and found.seed == 4000 and found.public is None
     assert max_ssim(found.decryption, ch) > 0.95
 
 
-def test_default_keys_give_no_seed():
+def test_default_keys_give_no_seed(private_images):
     """KeyGenerator keys come from SHAKE-256 under 256 bits of OS entropy: no seed reproduces them."""
-    ch = challenge()
+    ch = challenge(private_images)
     assert attack(ch, seed_range=(0, 2 ** 12)) is None
 
 
-def test_wrong_range_gives_no_seed():
-    ch = challenge(legacy_seed=2741)
+def test_wrong_range_gives_no_seed(private_images):
+    ch = challenge(private_images, legacy_seed=2741)
     assert attack(ch, seed_range=(3000, 4096)) is None
 
 
-def test_filter_keeps_the_seed_and_little_else():
-    ch = challenge(legacy_seed=1234)
+def test_filter_keeps_the_seed_and_little_else(private_images):
+    ch = challenge(private_images, legacy_seed=1234)
     kept = seed_candidates(np.arange(4096), ch["label"], k=6, num_private=2, upper=0.65, dom=0.3)
     np.testing.assert_array_equal(kept, [1234])
 
@@ -112,8 +104,8 @@ def test_seed_rate_is_measured():
     assert seed_rate(batch=2048, repeats=1) > 1000
 
 
-def test_bad_inputs():
-    ch = challenge(n=10, epochs=2, legacy_seed=5)
+def test_bad_inputs(private_images):
+    ch = challenge(private_images, n=10, epochs=2, legacy_seed=5)
     e, lab = ch["encryption"], ch["label"]
     with pytest.raises(ValueError, match="whole number of epochs"):
         recover_seed(e, lab, n_private=7, k=6, num_private=2)

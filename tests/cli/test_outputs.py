@@ -121,17 +121,20 @@ def test_bad_out_folders_are_one_line_errors_and_leave_nothing(tmp_path, capsys,
     assert (tmp_path / "afile").read_text() == "x" and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
-def test_failures_after_the_checks_leave_no_folders(tmp_path, capsys):
+@pytest.mark.parametrize("argv,message", [(["--dataset", "cifar10"], "needs a root"),            # loading
+                                          (["--k", "5", "--subset", "3"], "too few images")])  # encrypting
+def test_failures_leave_no_folders(tmp_path, capsys, argv, message):
     out = tmp_path / "new" / "deeper" / "enc"
-    assert main(["encrypt", "--out", str(out), "--dataset", "cifar10"]) == 2  # needs a root: fails in loading
-    assert "needs a root" in _one_line_error(capsys, "encrypt")
+    assert main(["encrypt", "--out", str(out), *argv]) == 2
+    assert message in _one_line_error(capsys, "encrypt")
     assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("cmd", ["encrypt", "show"])
 def test_images_without_pixels_are_refused_at_the_door(tmp_path, capsys, monkeypatch, cmd):
     fake = SimpleNamespace(name="fake", num_classes=3, classes=None, mean=(0.0,), std=(1.0,))
-    monkeypatch.setattr(encrypt_cmd, "load_private", lambda args: (fake, torch.zeros(6, 1, 0, 8), torch.zeros(6, dtype=torch.long)))
+    monkeypatch.setattr(encrypt_cmd, "load_private",
+                        lambda args: (fake, torch.zeros(6, 1, 0, 8), torch.zeros(6, dtype=torch.long)))
     out = tmp_path / ("x.png" if cmd == "show" else "x")
     assert main([cmd, "--out", str(out)]) == 2
     assert "(C, H, W) = (1, 0, 8)" in _one_line_error(capsys, cmd)
@@ -170,7 +173,8 @@ def test_unlabelled_data_is_encrypted_without_label_file(tmp_path, capsys, kind)
     meta = json.loads((out / "meta.json").read_text())
     assert meta["labelled"] is False and meta["num_classes"] is None and meta["rows"] == 24
     enc = np.load(out / "encryption.npy")
-    assert enc.shape == (24, 8, 8, 3) and meta["files"]["encryption.npy"]["sha256"] == _io.sha256_file(out / "encryption.npy")
+    assert enc.shape == (24, 8, 8, 3)
+    assert meta["files"]["encryption.npy"]["sha256"] == _io.sha256_file(out / "encryption.npy")
     # independent reference: the images as PIL/numpy read them, normalised with the recorded mean/std
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     x = (x - torch.tensor(meta["mean"]).view(1, 3, 1, 1)) / torch.tensor(meta["std"]).view(1, 3, 1, 1)

@@ -116,13 +116,6 @@ def idx_writer():
     return write_idx
 
 
-@pytest.fixture(scope="session")
-def mnist_root(shared_data) -> Path:
-    """The real MNIST idx files; the test is skipped without them."""
-    root = shared_data / "mnist"
-    if not root.is_dir():
-        pytest.skip(f"MNIST not present at {root}")
-    return root
 
 
 @pytest.fixture

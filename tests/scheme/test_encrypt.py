@@ -120,6 +120,7 @@ def test_apply_key_reproduces_encryption_and_keys_roundtrip(tmp_path):
     x, pub = centred(20), centred(12, seed=1)
     enc = encrypt(x, k=6, public=pub, seed=6, return_key=True)
     path = enc.key.save(tmp_path / "key.npz")
+    assert path.stat().st_mode & 0o777 == 0o600           # a key is a secret: owner only
     key = Key.load(path)
     assert key.meta == enc.key.meta
     assert torch.equal(apply_key(x, key, public=pub), enc.images)

@@ -50,7 +50,8 @@ def add_parser(sub) -> None:
     p.add_argument("--key-out", default=None, metavar="PATH",
                    help="also write the keys (.npz) here, readable by you only (mode 0600); keep it apart "
                         "from the encryptions")
-    p.add_argument("--force", action="store_true", help="overwrite existing output files")
+    p.add_argument("--force", action="store_true",
+                   help="replace an earlier output folder (and key file) of this command")
     add_encryption_options(p)
     p.set_defaults(func=run)
 
@@ -95,10 +96,8 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     ds, x, y = load_images(args)
     pool, public = load_public(args, tuple(x.shape[1:]))
     n, (c, h, w) = x.shape[0], x.shape[1:]
-    labelled = y is not None
+    labelled = y is not None  # labelled datasets name their classes
     num_classes = ds.num_classes if labelled else None
-    if labelled and num_classes is None:
-        num_classes = int(y.max()) + 1 if len(y) else 0
     if key_path is not None and key_path.parent == tmp:
         print(f"warning: the key file {args.key_out} sits next to the encryptions; anyone given the "
               "folder can undo the mask", file=sys.stderr)
@@ -109,7 +108,8 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     progress = Progress(args.epochs, f"encrypting {n} {ds.name} images x {args.epochs} epoch(s)")
     t0 = time.perf_counter()
     try:
-        with atomic_open(tmp / ENCRYPTION) as fe, atomic_open(tmp / LABEL) if labelled else contextlib.nullcontext() as fl:
+        with atomic_open(tmp / ENCRYPTION) as fe, \
+                atomic_open(tmp / LABEL) if labelled else contextlib.nullcontext() as fl:
             enc_rows = _npy_writer(fe, (n * args.epochs, h, w, c))
             lab_rows = _npy_writer(fl, (n * args.epochs, num_classes)) if labelled else None
             for _ in range(args.epochs):

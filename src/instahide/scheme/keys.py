@@ -106,7 +106,8 @@ class Key:
 
     # -- storage ----------------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> Path:
-        """Write the key to ``path`` (``.npz``) atomically: a temporary file, then a rename."""
+        """Write the key to ``path`` (``.npz``) atomically (a temporary file, then a rename), readable
+        by its owner only (mode 0600): whoever holds a key can undo the mask."""
         path = Path(path)
         arrays = {
             "format": np.frombuffer(_FORMAT.encode(), dtype=np.uint8),
@@ -118,7 +119,7 @@ class Key:
         }
         if self.mask_bits is not None:
             arrays["mask_bits"] = self.mask_bits.cpu().numpy()
-        atomic_savez(path, arrays)
+        atomic_savez(path, arrays, secret=True)
         return path
 
     @classmethod
