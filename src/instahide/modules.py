@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .scheme.defaults import DOM, K_INSIDE, UPPER
 from .scheme.encrypt import MODES, check_images, check_scheme, encrypt
 from .scheme.legacy import LegacyGenerator
 from .scheme.rng import KeyGenerator, resolve_generator
@@ -67,8 +68,8 @@ class InstaHide(nn.Module, _SchemeOptions):
         (torch.Size([16, 3, 32, 32]), torch.Size([16, 10]))
     """
 
-    def __init__(self, k: int = 4, *, upper: float = 0.65, mode: str = "instahide", public=None,
-                 num_private: int | None = None, dom: float = 0.3, num_classes: int | None = None,
+    def __init__(self, k: int = K_INSIDE, *, upper: float = UPPER, mode: str = "instahide", public=None,
+                 num_private: int | None = None, dom: float = DOM, num_classes: int | None = None,
                  seed=None, generator: KeyGenerator | LegacyGenerator | None = None, legacy: bool = False,
                  allow_uncentred: bool = False) -> None:
         super().__init__()
@@ -117,8 +118,8 @@ class InstaHideLoader(_SchemeOptions):
     """
 
     def __init__(self, images, labels, *, batch_size: int = 128, shuffle: bool = True,
-                 drop_last: bool = False, augment=None, k: int = 4, upper: float = 0.65,
-                 mode: str = "instahide", public=None, num_private: int | None = None, dom: float = 0.3,
+                 drop_last: bool = False, augment=None, k: int = K_INSIDE, upper: float = UPPER,
+                 mode: str = "instahide", public=None, num_private: int | None = None, dom: float = DOM,
                  num_classes: int | None = None, seed=None, generator=None, legacy: bool = False,
                  allow_uncentred: bool = False) -> None:
         self.images = check_images(images, "images")

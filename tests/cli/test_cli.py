@@ -1,5 +1,6 @@
 """The `instahide` command, end to end on the built-in digits (no download)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -21,9 +22,26 @@ def test_encrypt_default_writes_files_and_no_key(tmp_path, capsys):
     assert enc.shape == (n, 8, 8, 1) and enc.dtype == np.float32
     assert lab.shape == (n, 10) and np.allclose(lab.sum(1), 1, atol=1e-5)
     meta = json.loads((out / "meta.json").read_text())
-    assert meta["scheme"]["k"] == 4 and meta["keys"]["origin"] == "os-entropy" and meta["keys"]["written_to"] is None
+    assert meta["scheme"]["k"] == 4 and meta["keys"]["origin"] == "os-entropy" and meta["keys"]["written"] is False
     assert sorted(p.name for p in out.iterdir()) == ["encryption.npy", "label.npy", "meta.json"]
     assert "no key written" in capsys.readouterr().out
+
+
+def test_handed_out_meta_names_no_local_path(tmp_path):
+    photos, keys = tmp_path / "my photos", tmp_path / "secret" / "k.npz"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(photos / f"{i}.png")
+    out = tmp_path / "enc"
+    assert main(["encrypt", "--public", str(photos), "--public-size", "50", "--key-out", str(keys),
+                 "--out", str(out)]) == 0
+    text = (out / "meta.json").read_text()
+    for private in (str(tmp_path), "my photos", "secret", os.uname().nodename):
+        assert private not in text, private
+    assert json.loads(text)["keys"]["written"] is True
 
 
 def test_refuses_to_overwrite_without_force(tmp_path, capsys):

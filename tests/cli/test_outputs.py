@@ -70,6 +70,25 @@ def test_key_file_is_written_owner_only_and_help_says_so(tmp_path, capsys):
     assert "0600" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("exchange", [True, False])  # renameat2 RENAME_EXCHANGE, or two renames
+def test_output_folder_replaces_the_whole_set_or_nothing(tmp_path, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(_io, "_exchange", lambda a, b: False)
+    out = tmp_path / "set"
+    with _io.output_folder(out) as tmp:
+        (tmp / "a").write_text("1")
+        (tmp / "b").write_text("1")
+    with pytest.raises(RuntimeError), _io.output_folder(out, force=True, owned=("a", "b")) as tmp:
+        (tmp / "a").write_text("2")
+        raise RuntimeError("crash half-way")
+    assert _files(out) == {"a": b"1", "b": b"1"}
+    with _io.output_folder(out, force=True, owned=("a", "b")) as tmp:
+        (tmp / "a").write_text("3")
+    assert _files(out) == {"a": b"3"} and sorted(p.name for p in tmp_path.iterdir()) == ["set"]
+    with pytest.raises(FileExistsError, match="pass --force"), _io.output_folder(out, owned=("a",)):
+        pass
+
+
 # -- every destination is checked before anything is written ---------------------------------------
 def _old_set(tmp_path):
     out, key = tmp_path / "enc", tmp_path / "keys" / "k.npz"

@@ -62,18 +62,10 @@ class SeedRecovery:
 
 # -- vectorised Mersenne Twister -------------------------------------------------------------------
 def mt19937_outputs(seeds, count: int) -> np.ndarray:
-    """The first ``count`` 32-bit outputs of ``numpy.random.RandomState(seed)`` for many seeds at once.
-
-    Args:
-        seeds: integers in ``[0, 2**32)``, shape ``(S,)``.
-        count: outputs per seed, ``1 <= count <= 227`` (those of the first twist that depend on the
-            initial state only).
-
-    Returns:
-        uint32 array ``(count, S)``; column ``s`` equals ``RandomState(seeds[s]).randint(0, 2**32,
-        size=count, dtype=np.uint64)``. Cost: 396 + count vector steps (the ``init_genrand``
-        recurrence) over ``S`` values.
-    """
+    """The first ``count`` (1 to 227: the first twist's outputs that depend on the initial state only)
+    32-bit outputs of ``numpy.random.RandomState(seed)`` for seeds ``(S,)`` in ``[0, 2**32)`` at once:
+    uint32 ``(count, S)``, column ``s`` equal to ``RandomState(seeds[s]).randint(0, 2**32, size=count,
+    dtype=np.uint64)``. Cost: 396 + count vector steps over ``S`` values."""
     if not 1 <= count <= _MAX_WORDS:
         raise ValueError(f"count must be in [1, {_MAX_WORDS}], got {count}")
     seeds = np.asarray(seeds)
@@ -187,16 +179,10 @@ def seed_candidates(seeds, label: np.ndarray, *, k: int, num_private: int, upper
     (rejects almost every seed), then up to ``check_rows`` rows from 227 outputs for the seeds the
     first pass could not decide; seeds still undecided are replayed with a real ``RandomState``.
 
-    Args:
-        seeds: ``(S,)`` integers in ``[0, 2**32)``.
-        label: ``(N, classes)`` leaked labels; rows ``0..check_rows-1`` (epoch 0) are used.
-        k, num_private, upper: the scheme; ``dom``: c2, or None inside-dataset (as the reference,
-            which applies it only in cross-dataset mode).
-        check_rows: epoch-0 rows compared per seed in the second pass.
-        chunk: seeds per vector operation (small enough to stay in cache).
-
-    Returns:
-        int64 array of the seeds that pass (a superset of the true seed, almost always just it).
+    ``seeds``: ``(S,)`` in ``[0, 2**32)``; ``label``: ``(N, classes)``, rows ``0..check_rows-1`` (epoch 0)
+    used; ``k, num_private, upper``: the scheme, ``dom``: c2 (None inside-dataset, as the reference);
+    ``chunk``: seeds per vector operation. Returns the int64 seeds that pass (almost always just the
+    true one).
     """
     seeds = np.asarray(seeds, dtype=np.int64)
     label = np.asarray(label, dtype=np.float64)

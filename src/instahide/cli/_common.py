@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 import torch
@@ -64,8 +65,12 @@ def scheme_from_args(args) -> SchemeConfig:
     """The validated :class:`~instahide.scheme.SchemeConfig` of the parsed options."""
     try:
         return from_args(args, SchemeConfig).validate()
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+    except ValueError as exc:  # the message names fields; on the command line they are options
+        raise CLIError(_OPTION_NAMES.sub(lambda m: "--" + (m.group(1) or m.group(2)).replace("_", "-"), str(exc))) from exc
+
+
+_OPTION_NAMES = re.compile(r"\b(num_private|public_size|public_resize|upper|dom|legacy)\b(?=[ :,)]|$)"
+                           r"|\b(public)\b$")
 
 
 def scheme_kwargs(args) -> dict:

@@ -40,11 +40,9 @@ examples:
 """
 SCORE_DESCRIPTION = """\
 Score a decryption (a .npy of the encryption's shape (N, H, W, C), one recovered image per row, in
-the encryption's pixel units) against the challenge's ground truth. For each row, p1 and p2 are the
-private images in slots 1 and 2; Max_SSIM = mean over rows of max(SSIM(dec, p1), SSIM(dec, p2)) (the
-ranking metric), Mean_SSIM = mean of their average; Best_L2 / Mean_L2 the same for the per-pixel RMSE.
-SSIM is scikit-image's structural_similarity (7x7 uniform window, channel_axis=-1) with data range 2
-for pm1 pixels, 1 for unit, mean 1/std for normalize.
+the encryption's pixel units) against the challenge's ground truth: Max_SSIM = mean over rows of
+max(SSIM(dec, p1), SSIM(dec, p2)), p1 and p2 the private images in slots 1 and 2 (the ranking metric);
+Mean_SSIM, Best_L2, Mean_L2 and the SSIM conventions (scikit-image's): docs/challenge.md.
 
 examples:
   instahide challenge score --challenge runs/challenge --decryption dec.npy --out runs/score

@@ -126,16 +126,17 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     seconds = time.perf_counter() - t0
     rows = n * args.epochs
     meta = {
-        "dataset": ds.name, "split": args.split, "root": args.root, "num_images": n,
+        "dataset": ds.name, "split": args.split, "num_images": n,
         "epochs": args.epochs, "rows": rows, "row_order": "epoch-major: row = epoch * N + i",
         "image_shape_hwc": [h, w, c], "labelled": labelled, "num_classes": num_classes, "classes": ds.classes,
         "normalized": args.normalize, "mean": list(ds.mean) if args.normalize else None,
         "std": list(ds.std) if args.normalize else None,
-        "public": None if pool is None else {"source": args.public, "size": len(pool),
+        "public": None if pool is None else {"source": args.public if args.public == "builtin" else "local files",
+                                             "size": len(pool),
                                              "mean": list(pool.mean), "std": list(pool.std)},
         "scheme": {**kw, "num_private": kw.get("num_private", kw["k"])},
         "keys": {"origin": "legacy-seed" if kw["legacy"] else generator.origin,
-                 "research_seed": seed, "written_to": args.key_out},
+                 "research_seed": seed, "written": key_path is not None},
         "subset": args.subset, "seconds": round(seconds, 3), "instahide_version": __version__,
     }
     if key_path is not None:

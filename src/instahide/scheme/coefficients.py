@@ -15,6 +15,7 @@ import math
 import numpy as np
 import torch
 
+from .defaults import UPPER
 from .rng import KeyGenerator, resolve_generator
 
 # Stop (with an error) rather than spin when the bounds are feasible but almost never met.
@@ -78,7 +79,7 @@ def sample_coefficients(
     n: int,
     k: int,
     *,
-    upper: float = 0.65,
+    upper: float = UPPER,
     dom: float | None = None,
     num_private: int = 2,
     own_min: float | None = None,

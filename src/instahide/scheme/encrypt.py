@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .coefficients import check_bounds, sample_coefficients
+from .defaults import DOM, K_INSIDE, UPPER
 from .keys import Key
 from .legacy import LegacyGenerator, legacy_key
 from .masks import apply_mask_, sample_mask_bits
@@ -51,12 +52,12 @@ def encrypt(
     images,
     labels=None,
     *,
-    k: int = 4,
-    upper: float = 0.65,
+    k: int = K_INSIDE,
+    upper: float = UPPER,
     mode: str = "instahide",
     public=None,
     num_private: int | None = None,
-    dom: float = 0.3,
+    dom: float = DOM,
     num_classes: int | None = None,
     own_min: float | None = None,
     seed=None,
@@ -147,7 +148,7 @@ def sample_key(
     k: int,
     image_shape: tuple[int, int, int],
     *,
-    upper: float = 0.65,
+    upper: float = UPPER,
     dom: float | None = None,
     num_private: int | None = None,
     pool_size: int | None = None,

@@ -51,12 +51,9 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
 
 
 class PairNet(nn.Module):
-    """Siamese pair-similarity network (module docstring). Input: magnitudes ``(B, C, H, W)``.
-
-    Encoder ``f``: ``h = highpass(|e| / input_scale)``, then ``h + g(h)`` with ``g`` ``depth`` dilated
-    3x3 convs at full resolution (last layer initialised at zero), flattened, centred and normalised:
-    ``f (B, C*H*W)``. Head: ``logit = scale * <f(a), f(b)> + bias``.
-    """
+    """Siamese pair-similarity network on magnitudes ``(B, C, H, W)``: ``f = h + g(h)``, ``h`` the
+    high-passed ``|e| / input_scale``, ``g`` ``depth`` dilated 3x3 convs (last layer zero at first),
+    flattened, centred and normalised; ``logit = scale * <f(a), f(b)> + bias``."""
 
     def __init__(self, config: PairNetConfig):
         super().__init__()
@@ -93,11 +90,8 @@ class PairNet(nn.Module):
 
 
 class SignNet(nn.Module):
-    """Tiny CNN telling a natural image ``x`` (logit > 0) from its negative ``-x`` (logit < 0).
-
-    Used to pick the one global sign that ``|e|`` cannot give on centred pixels, from the attacker's
-    OWN data prior (trained on its own images, never on the attacked ones). Input ``(B, C, H, W)``.
-    """
+    """Tiny CNN telling a natural image ``x`` (logit > 0) from ``-x`` (logit < 0), ``(B, C, H, W)``: the
+    global sign ``|e|`` cannot give, from the attacker's OWN images (never the attacked ones)."""
 
     def __init__(self, channels: int, width: int = 16):
         super().__init__()
@@ -110,14 +104,10 @@ class SignNet(nn.Module):
 
 # -- training data: the attacker's own InstaHide ---------------------------------------------------
 class EncryptionSampler:
-    """Fresh training encryptions of the attacker's own images, with their private image sets.
-
-    ``images``: float ``(M, C, H, W)`` in the challenge's pixel units; ``labels``: int ``(M,)``;
-    ``public``: float ``(P, C, H, W)`` or None; the scheme's public parameters as keywords.
-    :meth:`batch` returns ``magnitude (R, C, H, W)``, ``members (R, m)`` bool (which of the ``m``
-    drawn images each row holds in a private slot) and ``support (R, classes)`` bool (the classes
-    its leaked label shows), ``R = batch_images * batch_epochs``.
-    """
+    """Fresh training encryptions of the attacker's own images ``(M, C, H, W)`` (challenge units; labels
+    ``(M,)``; ``public`` ``(P, C, H, W)`` or None; the scheme as keywords). :meth:`batch` returns
+    ``magnitude (R, C, H, W)``, bool ``members (R, m)`` (which drawn images each row holds privately) and
+    bool ``support (R, classes)`` (its label's classes), ``R = batch_images * batch_epochs``."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, public: torch.Tensor | None, *, k: int,
                  num_private: int, upper: float, dom: float, mode: str, num_classes: int, allow_uncentred: bool,
@@ -177,14 +167,10 @@ def embed(network: PairNet, magnitude: torch.Tensor, batch: int = 512) -> torch.
 def train_pair_network(sampler: EncryptionSampler, config: CarliniConfig = CarliniConfig(), *,
                        scheme: dict | None = None, network: PairNet | None = None,
                        progress=None) -> tuple[PairNet, list[dict]]:
-    """Train a :class:`PairNet` on fresh encryptions from ``sampler`` (module docstring).
-
-    ``config.train_steps`` optimiser steps (AdamW, cosine learning rate), each on ``batch_images *
-    batch_epochs`` rows; ``config.train_time_s`` stops earlier; it trains on ``config.device`` (the
-    encryptions are made on the CPU). ``scheme``: the public parameters stored in the network;
-    ``network``: continue training it. Returns the network (eval mode) and a log (one dict per 25
-    steps: step, loss, pair accuracy on the batch, seconds).
-    """
+    """Train a :class:`PairNet` on fresh encryptions from ``sampler`` for ``config.train_steps`` steps
+    (AdamW, cosine learning rate; ``config.train_time_s`` stops earlier) on ``config.device``.
+    ``scheme``: the public parameters stored in it; ``network``: continue training it. Returns the
+    network (eval mode) and a log (every 25 steps: step, loss, pair accuracy on the batch, seconds)."""
     steps, device = config.train_steps, config.device
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed + 1)
