@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..scheme.coefficients import check_bounds
+from ..scheme.defaults import DOM, UPPER
 from ..scheme.keys import Key
 from ..scheme.legacy import LEGACY_SEED_BITS, LegacyGenerator, legacy_coefficients, legacy_key
 from .inputs import check_count, check_encryption, check_label
@@ -205,8 +206,8 @@ def seed_candidates(seeds, label: np.ndarray, *, k: int, num_private: int, upper
     return np.array(sorted(out), dtype=np.int64)
 
 
-def seed_rate(batch: int = 2 ** 16, *, k: int = 6, num_private: int = 2, upper: float = 0.65,
-              dom: float | None = 0.3, repeats: int = 2) -> float:
+def seed_rate(batch: int = 2 ** 16, *, k: int = 6, num_private: int = 2, upper: float = UPPER,
+              dom: float | None = DOM, repeats: int = 2) -> float:
     """Measured filter throughput in seeds per second on this machine (one thread of numpy).
 
     Extrapolate: ``2**32 / seed_rate() / 3600`` CPU-hours for the whole 32-bit space.
@@ -265,8 +266,8 @@ def recover_seed(
     n_private: int,
     k: int,
     num_private: int,
-    upper: float = 0.65,
-    dom: float | None = 0.3,
+    upper: float = UPPER,
+    dom: float | None = DOM,
     seed_range: tuple[int, int] = (0, 2 ** 16),
     masked: bool = True,
     batch: int = 2 ** 14,

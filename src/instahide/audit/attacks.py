@@ -21,6 +21,7 @@ from ..attacks import demix, oracle_decode, recover_seed
 from ..attacks.carlini import CarliniConfig, carlini_attack, load_pair_network
 from ..challenge import score
 from ..data import load_dataset, load_public_pool
+from ..scheme.defaults import DOM, UPPER
 
 __all__ = ["AttackOutcome", "ATTACKS", "run_attack", "attack_names"]
 
@@ -102,7 +103,7 @@ def _run_seed(enc, lab, meta, truth=None, seed_range=(0, 2 ** 16), **opt) -> Att
         raise ValueError(f"seed range [{start}, {stop}) must lie in [0, 2^32) and be non-empty")
     t0 = time.perf_counter()
     found = recover_seed(enc, lab, n_private=_meta_int(meta, "n_private"), k=k, num_private=num_private,
-                         upper=float(meta.get("upper", 0.65)),
+                         upper=float(meta.get("upper", UPPER)),
                          dom=float(meta["dom"]) if meta.get("dom") is not None and num_private < k else None,
                          seed_range=(start, stop), masked=meta.get("mode", "instahide") == "instahide", **opt)
     seconds = time.perf_counter() - t0
@@ -158,7 +159,7 @@ def _run_carlini(enc, lab, meta, truth=None, *, attacker_dataset=None, attacker_
     res = carlini_attack(
         enc, lab, n_private=_meta_int(meta, "n_private"), k=_meta_int(meta, "k"),
         num_private=_meta_int(meta, "num_private"), attacker_images=ds.images, attacker_labels=ds.labels,
-        attacker_public=pool, upper=float(meta.get("upper", 0.65)), dom=float(meta.get("dom") or 0.3),
+        attacker_public=pool, upper=float(meta.get("upper", UPPER)), dom=float(meta.get("dom") or DOM),
         mode=meta.get("mode", "instahide"), scaling=meta.get("scaling", "pm1"), mean=meta.get("private_mean"),
         std=meta.get("private_std"), config=config, network=network, truth=truth, progress=progress,
         checkpoint_dir=checkpoint_dir)

@@ -21,6 +21,7 @@ from ..attacks.gradinv import invert_gradients, observed_gradient
 from ..data.scaling import scale_images, scaling_data_range
 from ..metrics import match_batches, ssim, window_for
 from ..scheme import KeyGenerator, encrypt
+from ..scheme.defaults import DOM, UPPER
 from ..train.models import build_model
 
 __all__ = ["leakage_lenet", "gradient_inversion_audit"]
@@ -48,7 +49,7 @@ def _row_private_ssim(rec: torch.Tensor, private: torch.Tensor, idx: np.ndarray,
 
 
 def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int = 4, num_private: int | None = None,
-                             public=None, upper: float = 0.65, dom: float = 0.3, scaling: str = "pm1",
+                             public=None, upper: float = UPPER, dom: float = DOM, scaling: str = "pm1",
                              num_classes: int | None = None, n: int = 4, batch_size: int = 1, model: str = "lenet",
                              steps: int = 2000, lr: float = 0.03, distance: str = "l2", tv_weight: float = 0.0,
                              restarts: int = 1, seed: int = 0, log=None) -> dict:

@@ -23,6 +23,7 @@ from ..data.arrays import default_stats
 from ..data.augment import Augment
 from ..data.scaling import SCALINGS, private_stats, scale_images, scaling_data_range
 from ..scheme import Key, KeyGenerator, LegacyGenerator, encrypt, resolve_generator
+from ..scheme.defaults import DOM, UPPER
 
 __all__ = [
     "ChallengeTruth", "make_challenge", "write_challenge", "load_challenge", "save_truth", "load_truth",
@@ -167,8 +168,8 @@ def make_challenge(
     k: int = 6,
     num_private: int | None = None,
     mode: str = "instahide",
-    upper: float = 0.65,
-    dom: float = 0.3,
+    upper: float = UPPER,
+    dom: float = DOM,
     scaling: str = "pm1",
     legacy: bool = False,
     research_seed=None,

@@ -77,7 +77,7 @@ def resize_short_side(photo: np.ndarray, short: int) -> np.ndarray:
     size = _short_side_shape(h, w, short)
     if size == (h, w):
         return photo
-    x = torch.from_numpy(np.ascontiguousarray(photo)).to(torch.float32)[None]
+    x = torch.tensor(photo, dtype=torch.float32)[None]  # a copy: photo may be a read-only view
     y = torch.nn.functional.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return y[0].round_().clamp_(0, 255).to(torch.uint8).numpy()
 

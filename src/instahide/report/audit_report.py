@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_write_text
+from .._io import atomic_open, atomic_write_text
 from .figures import _plt, encryption_grid, truth_unit_range
 
 __all__ = ["write_audit_report", "ssim_distribution_png", "recovered_png", "best_rows_per_image"]
@@ -61,7 +61,8 @@ def ssim_distribution_png(outcomes, path: str | os.PathLike, threshold: float = 
         ax.set_ylabel("count")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path) as fh:  # a killed run never leaves a half-written picture
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
     return Path(path)
 

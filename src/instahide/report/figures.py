@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._io import atomic_open
 from ..challenge import ChallengeTruth, ScoreResult, write_score_files
 from ..data.scaling import to_unit_range
 
@@ -76,7 +77,8 @@ def encryption_grid(rows: list[tuple], path: str | os.PathLike, title: str | Non
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path) as fh:  # a killed run never leaves a half-written picture
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)
 
 

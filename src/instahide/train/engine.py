@@ -330,5 +330,6 @@ def plot_curves(path: Path, history: list[dict]) -> None:
         ax.set_ylabel("loss" if what == "loss" else "accuracy")
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_open(path) as fh:  # a killed run never leaves a half-written picture
+        fig.savefig(fh, format="png", dpi=100)
     plt.close(fig)

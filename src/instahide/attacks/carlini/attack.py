@@ -24,6 +24,7 @@ from ...data.arrays import default_stats
 from ...data.scaling import SCALINGS, private_stats, scale_images
 from ...metrics import ssim
 from ...scheme import KeyGenerator
+from ...scheme.defaults import DOM, UPPER
 from ..inputs import check_attacker_data, check_count, check_encryption, check_label
 from . import graph as G
 from . import reconstruct as R
@@ -354,8 +355,8 @@ def carlini_attack(
     attacker_images,
     attacker_labels,
     attacker_public=None,
-    upper: float = 0.65,
-    dom: float = 0.3,
+    upper: float = UPPER,
+    dom: float = DOM,
     mode: str = "instahide",
     scaling: str = "pm1",
     mean=None,

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...scheme.defaults import UPPER
 from ..oracle import align_signs, oracle_decode
 
 __all__ = ["public_mass", "estimated_keys", "reconstruct_oracle", "reconstruct_gd", "choose_sign", "fit_loss",
@@ -223,7 +224,7 @@ def apply_colour_correction(net: ColourNet, images: np.ndarray, pixel_range: str
 
 def assign_by_fit(magnitude: np.ndarray, recovered: np.ndarray, public_mean, label: np.ndarray,
                   cluster_class: np.ndarray, assignment: np.ndarray, coefficients: np.ndarray, pub: np.ndarray, *,
-                  upper: float = 0.65, splits: int = 5, eps: float = 1e-6):
+                  upper: float = UPPER, splits: int = 5, eps: float = 1e-6):
     """Re-assign every row (``num_private == 2``) to the pair of clusters, among those whose classes
     match its label, whose recovered images best explain its magnitudes:
     ``min || |lam_1 X_i + lam_2 X_j + p mu| - |e| ||^2`` (sign-free, so it works before the global
