@@ -30,11 +30,12 @@ def _slice(batch, r, world_size):
 
 
 def reference_run(folders, *, epochs, batch_size, lr, momentum, weight_decay, research_seed, order_seed,
-                  world_size, milestones=(0.5, 0.75), gamma=0.1):
+                  world_size, milestones=(0.5, 0.75), gamma=0.1, abs_first=True):
     """One process, plain loop: for every global batch, split it in ``world_size`` slices, run each slice
     through the model separately (BatchNorm statistics per slice, as on the ranks), add the slices'
     summed losses divided by the global batch size, one SGD step. Running BatchNorm statistics are the
-    ones the first slice leaves (DDP broadcasts rank 0's buffers)."""
+    ones the first slice leaves (DDP broadcasts rank 0's buffers). ``abs_first``: the network sees
+    ``|x|`` (the sign-invariant stage the trainer puts first for InstaHide encryptions)."""
     union = load_encrypted(folders)
     torch.manual_seed(_seed(research_seed, "shared-init"))
     model = build_model("mnistnet", union.num_classes, 1)
@@ -48,7 +49,7 @@ def reference_run(folders, *, epochs, batch_size, lr, momentum, weight_decay, re
             kept = None
             for r in range(world_size):      # gradients accumulate over the slices
                 x, y = union.take(epoch, _slice(b, r, world_size).numpy())
-                (soft_cross_entropy(model(x), y, reduction="sum") / len(b)).backward()
+                (soft_cross_entropy(model(x.abs() if abs_first else x), y, reduction="sum") / len(b)).backward()
                 if r == 0:
                     kept = {k: v.clone() for k, v in model.named_buffers()}
             with torch.no_grad():

@@ -55,7 +55,7 @@ def test_two_ranks_equal_one_process_on_the_same_global_batches(job, parties):
     ref = reference.reference_run(parties, epochs=3, batch_size=64, lr=0.05, momentum=0.9, weight_decay=1e-4,
                                   research_seed=4, order_seed=state["order_seed"], world_size=2)
     for name, t in ref.state_dict().items():  # parameters and rank 0's BatchNorm statistics
-        torch.testing.assert_close(state["model"][name], t, rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(state["model"][f"model.{name}"], t, rtol=1e-4, atol=1e-5, msg=name)
     # every epoch's rows are split between the ranks and all used (the last global batch has 24 >= 2 rows)
     assert [m["rows"] for m in r0["shared_final"]["history"]] == [600] * 3
 

@@ -28,10 +28,11 @@ def test_one_process_run_is_plain_sgd_on_the_union(tmp_path, parties):
     ref = reference.reference_run(parties, epochs=3, batch_size=64, lr=0.05, momentum=0.9, weight_decay=1e-4,
                                   research_seed=4, order_seed=state["order_seed"], world_size=1)
     for name, t in ref.state_dict().items():
-        torch.testing.assert_close(state["model"][name], t, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(state["model"][f"model.{name}"], t, rtol=1e-5, atol=1e-6, msg=name)
     assert final["world_size"] == 1 and final["rows_per_epoch"] == 600 and final["fresh_epochs"] == 2
     assert final["reused_encryptions"] and [m["encryption_epochs"] for m in final["history"]] == [[0, 0], [1, 1], [2, 0]]
     assert final["keys"].startswith("none")
+    assert final["sign_invariant"] is True and state["sign_invariant"] is True  # InstaHide folders: |x| first
 
 
 def test_learns_well_above_chance_and_reloads(tmp_path, parties):

@@ -189,3 +189,27 @@ def test_an_unusable_out_fails_before_the_first_epoch(tmp_path, digits):
         train(TrainConfig.make(**FAST, epochs=1, out=str(tmp_path / "file" / "run")), data=digits,
               on_epoch_end=lambda e, m: epochs.append(e))
     assert epochs == [] and (tmp_path / "file").read_text() == "not a folder"
+
+
+# -- the sign-invariant stage: on for InstaHide, recorded everywhere --------------------------------
+@pytest.mark.parametrize("mode,setting,expected", [("instahide", "auto", True), ("mixup", "auto", False),
+                                                   ("vanilla", "auto", False), ("instahide", "off", False),
+                                                   ("mixup", "on", True)])
+def test_sign_invariant_choice_is_recorded_and_reloaded(tmp_path, digits, mode, setting, expected):
+    from instahide import SignInvariant
+
+    final = train(TrainConfig.make(**FAST, mode=mode, sign_invariant=setting, epochs=1, out=str(tmp_path)),
+                  data=digits)
+    assert final["sign_invariant"] is expected and final["config"]["sign_invariant"] == setting
+    model, _, state = load_model(tmp_path / "checkpoint.pt")
+    assert state["sign_invariant"] is expected and isinstance(model, SignInvariant) is expected
+
+
+def test_federated_parties_and_the_shared_trainer_use_the_same_rule():
+    from instahide import SignInvariant
+    from instahide.federated import FedConfig, build_global_model
+
+    assert isinstance(build_global_model(FedConfig(), 1, 10), SignInvariant)
+    assert not isinstance(build_global_model(FedConfig.make(mode="mixup"), 1, 10), SignInvariant)
+    with pytest.raises(ValueError, match="sign_invariant must be one of"):
+        TrainConfig.make(sign_invariant="maybe").validate()

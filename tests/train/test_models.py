@@ -127,3 +127,37 @@ def test_count_parameters_trainable_only():
     model.classifier.requires_grad_(False)
     frozen = linear(64 * 16, 128) + linear(128, 10)
     assert count_parameters(model, trainable_only=True) == count_parameters(model) - frozen
+
+
+# -- the sign-invariant input stage -----------------------------------------------------------------
+@pytest.mark.parametrize("name,channels,size,width", [("preact_resnet18", 3, 32, 0.125), ("fastnet", 3, 32, 0.25),
+                                                      ("mnistnet", 1, 28, 0.5)])
+def test_sign_invariant_output_does_not_depend_on_the_mask(name, channels, size, width):
+    from instahide import encrypt
+    from instahide.scheme import KeyGenerator
+
+    torch.manual_seed(0)
+    model = build_model(name, 10, channels, width=width, sign_invariant=True)
+    x = torch.randn(6, channels, size, size)
+    e = encrypt(x, k=2, generator=KeyGenerator.from_seed(1)).images
+    remasked = e * torch.where(torch.rand_like(e) < 0.5, -1.0, 1.0)      # any other mask of the same mixture
+    for train_mode in (True, False):                                      # batch and running BN statistics
+        model.train(train_mode)
+        with torch.no_grad():
+            out = model(e)
+            assert torch.equal(out, model(-e)) and torch.equal(out, model(remasked))
+    plain = build_model(name, 10, channels, width=width)
+    plain.eval()
+    with torch.no_grad():
+        assert not torch.equal(plain(e), plain(-e))                       # without the stage it does depend
+
+
+def test_sign_invariant_wraps_any_model_once_and_keeps_its_weights():
+    from instahide import SignInvariant, sign_invariant
+
+    user = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    wrapped = sign_invariant(user)
+    assert isinstance(wrapped, SignInvariant) and sign_invariant(wrapped) is wrapped and wrapped.model is user
+    x = torch.randn(5, 3, 2, 2)
+    assert torch.equal(wrapped(x), user(x.abs())) and torch.equal(wrapped(x), wrapped(-x))
+    assert set(wrapped.state_dict()) == {f"model.{k}" for k in user.state_dict()}

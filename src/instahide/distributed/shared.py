@@ -38,10 +38,9 @@ from .._io import load_torch_checkpoint
 from ..data import load_dataset, normalize_images
 from ..train.ddp import DistInfo, all_agree, all_reduce_sum, broadcast_object, cleanup, init_distributed
 from ..train.config import validate_training
-from ..train.engine import (Progress, RunFolder, derive_seed, load_weights, make_optimizer, model_for, reschedule,
-                            summary, train_epoch)
+from ..train.engine import (Progress, RunFolder, build_arch, derive_seed, load_weights, make_optimizer, model_for,
+                            reschedule, sign_invariant_for, summary, train_epoch)
 from ..train.evaluate import evaluate
-from ..train.models import build_model
 from ..train.recipe import pick_subset
 from .encrypted import EncryptedUnion, load_encrypted
 
@@ -60,6 +59,8 @@ class SharedConfig(Config):
     model: str = "auto"                  # preact_resnet18 | fastnet | mnistnet; auto: mnistnet for 1 channel,
                                          # fastnet for 3
     width: float = 1.0                   # channel-width multiplier (scale down for CPU runs)
+    sign_invariant: str = "auto"         # |x| as the model's first operation: auto = on when a party's folder
+                                         # holds InstaHide encryptions, off for Mixup; off = the paper's training
     sync_bn: bool = False                # CUDA + DDP only: BatchNorm statistics over the global batch
     # -- optimisation (the reference recipe: docs/scheme.md, "Reference defaults") ------------------
     epochs: int = 10                     # training epochs; party p's rows come from encryption epoch e mod T_p
@@ -175,10 +176,12 @@ def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dic
     run = RunFolder(cfg.out, FORMAT, main=info.is_main)
     state, union, test = _setup(cfg, info, run, resume)
     c = union.image_shape[0]
-    arch = {"model_name": model_for(cfg.model, c), "num_classes": union.num_classes, "in_channels": c}
+    modes = [(d.get("scheme") or {}).get("mode", "instahide") for d in union.describe()]
+    arch = {"model_name": model_for(cfg.model, c), "num_classes": union.num_classes, "in_channels": c,
+            "sign_invariant": sign_invariant_for(cfg.sign_invariant, modes)}
     if cfg.research_seed is not None:
         torch.manual_seed(derive_seed(cfg.research_seed, "shared-init"))
-    model = build_model(arch["model_name"], union.num_classes, c, width=cfg.width).to(device)
+    model = build_arch(arch, cfg.width).to(device)
     opt, sched = make_optimizer(model, cfg)
     history, start = [], 0
     if state is not None:
@@ -226,7 +229,8 @@ def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dic
         metrics = run.record(info, history, metrics, t0, bar, model, opt, sched, cfg.to_dict(), order_seed=int(order_seed), **arch)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
-    final = {"config": cfg.to_dict(), "model": arch["model_name"], "device": str(device), "world_size": W,
+    final = {"config": cfg.to_dict(), "model": arch["model_name"], "sign_invariant": arch["sign_invariant"],
+             "device": str(device), "world_size": W,
              "backend": info.backend, "parameters": sum(p.numel() for p in model.parameters()),
              "parties": union.describe(), "rows_per_epoch": rows, "fresh_epochs": union.fresh_epochs,
              "reused_encryptions": cfg.epochs > union.fresh_epochs,
@@ -246,6 +250,6 @@ def load_shared_model(path, device="cpu"):
     """``(model in eval mode, SharedConfig, checkpoint dict)`` from a shared-trainer checkpoint."""
     state = load_shared_checkpoint(path)
     cfg = SharedConfig.from_dict(state["config"])
-    model = build_model(state["model_name"], state["num_classes"], state["in_channels"], width=cfg.width)
+    model = build_arch(state, cfg.width)
     load_weights(model, state["model"], str(path))
     return model.to(device).eval(), cfg, state

@@ -44,6 +44,8 @@ class FedConfig(Config):
     model: str = "auto"                  # preact_resnet18 | fastnet | mnistnet; auto: mnistnet for 1 channel,
                                          # fastnet for 3
     width: float = 1.0                   # channel-width multiplier (scale down for CPU runs)
+    sign_invariant: str = "auto"         # |x| as the model's first operation: auto = on for InstaHide, off for
+                                         # vanilla / Mixup; off = the paper's training on raw encryptions
     # -- scheme (the paper's names; see instahide.encrypt and docs/scheme.md) -----------------------
     scheme: SchemeConfig = field(default_factory=SchemeConfig)  # every party loads the same public pool
     # -- local training (every party, every round) -------------------------------------------------

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 import torch
 
 from ..scheme import KeyGenerator, encrypt
-from ..train import TrainData, build_model, evaluate, load_train_data, load_weights, train_epoch
-from ..train.engine import augment_for, derive_seed, index_batches, model_for, seeded
+from ..train import TrainData, evaluate, load_train_data, load_weights, train_epoch
+from ..train.engine import augment_for, build_arch, derive_seed, index_batches, model_for, seeded, sign_invariant_for
 from .config import FedConfig
 from .partition import dirichlet_partition, iid_partition
 
@@ -107,7 +107,13 @@ def build_global_model(cfg: FedConfig, in_channels: int, num_classes: int) -> to
     """The model every party trains (initialised from the research seed when one is set)."""
     if cfg.research_seed is not None:
         torch.manual_seed(derive_seed(cfg.research_seed, "init"))
-    return build_model(model_for(cfg.model, in_channels), num_classes, in_channels, width=cfg.width)
+    return build_arch(party_arch(cfg, in_channels, num_classes), cfg.width)
+
+
+def party_arch(cfg: FedConfig, in_channels: int, num_classes: int) -> dict:
+    """The model every party and the server build: name, classes, channels, sign-invariant stage."""
+    return {"model_name": model_for(cfg.model, in_channels), "num_classes": num_classes, "in_channels": in_channels,
+            "sign_invariant": sign_invariant_for(cfg.sign_invariant, cfg.scheme.mode)}
 
 
 def party_key_generator(cfg: FedConfig, partition_id: int, server_round: int) -> KeyGenerator:
@@ -120,8 +126,7 @@ def party_key_generator(cfg: FedConfig, partition_id: int, server_round: int) ->
 
 def _party_model(cfg: FedConfig, party: PartyData, state_dict: dict) -> torch.nn.Module:
     torch.set_num_threads(cfg.threads)
-    c = party.shape[0]
-    model = build_model(model_for(cfg.model, c), party.num_classes, c, width=cfg.width)
+    model = build_arch(party_arch(cfg, party.shape[0], party.num_classes), cfg.width)
     load_weights(model, state_dict, "global weights")
     return model
 

@@ -30,9 +30,9 @@ import torch
 from .._io import load_torch_checkpoint
 from ..data import load_dataset
 from ..train import evaluate, load_weights, pick_subset
-from ..train.engine import CHECKPOINT, RunFolder, model_for, summary
+from ..train.engine import CHECKPOINT, RunFolder, summary
 from .config import FedConfig
-from .local import build_global_model
+from .local import build_global_model, party_arch
 
 __all__ = ["make_strategy", "run_server", "make_server_app", "app", "load_server_checkpoint",
            "load_test_data", "CHECKPOINT", "ROUNDS", "FORMAT"]
@@ -101,7 +101,7 @@ def run_server(grid, cfg: FedConfig, *, log=print) -> dict:
     x_test, y_test, num_classes = load_test_data(cfg)
     c = x_test.shape[1]
     model = build_global_model(cfg, c, num_classes)
-    arch = {"model_name": model_for(cfg.model, c), "num_classes": num_classes, "in_channels": c}
+    arch = party_arch(cfg, c, num_classes)
     history, start = [], 0
     if state is not None:
         load_weights(model, state["model"], str(run.checkpoint))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from .._config import Config, check_types
 from ..scheme.config import SchemeConfig
+from .engine import SIGN_INVARIANT
 from .models import MODELS
 
 AUGMENT = ("auto", "on", "off")
@@ -25,6 +26,9 @@ class TrainConfig(Config):
     model: str = "auto"                  # preact_resnet18 | fastnet | mnistnet; auto: mnistnet for 1 channel,
                                          # fastnet for 3 (the paper's model is preact_resnet18)
     width: float = 1.0                   # channel-width multiplier (scale down for CPU runs)
+    sign_invariant: str = "auto"         # |x| as the model's first operation: auto = on when training on
+                                         # InstaHide encryptions (the mask's signs carry nothing), off for
+                                         # vanilla / Mixup; off = the paper's training on raw encryptions
     # -- scheme (the paper's names; see instahide.encrypt and docs/scheme.md) -----------------------
     scheme: SchemeConfig = field(default_factory=SchemeConfig)
     # -- optimisation (the reference recipe: docs/scheme.md, "Reference defaults") ------------------
@@ -63,6 +67,8 @@ class TrainConfig(Config):
 
 def validate_training(cfg) -> None:
     """The checks every trainer's configuration shares: model, width, batch, optimiser, schedule."""
+    if cfg.sign_invariant not in SIGN_INVARIANT:
+        raise ValueError(f"sign_invariant must be one of {', '.join(SIGN_INVARIANT)}, got {cfg.sign_invariant!r}")
     if cfg.model != "auto" and cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; known models: auto, {', '.join(MODELS)}")
     if cfg.batch_size < 1:

@@ -35,6 +35,7 @@ from .._io import atomic_open, atomic_torch_save, atomic_write_text, check_file_
 from ..data.augment import Augment
 from .ddp import DistInfo, all_agree, broadcast_object
 from .loss import soft_cross_entropy
+from .models import build_model
 
 CHECKPOINT = "checkpoint.pt"
 # Fields that may differ between a run and its resumption (where and how it runs, not what it computes).
@@ -58,6 +59,26 @@ def seeded(seed: int | None, *parts, device="cpu") -> torch.Generator | None:
 def model_for(name: str, in_channels: int) -> str:
     """The model to build: ``name``, or for ``"auto"`` mnistnet (1 channel) / fastnet (3 channels)."""
     return name if name != "auto" else ("mnistnet" if in_channels == 1 else "fastnet")
+
+
+SIGN_INVARIANT = ("auto", "on", "off")
+
+
+def sign_invariant_for(setting: str, modes) -> bool:
+    """Whether the model puts ``|x|`` first: ``"on"``, ``"off"``, or for ``"auto"`` when it trains on
+    InstaHide encryptions (``modes``: the mode, or the modes of the parties' folders) and not for
+    vanilla or Mixup training (where signs carry the image)."""
+    if setting not in SIGN_INVARIANT:
+        raise ValueError(f"sign_invariant must be one of {', '.join(SIGN_INVARIANT)}, got {setting!r}")
+    modes = {modes} if isinstance(modes, str) else set(modes)
+    return setting == "on" or (setting == "auto" and "instahide" in modes)
+
+
+def build_arch(arch: dict, width: float) -> torch.nn.Module:
+    """The model a checkpoint's ``arch`` record describes (``model_name``, ``num_classes``,
+    ``in_channels``, ``sign_invariant``; checkpoints written before the last field have none)."""
+    return build_model(arch["model_name"], arch["num_classes"], arch["in_channels"], width=width,
+                       sign_invariant=bool(arch.get("sign_invariant", False)))
 
 
 def augment_for(setting: str, shape, mean, std) -> Augment | None:

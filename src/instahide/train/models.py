@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PreActBlock", "PreActResNet18", "FastNet", "MnistNet", "MODELS", "build_model", "count_parameters"]
+__all__ = ["PreActBlock", "PreActResNet18", "FastNet", "MnistNet", "MODELS", "SignInvariant", "build_model",
+           "count_parameters", "sign_invariant"]
 
 
 def _check_input(x: torch.Tensor, in_channels: int, name: str) -> None:
@@ -244,17 +245,47 @@ MODELS: dict[str, tuple[Callable[[int, int, float], nn.Module], str]] = {
 }
 
 
-def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.0) -> nn.Module:
+class SignInvariant(nn.Module):
+    """``model(|x|)``: a network whose first operation is the element-wise absolute value.
+
+    The InstaHide mask is uniform and independent of the image, so what a network can learn from an
+    encryption ``e`` it can learn from ``|e|`` (``= |mixture|``): nothing is lost, and the network no
+    longer spends its capacity learning to ignore random signs (docs/accuracy.md, "Why |e| first").
+    ``e``, ``-e`` and every re-masking of ``e`` give bit-identical outputs.
+
+    >>> net = SignInvariant(torch.nn.Linear(3, 2))
+    >>> x = torch.randn(4, 3)
+    >>> torch.equal(net(x), net(-x))
+    True
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x.abs())
+
+
+def sign_invariant(model: nn.Module) -> SignInvariant:
+    """``model`` with the sign-invariant input stage (:class:`SignInvariant`); unchanged if it has one."""
+    return model if isinstance(model, SignInvariant) else SignInvariant(model)
+
+
+def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.0, *,
+                sign_invariant: bool = False) -> nn.Module:
     """The model registered as ``name`` in :data:`MODELS`, ``(B, in_channels, H, W) -> (B, num_classes)``.
 
-    ``width`` multiplies every layer width (``preact_resnet18``: base width ``64 * width``).
+    ``width`` multiplies every layer width (``preact_resnet18``: base width ``64 * width``);
+    ``sign_invariant`` puts ``|x|`` first (:class:`SignInvariant`).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
     if num_classes < 1 or in_channels < 1 or width <= 0:
         raise ValueError(f"need num_classes >= 1, in_channels >= 1 and width > 0; got {num_classes}, "
                          f"{in_channels}, {width}")
-    return MODELS[name][0](num_classes, in_channels, width)
+    model = MODELS[name][0](num_classes, in_channels, width)
+    return SignInvariant(model) if sign_invariant else model
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -42,10 +42,9 @@ from ..data import load_dataset, load_public_pool
 from ..scheme import KeyGenerator, encrypt
 from .config import TrainConfig
 from .ddp import DistInfo, all_agree, all_reduce_sum, cleanup, init_distributed
-from .engine import (CHECKPOINT, Progress, RunFolder, augment_for, derive_seed, index_batches, load_weights,
-                     make_optimizer, model_for, reschedule, seeded, summary, train_epoch)
+from .engine import (Progress, RunFolder, augment_for, build_arch, derive_seed, index_batches, load_weights,
+                     make_optimizer, model_for, reschedule, seeded, sign_invariant_for, summary, train_epoch)
 from .evaluate import evaluate
-from .models import build_model
 
 FORMAT = "instahide-checkpoint/1"
 
@@ -192,8 +191,9 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
         err = exc
     all_agree(info, err)
     c = data.x_train.shape[1]
-    arch = {"model_name": model_for(cfg.model, c), "num_classes": data.num_classes, "in_channels": c}
-    model = build_model(arch["model_name"], data.num_classes, c, width=cfg.width).to(device)
+    arch = {"model_name": model_for(cfg.model, c), "num_classes": data.num_classes, "in_channels": c,
+            "sign_invariant": sign_invariant_for(cfg.sign_invariant, cfg.scheme.mode)}
+    model = build_arch(arch, cfg.width).to(device)
     opt, sched = make_optimizer(model, cfg)
     augment = augment_for(cfg.augment, data.x_train.shape[1:], data.mean, data.std)
     history, start = [], 0
@@ -231,7 +231,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
         metrics = run.record(info, history, metrics, t0, bar, model, opt, sched, cfg.to_dict(), **arch)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
-    final = {"config": cfg.to_dict(), "model": arch["model_name"], "device": str(device),
+    final = {"config": cfg.to_dict(), "model": arch["model_name"], "sign_invariant": arch["sign_invariant"],
+             "device": str(device),
              "parameters": sum(p.numel() for p in model.parameters()),
              "train_images": len(data.x_train) * W, "test_images": len(data.x_test), "dataset": data.name,
              "augment": augment is not None, "keys": "research-seed" if cfg.research_seed is not None else "os-entropy",
@@ -254,6 +255,6 @@ def load_model(path: str | os.PathLike, device="cpu"):
     """``(model in eval mode, TrainConfig, checkpoint dict)`` from a training checkpoint."""
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["config"])
-    model = build_model(state["model_name"], state["num_classes"], state["in_channels"], width=cfg.width)
+    model = build_arch(state, cfg.width)
     load_weights(model, state["model"], str(path))
     return model.to(device).eval(), cfg, state
