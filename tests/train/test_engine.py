@@ -213,3 +213,18 @@ def test_federated_parties_and_the_shared_trainer_use_the_same_rule():
     assert not isinstance(build_global_model(FedConfig.make(mode="mixup"), 1, 10), SignInvariant)
     with pytest.raises(ValueError, match="sign_invariant must be one of"):
         TrainConfig.make(sign_invariant="maybe").validate()
+
+
+def test_short_recipe_is_a_one_cycle_with_label_smoothing_and_resumes(tmp_path, digits):
+    cfg = TrainConfig.make(**{**FAST, "lr": 0.1}, recipe="short", epochs=8, out=str(tmp_path / "s"))
+    def stop(epoch, metrics):
+        if epoch == 3:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, data=digits, on_epoch_end=stop)
+    final = train(cfg, resume=True, data=digits)
+    lrs = [m["lr"] for m in final["history"]]
+    assert lrs == pytest.approx([0.05, 0.1, 0.1 * 6 / 7, 0.1 * 5 / 7, 0.1 * 4 / 7, 0.1 * 3 / 7, 0.1 * 2 / 7, 0.1 / 7])
+    assert final["resumed_from_epoch"] == 3 and final["final_test_acc"] > 0.5
+    with pytest.raises(ValueError, match="recipe must be one of"):
+        TrainConfig.make(recipe="fast").validate()

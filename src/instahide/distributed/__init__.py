@@ -10,7 +10,7 @@
 Entry point: ``instahide train-shared ...`` (or ``train``), also under
 ``torchrun --nproc-per-node=N -m instahide train-shared ...``. See docs/distributed.md.
 """
-from ..train.ddp import DistInfo, cleanup, init_distributed, shard_bounds
+from ..train.ddp import DistInfo, cleanup, init_distributed
 from .encrypted import EncryptedUnion, KeyMaterialError, Party, find_key_files, load_encrypted
 from .shared import (SharedConfig, epoch_batches, load_shared_checkpoint, load_shared_model, load_test_set,
                      rank_slice, train_shared)
@@ -18,5 +18,5 @@ from .shared import (SharedConfig, epoch_batches, load_shared_checkpoint, load_s
 __all__ = [
     "DistInfo", "EncryptedUnion", "KeyMaterialError", "Party", "SharedConfig", "cleanup", "epoch_batches",
     "find_key_files", "init_distributed", "load_encrypted", "load_shared_checkpoint", "load_shared_model",
-    "load_test_set", "rank_slice", "shard_bounds", "train_shared",
+    "load_test_set", "rank_slice", "train_shared",
 ]

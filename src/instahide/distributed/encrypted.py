@@ -1,30 +1,13 @@
 """Encryptions handed over by several parties, read as one training set (never their keys).
 
-Each party runs ``instahide encrypt --epochs T`` on its own private data and hands the central trainer
-one folder: ``encryption.npy`` ``(N*T, H, W, C)`` (epoch-major: row ``e*N + i`` is image ``i``
-encrypted in epoch ``e``), ``label.npy`` ``(N*T, classes)`` (mixed soft labels) and ``meta.json``
-(no secrets), written last by :func:`write_meta` with the size and SHA-256 of each array.
-:func:`load_encrypted` memory-maps the arrays of one or more such folders (``allow_pickle=False``) and
-checks them before any training starts:
-
-- the arrays exist, are not truncated or corrupt, are floating point, with matching row counts and the
-  shapes ``meta.json`` announces, and their bytes are the ones ``meta.json`` records (a folder mixing
-  two runs, or one a copy cut short, is refused);
-- the folder is labelled (``instahide encrypt`` of unlabelled data writes no ``label.npy``: nothing
-  to train on);
-- all parties agree on image shape, classes and normalisation (a clear error names the folder that
-  disagrees);
-- no key file lies in a folder: whoever holds a key can undo the mask, so a folder with one is refused
-  (:class:`KeyMaterialError`); the party must move it out before handing the folder over.
-
-Training epochs (a choice, documented in docs/distributed.md): in training epoch ``e`` party ``p``
-contributes its ``N_p`` rows of encryption epoch ``e mod T_p``. While ``e < T_p`` every epoch sees
-encryptions under fresh one-time keys, as the paper trains; past ``T_p`` the party's encryptions are
-reused (the model sees the same encryption again; no new information leaks, but the paper's
-"fresh keys every epoch" no longer holds). :attr:`EncryptedUnion.fresh_epochs` says how many epochs
-are fresh for every party.
-
-Example::
+Each party runs ``instahide encrypt --epochs T`` and hands over one folder: ``encryption.npy``
+``(N*T, H, W, C)`` (row ``e*N + i`` is image ``i`` in encryption epoch ``e``), ``label.npy`` and
+``meta.json``, written last by :func:`write_meta` with the size and SHA-256 of each array.
+:func:`load_encrypted` memory-maps the arrays (``allow_pickle=False``) and refuses, before any
+training, a folder whose bytes differ from its ``meta.json``, truncated, non-float or unlabelled
+arrays, parties that disagree on shape, classes or normalisation, and any folder holding a key file
+(:class:`KeyMaterialError`). In training epoch ``e`` party ``p`` contributes its rows of encryption
+epoch ``e mod T_p`` (reused past ``T_p``: docs/distributed.md). ::
 
     union = load_encrypted(["runs/alice", "runs/bob"])
     x, y = union.take(epoch=0, positions=np.arange(128))   # (128, C, H, W), (128, classes)

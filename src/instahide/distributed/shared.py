@@ -1,29 +1,13 @@
 """A central trainer over encryptions that several parties handed over, in one process or with DDP.
 
 The parties encrypt their own data (``instahide encrypt --epochs T``) and hand over only the folder;
-the trainer (:func:`train_shared`) reads the union (:func:`~instahide.distributed.load_encrypted`),
-trains on the encryptions and mixed labels with the reference recipe (SGD, momentum, weight decay,
-step schedule, soft-label cross-entropy) and evaluates on a clean test set of its own. It never sees
-a key.
+:func:`train_shared` reads the union (:func:`~instahide.distributed.load_encrypted`), trains on it with
+the engine and the reference recipe and evaluates on a clean test set of its own. It never sees a key.
+Under ``torchrun`` every rank takes one slice of each global batch and scales its summed loss so that
+DDP's gradient average is the global batch's mean (docs/distributed.md, "The trainer"). ::
 
-Data parallelism (``torchrun``; gloo on CPU, nccl on CUDA): every training epoch, one permutation of
-the epoch's rows (the same on every rank) is cut into global batches of ``batch_size``; rank ``r``
-takes the ``r``-th of ``W`` near-equal slices of each global batch, so the ranks' shards of every
-epoch are disjoint and together they cover it. Rank ``r`` scales its summed loss by
-``W / len(global batch)``; DDP averages the gradients over the ranks, so each step follows the
-gradient of the global batch's mean loss exactly as one process would, except for BatchNorm, whose
-batch statistics are per rank (``len(global batch) / W`` images; ``sync_bn=True`` on CUDA makes them
-global). A last global batch smaller than ``W`` is dropped (at most ``W - 1`` rows per epoch).
-Rank 0 evaluates, writes ``checkpoint.pt`` atomically every epoch, ``metrics.jsonl`` and
-``final.json``; ``resume=True`` continues (rank 0 reads the checkpoint and broadcasts it, so only
-rank 0's machine needs the run folder; every machine needs the encryption folders).
-
-Example::
-
-    from instahide.distributed import SharedConfig, train_shared
-    cfg = SharedConfig(encrypted=("runs/alice", "runs/bob"), test_dataset="digits", epochs=20,
-                       batch_size=64, lr=0.05, out="runs/shared")
-    final = train_shared(cfg)          # or under: torchrun --nproc-per-node=2 -m instahide train-shared ...
+    cfg = SharedConfig(encrypted=("runs/alice", "runs/bob"), test_dataset="digits", epochs=20, out="runs/s")
+    final = train_shared(cfg)
 """
 from __future__ import annotations
 

@@ -10,6 +10,7 @@ from .engine import SIGN_INVARIANT
 from .models import MODELS
 
 AUGMENT = ("auto", "on", "off")
+RECIPES = ("reference", "short")
 
 
 @dataclass
@@ -39,6 +40,10 @@ class TrainConfig(Config):
     weight_decay: float = 1e-4           # reference 1e-4
     milestones: tuple[float, ...] = (0.5, 0.75)  # lr x gamma at these fractions of the epochs (100, 150 of 200)
     gamma: float = 0.1                   # lr factor at each milestone (reference: divide by 10)
+    recipe: str = "reference"            # reference: the paper's SGD + step schedule (full-scale runs); short:
+                                         # for small budgets, a one-cycle schedule (lr rising to lr over the first
+                                         # quarter of the epochs, then falling to 0; milestones unused), label
+                                         # smoothing 0.1 and test-time flipping when augment is on
     # -- run ---------------------------------------------------------------------------------------
     research_seed: int | None = None     # REPRODUCIBLE RESEARCH ONLY: seeds init, order, augmentation AND the
                                          # keys (anyone who knows it can recompute them); None: keys from OS
@@ -53,6 +58,8 @@ class TrainConfig(Config):
         """Raise a ValueError naming the first bad field (before any data is loaded)."""
         check_types(self)
         validate_training(self)
+        if self.recipe not in RECIPES:
+            raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.augment not in AUGMENT:
             raise ValueError(f"augment must be one of {', '.join(AUGMENT)}, got {self.augment!r}")
         for name in ("epochs", "eval_every"):

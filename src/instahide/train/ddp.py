@@ -149,11 +149,3 @@ def all_reduce_sum(values, info: DistInfo) -> list[float]:
     dist.all_reduce(t)
     return t.tolist()
 
-
-def shard_bounds(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    """``[start, stop)`` of rank ``rank``'s contiguous share of ``n`` items (sizes differ by <= 1)."""
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is outside a world of {world_size}")
-    base, extra = divmod(n, world_size)
-    start = rank * base + min(rank, extra)
-    return start, start + base + (1 if rank < extra else 0)

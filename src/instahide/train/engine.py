@@ -95,15 +95,24 @@ def _milestones(cfg) -> list[int]:
 
 
 def make_optimizer(model, cfg):
-    """SGD (``lr``, ``momentum``, ``weight_decay``) and a per-epoch MultiStepLR that multiplies the
-    rate by ``gamma`` at the fractions ``milestones`` of ``epochs``. Returns ``(optimizer, scheduler)``."""
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    """SGD (``lr``, ``momentum``, ``weight_decay``) and a per-epoch schedule: MultiStepLR multiplying the
+    rate by ``gamma`` at the fractions ``milestones`` of ``epochs`` (the reference), or, for
+    ``cfg.recipe == "short"``, a one-cycle: linear up to ``lr`` over the first quarter of the epochs,
+    then linear down to 0 after the last. Returns ``(optimizer, scheduler)``."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                          nesterov=getattr(cfg, "recipe", "reference") == "short" and cfg.momentum > 0)
+    if getattr(cfg, "recipe", "reference") == "short":
+        warm, total = max(1, round(cfg.epochs / 4)), cfg.epochs
+        rise = lambda e: (e + 1) / warm if e < warm else (total - e) / max(1, total - warm + 1)  # noqa: E731
+        return opt, torch.optim.lr_scheduler.LambdaLR(opt, rise)
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=_milestones(cfg), gamma=cfg.gamma)
 
 
 def reschedule(opt, sched, cfg) -> None:
     """After loading a checkpoint of a run with fewer epochs: the milestones of ``cfg.epochs`` and the
     learning rate they give at the current epoch (as if the run had been planned that long)."""
+    if not isinstance(sched, torch.optim.lr_scheduler.MultiStepLR):
+        return  # a LambdaLR recomputes its rate from the epoch and the new length at every step
     sched.milestones = Counter(_milestones(cfg))
     done = sched.last_epoch
     lr = cfg.lr * cfg.gamma ** sum(1 for m in _milestones(cfg) if m <= done)

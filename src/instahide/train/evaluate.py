@@ -21,9 +21,13 @@ def predict_proba(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 512
     return torch.cat(out)
 
 
-def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, amp: bool = False) -> dict:
-    """Top-1 accuracy and mean cross-entropy on clean images ``x`` ``(N, C, H, W)``, labels ``y`` ``(N,)``."""
+def evaluate(model, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, amp: bool = False,
+             flip: bool = False) -> dict:
+    """Top-1 accuracy and mean cross-entropy on clean images ``x`` ``(N, C, H, W)``, labels ``y`` ``(N,)``;
+    ``flip`` averages the probabilities of each image and its mirror image (test-time flipping)."""
     p = predict_proba(model, x, batch_size, amp)
+    if flip:
+        p = (p + predict_proba(model, x.flip(3), batch_size, amp)) / 2
     return {"accuracy": (p.argmax(1) == y).float().mean().item(),
             "loss": F.nll_loss(torch.log(p.clamp_min(1e-12)), y).item()}
 

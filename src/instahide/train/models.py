@@ -4,15 +4,8 @@ Every model maps images ``(B, C, H, W)`` to logits ``(B, num_classes)`` and work
 (global pooling before the head), so the same network runs on CIFAR (32x32), MNIST (28x28) and
 scikit-learn's digits (8x8).
 
-=================== ======== ===================================================================
-name                params   what it is
-=================== ======== ===================================================================
-``preact_resnet18`` 11.17 M  the InstaHide reference network (the paper's numbers); GPU-sized
-``fastnet``          2.0 M   CIFAR speed-record style (airbench / Page's ResNet-9 lineage)
-``mnistnet``         0.15 M  conv32-conv64-pool-fc128 for grayscale digits
-=================== ======== ===================================================================
-
-(parameter counts for 10 classes and 3 input channels, 1 for ``mnistnet``.)
+``MODELS`` lists them (``preact_resnet18``: the reference network, 11.17 M parameters; ``fastnet``: a
+CIFAR speed-record style net, 2.0 M; ``mnistnet``: a small CNN for grayscale digits, 0.15 M).
 
 Example::
 

@@ -1,31 +1,17 @@
 """The training recipe: train a model on InstaHide encryptions (or Mixup, or plain images).
 
-Sections, in order: data, keys, training, checkpoints. The loop, the run folder and the seeding
-rule are the engine's (:mod:`instahide.train.engine`). One call::
+Sections: data, keys, training, checkpoints; the loop, the run folder and the seeding rule are the
+engine's (:mod:`instahide.train.engine`). Every epoch augments the whole private set (batched, on the
+device), re-encrypts all of it with fresh one-time keys, takes SGD steps on soft-label cross-entropy,
+evaluates on the clean test set and checkpoints atomically. With a research seed a resumed run ends
+with the same weights as an uninterrupted one. ::
 
     from instahide.train import TrainConfig, train
-    result = train(TrainConfig(dataset="cifar10", root="data/cifar-10-batches-py", epochs=200))
+    result = train(TrainConfig.make(dataset="cifar10", root="data/cifar-10-batches-py", epochs=200))
 
-Every epoch: augment the whole private set (batched, on the device), re-encrypt all of it with fresh
-one-time keys, shuffle, take SGD steps on soft-label cross-entropy, evaluate on the clean test set,
-append the metrics to ``metrics.jsonl`` / ``metrics.csv``, and write ``checkpoint.pt`` atomically.
-``resume=True`` continues from the checkpoint (and extends a finished run when ``epochs`` grew); with a
-research seed the resumed run ends with the same weights as an uninterrupted one (per-epoch
-generators are derived from the seed and epoch). The model, the sign-invariant choices and the
-scheme are recorded in every checkpoint and in ``final.json``.
-
-Under ``torchrun`` (DistributedDataParallel; gloo on CPU, nccl on CUDA)::
-
-    torchrun --standalone --nproc-per-node=2 -m instahide train --epochs 30 --out runs/ddp
-
-every rank takes a disjoint shard of the private set (a fixed permutation, equal shares; the
-``N mod W`` left over are not used), augments and encrypts ITS shard every epoch with ITS OWN keys
-(``KeyGenerator.from_entropy()`` on each rank, or, with a research seed, a child generator spawned
-per epoch and rank, so no two ranks share a keystream), so the inside-dataset partners of an image
-come from its rank's shard. Each rank takes batches of ``batch_size // W`` rows (the global batch is
-``W * (batch_size // W)``); DDP all-reduces the gradients; rank 0 evaluates and writes the checkpoint
-and metrics. With a research seed, a run with a given world size is deterministic (but differs from
-the one-process run: other shards, other keys). World size 1 runs exactly as without torchrun.
+Under ``torchrun`` (``torchrun --standalone --nproc-per-node=2 -m instahide train ...``) every rank
+encrypts its own disjoint shard with its own keys and DDP averages the gradients; docs/distributed.md,
+"On-the-fly encryption under DDP", has the details.
 """
 from __future__ import annotations
 
@@ -211,11 +197,14 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
         batch_size = max(1, cfg.batch_size // W)
     amp = cfg.amp and device.type == "cuda"
     onehot = F.one_hot(data.y_train, data.num_classes).float()
+    short = cfg.recipe == "short"
     buffer = torch.empty_like(data.x_train) if cfg.scheme.mode != "vanilla" else None
     t_run = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         xs, ys = epoch_inputs(cfg, data, epoch, augment, onehot, out=buffer, rank=rank, world_size=W)
+        if short:  # label smoothing 0.1, keeping each row's label mass (< 1 cross-dataset)
+            ys = 0.9 * ys + 0.1 * ys.sum(1, keepdim=True) / data.num_classes
         t_enc = time.perf_counter() - t0
         order = torch.randperm(len(xs), generator=_gen(cfg, epoch, "order", "cpu", rank, W)).to(device)
         bar = Progress(-(-len(xs) // batch_size), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and info.is_main)
@@ -226,7 +215,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
                    "test_loss": None, "test_acc": None}
         sched.step()
         if info.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            ev = evaluate(model, data.x_test, data.y_test, batch_size=max(256, cfg.batch_size), amp=amp)
+            ev = evaluate(model, data.x_test, data.y_test, batch_size=max(256, cfg.batch_size), amp=amp,
+                          flip=short and augment is not None)
             metrics.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
         metrics = run.record(info, history, metrics, t0, bar, model, opt, sched, cfg.to_dict(), **arch)
         if on_epoch_end is not None:
