@@ -1,17 +1,11 @@
 """Configuration dataclasses: typed fields, commented defaults, nested groups, one set of converters.
 
-Every configuration of the package (:class:`~instahide.scheme.SchemeConfig`, ``TrainConfig``,
-``FedConfig``, ``SharedConfig``) is a dataclass whose fields carry a type annotation and a comment.
-This module turns such a class into what its users need, the same way for every one of them:
-
-- :func:`from_dict`: a configuration from a ``dict`` (``final.json``, a checkpoint, Flower's run
-  config), with each value converted to its field's type and a clear error for an unknown key or a
-  value of the wrong type. A nested group (a field whose type is itself a configuration dataclass,
-  e.g. ``scheme``) is given either as a sub-dict or by its fields' names at the top level ("flat").
-- :func:`flat_dict`: the inverse, one level, as the command line and Flower see it.
-- :func:`add_arguments` / :func:`from_args`: one ``--field-name`` option per (flattened) field, typed
-  from the annotation, documented by the comment beside the field.
-- :func:`check_types`: every field holds a value of its declared type (``validate()`` calls it).
+Every configuration (``SchemeConfig``, ``TrainConfig``, ``FedConfig``, ``SharedConfig``, ``AuditConfig``)
+is a dataclass whose fields carry a type and a comment. :func:`from_dict` builds one from a dict
+(``final.json``, a checkpoint, Flower's run config; nested groups such as ``scheme`` as a sub-dict or
+flat), converting values and naming an unknown key or a bad value; :func:`flat_dict` is the inverse;
+:func:`add_arguments` / :func:`from_args` give one ``--field-name`` option per field, documented by
+its comment; :func:`check_types` is what ``validate()`` calls first.
 """
 from __future__ import annotations
 

@@ -222,3 +222,22 @@ def load_torch_checkpoint(path: str | os.PathLike, fmt: str, what: str = "checkp
     if not isinstance(state, dict) or state.get("format") != fmt:
         raise ValueError(f"{path} is not an instahide {what} ({fmt})")
     return state
+
+
+def pyplot():
+    """matplotlib's pyplot on the non-interactive Agg backend; ImportError without the plot extra."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ImportError('pictures need matplotlib: pip install "instahide[plot]"') from exc
+    return plt
+
+
+def save_figure(fig, path: str | os.PathLike) -> None:
+    """Write ``fig`` as a PNG atomically (a killed run never leaves a half-written picture) and close it."""
+    with atomic_open(path) as fh:
+        fig.savefig(fh, format="png", dpi=100)
+    pyplot().close(fig)

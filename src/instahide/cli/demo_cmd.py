@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from .._io import atomic_open, atomic_write_text
+from .._io import atomic_write_text, pyplot, save_figure
 from ..data import load_dataset, load_public_pool
 from ..scheme import KeyGenerator, encrypt
 from ..scheme.config import DOM, UPPER
@@ -180,10 +180,7 @@ def _slug(label: str) -> str:
 
 def _plot_curves(curves: dict, path: Path) -> None:
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return
     fig, ax = plt.subplots(figsize=(6, 3.5))
@@ -195,6 +192,4 @@ def _plot_curves(curves: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    with atomic_open(path) as fh:  # a killed run never leaves a half-written picture
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -1,16 +1,9 @@
 """The federated configuration: one typed dataclass, every field commented, passed through Flower.
 
-:class:`FedConfig` holds every scheme, training and federation option. It travels three ways:
-
-- as Python (``FedConfig(mode="instahide", num_parties=4)``) into :func:`~instahide.federated.run_federated`;
-- as the ``instahide federated --field-name`` options of the command line (typed from the annotations,
-  unknown options are errors);
-- as Flower's ``run_config`` (``[tool.flwr.app.config]`` of a Flower app, ``flwr run --run-config``),
-  with kebab-case keys: :meth:`FedConfig.to_run_config` / :meth:`FedConfig.from_run_config`. The server
-  also sends the whole configuration to the clients in every round's ``ConfigRecord``, so every party
-  trains with the server's settings.
-
-``None`` has no Flower representation: options left at ``None`` are simply absent from a run config.
+:class:`FedConfig` travels as Python, as the ``instahide federated --field-name`` options, and as
+Flower's ``run_config`` with kebab-case keys (:meth:`FedConfig.to_run_config` / :meth:`~FedConfig.from_run_config`;
+options left at ``None`` are absent there: Flower has no null). The server sends the whole
+configuration to the parties every round, so every party trains with the server's settings.
 """
 from __future__ import annotations
 

@@ -1,18 +1,12 @@
 """What one party does, as plain functions: load its partition, train locally on fresh encryptions,
-evaluate. The Flower handlers in :mod:`instahide.federated.client` only wrap these.
+evaluate; the Flower handlers of :mod:`instahide.federated.client` only wrap these.
 
-Every local epoch the party augments its own images (crop+flip for 3-channel 32x32 data, as the
-training recipe), encrypts ALL of them with fresh one-time keys from its OWN :class:`KeyGenerator`
-(inside-dataset: partners from its own images only; cross-dataset: plus a public pool every party
-loads; or Mixup; or nothing for the vanilla baseline), and takes SGD steps on soft-label
-cross-entropy. Keys never leave the party: by default its generator is keyed from OS entropy
-(``KeyGenerator.from_entropy()``); with a research seed it is
-``KeyGenerator.from_seed(f"federated/{seed}").spawn(partition_id).spawn(round)`` (reproducible, NOT
-private). What goes back to the server is the model's ``state_dict`` and a few scalar metrics.
+Every local epoch the party augments its own images, encrypts ALL of them with fresh keys from its OWN
+:class:`KeyGenerator` (OS entropy; with a research seed ``from_seed(f"federated/{seed}")`` spawned per
+party and round: reproducible, NOT private) and runs the engine's loop; only the model's ``state_dict``
+and a few scalar metrics go back to the server. ::
 
-Example::
-
-    cfg = FedConfig(mode="instahide", k=4, num_parties=4)
+    cfg = FedConfig.make(mode="instahide", k=4, num_parties=4)
     party = load_party(cfg, partition_id=0)
     model = build_global_model(cfg, party.shape[0], party.num_classes)
     state, metrics = local_train(model.state_dict(), party, cfg, server_round=1)

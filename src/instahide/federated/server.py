@@ -1,25 +1,12 @@
-"""The Flower ServerApp: a strategy (FedAvg by default), central evaluation on CLEAN test data, and a
-checkpoint of the global model after every round.
+"""The Flower ServerApp: a strategy (FedAvg by default), central evaluation on CLEAN test data, and the
+engine's run folder with rounds for epochs (``checkpoint.pt`` every round, ``rounds.jsonl``, ``final.json``).
 
-:func:`run_server` drives the rounds itself with the strategy's ``configure_train`` /
-``aggregate_train`` (and ``configure_evaluate`` / ``aggregate_evaluate`` when ``fraction_evaluate >
-0``), which is what ``Strategy.start`` does, so that a resumed run keeps its real round numbers. After
-each round it evaluates the global model on the clean test set, appends a line to ``out/rounds.jsonl``
-and writes ``out/checkpoint.pt`` atomically (weights, round, configuration, history; loadable with
-``torch.load(weights_only=True)``). With ``resume`` it continues from the checkpoint's round.
-
-Failures: a node whose handler raises (or that drops out) sends an error reply; the round aggregates
-the replies that arrived. Only a round with no successful reply leaves the global model unchanged
-(it is recorded with ``updated: false``). ``min_train_nodes`` / ``fraction_train`` /
-``min_available_nodes`` are Flower's sampling settings.
-
-Adaptive server optimisers (fedadam, fedyogi, fedadagrad, fedavgm) keep moment estimates in the strategy
-object; they are not checkpointed, so a resumed run restarts them from zero.
-
-Example (the module-level ``app`` is what a Flower app's ``serverapp`` key points at)::
-
-    [tool.flwr.app.components]
-    serverapp = "instahide.federated.server:app"
+:func:`run_server` drives the rounds itself with the strategy's ``configure_*`` / ``aggregate_*`` (what
+``Strategy.start`` does), so a resumed run keeps its round numbers. A node that fails sends an error
+reply and the round aggregates the others; a round with no reply leaves the model unchanged
+(``updated: false``). Adaptive server optimisers' moment estimates are not checkpointed: a resumed run
+restarts them from zero. A Flower app points at the module-level ``app``
+(``serverapp = "instahide.federated.server:app"``); docs/federated.md.
 """
 from __future__ import annotations
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import atomic_open, atomic_write_text
-from .figures import _plt, encryption_grid, truth_unit_range
+from .._io import atomic_write_text, pyplot, save_figure
+from .figures import encryption_grid, truth_unit_range
 
 __all__ = ["write_audit_report", "ssim_distribution_png", "recovered_png", "best_rows_per_image"]
 
@@ -45,7 +45,7 @@ def ssim_distribution_png(outcomes, path: str | os.PathLike, threshold: float = 
     scored = [o for o in outcomes if o.score is not None]
     if not scored:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     bins = np.linspace(-0.2, 1.0, 31)
     for o in scored:
@@ -61,9 +61,7 @@ def ssim_distribution_png(outcomes, path: str | os.PathLike, threshold: float = 
         ax.set_ylabel("count")
     axes[1].legend(fontsize=8)
     fig.tight_layout()
-    with atomic_open(path) as fh:  # a killed run never leaves a half-written picture
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
     return Path(path)
 
 

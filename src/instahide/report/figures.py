@@ -12,22 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import atomic_open
+from .._io import pyplot, save_figure
 from ..challenge import ChallengeTruth, ScoreResult, write_score_files
 from ..data.scaling import to_unit_range
 
 __all__ = ["to_display", "encryption_grid", "truth_unit_range", "write_score_report"]
-
-
-def _plt():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ImportError('pictures need matplotlib: pip install "instahide[plot]"') from exc
-    return plt
 
 
 def to_display(x: torch.Tensor, mean=None, std=None, stretch: bool = False) -> np.ndarray:
@@ -54,7 +43,7 @@ def encryption_grid(rows: list[tuple], path: str | os.PathLike, title: str | Non
                     cell: float = 1.1) -> None:
     """Save a PNG grid: one labelled row per ``(label, images (N, C, H, W) in [0, 1])`` or
     ``(label, images, captions)`` (one caption below each image)."""
-    plt = _plt()
+    plt = pyplot()
     n = max(len(row[1]) for row in rows)
     fig, axes = plt.subplots(len(rows), n, figsize=(cell * n + 1.6, cell * len(rows) + (0.5 if title else 0.1)),
                              squeeze=False)
@@ -77,9 +66,7 @@ def encryption_grid(rows: list[tuple], path: str | os.PathLike, title: str | Non
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    with atomic_open(path) as fh:  # a killed run never leaves a half-written picture
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def write_score_report(result: ScoreResult, out_dir: str | os.PathLike, decryption, truth: ChallengeTruth,
@@ -90,7 +77,7 @@ def write_score_report(result: ScoreResult, out_dir: str | os.PathLike, decrypti
     Returns the paths written."""
     paths = write_score_files(result, out_dir, truth)
     try:
-        _plt()
+        pyplot()
     except ImportError:
         warnings.warn('best_worst.png skipped: pictures need matplotlib (pip install "instahide[plot]")',
                       stacklevel=2)

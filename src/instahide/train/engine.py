@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from .. import __version__
-from .._io import atomic_open, atomic_torch_save, atomic_write_text, check_file_destination, load_torch_checkpoint
+from .._io import (atomic_open, atomic_torch_save, atomic_write_text, check_file_destination, load_torch_checkpoint,
+                   pyplot, save_figure)
 from ..data.augment import Augment
 from .ddp import DistInfo, all_agree, broadcast_object
 from .loss import soft_cross_entropy
@@ -343,10 +344,7 @@ def summary(history: list[dict], state: dict | None, t_run: float, unit: str = "
 def plot_curves(path: Path, history: list[dict]) -> None:
     """Loss and accuracy per epoch (train on what the model saw, test on clean images); needs matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        plt = pyplot()
     except ImportError:
         return
     unit = "epoch" if "epoch" in history[0] else "round"
@@ -360,6 +358,4 @@ def plot_curves(path: Path, history: list[dict]) -> None:
         ax.set_ylabel("loss" if what == "loss" else "accuracy")
         ax.legend()
     fig.tight_layout()
-    with atomic_open(path) as fh:  # a killed run never leaves a half-written picture
-        fig.savefig(fh, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path)
