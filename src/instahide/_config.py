@@ -134,7 +134,8 @@ def from_dict(cls, d: dict, *, ignore=(), what: str = "configuration key"):
         else:
             known = sorted({*hints, *owner} - set(groups))
             raise ValueError(f"unknown {what} {key!r}; known keys: {', '.join(known)}")
-    defaults = {f.name: f.default_factory() for f in dataclasses.fields(cls) if f.name in groups}
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(cls) if f.name in groups}
     for name, gcls in groups.items():  # a group's own defaults are the containing class's default group
         kw[name] = from_dict(gcls, {**flat_dict(defaults[name]), **sub[name]})
     return cls(**kw)

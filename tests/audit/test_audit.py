@@ -110,6 +110,7 @@ def test_bad_input_is_a_clear_error(tmp_path, digits):
         AuditConfig.make(attacks=("nope",)).validate()
     with pytest.raises(ValueError, match="too few images"):
         run_audit(AuditConfig.make(n_private=10_000, attacks=("demix",)), tmp_path / "x", log=lambda m: None)
+    assert not (tmp_path / "x").exists()                  # a failed audit leaves no empty folder behind
     x, y = digits
     enc, lab, truth = make_challenge(x, y, None, T=2, k=4, research_seed=0)
     meta = dict(truth.params)

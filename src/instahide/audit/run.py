@@ -21,7 +21,7 @@ import numpy as np
 
 from .. import __version__
 from .._config import Config
-from .._io import atomic_save_npy, atomic_write_text
+from .._io import atomic_save_npy, atomic_write_text, check_file_destination
 from ..challenge import load_challenge, load_truth, make_challenge, score, write_challenge
 from ..data import load_dataset, load_public_pool
 from ..scheme.config import SchemeConfig
@@ -128,6 +128,7 @@ def _challenge(cfg: AuditConfig, out: Path, resume: bool):
         num_classes=max(ds.num_classes or 1, int(labels.max()) + 1),
         mean=ds.mean if cfg.scaling == "normalize" else None, std=ds.std if cfg.scaling == "normalize" else None,
         info=info, augment_padding=cfg.augment_padding)
+    out.mkdir(parents=True, exist_ok=True)
     write_challenge(folder, enc, lab, truth, truth_path=truth_path, force=True)
     # next to the truth (it holds the research seed): owner-only
     atomic_write_text(out / "challenge-recipe.json", json.dumps(recipe, indent=2) + "\n", secret=True)
@@ -173,7 +174,7 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
     """Run the audit described by ``cfg`` into the folder ``out`` (module docstring)."""
     cfg.validate()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_file_destination(out / "report.md")  # an unusable out fails now; nothing is created until the challenge exists
     t0 = time.perf_counter()
     enc, lab, meta, truth, reused = _challenge(cfg, out, resume)
     log(f"challenge: {truth.n} private images x T={truth.T} = {truth.N} encryptions "

@@ -39,8 +39,9 @@ from .loss import soft_cross_entropy
 from .models import build_model
 
 CHECKPOINT = "checkpoint.pt"
-# Fields that may differ between a run and its resumption (where and how it runs, not what it computes).
-RUN_ONLY = ("out", "device", "progress", "amp", "epochs", "resume", "threads")
+# Fields that may differ between a run and its resumption (where and how it runs, not what it computes;
+# a federation's reply timeout and simulated failures too).
+RUN_ONLY = ("out", "device", "progress", "amp", "epochs", "resume", "threads", "timeout", "drop")
 
 
 # -- seeds and shared rules -----------------------------------------------------------------------
