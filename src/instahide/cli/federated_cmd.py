@@ -56,7 +56,7 @@ def run(args) -> int:
         raise CLIError(f"federated training needs Flower: pip install 'instahide[federated]' ({exc})") from exc
     try:
         final = run_federated(cfg, backend=args.backend, num_cpus=args.num_cpus)
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, ImportError, OSError, FloatingPointError) as exc:
         raise CLIError(str(exc)) from exc
     report_run(f"{cfg.scheme.mode} {final['model_name']}, {cfg.num_parties} parties ({cfg.partition}), "
                f"{cfg.strategy}", final, "round", cfg)

@@ -49,7 +49,7 @@ def run(args) -> int:
         final = train_shared(cfg, resume=args.resume)
     except KeyMaterialError as exc:
         raise CLIError(f"refused: {exc}") from exc
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError) as exc:
+    except (ValueError, ImportError, OSError, FloatingPointError) as exc:
         raise CLIError(str(exc)) from exc
     if os.environ.get("RANK", "0") != "0":
         return 0  # rank 0 speaks for the job

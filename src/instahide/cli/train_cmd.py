@@ -70,7 +70,7 @@ def run_train(args) -> int:
     try:
         cfg = from_args(args, TrainConfig).validate()
         final = train(cfg, resume=args.resume)
-    except (ValueError, FileExistsError, FileNotFoundError, ImportError, RuntimeError, OSError) as exc:
+    except (ValueError, ImportError, RuntimeError, OSError, FloatingPointError) as exc:
         raise CLIError(str(exc)) from exc
     report_run(f"{cfg.scheme.mode} {final['model']} on {final['dataset']} ({final['train_images']} images)",
                final, "epoch", cfg)
