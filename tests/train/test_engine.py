@@ -54,16 +54,20 @@ def test_train_epoch_stops_on_divergence():
 
 
 # -- resume and extension -------------------------------------------------------------------------
-def test_resume_says_where_it_starts_and_a_finished_run_does_nothing(tmp_path, digits, capsys):
-    out = tmp_path / "run"
-    cfg = TrainConfig.make(**FAST, epochs=4, out=str(out))
-
-    def stop_after_2(epoch, metrics):
-        if epoch == 2:
+def _interrupt_after(epochs: int, cfg, data) -> None:
+    """Run ``cfg`` and interrupt it (as Ctrl-C would) after ``epochs`` epochs."""
+    def stop(epoch, metrics):
+        if epoch == epochs:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train(cfg, data=digits, on_epoch_end=stop_after_2)
+        train(cfg, data=data, on_epoch_end=stop)
+
+
+def test_resume_says_where_it_starts_and_a_finished_run_does_nothing(tmp_path, digits, capsys):
+    out = tmp_path / "run"
+    cfg = TrainConfig.make(**FAST, epochs=4, out=str(out))
+    _interrupt_after(2, cfg, digits)
     final = train(cfg, resume=True, data=digits)
     assert final["resumed_from_epoch"] == 2 and final["epochs_this_run"] == 2 and final["epochs_run"] == 4
     before = (out / "checkpoint.pt").read_bytes()
@@ -217,11 +221,7 @@ def test_federated_parties_and_the_shared_trainer_use_the_same_rule():
 
 def test_short_recipe_is_a_one_cycle_with_label_smoothing_and_resumes(tmp_path, digits):
     cfg = TrainConfig.make(**{**FAST, "lr": 0.1}, recipe="short", epochs=8, out=str(tmp_path / "s"))
-    def stop(epoch, metrics):
-        if epoch == 3:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, data=digits, on_epoch_end=stop)
+    _interrupt_after(3, cfg, digits)
     final = train(cfg, resume=True, data=digits)
     lrs = [m["lr"] for m in final["history"]]
     assert lrs == pytest.approx([0.05, 0.1, 0.1 * 6 / 7, 0.1 * 5 / 7, 0.1 * 4 / 7, 0.1 * 3 / 7, 0.1 * 2 / 7, 0.1 / 7])
