@@ -121,7 +121,8 @@ def run(args) -> int:
         f"Clean test accuracy on the {len(data_cache[None].x_test)} held-out digits after {args.epochs} epochs "
         f"(mnistnet, SGD lr 0.05, batch 64, lr / 10 at 50% and 75%; research seeds "
         f"{args.research_seed}..{args.research_seed + args.seeds - 1}; mean and standard deviation over {args.seeds} "
-        "runs; every epoch re-encrypts the whole training set with fresh keys):",
+        "runs; every epoch re-encrypts the whole training set with fresh keys; the InstaHide models take |x| "
+        "first, the default sign-invariant stage):",
         "",
         "| configuration | test accuracy | runs |",
         "| --- | --- | --- |",
