@@ -41,9 +41,9 @@ class TrainConfig(Config):
     milestones: tuple[float, ...] = (0.5, 0.75)  # lr x gamma at these fractions of the epochs (100, 150 of 200)
     gamma: float = 0.1                   # lr factor at each milestone (reference: divide by 10)
     recipe: str = "reference"            # reference: the paper's SGD + step schedule (full-scale runs); short:
-                                         # for small budgets, a one-cycle schedule (lr rising to lr over the first
-                                         # quarter of the epochs, then falling to 0; milestones unused), label
-                                         # smoothing 0.1 and test-time flipping when augment is on
+                                         # for small budgets, a one-cycle schedule (rising to lr over the first
+                                         # quarter of the epochs, then falling to 0; milestones unused), Nesterov
+                                         # momentum, label smoothing 0.1, test-time flipping when augment is on
     # -- run ---------------------------------------------------------------------------------------
     research_seed: int | None = None     # REPRODUCIBLE RESEARCH ONLY: seeds init, order, augmentation AND the
                                          # keys (anyone who knows it can recompute them); None: keys from OS
