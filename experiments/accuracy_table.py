@@ -126,7 +126,8 @@ def report(args) -> None:
         accs = [100 * r["test_acc"] for r in rs]
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         wall = statistics.mean(r["wall_seconds"] for r in rs)
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {statistics.mean(accs):.2f} +- {std:.2f} | {len(accs)} | "
+        label = key[2].replace("|", "\\|")  # "|x|" in a Markdown cell
+        lines.append(f"| {key[0]} | {key[1]} | {label} | {statistics.mean(accs):.2f} +- {std:.2f} | {len(accs)} | "
                      f"{', '.join(f'{a:.2f}' for a in accs)} | {wall:.0f} |")
     table = "\n".join(lines)
     doc = Path(args.doc)
