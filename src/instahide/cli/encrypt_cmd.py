@@ -105,7 +105,8 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     seed = kw.pop("seed")
     generator = make_generator(seed, kw["legacy"])
     keys = []
-    progress = Progress(args.epochs, f"encrypting {n} {ds.name} images x {args.epochs} epoch(s)")
+    progress = Progress(args.epochs, f"encrypting {n} {ds.name} images x {args.epochs} epoch(s)", unit=" epochs",
+                        every=1)
     t0 = time.perf_counter()
     try:
         with atomic_open(tmp / ENCRYPTION) as fe, \
