@@ -31,10 +31,6 @@ def parse_bool(text) -> bool:
     raise ValueError(f"expected true/false, got {text!r}")
 
 
-def _hints(cls) -> dict:
-    return typing.get_type_hints(cls)
-
-
 def _kind(hint):
     """``(base type, optional, is_tuple)`` of a field annotation."""
     args = typing.get_args(hint)
@@ -88,8 +84,9 @@ def convert(value, hint, name: str):
 def check_types(cfg) -> None:
     """Raise a ``ValueError`` naming the first field whose value is not of its declared type
     (``int`` fields refuse bools and non-whole floats; ``float`` fields accept ints)."""
+    hints = typing.get_type_hints(type(cfg))
     for f in dataclasses.fields(cfg):
-        hint = _hints(type(cfg))[f.name]
+        hint = hints[f.name]
         value = getattr(cfg, f.name)
         if is_group(hint):
             check_types(value)
@@ -114,7 +111,7 @@ def _is(value, base) -> bool:
 def from_dict(cls, d: dict, *, ignore=(), what: str = "configuration key"):
     """``cls`` from ``d``: nested groups as sub-dicts or flat; values converted to the fields' types;
     an unknown key (other than those in ``ignore``) is a ``ValueError`` listing the known ones."""
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     groups = {f.name: hints[f.name] for f in dataclasses.fields(cls) if is_group(hints[f.name])}
     owner = {g.name: name for name, gcls in groups.items() for g in dataclasses.fields(gcls)}
     kw: dict = {}
@@ -171,7 +168,7 @@ def field_comments(cls) -> dict[str, str]:
 
 def _leaves(cls):
     """``(field, annotation, comment, default)`` for every option of ``cls``, groups flattened."""
-    hints, notes = _hints(cls), field_comments(cls)
+    hints, notes = typing.get_type_hints(cls), field_comments(cls)
     for f in dataclasses.fields(cls):
         if is_group(hints[f.name]):
             yield from _leaves(hints[f.name])

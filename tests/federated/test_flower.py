@@ -199,7 +199,7 @@ def test_instahide_fedavg_learns_on_clean_test_data(tmp_path):
     cfg = FedConfig.make(num_parties=2, rounds=4, local_epochs=2, batch_size=32, research_seed=0,
                     out=str(tmp_path / "learn"))
     acc = [r["test_acc"] for r in _run(cfg)[0]["history"]]
-    # 10 classes: chance is 0.1. Over research seeds 0-7 (AMD EPYC, docs/reliability.md) the best of
-    # the last two rounds was 0.31-0.55 and always above round 1; the old bar (final > 0.35) sat on a
-    # knife's edge (0.345 and 0.357 at seed 0 on two machines). This one leaves a margin on any CPU.
-    assert max(acc[-2:]) > 0.2 and max(acc[-2:]) > acc[0]
+    # 10 classes: chance is 0.1. Over research seeds 0-7 (AMD EPYC, `experiments/seed_spread.py federated`,
+    # |x| first as by default) the best of the last two rounds was 0.74-0.87 and round 1 0.49-0.77; the old
+    # bar (final > 0.35, raw encryptions) sat on a knife's edge (0.345 and 0.357 at seed 0 on two CPUs).
+    assert max(acc[-2:]) > 0.5

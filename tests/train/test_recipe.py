@@ -22,7 +22,7 @@ def digits():
 def test_short_run_learns_well_above_chance(tmp_path, digits, mode, extra):
     cfg = TrainConfig.make(**FAST, mode=mode, epochs=8, research_seed=0, out=str(tmp_path / mode), **extra)
     final = train(cfg, data=digits)
-    assert final["final_test_acc"] > 0.5  # 10 classes: chance is 0.1
+    assert final["final_test_acc"] > 0.5  # chance 0.1; seeds 0-5: InstaHide 0.82-0.87, Mixup, vanilla >= 0.98
     assert len(final["history"]) == 8 and final["config"]["mode"] == mode
     for name in ("checkpoint.pt", "metrics.jsonl", "metrics.csv", "final.json"):
         assert (tmp_path / mode / name).exists()
@@ -31,11 +31,11 @@ def test_short_run_learns_well_above_chance(tmp_path, digits, mode, extra):
 
 
 def test_cross_dataset_run_learns(tmp_path):
-    # learns more slowly: the private images are ~43% of each mixture (mean lambda_1 + lambda_2).
-    # Over research seeds 0-3 (AMD EPYC) the final accuracy was 0.20-0.50 (0.50 at seed 0): the bar is
-    # learning at all (chance 0.1 on 359 test images), with a margin for other CPUs.
+    # the private images are ~43% of each mixture (mean lambda_1 + lambda_2). Over research seeds 0-3
+    # (AMD EPYC, `experiments/seed_spread.py recipe`, |x| first as by default) the final accuracy was
+    # 0.90-0.94 (raw encryptions: 0.20-0.50); chance is 0.1 on 359 test images.
     cfg = TrainConfig.make(**FAST, k=6, public="builtin", public_size=500, epochs=20, research_seed=0, out=str(tmp_path))
-    assert train(cfg)["final_test_acc"] > 0.15
+    assert train(cfg)["final_test_acc"] > 0.5
 
 
 def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, digits):
@@ -155,8 +155,8 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
 
 
 def test_sign_invariant_training_learns_clearly_above_raw_encryptions(tmp_path, digits):
-    # digits, inside k=4, 4 epochs, research seeds 0-3 (AMD EPYC): raw 0.44-0.56, |x| first 0.74-0.82,
-    # per-seed gain 0.19-0.39; the bar (0.1) leaves a margin on any CPU
+    # digits, inside k=4, 4 epochs, research seeds 0-3 (AMD EPYC, `experiments/seed_spread.py
+    # sign-invariant`): raw 0.44-0.56, |x| first 0.74-0.82, per-seed gain 0.19-0.39; the bar is 0.1
     acc = {si: train(TrainConfig.make(**FAST, epochs=4, sign_invariant=si, research_seed=0, out=str(tmp_path / si)),
                      data=digits)["final_test_acc"] for si in ("off", "on")}
     assert acc["on"] > acc["off"] + 0.1

@@ -144,8 +144,10 @@ def local_train(state_dict: dict, party: PartyData, cfg: FedConfig, *, server_ro
     t_start = time.perf_counter()
     model = _party_model(cfg, party, state_dict)
     mu = cfg.proximal_mu if proximal_mu is None else float(proximal_mu)
-    anchor = [p.detach().clone() for p in model.parameters()]
-    penalty = (lambda: 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))) if mu > 0 else None
+    penalty = None
+    if mu > 0:  # FedProx: mu/2 ||w - w_global||^2
+        anchor = [p.detach().clone() for p in model.parameters()]
+        penalty = lambda: 0.5 * mu * sum(((p - a) ** 2).sum() for p, a in zip(model.parameters(), anchor))  # noqa: E731
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     augment = augment_for(cfg.augment, party.shape, party.mean, party.std)
     onehot = torch.nn.functional.one_hot(party.y, party.num_classes).float()
