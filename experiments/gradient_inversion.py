@@ -71,15 +71,20 @@ def lenet(channels: int, size: int, classes: int, act=nn.Sigmoid) -> nn.Module:
     return leakage_lenet(channels, size, classes, act)
 
 
-def make_model(name: str, channels: int, size: int, classes: int, width: float, seed: int) -> nn.Module:
+def make_model(name: str, channels: int, size: int, classes: int, width: float, seed: int,
+               sign_invariant: bool = False) -> nn.Module:
+    """The client's model; with ``sign_invariant`` its first operation is |x| (instahide.sign_invariant):
+    the gradient then depends on the input only through |input|, and no inversion can recover signs."""
     torch.manual_seed(seed)
     if name == "lenet":
-        return lenet(channels, size, classes)
-    if name == "lenet-relu":
-        return lenet(channels, size, classes, nn.ReLU)
-    from instahide.train.models import build_model
+        model = lenet(channels, size, classes)
+    elif name == "lenet-relu":
+        model = lenet(channels, size, classes, nn.ReLU)
+    else:
+        from instahide.train.models import build_model
 
-    return build_model(name, classes, channels, width)
+        model = build_model(name, classes, channels, width)
+    return instahide.sign_invariant(model) if sign_invariant else model
 
 
 # -- data ----------------------------------------------------------------------------------------
@@ -144,7 +149,7 @@ def run_table(args, out: Path, done: set) -> None:
                 key = dict(kind="table", dataset=args.dataset, model=args.model, width=args.width, scale=args.scale,
                            setting=setting, batch_size=b, trial=trial, steps=args.steps, restarts=args.restarts,
                            labels=args.labels, tv_weight=args.tv_weight, prior=args.prior,
-                           distance=args.distance, lr=args.lr)
+                           distance=args.distance, lr=args.lr, sign_invariant=args.sign_invariant)
                 tag = json.dumps(key, sort_keys=True)
                 if tag in done:
                     continue
@@ -152,7 +157,7 @@ def run_table(args, out: Path, done: set) -> None:
                 inputs, soft, idx, lam = encrypt_set(x, labels, classes, setting, args.scale, public, gen)
                 rows = np.random.default_rng([args.seed, trial, b]).choice(len(inputs), b, replace=False)
                 batch, ybatch = inputs[rows], soft[rows]
-                model = make_model(args.model, c, h, classes, args.width, args.seed + trial)
+                model = make_model(args.model, c, h, classes, args.width, args.seed + trial, args.sign_invariant)
                 grads = observed_gradient(model, batch, ybatch)
                 t0 = time.time()
                 # recover: batch 1 reads the label off the last layer (one-hot, or tied to the input
@@ -163,6 +168,7 @@ def run_table(args, out: Path, done: set) -> None:
                                        restarts=args.restarts, seed=trial, distance=args.distance)
                 wall = time.time() - t0
                 m = match_batches(res.images, batch, data_range=rng_range, win_size=win)
+                m_abs = match_batches(res.images.abs(), batch.abs(), data_range=rng_range, win_size=win)
                 rec = res.images  # recovered row i matches true row order[i]
                 num_private = 1 if SETTINGS[setting] is None else SETTINGS[setting].get("num_private", SETTINGS[setting]["k"])
                 idx_rows = idx[rows][m.order]
@@ -172,7 +178,7 @@ def run_table(args, out: Path, done: set) -> None:
                 ref = hidden_ssim(batch[m.order], x, idx_rows, num_private, rng_range, win)
                 ref_abs = hidden_ssim(batch[m.order].abs(), x, idx_rows, num_private, rng_range, win)
                 label_ok = float((res.labels.argmax(1) == ybatch[m.order].argmax(1)).float().mean())
-                row = dict(key, ssim_input=m.mean_ssim, mse_input=float(m.mse.mean()),
+                row = dict(key, ssim_input=m.mean_ssim, mse_input=float(m.mse.mean()), ssim_abs_input=m_abs.mean_ssim,
                            ssim_private=float(hid.mean()), ssim_private_abs=float(hid_abs.mean()),
                            ssim_private_of_true_input=float(ref.mean()),
                            ssim_private_of_true_abs=float(ref_abs.mean()),
@@ -180,7 +186,8 @@ def run_table(args, out: Path, done: set) -> None:
                            wall_s=round(wall, 1), ssim_win=win, data_range=rng_range, client_n=args.client_n,
                            pool=args.pool if setting == "cross-k6" else 0, seed=args.seed)
                 append_jsonl(out, row)
-                print(f"{setting:10s} B={b} trial {trial}: SSIM input {m.mean_ssim:.3f}  private {hid.mean():.3f} "
+                print(f"{setting:10s} B={b} trial {trial}: SSIM input {m.mean_ssim:.3f} (|.| {m_abs.mean_ssim:.3f})  "
+                      f"private {hid.mean():.3f} "
                       f"|rec| {hid_abs.mean():.3f}  ({wall:.0f}s)", flush=True)
                 if trial == 0 and args.img_dir:
                     save_picture(args, setting, b, batch[m.order], rec, x, idx_rows, num_private)
@@ -223,7 +230,7 @@ def save_picture(args, setting, b, true_in, rec, private, idx_rows, num_private)
                 ax[r, i].set_ylabel(names[r], fontsize=7)
     fig.suptitle(f"{args.dataset} {setting} B={b} ({args.model}, {args.scale})", fontsize=8)
     save_figure(plt, fig, Path(args.img_dir) / (f"gradinv_{args.dataset}_{setting}_b{b}_{args.scale}_{args.model}_"
-                                               f"{args.distance}{args.steps}.png"))
+                                               f"{args.distance}{args.steps}{'_abs' if args.sign_invariant else ''}.png"))
 
 
 # -- 2. the chain: inversion over T epochs of one client, then the oracle decoder --------------------
@@ -237,7 +244,7 @@ def run_chain(args, out: Path, done: set) -> None:
         key = dict(kind="chain", dataset=args.dataset, model=args.model, width=args.width, scale=args.scale,
                    setting=setting, n=args.chain_n, epochs=args.chain_epochs, steps=args.steps,
                    restarts=args.restarts, chain_lr=args.chain_lr, tv_weight=args.tv_weight, prior=args.prior,
-                   distance=args.distance, lr=args.lr)
+                   distance=args.distance, lr=args.lr, sign_invariant=args.sign_invariant)
         tag = json.dumps(key, sort_keys=True)
         if tag in done:
             continue
@@ -246,7 +253,7 @@ def run_chain(args, out: Path, done: set) -> None:
         public = public_pool(args.pool, x.shape[1:], args.scale) if num_private < kw["k"] else None
         ckpt = ROOT / "experiments" / "runs" / f"gradinv_chain_{hashlib.sha256(tag.encode()).hexdigest()[:12]}.npz"
         state = load_plain_npz(ckpt, "chain checkpoint") if ckpt.exists() else None
-        model = make_model(args.model, c, h, classes, args.width, args.seed)
+        model = make_model(args.model, c, h, classes, args.width, args.seed, args.sign_invariant)
         opt = torch.optim.SGD(model.parameters(), lr=args.chain_lr)
         rec_rows, true_rows, idx_all, lam_all = [], [], [], []
         wall = 0.0
@@ -288,6 +295,7 @@ def run_chain(args, out: Path, done: set) -> None:
         true = torch.from_numpy(np.stack(true_rows)).float()
         idx_a, lam_a = np.stack(idx_all), np.stack(lam_all)
         in_ssim = ssim_nchw(rec, true, data_range, win)
+        in_ssim_abs = ssim_nchw(rec.abs(), true.abs(), data_range, win)
         truth_cl = x.numpy()
         scores = {}
         for name, enc in (("recovered", rec), ("true_encryptions", true)):
@@ -301,6 +309,7 @@ def run_chain(args, out: Path, done: set) -> None:
                 save_chain_picture(args, setting, x, torch.from_numpy(o.recovered))
         naive = hidden_ssim(rec.abs(), x, idx_a, num_private, data_range, win)
         row = dict(key, ssim_inversion_mean=float(in_ssim.mean()), ssim_inversion_min=float(in_ssim.min()),
+                   ssim_abs_inversion_mean=float(in_ssim_abs.mean()),
                    oracle_on_recovered=scores["recovered"], oracle_on_true=scores["true_encryptions"],
                    naive_abs_max_ssim=float(naive.mean()), rows=len(rec), wall_s=round(wall, 1),
                    ssim_win=win, data_range=data_range, pool=args.pool if public is not None else 0, seed=args.seed)
@@ -322,7 +331,8 @@ def save_chain_picture(args, setting, private, decoded):
     ax[1, 0].set_ylabel("decoded", fontsize=7)
     fig.suptitle(f"{args.dataset} {setting}, {args.scale}: inversion -> oracle decoder (true keys), "
                  f"{args.chain_epochs} epochs", fontsize=8)
-    save_figure(plt, fig, Path(args.img_dir) / f"gradinv_chain_{args.dataset}_{setting}_{args.scale}.png")
+    save_figure(plt, fig, Path(args.img_dir) / (f"gradinv_chain_{args.dataset}_{setting}_{args.scale}"
+                                               f"{'_abs' if args.sign_invariant else ''}.png"))
 
 
 def main(argv=None) -> None:
@@ -348,6 +358,8 @@ def main(argv=None) -> None:
     p.add_argument("--chain-n", type=int, default=10)
     p.add_argument("--chain-epochs", type=int, default=5)
     p.add_argument("--chain-lr", type=float, default=0.01, help="the client's SGD learning rate")
+    p.add_argument("--sign-invariant", action="store_true",
+                   help="the client's model starts with |x| (what training on InstaHide now does by default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "gradinv.jsonl"))
     p.add_argument("--img-dir", default=str(ROOT / "docs" / "img"))
@@ -363,7 +375,8 @@ def main(argv=None) -> None:
                        "restarts", "labels", "tv_weight", "prior", "distance", "lr") if r["kind"] == "table" else
                       ("kind", "dataset", "model", "width", "scale", "setting", "n", "epochs", "steps", "restarts",
                        "chain_lr", "tv_weight", "prior", "distance", "lr"))
-            done.add(json.dumps({k: r[k] for k in fields}, sort_keys=True))
+            done.add(json.dumps({**{k: r[k] for k in fields}, "sign_invariant": r.get("sign_invariant", False)},
+                                sort_keys=True))
     t0 = time.time()
     (run_chain if args.chain else run_table)(args, out, done)
     print(f"total wall {time.time() - t0:.0f}s", flush=True)

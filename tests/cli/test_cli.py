@@ -134,6 +134,10 @@ def test_demo_writes_a_report(tmp_path, capsys):
     assert [r["config"] for r in res["accuracy"]] == ["vanilla", "Mixup k=4", "InstaHide inside k=4",
                                                       "InstaHide cross k=6 (2+4)"]
     assert all(0 <= r["mean"] <= 1 for r in res["accuracy"])
+    # inference with InstaHide is reported for the InstaHide rows only, one accuracy per seed
+    assert [("inference" in r) for r in res["accuracy"]] == [False, False, True, True]
+    assert all(len(r["inference"]["accuracies"]) == 1 and 0 <= r["inference"]["mean"] <= 1
+               for r in res["accuracy"][2:])
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "not encryption" in report and (tmp_path / "demo" / "curves.png").exists()
 
