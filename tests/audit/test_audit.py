@@ -177,3 +177,33 @@ def test_cli_gradient_inversion_recovers_what_was_trained_on(tmp_path, capsys):
             assert s["max_ssim_vs_private"] < s["ssim_vs_input"] - 0.3
     assert main(["attack", "gradient-inversion", "--n", "1", "--batch-size", "2", "--out", str(tmp_path / "x")]) == 2
     assert "batch_size" in capsys.readouterr().err
+
+
+def test_attack_list_names_exactly_the_commands_attack_offers(capsys):
+    import argparse
+
+    from instahide.cli.main import build_parser
+    assert main(["attack", "list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["attack"]
+    choices = next(a.choices for a in sub._actions if a.dest == "name")
+    assert listed == [c for c in choices if c != "list"] == ["demix", "carlini", "seed", "oracle", "gradient-inversion"]
+    described = sub.description.split("attacks:")[1]
+    for name in listed:  # each is described under "attacks:" in --help
+        assert f"\n  {name}" in described
+
+
+def test_carlini_progress_is_the_progress_display_not_raw_dicts(tmp_path, capfd):
+    cfg = AuditConfig.make(n_private=10, T=6, public_size=300, attacks=("carlini",), research_seed=2,
+                           carlini={"preset": "tiny"})
+    run_audit(cfg, tmp_path / "c", formats=("md",), log=lambda m: None)  # the challenge
+    enc, lab, meta = load_challenge(tmp_path / "c" / "challenge")
+    lines = []
+    capfd.readouterr()
+    run_attack("carlini", enc, lab, meta, truth=load_truth(tmp_path / "c" / "challenge-truth.npz"),
+               preset="tiny", log=lines.append)
+    err = capfd.readouterr().err
+    assert "carlini: train [" in err and "ETA" in err  # the project's progress display (train.Progress)
+    assert lines and all(line.startswith("carlini: ") for line in lines)
+    assert not any("{" in line or "}" in line for line in lines + err.splitlines())
+    assert any(line.startswith("carlini: pairs: ") for line in lines)

@@ -22,8 +22,9 @@ from ..attacks.carlini import CarliniConfig, carlini_attack, load_pair_network
 from ..challenge import score
 from ..data import load_dataset, load_public_pool
 from ..scheme.defaults import DOM, UPPER
+from ..train import Progress
 
-__all__ = ["AttackOutcome", "ATTACKS", "run_attack", "attack_names"]
+__all__ = ["AttackOutcome", "ATTACKS", "run_attack", "attack_names", "load_attacker_images"]
 
 
 @dataclass
@@ -39,6 +40,7 @@ class AttackOutcome:
         info: attack-specific facts (parameters, per-step accuracies, the seed found, ...), JSON-ready.
         uses_truth: what of the ground truth the attack used (``""``: nothing).
         score: the :class:`~instahide.challenge.ScoreResult` when a truth was given and a decryption made.
+        recognition: the audit's identification and label measures (:mod:`instahide.audit.recognition`).
     """
 
     name: str
@@ -48,6 +50,7 @@ class AttackOutcome:
     info: dict = field(default_factory=dict)
     uses_truth: str = ""
     score: object | None = None
+    recognition: dict | None = None
 
 
 def _meta_int(meta: dict, key: str) -> int:
@@ -117,14 +120,15 @@ def _run_seed(enc, lab, meta, truth=None, seed_range=(0, 2 ** 16), **opt) -> Att
     return AttackOutcome("seed", found.decryption, found.recovered, seconds, info)
 
 
-def _attacker_data(meta: dict, dataset, root, split, n_images: int | None):
+def load_attacker_images(meta: dict, dataset=None, root=None, split=None, n_images: int | None = None):
     """The attacker's own labelled images: by default the challenge's dataset, the OTHER split (disjoint
-    from the attacked images), and its own public pool (photograph patches at another seed). The
-    root of the challenge's dataset is not in ``meta`` (meta.json names no local path): pass it."""
+    from the attacked images). The root of the challenge's dataset is not in ``meta`` (meta.json names
+    no local path): pass it. Returns the :class:`~instahide.data.ImageDataset` (first ``n_images``) and
+    the split."""
     source = meta.get("private_source") or {}
     dataset = dataset or source.get("dataset")
     if dataset is None:
-        raise ValueError("the Carlini attack trains on the attacker's own images: give attacker_dataset "
+        raise ValueError("the attacks that learn train on the attacker's own images: give attacker_dataset "
                          "(and attacker_root), disjoint from the attacked images")
     if split is None:
         split = "train" if source.get("split", "test") == "test" else "test"
@@ -139,22 +143,49 @@ def _attacker_data(meta: dict, dataset, root, split, n_images: int | None):
     h, w, c = meta["image_shape_hwc"]
     if tuple(ds.shape) != (c, h, w):
         raise ValueError(f"the attacker's images are {tuple(ds.shape)} (C, H, W) but the challenge's are {(c, h, w)}")
-    pool = None
-    if int(meta["num_private"]) < int(meta["k"]):
-        size = int(meta.get("public_pool_size") or 4000)
-        pool = load_public_pool("builtin", n=size, size=(h, w), channels=c, seed=1).images
-    return ds, pool, {"dataset": ds.name, "split": split, "images": len(ds),
-                      "public": None if pool is None else f"builtin photographs, {len(pool)} patches, seed 1"}
+    return ds, split
+
+
+def _readable(info: dict) -> str:
+    """``{"core_purity": 0.7461, "clusters": 20}`` -> ``core_purity 0.746, clusters 20``."""
+    return ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+                     if not isinstance(v, (list, dict)))
+
+
+def _carlini_progress(log, config: CarliniConfig):
+    """The pipeline's ``progress(step, dict)``: the pair network's training on the project's progress
+    display (stderr, rate and ETA), every other report as one readable line through ``log``."""
+    bar = None
+
+    def show(step: str, info: dict) -> None:
+        nonlocal bar
+        if step != "train":
+            if bar is not None and bar.done < bar.total:  # stopped early (a time budget)
+                bar.close(f"stopped at step {bar.done} of {bar.total}")
+            bar = None
+            log(f"carlini: {step}: {_readable(info)}")
+            return
+        if bar is None or info["step"] <= bar.done:  # reports come every 25 steps
+            bar = Progress(config.train_steps, "carlini: train", every=25 * max(1, config.train_steps // 250))
+            bar.start -= float(info.get("seconds", 0.0))  # the first report comes after 25 steps
+        bar.update(int(info["step"]) - bar.done, _readable({k: v for k, v in info.items()
+                                                           if k not in ("step", "seconds")}))
+    return show
 
 
 def _run_carlini(enc, lab, meta, truth=None, *, attacker_dataset=None, attacker_root=None, attacker_split=None,
                  network=None, preset: str = "cpu", log=None, checkpoint_dir=None, **opt) -> AttackOutcome:
     config = CarliniConfig.preset(preset, **opt)  # opt: CarliniConfig fields (device, train_steps, ...)
-    ds, pool, attacker = _attacker_data(meta, attacker_dataset, attacker_root, attacker_split,
-                                        config.attacker_images)
+    ds, split = load_attacker_images(meta, attacker_dataset, attacker_root, attacker_split, config.attacker_images)
+    pool = None
+    if int(meta["num_private"]) < int(meta["k"]):  # its own public pool: photograph patches at another seed
+        pool = load_public_pool("builtin", n=int(meta.get("public_pool_size") or 4000), size=ds.shape[1:],
+                                channels=ds.shape[0], seed=1).images
+    attacker = {"dataset": ds.name, "split": split, "images": len(ds),
+                "public": None if pool is None else f"builtin photographs, {len(pool)} patches, seed 1"}
     if isinstance(network, (str, bytes)) or hasattr(network, "__fspath__"):
         network = load_pair_network(network)
-    progress = None if log is None else (lambda step, info: log(f"carlini: {step} {info}"))
+    progress = None if log is None else _carlini_progress(log, config)
     t0 = time.perf_counter()
     res = carlini_attack(
         enc, lab, n_private=_meta_int(meta, "n_private"), k=_meta_int(meta, "k"),

@@ -27,6 +27,7 @@ from ..data import load_dataset, load_public_pool
 from ..scheme.config import SchemeConfig
 from ..report import write_audit_report, write_score_report
 from .attacks import ATTACKS, AttackOutcome, run_attack
+from .recognition import Recognition
 
 __all__ = ["AuditConfig", "AuditResult", "run_audit", "save_outcome", "DEFAULT_ATTACKS"]
 
@@ -58,6 +59,7 @@ class AuditConfig(Config):
     seed_range: tuple[int, ...] = (0, 2 ** 16)  # seeds searched by the seed attack
     carlini: dict = field(default_factory=dict)  # options of the Carlini et al. pipeline
     threshold: float = 0.8               # SSIM counted as "recovered"
+    distractors: int = 1000              # other images of the dataset among the identification candidates
 
     def validate(self) -> "AuditConfig":
         unknown = [a for a in self.attacks if a not in ATTACKS]
@@ -67,6 +69,8 @@ class AuditConfig(Config):
             raise ValueError(f"n_private must be >= 2 (an encryption mixes several private images), got {self.n_private}")
         if self.T < 1:
             raise ValueError(f"T must be >= 1, got {self.T}")
+        if self.distractors < 0:
+            raise ValueError(f"distractors must be >= 0, got {self.distractors}")
         if self.dataset != "digits" and self.root is None:
             raise ValueError(f"dataset {self.dataset!r} needs a root (a folder or file); digits is built in")
         if self.scheme.mode == "vanilla":
@@ -148,7 +152,7 @@ def save_outcome(folder: Path, outcome: AttackOutcome, truth, meta_id: str | Non
                 warnings.simplefilter("ignore")
                 write_score_report(outcome.score, folder, outcome.decryption, truth)
     record = {"attack": outcome.name, "seconds": outcome.seconds, "info": outcome.info,
-              "uses_truth": outcome.uses_truth, "challenge_id": meta_id,
+              "uses_truth": outcome.uses_truth, "challenge_id": meta_id, "recognition": outcome.recognition,
               "decryption": "decryption.npy" if outcome.decryption is not None else None}
     atomic_write_text(folder / "outcome.json", json.dumps(record, indent=2, default=str) + "\n")
 
@@ -180,19 +184,30 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
     log(f"challenge: {truth.n} private images x T={truth.T} = {truth.N} encryptions "
         f"({'reused' if reused else 'made'} in {time.perf_counter() - t0:.1f} s) -> {out / 'challenge'}")
     outcomes, notes = [], []
+    attacker = {k: v for k, v in cfg.carlini.items() if k.startswith("attacker_")}  # its own images
+    if attacker.get("attacker_root") is None and attacker.get("attacker_dataset") in (None, cfg.dataset):
+        attacker["attacker_root"] = cfg.root  # meta.json names no local path
+    t1 = time.perf_counter()
+    try:
+        recognition = Recognition.build(cfg.dataset, cfg.root, cfg.split, truth, meta, distractors=cfg.distractors,
+                                        attacker=attacker)
+        log(f"identification: {len(recognition.gallery)} candidates; labels: {recognition.classifier_note} "
+            f"({time.perf_counter() - t1:.1f} s)")
+    except (ValueError, FileNotFoundError) as exc:
+        recognition = None
+        notes.append(f"identification and labels not measured: {exc}")
     for name in cfg.attacks:
         folder = out / "attacks" / name
         outcome = _load_outcome(folder, truth, meta["challenge_id"], cfg.threshold) if resume else None
-        if outcome is not None:
+        fresh = outcome is None
+        if not fresh:
             log(f"{name}: reused the result in {folder}")
         else:
             options = {}
             if name == "seed":
                 options["seed_range"] = tuple(cfg.seed_range)
             if name == "carlini":
-                options.update(cfg.carlini)
-                if options.get("attacker_root") is None and options.get("attacker_dataset") in (None, cfg.dataset):
-                    options["attacker_root"] = cfg.root  # meta.json names no local path
+                options.update({**cfg.carlini, **attacker})
                 options.setdefault("checkpoint_dir", str(folder / "work"))
             log(f"{name}: running ...")
             try:
@@ -201,14 +216,21 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
                 notes.append(f"{name} not run: {exc}")
                 log(f"{name}: not run: {exc}")
                 continue
+        s = outcome.score
+        if recognition is not None and s is not None:
+            outcome.recognition = recognition.measure(s, outcome.decryption)
+        if fresh:
             save_outcome(folder, outcome, truth, meta["challenge_id"])
         outcomes.append(outcome)
-        s = outcome.score
+        ident = (outcome.recognition or {}).get("identification")
         log(f"{name}: " + (f"Max_SSIM {s.max_ssim:.3f}, images > {cfg.threshold}: "
                            f"{int(np.sum(s.per_private_best_ssim > cfg.threshold))}/{truth.n}"
-                           if s is not None else "recovered nothing") + f" ({outcome.seconds:.1f} s)")
-    config = {**cfg.to_dict(), "carlini": {k: v for k, v in cfg.carlini.items() if not callable(v)},
-              "resolved": {"k": truth.k, "num_private": truth.num_private}}
+                           if s is not None else "recovered nothing")
+            + (f", rows identified {ident['rate']:.1%} (chance {max(ident['chance'], ident['shuffled']):.1%})"
+               if ident else "") + f" ({outcome.seconds:.1f} s)")
+    # the values the audit used, not the defaults' None
+    config = {**cfg.to_dict(), "k": truth.k, "num_private": truth.num_private,
+              "carlini": {k: v for k, v in cfg.carlini.items() if not callable(v)}}
     paths = write_audit_report(out, config, meta, outcomes, truth, enc, formats=formats,
                                threshold=cfg.threshold, notes=notes)
     return AuditResult(cfg, meta, truth, outcomes, paths)

@@ -107,8 +107,8 @@ def _parse_range(text: str) -> tuple[int, int]:
 def run(args) -> int:
     if args.name == "list":
         for name, spec in ATTACKS.items():
-            print(f"{name:<8} {spec['title']}" + ("  [needs the ground truth]" if spec["needs_truth"] else ""))
-        print("gradient inversion attacks a training step: instahide attack gradient-inversion (docs/attacks.md)")
+            print(f"{name:<18} {spec['title']}" + ("  [needs the ground truth]" if spec["needs_truth"] else ""))
+        print(f"{'gradient-inversion':<18} gradient inversion of a training step (no --challenge; docs/attacks.md)")
         return 0
     if args.name == "gradient-inversion":
         return _gradient_inversion(args)

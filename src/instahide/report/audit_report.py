@@ -1,7 +1,9 @@
 """The report of ``instahide audit`` (:func:`write_audit_report`): ``report.md`` and/or a self-contained
-``report.html`` with the configuration, per attack the challenge's scores, the share of rows and images
-recovered above the SSIM threshold and its facts, and the pictures ``ssim_distribution.png`` and
-``recovered_<attack>.png`` (they need matplotlib, ``instahide[plot]``; without it the report says so).
+``report.html`` and ``summary.json``, led by the measure that shows the most leakage above chance (rank-1
+identification, labels read off the pictures, or the share recovered above the SSIM threshold, always
+beside it), then per attack the challenge's scores and its facts, and the pictures
+``ssim_distribution.png`` and ``recovered_<attack>.png`` (they need matplotlib, ``instahide[plot]``;
+without it the report says so).
 """
 from __future__ import annotations
 
@@ -97,33 +99,84 @@ def _fmt(v, digits: int = 3) -> str:
     return str(v)
 
 
+def _rate(measure: dict | None) -> str:
+    if not measure:
+        return "-"
+    return f"{measure['rate']:.1%} (chance {max(measure['chance'], measure['shuffled']):.1%})"
+
+
 def _rows(outcomes, n_private: int) -> list[list[str]]:
     out = []
     for o in outcomes:
+        rec = o.recognition or {}
+        rec = [_rate(rec.get("identification")), _rate(rec.get("labels"))]
         if o.score is not None:
             s = o.score
             above = int(np.sum(s.per_private_best_ssim > s.threshold))
-            out.append([o.name, _fmt(s.max_ssim), _fmt(s.mean_ssim), f"{s.share_above:.1%}",
+            out.append([o.name, *rec, _fmt(s.max_ssim), _fmt(s.mean_ssim), f"{s.share_above:.1%}",
                         f"{above}/{n_private}", _fmt(float(np.nanmedian(s.per_private_best_ssim))),
                         f"{o.seconds:.1f}", o.uses_truth or "nothing"])
         else:
-            out.append([o.name, "-", "-", "-", "0/" + str(n_private), "-", f"{o.seconds:.1f}",
+            out.append([o.name, *rec, "-", "-", "-", "0/" + str(n_private), "-", f"{o.seconds:.1f}",
                         o.uses_truth or "nothing"])
     return out
 
 
-HEADER = ["attack", "Max_SSIM", "Mean_SSIM", "rows > {t}", "images > {t}", "median image SSIM", "seconds",
-          "ground truth used"]
+HEADER = ["attack", "rows identified (rank 1)", "rows whose label it shows", "Max_SSIM", "Mean_SSIM", "rows > {t}",
+          "images > {t}", "median image SSIM", "seconds", "ground truth used"]
 
 
-def _facts(o) -> str:
-    info = {k: v for k, v in o.info.items() if not isinstance(v, (list, dict)) or len(json.dumps(v)) < 300}
-    return json.dumps(info, default=str)
+_RECOGNITION = {  # measure: (its threshold, what the rows that pass it do)
+    "identification": ("rank 1: more alike than every other candidate",
+                       "identified: more alike (normalised correlation) to one of the row's private images than "
+                       "to every other of {candidates} candidates ({candidates_are})"),
+    "labels": ("the classifier's top label is one of the row's private labels",
+               "show the label of one of the row's private images to a classifier trained on the attacker's own "
+               "images only ({clean_accuracy:.1%} accurate on clean images)"),
+}
+
+
+def _leads(outcomes, n_private: int, t: float) -> list[dict]:
+    """Every measure of every attack that used no secret, most leakage (rate above chance) first."""
+    found = []
+    for o in outcomes:
+        if o.score is None or o.uses_truth:
+            continue
+        s, rec = o.score, o.recognition or {}
+        imgs = int(np.sum(s.per_private_best_ssim > t))
+        found.append({"measure": "ssim", "attack": o.name, "rate": s.share_above, "chance": 0.0,
+                      "above_chance": s.share_above, "threshold": f"SSIM > {t}",
+                      "text": f"{s.share_above:.1%} of the rows ({imgs} of {n_private} private images in at least "
+                              f"one row) recovered with SSIM > {t}; Max_SSIM {s.max_ssim:.3f}"})
+        for name, (threshold, what) in _RECOGNITION.items():
+            m = rec.get(name)
+            if m:
+                found.append({"measure": name, "attack": o.name, **m, "threshold": threshold,
+                              "text": f"{m['rate']:.1%} of the {m['queries']} decrypted rows {what.format(**m)}; "
+                                      f"chance {max(m['chance'], m['shuffled']):.1%}"})
+    return sorted(found, key=lambda m: -m["above_chance"])
+
+
+def _flat(info: dict, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested facts as ``(name, value)`` rows; long lists are left out (they are in outcome.json)."""
+    rows = []
+    for k, v in info.items():
+        if isinstance(v, dict):
+            rows += _flat(v, f"{prefix}{k} / ")
+        elif not isinstance(v, list) or len(json.dumps(v, default=str)) < 300:
+            rows.append((f"{prefix}{k}", f"{v:.4g}" if isinstance(v, float) else
+                         json.dumps(v) if isinstance(v, list) else "-" if v is None else str(v)))
+    return rows
+
+
+def _cells(row) -> str:
+    return "| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |"
 
 
 def write_audit_report(out: str | os.PathLike, config: dict, meta: dict, outcomes, truth, encryption, *,
                        formats=("md", "html"), threshold: float = 0.8, notes=()) -> dict[str, Path]:
-    """Write the report files into ``out``; returns their paths (``md``, ``html``, pictures)."""
+    """Write the report files into ``out`` (and ``summary.json``: the measures, most leakage first);
+    returns their paths (``md``, ``html``, ``summary``, pictures)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -144,34 +197,40 @@ def write_audit_report(out: str | os.PathLike, config: dict, meta: dict, outcome
 
     t = threshold
     header = [h.format(t=t) for h in HEADER]
-    table = _rows(outcomes, truth.n)
     scheme = (f"{meta.get('mode')} k={meta.get('k')} ({meta.get('num_private')} private + "
               f"{meta.get('num_public')} public), c1={meta.get('upper')}, c2={meta.get('dom')}, "
               f"{truth.n} private images x T={truth.T} encryptions, pixels {meta.get('scaling')}, "
               f"public pool {meta.get('public_pool_size')}, augmentation "
               f"{'crop ' + str(meta['augment']['crop_padding']) + ' + flip' if meta.get('augment') else 'none'}, "
               f"keys {'legacy (reference code)' if meta.get('legacy') else 'default (SHAKE-256, OS entropy)'}")
-    best = max((o.score.max_ssim for o in outcomes if o.score is not None), default=None)
     lines = ["# InstaHide privacy audit", "", f"**Configuration:** {scheme}.", "",
              f"> {DISCLAIMER}", ""]
-    if best is not None:
-        real = [o for o in outcomes if o.score is not None and not o.uses_truth]
-        if real:
-            top = max(real, key=lambda o: o.score.max_ssim)
-            imgs = int(np.sum(top.score.per_private_best_ssim > t))
-            lines += [f"**Measured leakage:** the strongest attack that used no secret ({top.name}) reached "
-                      f"Max_SSIM {top.score.max_ssim:.3f}; {imgs} of {truth.n} private images were recovered "
-                      f"with SSIM > {t} in at least one row ({top.score.share_above:.1%} of rows).", ""]
-    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in table]
-    lines += ["", "SSIM: scikit-image's `structural_similarity` conventions (7x7 uniform window, "
+    leads = _leads(outcomes, truth.n, t)
+    headline = None
+    if leads:
+        top = leads[0]
+        ssim_lead = next(m for m in leads if m["measure"] == "ssim" and m["attack"] == top["attack"])
+        others = [m for m in leads if m["attack"] == top["attack"] and m is not top and m is not ssim_lead]
+        headline = (f"**Measured leakage** ({top['attack']}, the attack that used no secret with the most "
+                    f"leakage above chance; threshold: {top['threshold']}): {top['text']}.")
+        lines += [headline, ""]
+        lines += [f"- {m['text']}." for m in others + ([ssim_lead] if ssim_lead is not top else [])] + [""]
+    lines += [_cells(header), "|" + "---|" * len(header)]
+    lines += [_cells(r) for r in _rows(outcomes, truth.n)]
+    lines += ["", "Rows identified: the share of decrypted rows more alike (normalised correlation, blind to "
+              "brightness and contrast) to one of the row's two private images than to every other candidate "
+              "(the private images and other images of the same dataset, none attacked). Label: the share of "
+              "rows whose label, as read by a classifier trained on the attacker's own images, is one of the "
+              "row's private labels. Chance: the larger of a uniform guess and the same answers given to "
+              "random other rows (docs/audit.md). "
+              "SSIM: scikit-image's `structural_similarity` conventions (7x7 uniform window, "
               f"channel_axis=-1), data range {truth.data_range:g}; 'images > {t}' counts private images whose "
               "best row exceeds the threshold. The oracle decoder is given the true keys: it is an upper bound "
               "for the reconstruction step of Carlini et al.'s family, not an attack.", ""]
     lines += ["## Attacks", ""]
     for o in outcomes:
-        lines += [f"- **{o.name}** ({o.seconds:.1f} s): {_facts(o)}"]
-    lines += [""]
+        lines += [f"### {o.name} ({o.seconds:.1f} s)", "", _cells(["fact", "value"]), "|---|---|"]
+        lines += [_cells(r) for r in _flat(o.info)] + [""]
     for note in notes:
         lines += [f"- note: {note}"]
     if picture_note:
@@ -181,6 +240,13 @@ def write_audit_report(out: str | os.PathLike, config: dict, meta: dict, outcome
         lines += [f"### {title}", "", f"![{title}]({p.name})", ""]
     lines += ["## Configuration (complete)", "", "```json", json.dumps(config, indent=2, default=str), "```", ""]
     md = "\n".join(lines) + "\n"
+    paths["summary"] = out / "summary.json"
+    summary = {"headline": headline, "lead": leads[0] if leads else None, "measures": leads,
+               "attacks": {o.name: {"score": None if o.score is None else o.score.summary(),
+                                    "recognition": o.recognition, "seconds": o.seconds,
+                                    "uses_truth": o.uses_truth} for o in outcomes},
+               "notes": list(notes), "config": config}
+    atomic_write_text(paths["summary"], json.dumps(summary, indent=2, default=str) + "\n")
     if "md" in formats:
         paths["md"] = out / "report.md"
         atomic_write_text(paths["md"], md)
@@ -202,7 +268,7 @@ def _html(md: str, folder: Path) -> str:
             body.append(html.escape(line))
             continue
         if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
+            cells = [c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
             if all(re.fullmatch(r"-+", c) for c in cells):
                 continue
             if not in_table:

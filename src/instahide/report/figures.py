@@ -69,12 +69,27 @@ def encryption_grid(rows: list[tuple], path: str | os.PathLike, title: str | Non
     save_figure(fig, path)
 
 
+def _distinct(rows: np.ndarray, match: np.ndarray, dec: np.ndarray, n: int) -> np.ndarray:
+    """The first ``n`` of ``rows`` whose decryption and best-matching private image are both new (an
+    image's rows often decrypt to one picture: the oracle's all do)."""
+    picked, images, seen = [], set(), set()
+    for r in rows:
+        key = dec[r].tobytes()
+        if match[r] not in images and key not in seen:
+            picked.append(r)
+            images.add(match[r])
+            seen.add(key)
+            if len(picked) == n:
+                break
+    return np.asarray(picked, dtype=np.int64)
+
+
 def write_score_report(result: ScoreResult, out_dir: str | os.PathLike, decryption, truth: ChallengeTruth,
                        *, per_side: int = 8) -> dict[str, Path]:
     """:func:`~instahide.challenge.write_score_files` (``rows.csv``, ``scores.json``) and
-    ``best_worst.png``: the ``per_side`` best and worst rows of ``decryption`` ``(N, C, H, W)``,
-    each above its best-matching private image (skipped with a warning without matplotlib).
-    Returns the paths written."""
+    ``best_worst.png``: the ``per_side`` best and worst rows of ``decryption`` ``(N, C, H, W)`` among
+    those with distinct pictures and distinct best-matching private images, each above that image
+    (skipped with a warning without matplotlib). Returns the paths written."""
     paths = write_score_files(result, out_dir, truth)
     try:
         pyplot()
@@ -85,14 +100,13 @@ def write_score_report(result: ScoreResult, out_dir: str | os.PathLike, decrypti
     dec = np.asarray(decryption.detach().cpu() if isinstance(decryption, torch.Tensor) else decryption,
                      dtype=np.float32)
     row_max = result.row_max_ssim
-    order = np.argsort(-row_max, kind="stable")
-    m = min(per_side, len(order))
-    best_rows, worst_rows = order[:m], order[::-1][:m]
     match = np.where(result.ssim1 >= result.ssim2, result.p1, result.p2)
+    order = np.argsort(-row_max, kind="stable")
+    best_rows, worst_rows = (_distinct(rows, match, dec, per_side) for rows in (order, order[::-1]))
     rows = []
     for name, picked in (("best", best_rows), ("worst", worst_rows)):
         span = f"{row_max[picked].min():.2f}..{row_max[picked].max():.2f}"
-        rows += [(f"{name} {m}\ndecryption\nSSIM {span}", truth_unit_range(dec[picked], truth)),
+        rows += [(f"{name} {len(picked)}\ndecryption\nSSIM {span}", truth_unit_range(dec[picked], truth)),
                  ("best match\n(private)", truth_unit_range(truth.private[match[picked]], truth))]
     paths["picture"] = Path(out_dir) / "best_worst.png"
     encryption_grid(rows, paths["picture"], title=f"Max_SSIM {result.max_ssim:.3f}, Mean_SSIM "
