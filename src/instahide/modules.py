@@ -1,4 +1,5 @@
-"""Training-loop twins of :func:`instahide.encrypt`: a module and an epoch-wise loader.
+"""Training-loop twins of :func:`instahide.encrypt`: a module, an epoch-wise loader, and a dataset
+that encrypts batch by batch in ``DataLoader`` worker processes.
 
 Example (three lines added to an existing loop)::
 
@@ -11,9 +12,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from .scheme.defaults import DOM, K_INSIDE, UPPER
-from .scheme.encrypt import MODES, check_images, check_scheme, encrypt
+from .scheme.encrypt import MODES, check_centred, check_images, check_labels, check_scheme, encrypt
 from .scheme.legacy import LegacyGenerator
 from .scheme.rng import KeyGenerator, resolve_generator
 
@@ -40,13 +42,21 @@ class _SchemeOptions:
             self.generator = resolve_generator(seed, generator)
         return public
 
-    def _encrypt(self, x, y, public, *, return_key=False, out=None):
+    def _encrypt(self, x, y, public, *, return_key=False, out=None, rows=None, checked=False):
         return encrypt(
             x, y, k=self.k, upper=self.upper, mode=self.mode, public=public,
             num_private=self.num_private, dom=self.dom, num_classes=self.num_classes,
-            generator=self.generator, legacy=self.legacy, allow_uncentred=self.allow_uncentred,
-            return_key=return_key, out=out,
+            generator=self.generator, legacy=self.legacy, allow_uncentred=self.allow_uncentred or checked,
+            return_key=return_key, out=out, rows=rows,
         )
+
+    def _order_generator(self) -> torch.Generator:
+        """The (not secret) shuffling order's torch generator, seeded from the key stream so that a
+        research seed reproduces the whole run (legacy: from the legacy seed, without drawing from
+        the streams being replayed)."""
+        order_seed = (int.from_bytes(bytes(self.generator.random_bytes(8)), "little") >> 1
+                      if isinstance(self.generator, KeyGenerator) else self.generator.seed)
+        return torch.Generator().manual_seed(order_seed)
 
 
 class InstaHide(nn.Module, _SchemeOptions):
@@ -137,12 +147,7 @@ class InstaHideLoader(_SchemeOptions):
         self.batch_size, self.shuffle, self.drop_last, self.augment = batch_size, shuffle, drop_last, augment
         self.epoch = 0
         self._buffer = None
-        # Shuffling order is not secret; it gets its own torch generator, seeded from the key stream
-        # so that a research seed reproduces the whole run.
-        # (Legacy: seeded from the legacy seed, without drawing from the streams being replayed.)
-        order_seed = (int.from_bytes(bytes(self.generator.random_bytes(8)), "little") >> 1
-                      if isinstance(self.generator, KeyGenerator) else self.generator.seed)
-        self._order = torch.Generator().manual_seed(order_seed)
+        self._order = self._order_generator()
 
     def __len__(self) -> int:
         n = self.images.shape[0]
@@ -165,3 +170,69 @@ class InstaHideLoader(_SchemeOptions):
         for s in range(0, stop, self.batch_size):
             b = order[s:s + self.batch_size]
             yield xe[b], ye[b]
+
+
+class InstaHideDataset(Dataset, _SchemeOptions):
+    """A private set encrypted batch by batch where it is read, e.g. in ``DataLoader`` worker processes.
+
+    ``ds[rows]`` (a list or 1-D tensor of indices: one batch) is ``(encryptions (B, C, H, W), soft
+    labels (B, num_classes))`` of those images under fresh one-time keys, partners drawn from the
+    whole private set (as :class:`InstaHideLoader`, unlike :class:`InstaHide` on a batch).
+    :meth:`loader` wraps it in a ``DataLoader`` that hands whole batches of indices to the workers.
+
+    Keys in workers: every forked worker rekeys its copy of the generator at its first draw (from OS
+    entropy; for a research seed from the seed, the worker id and the fork count, so a seeded run is
+    reproducible for a fixed ``num_workers``): no two workers, epochs or ranks share a stream
+    (docs/reliability.md). Needs the fork start method (the default on Linux): a generator is never
+    pickled. The images are checked, and the centring test run, once here rather than per batch.
+
+    Args:
+        images, labels: as for :class:`InstaHideLoader` (labels: ``(N,)`` or ``(N, num_classes)``).
+        **scheme: the options of :func:`instahide.encrypt` except ``legacy`` (the reference's
+            sequential streams cannot be split between workers: use :class:`InstaHideLoader`).
+
+    Example:
+        >>> ds = InstaHideDataset(torch.randn(100, 3, 8, 8), torch.arange(100) % 10, seed=0)
+        >>> [tuple(xb.shape) for xb, yb in ds.loader(batch_size=32, num_workers=0)][-1]
+        (4, 3, 8, 8)
+    """
+
+    def __init__(self, images, labels, *, k: int = K_INSIDE, upper: float = UPPER, mode: str = "instahide",
+                 public=None, num_private: int | None = None, dom: float = DOM,
+                 num_classes: int | None = None, seed=None, generator: KeyGenerator | None = None,
+                 allow_uncentred: bool = False) -> None:
+        self.images = check_images(images, "images")
+        if labels is None:
+            raise ValueError("InstaHideDataset needs labels (N,) or (N, num_classes)")
+        self.labels, num_classes = check_labels(labels, self.images.shape[0], num_classes, self.images.device)
+        self.public = self._init_scheme(k, upper, mode, public, num_private, dom, num_classes, seed,
+                                        generator, False, allow_uncentred)
+        if self.public is not None and (self.public.device != self.images.device
+                                        or self.public.dtype != self.images.dtype):
+            self.public = self.public.to(self.images)
+        if mode == "instahide" and not allow_uncentred:
+            check_centred(self.images, k, "images")
+            if self.public is not None:
+                check_centred(self.public, k, "public")
+        self._order = self._order_generator()
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, rows):
+        if isinstance(rows, int):
+            raise TypeError("InstaHideDataset is indexed by a batch of indices (a list or 1-D tensor), not "
+                            "one index; use loader(), or a DataLoader with batch_size=None and a BatchSampler")
+        enc = self._encrypt(self.images, self.labels, self.public, rows=rows, checked=True)
+        return enc.images, enc.soft_labels
+
+    def loader(self, batch_size: int = 128, *, shuffle: bool = True, drop_last: bool = False,
+               num_workers: int = 0, **dataloader) -> DataLoader:
+        """A ``DataLoader`` of encrypted batches: a ``BatchSampler`` of indices (shuffled every epoch
+        with the dataset's order generator), each batch encrypted by whichever worker reads it."""
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        index = range(len(self))
+        sampler = RandomSampler(index, generator=self._order) if shuffle else SequentialSampler(index)
+        return DataLoader(self, batch_size=None, sampler=BatchSampler(sampler, batch_size, drop_last),
+                          num_workers=num_workers, **dataloader)

@@ -105,23 +105,31 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     seed = kw.pop("seed")
     generator = make_generator(seed, kw["legacy"])
     keys = []
-    progress = Progress(args.epochs, f"encrypting {n} {ds.name} images x {args.epochs} epoch(s)", unit=" epochs",
-                        every=1)
+    # one progress line per chunk of ~1/20 of an epoch (images/s and ETA), fed by encrypt's progress
+    progress = Progress(n * args.epochs, f"encrypting {n} {ds.name} images x {args.epochs} epoch(s)",
+                        unit=" img", every=1)
+    step, shown = -(-n // 20), [0]
+
+    def report(done: int) -> None:
+        if done > shown[0] and (done - shown[0] >= step or done % n == 0):
+            progress.update(done - shown[0])
+            shown[0] = done
+
     t0 = time.perf_counter()
     try:
         with atomic_open(tmp / ENCRYPTION) as fe, \
                 atomic_open(tmp / LABEL) if labelled else contextlib.nullcontext() as fl:
             enc_rows = _npy_writer(fe, (n * args.epochs, h, w, c))
             lab_rows = _npy_writer(fl, (n * args.epochs, num_classes)) if labelled else None
-            for _ in range(args.epochs):
+            for epoch in range(args.epochs):
                 enc = encrypt(x, y, public=public, num_classes=num_classes, generator=generator,
-                              return_key=key_path is not None, **kw)
+                              return_key=key_path is not None, progress=lambda rows, e=epoch: report(e * n + rows),
+                              **kw)
                 enc_rows(enc.images.permute(0, 2, 3, 1).numpy())
                 if labelled:
                     lab_rows(enc.soft_labels.numpy())
                 if enc.key is not None:
                     keys.append(enc.key)
-                progress.update(1)
     except (ValueError, TypeError) as exc:  # bad data or bounds: the scheme's message says which
         raise CLIError(str(exc)) from exc
     seconds = time.perf_counter() - t0

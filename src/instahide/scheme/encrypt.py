@@ -18,7 +18,7 @@ from .defaults import DOM, K_INSIDE, UPPER
 from .keys import Key
 from .legacy import LegacyGenerator, legacy_key
 from .masks import apply_mask_, sample_mask_bits
-from .partners import sample_partners
+from .partners import check_rows, sample_partners
 from .rng import KeyGenerator, resolve_generator
 
 MODES = ("instahide", "mixup")
@@ -66,6 +66,8 @@ def encrypt(
     legacy: bool = False,
     allow_uncentred: bool = False,
     out: torch.Tensor | None = None,
+    rows=None,
+    progress=None,
 ) -> Encryption:
     """Encrypt every image of ``images`` with InstaHide (or Mixup), each under a fresh one-time key.
 
@@ -98,11 +100,16 @@ def encrypt(
             integer, from OS entropy if None), for replaying the published challenge and attacks only.
         allow_uncentred: mask images whose mixtures are (almost) all non-negative anyway (the mask then
             hides nearly nothing: ``|e|`` equals the Mixup). Without it such input is refused.
-        out: optional preallocated output ``(N, C, H, W)`` of the images' dtype and device, sharing
-            no memory with ``images`` or ``public``.
+        out: optional preallocated output ``(N, C, H, W)`` (``(len(rows), C, H, W)`` with ``rows``) of
+            the images' dtype and device, sharing no memory with ``images`` or ``public``.
+        rows: optional indices of the images to encrypt (e.g. one batch of a DataLoader); partners
+            are still drawn from all of ``images``. Default: every image, in order.
+        progress: optional callable ``progress(rows_done)``, called as the mixing proceeds (every
+            cache-sized chunk of rows), e.g. for a progress line.
 
     Returns:
-        :class:`Encryption` with ``images`` ``(N, C, H, W)``, ``soft_labels`` ``(N, num_classes)`` and
+        :class:`Encryption` with ``images`` ``(N, C, H, W)`` (one per row of ``rows`` if given),
+        ``soft_labels`` ``(N, num_classes)`` and
         ``key`` (if asked).
 
     Example:
@@ -135,10 +142,10 @@ def encrypt(
     key = sample_key(
         n, k, tuple(images.shape[1:]), upper=upper, dom=dom if cross else None, num_private=num_private,
         pool_size=None if public is None else public.shape[0], masked=mode == "instahide",
-        own_min=own_min, seed=seed, generator=generator, legacy=legacy,
+        own_min=own_min, seed=seed, generator=generator, legacy=legacy, rows=rows,
     )
     key.meta.update(mode=mode, upper=upper, dom=dom if cross else None)
-    enc = apply_key(images, key, public=public, out=out)
+    enc = apply_key(images, key, public=public, out=out, progress=progress)
     soft = None if soft_target is None else mix_labels(soft_target, key)
     return Encryption(enc, soft, key if return_key else None)
 
@@ -157,14 +164,19 @@ def sample_key(
     seed=None,
     generator: KeyGenerator | LegacyGenerator | None = None,
     legacy: bool = False,
+    rows=None,
 ) -> Key:
     """Draw the one-time keys of ``n`` encryptions (coefficients, partners, masks) without touching
-    any image. ``dom`` applies to the first ``num_private`` coefficients; pass None inside-dataset."""
+    any image. ``dom`` applies to the first ``num_private`` coefficients; pass None inside-dataset.
+    With ``rows`` (indices into a set of ``n`` private images), the keys of those images only, one per
+    row, partners still drawn from all ``n``."""
     num_private = k if num_private is None else num_private
     check_bounds(k, upper, dom, num_private, own_min)
     if legacy:
         if own_min is not None:
             raise ValueError("own_min is not part of the reference code: it cannot be used with legacy=True")
+        if rows is not None:
+            raise ValueError("rows is not part of the reference code: it cannot be used with legacy=True")
         if generator is not None and not isinstance(generator, LegacyGenerator):
             raise TypeError("legacy=True draws from the reference's Mersenne-Twister generators: pass "
                             "seed=<int> or generator=LegacyGenerator(seed)")
@@ -173,21 +185,25 @@ def sample_key(
         gen = generator if generator is not None else LegacyGenerator(seed)
         return legacy_key(n, k, image_shape, upper=upper, dom=dom, num_private=num_private,
                           pool_size=pool_size, masked=masked, generator=gen)
+    rows = check_rows(rows, n)
     gen = resolve_generator(seed, generator)
-    lam = sample_coefficients(n, k, upper=upper, dom=dom, num_private=num_private, own_min=own_min,
+    m = n if rows is None else len(rows)
+    lam = sample_coefficients(m, k, upper=upper, dom=dom, num_private=num_private, own_min=own_min,
                               generator=gen)
-    idx = sample_partners(n, k, num_private=num_private, pool_size=pool_size, generator=gen)
+    idx = sample_partners(n, k, num_private=num_private, pool_size=pool_size, generator=gen, rows=rows)
     d = int(np.prod(image_shape))
-    bits = sample_mask_bits(n, d, gen) if masked else None
+    bits = sample_mask_bits(m, d, gen) if masked else None
     meta = {"origin": gen.origin, "legacy": False, **({} if gen.seed is None else {"seed": gen.seed})}
     return Key(lam, idx, num_private, bits, image_shape, meta)
 
 
 def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = None,
-              out: torch.Tensor | None = None, chunk_rows: int | None = None) -> torch.Tensor:
-    """Encryptions ``(N, C, H, W)`` of ``images`` under ``key``: ``sigma * sum_j lambda_j image_j``.
+              out: torch.Tensor | None = None, chunk_rows: int | None = None, progress=None) -> torch.Tensor:
+    """Encryptions ``(len(key), C, H, W)`` of ``images`` under ``key``: ``sigma * sum_j lambda_j image_j``.
 
-    Exactly reproduces :func:`encrypt` given its key. Raises a ValueError if any mixed value is NaN or infinite.
+    Exactly reproduces :func:`encrypt` given its key. Works in cache-sized chunks of rows, each output
+    row written once; ``progress(rows_done)`` is called after every chunk. Raises a ValueError if any
+    mixed value is NaN or infinite.
     """
     n, k = len(key), key.k
     d = int(np.prod(key.image_shape))
@@ -225,9 +241,12 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
         if p < k:
             a += F.embedding_bag(idx[s:e, p:], pub, per_sample_weights=lam[s:e, p:], mode="sum")
         sums.append(a.sum(dtype=torch.float32))  # NaN/Inf anywhere makes the sum non-finite
-        if bits is not None:
-            apply_mask_(a, bits[s:e])
-        flat[s:e] = a
+        if bits is not None:  # the mask's XOR writes the chunk to out: each output row is written once
+            apply_mask_(a, bits[s:e], out=flat[s:e])
+        else:
+            flat[s:e] = a
+        if progress is not None:
+            progress(e)
     # One cheap reduction per chunk (4x cheaper than isfinite().all()); the exact check runs only
     # when a sum is not finite (a NaN/Inf, or a sum that overflowed float32).
     if sums and not bool(torch.isfinite(torch.stack(sums)).all()) and not bool(torch.isfinite(out).all()):

@@ -21,10 +21,11 @@ def sample_partners(
     num_private: int | None = None,
     pool_size: int | None = None,
     generator: KeyGenerator,
+    rows=None,
 ) -> torch.Tensor:
-    """Indices of the images in every slot: int64 tensor ``(n, k)``.
+    """Indices of the images in every slot: int64 tensor ``(n, k)`` (``(len(rows), k)`` with ``rows``).
 
-    Column 0 is ``arange(n)``. Columns ``1 .. num_private-1`` index the private set (``[0, n)``) and
+    Column 0 is ``arange(n)`` (or ``rows``: the encrypted images, indices into the ``n`` private ones). Columns ``1 .. num_private-1`` index the private set (``[0, n)``) and
     are distinct from each other and from the row's own index; columns ``num_private .. k-1`` index
     the public pool (``[0, pool_size)``) and are distinct from each other. Within a row every draw is
     uniform over the indices not yet used in that row.
@@ -35,6 +36,8 @@ def sample_partners(
         num_private: private slots (default ``k``: inside-dataset).
         pool_size: size of the public pool; at least ``k - num_private`` when public slots exist.
         generator: source of randomness.
+        rows: optional indices in ``[0, n)`` of the images to encrypt (e.g. one batch); their partners
+            are drawn from all ``n`` private images.
     """
     num_private = k if num_private is None else num_private
     if not 1 <= num_private <= k:
@@ -50,8 +53,9 @@ def sample_partners(
             raise ValueError(f"{num_public} public slot(s) need a public pool (k={k}, num_private={num_private})")
         if pool_size < num_public:
             raise ValueError(f"too few public images: {pool_size} cannot fill {num_public} distinct public slots")
-    idx = np.empty((n, k), dtype=np.int64)
-    idx[:, 0] = np.arange(n)
+    rows = check_rows(rows, n)
+    idx = np.empty((n if rows is None else len(rows), k), dtype=np.int64)
+    idx[:, 0] = np.arange(n) if rows is None else rows
     # Private partners: uniform over [0, n) minus the row itself (draw in [0, n-1), skip own index).
     _fill_distinct(idx, 1, num_private, n, generator, exclude_self=True)
     _fill_distinct(idx, num_private, k, pool_size or 0, generator, exclude_self=False)
@@ -75,3 +79,17 @@ def _fill_distinct(idx: np.ndarray, start: int, stop: int, high: int, gen: KeyGe
                 v = gen.integers(high, (len(rows),))
             idx[rows, j] = v
             rows = rows[(idx[rows, start:j] == v[:, None]).any(axis=1)]
+
+
+def check_rows(rows, n: int) -> np.ndarray | None:
+    """``rows`` (indices of images to encrypt among ``n``) as an int64 array, or a clear error."""
+    if rows is None:
+        return None
+    arr = np.asarray(rows.cpu() if isinstance(rows, torch.Tensor) else rows)
+    if arr.ndim != 1 or not (np.issubdtype(arr.dtype, np.integer) or arr.size == 0):
+        raise ValueError(f"rows must be a 1-D sequence of integer indices, got shape {arr.shape} dtype {arr.dtype}")
+    if arr.size == 0:
+        raise ValueError("rows is empty: give at least one image to encrypt")
+    if arr.min() < 0 or arr.max() >= n:
+        raise ValueError(f"rows must index the {n} private images ([0, {n})), got range [{arr.min()}, {arr.max()}]")
+    return arr.astype(np.int64)
