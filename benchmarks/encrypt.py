@@ -13,7 +13,7 @@ inside-dataset k=4, and cross-dataset k=6 (2 private + 4 public slots, c2 = 0.3)
 of ``--pool`` (default 10,000) tiny-imagenet photographs downsampled to 32x32:
 
 (a)  ``instahide.encrypt(x, y, k=..., num_classes=10)``: the real API with default keys (a fresh
-     SHAKE-256 keystream keyed from OS entropy), input checks, mixing, mask and label mixing, and a
+     keystream keyed from OS entropy: ChaCha20 with the ``cryptography`` package, else SHAKE-256), input checks, mixing, mask and label mixing, and a
      freshly allocated output.
 (a') the same with a preallocated ``out=`` buffer.
 (f)  the plain streaming floor with a fresh output: the dataset and k-1 more dataset-sized tensors
@@ -67,6 +67,7 @@ if str(REPO / "src") not in sys.path:  # runnable without PYTHONPATH=src too
 
 import instahide  # noqa: E402
 from instahide.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset, normalize_images  # noqa: E402
+from instahide.scheme.rng import _chacha20  # noqa: E402
 from instahide.scheme import (KeyGenerator, apply_key, mix_labels, sample_coefficients, sample_key,  # noqa: E402
                               sample_mask_bits, sample_partners)
 from instahide.scheme.encrypt import check_centred, check_labels  # noqa: E402
@@ -254,7 +255,9 @@ def profile_library(x, y, k, pool, repeats, device, chunk_rows):
     coef_bytes, part_bytes = 16 * n * k, 8 * n * (k - 1)  # at least: one uniform pair per draw, one per slot
     perms = [torch.randperm(n, device=device) for _ in range(k)]
 
-    def shake(nbytes):
+    def shake(nbytes):  # the raw keystream of the generator's own stream
+        if gen.stream == "chacha20":
+            return lambda: _chacha20()(bytes(32), bytes(16), nbytes)
         return lambda: hashlib.shake_256(b"x" * 64).digest(nbytes)
 
     fns = {
@@ -354,14 +357,14 @@ def main(argv=None):
         **machine(), "threads": torch.get_num_threads(),
         "n": n, "image_shape": list(x.shape[1:]), "dtype": str(x.dtype), "pool_size": args.pool,
         "data": data_src, "public": pool_src, "repeats": args.repeats, "upper": UPPER, "dom": DOM,
-        "load_s_not_timed": round(load_s, 2),
+        "load_s_not_timed": round(load_s, 2), "keystream": KeyGenerator.from_entropy().stream,
     }
     print(f"# instahide encryption benchmark  {config['timestamp']}")
     print(f"# torch {torch.__version__}, device {device}{' (' + config['gpu'] + ')' if config['gpu'] else ''}, "
           f"CPU {config['cpu_model']}, {config['cpu_count']} cores, torch threads {torch.get_num_threads()}")
     print(f"# load at start: {config['runnable_others']} other runnable processes, load average "
           f"{config['loadavg_1min']} (a quiet machine has ~0)")
-    print(f"# data: {n} x {tuple(x.shape[1:])} {x.dtype} from {data_src}")
+    print(f"# data: {n} x {tuple(x.shape[1:])} {x.dtype} from {data_src}; default keystream {config['keystream']}")
     if pool is not None:
         print(f"# public pool: {pool.shape[0]} from {pool_src}")
     print(f"# {args.repeats} interleaved rounds (best and median), loading took {load_s:.1f} s (not timed)")

@@ -124,3 +124,67 @@ def test_too_few_images_is_a_clear_error():
         sample_partners(3, 4, generator=KeyGenerator.from_seed(0))
     with pytest.raises(ValueError, match="too few public images"):
         sample_partners(10, 6, num_private=2, pool_size=3, generator=KeyGenerator.from_seed(0))
+
+
+# -- the ChaCha20 stream of OS-entropy keys, against a plain-Python RFC 8439 reference --------------
+def _chacha_block(key: bytes, iv: bytes, counter: int) -> bytes:
+    """One 64-byte ChaCha20 block (RFC 8439), state words 12..15 = the 16-byte IV, counter in word 12."""
+    import struct
+
+    def rotl(v, c):
+        return ((v << c) & 0xFFFFFFFF) | (v >> (32 - c))
+
+    def qr(s, a, b, c, d):
+        s[a] = (s[a] + s[b]) & 0xFFFFFFFF; s[d] = rotl(s[d] ^ s[a], 16)  # noqa: E702
+        s[c] = (s[c] + s[d]) & 0xFFFFFFFF; s[b] = rotl(s[b] ^ s[c], 12)  # noqa: E702
+        s[a] = (s[a] + s[b]) & 0xFFFFFFFF; s[d] = rotl(s[d] ^ s[a], 8)  # noqa: E702
+        s[c] = (s[c] + s[d]) & 0xFFFFFFFF; s[b] = rotl(s[b] ^ s[c], 7)  # noqa: E702
+
+    words = list(struct.unpack("<4I", b"expand 32-byte k")) + list(struct.unpack("<8I", key)) \
+        + list(struct.unpack("<4I", iv))
+    words[12] = (words[12] + counter) & 0xFFFFFFFF
+    s = list(words)
+    for _ in range(10):
+        qr(s, 0, 4, 8, 12), qr(s, 1, 5, 9, 13), qr(s, 2, 6, 10, 14), qr(s, 3, 7, 11, 15)
+        qr(s, 0, 5, 10, 15), qr(s, 1, 6, 11, 12), qr(s, 2, 7, 8, 13), qr(s, 3, 4, 9, 14)
+    return struct.pack("<16I", *[(x + y) & 0xFFFFFFFF for x, y in zip(s, words)])
+
+
+def test_plain_chacha_reference_matches_rfc8439_vector():
+    # RFC 8439, section 2.3.2: key 00..1f, counter 1, nonce 00:00:00:09:00:00:00:4a:00:00:00:00
+    iv = (1).to_bytes(4, "little") + bytes.fromhex("000000090000004a00000000")
+    out = _chacha_block(bytes(range(32)), iv, 0)
+    assert out[:16].hex() == "10f1e7e4d13b5915500fdd1fa32071c4"
+
+
+def test_entropy_keys_use_the_chacha20_stream_exactly_as_documented():
+    import hashlib
+    import struct
+
+    pytest.importorskip("cryptography")
+    from instahide.scheme import rng
+
+    assert KeyGenerator.from_entropy().stream == "chacha20"
+    assert KeyGenerator.from_seed(0).stream == "shake256"  # a seed gives the same keys everywhere
+    key = bytes(range(100, 132))
+    g = KeyGenerator(key, stream="chacha20")
+    sub = hashlib.shake_256(rng._CHACHA_DOMAIN + key).digest(32)
+    for draw, n in ((0, 200), (1, 64), (2, 7)):
+        iv = bytes(8) + struct.pack("<Q", draw)
+        ref = b"".join(_chacha_block(sub, iv, j) for j in range(-(-n // 64)))[:n]
+        assert g.random_bytes(n).tobytes() == ref
+    assert g.spawn(0).stream == "chacha20"
+    child = g.spawn(0).random_bytes(32).tobytes()
+    assert child != KeyGenerator(key, stream="chacha20").random_bytes(32).tobytes()
+
+
+def test_without_cryptography_entropy_keys_fall_back_to_shake(monkeypatch):
+    from instahide.scheme import rng
+
+    monkeypatch.setattr(rng, "_CHACHA", None)
+    g = KeyGenerator.from_entropy()
+    assert g.stream == "shake256" and len(g.random_bytes(16)) == 16
+    with pytest.raises(ImportError, match="cryptography"):
+        KeyGenerator(bytes(32), stream="chacha20")
+    with pytest.raises(ValueError, match="stream must be one of"):
+        KeyGenerator(bytes(32), stream="aes")
