@@ -2,6 +2,9 @@
 private images (InstaHide, Mixup, or ``mode="vanilla"``) and takes steps of batch ``B`` on a model at its
 initialisation; each step's gradient is inverted (labels unknown) and scored against the input
 (``ssim_vs_input``) and the private images it hides (``max_ssim_vs_private``, also for ``|recovered|``).
+The client's model takes ``|x|`` first when it trains on InstaHide (``sign_invariant="auto"``, as
+``instahide train`` does): its gradient then carries no signs, so the recovered input is scored against
+``|input|``; such a client is easier to invert (docs/gradient_inversion.md).
 Defaults: the settings that converge on CPU budgets (docs/gradient_inversion.md).
 
 Example::
@@ -22,7 +25,8 @@ from ..data.scaling import scale_images, scaling_data_range
 from ..metrics import match_batches, ssim, window_for
 from ..scheme import KeyGenerator, encrypt
 from ..scheme.defaults import DOM, UPPER
-from ..train.models import build_model
+from ..train.engine import sign_invariant_for
+from ..train.models import build_model, sign_invariant as with_abs
 
 __all__ = ["leakage_lenet", "gradient_inversion_audit"]
 
@@ -52,7 +56,7 @@ def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int 
                              public=None, upper: float = UPPER, dom: float = DOM, scaling: str = "pm1",
                              num_classes: int | None = None, n: int = 4, batch_size: int = 1, model: str = "lenet",
                              steps: int = 2000, lr: float = 0.03, distance: str = "l2", tv_weight: float = 0.0,
-                             restarts: int = 1, seed: int = 0, log=None) -> dict:
+                             restarts: int = 1, seed: int = 0, sign_invariant: str = "auto", log=None) -> dict:
     """Invert ``n // batch_size`` observed training steps (module docstring).
 
     Args:
@@ -63,6 +67,7 @@ def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int 
         n, batch_size: images attacked and the client's batch size.
         model: ``"lenet"`` (:func:`leakage_lenet`) or a name from :data:`instahide.train.MODELS`.
         steps, lr, distance, tv_weight, restarts, seed: the inversion (see ``invert_gradients``).
+        sign_invariant: ``"auto"`` (|x| first for InstaHide, the training default), ``"on"`` or ``"off"``.
 
     Returns:
         a dict with ``recovered`` (float32 ``(rows, C, H, W)``), ``inputs`` (what was trained on),
@@ -79,6 +84,9 @@ def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int 
         raise ValueError(f"need 1 <= batch_size <= n, got batch_size={batch_size}, n={n}")
     if len(x8) < n:
         raise ValueError(f"too few images: {len(x8)} for n={n}")
+    if sign_invariant not in ("auto", "on", "off"):
+        raise ValueError(f"sign_invariant must be auto, on or off, got {sign_invariant!r}")
+    abs_first = sign_invariant_for(sign_invariant, mode)
     y = torch.as_tensor(np.asarray(labels)).long().flatten()
     classes = int(num_classes or int(y.max()) + 1)
     x = scale_images(x8, scaling)
@@ -100,13 +108,15 @@ def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int 
     for b in range(0, rows, batch_size):
         torch.manual_seed(seed)
         net = leakage_lenet(c, h, classes) if model == "lenet" else build_model(model, classes, c)
+        net = with_abs(net) if abs_first else net
         xb, yb = inputs[b:b + batch_size], soft[b:b + batch_size]
         grads = observed_gradient(net, xb, yb)
         res = invert_gradients(net, grads, batch_size=batch_size, input_shape=(c, h, w), steps=steps, lr=lr,
                                distance=distance, tv_weight=tv_weight, restarts=restarts, seed=seed)
-        m = match_batches(res.images.detach(), xb, data_range=data_range)
+        found = res.images.detach().abs() if abs_first else res.images.detach()  # no signs to recover
+        m = match_batches(found, xb.abs() if abs_first else xb, data_range=data_range)
         rec = torch.empty_like(xb)
-        rec[torch.as_tensor(m.order)] = res.images.detach()  # put each recovered image on its row
+        rec[torch.as_tensor(m.order)] = found  # put each recovered image on its row
         rec_all.append(rec)
         in_ssim.append(m.ssim[np.argsort(m.order)])
         if log:
@@ -117,7 +127,9 @@ def gradient_inversion_audit(images, labels, *, mode: str = "instahide", k: int 
     abs_private = _row_private_ssim(rec.abs(), x, idx[:rows], slots, data_range)
     in_ssim = np.concatenate(in_ssim)
     summary = {"mode": mode, "k": k if mode != "vanilla" else 1, "num_private": slots, "scaling": scaling,
-               "batch_size": batch_size, "rows": rows, "model": model, "steps": steps, "distance": distance,
+               "batch_size": batch_size, "rows": rows, "model": model, "sign_invariant": abs_first,
+               "ssim_vs_input_is": "|recovered| vs |input|" if abs_first else "recovered vs input",
+               "steps": steps, "distance": distance,
                "lr": lr, "tv_weight": tv_weight, "restarts": restarts, "labels": "recovered from the gradient",
                "ssim_vs_input": float(in_ssim.mean()), "max_ssim_vs_private": float(vs_private.mean()),
                "abs_max_ssim_vs_private": float(abs_private.mean()),
