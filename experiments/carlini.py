@@ -12,6 +12,9 @@ Every result is one JSON line appended to ``--out`` as soon as it is measured.
   OMP_NUM_THREADS=1 .venv/bin/python experiments/carlini.py --n 20 --T 50 --k 6 --setting cross --scaling pm1
   # the sweep over T and k:
   OMP_NUM_THREADS=1 .venv/bin/python experiments/carlini.py --T 10 20 50 --k 4 6 --setting cross inside
+  # a legacy challenge (the reference code's keys, public partners from the pool's first n rows):
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/carlini.py --legacy --n 20 --T 50 --fit-rounds 1 0
+  OMP_NUM_THREADS=1 .venv/bin/python experiments/carlini.py --legacy --n 20 --T 50 --yardstick
   # the results as a markdown table:
   .venv/bin/python experiments/carlini.py --table experiments/results/carlini.jsonl
   # the published scale (100 x 50), on a GPU:
@@ -81,13 +84,39 @@ def table(path: Path) -> None:
             continue
         m = r["metrics"]
         a = m.get("assignment_final", m.get("assignment", {}))
-        print(f"| {r['tag']} | {r['n']} | {r['setting']} | {r['k']} | {r['scaling']} | {r['pool'] or '-'} | {r['T']} "
-              f"| {r['reconstruction']}{' + colour' if r.get('colour') else ''} | {r['fit_rounds']} "
+        print(f"| {r['tag']} | {r['n']} | {r['setting']} | {r['k']} | {r['scaling']} | {r['pool'] or '-'}{' (legacy keys)' if r.get('legacy') else ''} "
+              f"| {r['T']} | {r['reconstruction']}{' + colour' if r.get('colour') else ''} | {r['fit_rounds']} "
               f"| {m.get('sign_rule', 'sign-network vote')} | {m['pairs']['auc']:.3f} "
               f"| {m['clusters']['core_purity']:.2f} | {m['clusters']['core_coverage']:.2f} "
               f"| {a.get('exact', float('nan')):.2f} ({a.get('slot', float('nan')):.2f}) | {r['Max_SSIM']:.3f} "
               f"| {r['Mean_SSIM']:.3f} | {r['share_above_0.8']:.3f} | {r['wall_s']:.0f} "
               f"({r['timings'].get('train_pair_network', 0):.0f}) |")
+
+
+def challenge(args, test, pool, n, T, k, scaling, num_private=None):  # noqa: N803
+    """The attacked challenge: research-seeded keys, or the reference code's (``--legacy``, seed ``--seed``)."""
+    keys = dict(legacy=True, research_seed=args.seed) if args.legacy else dict(generator=KeyGenerator.from_seed(args.seed))
+    return make_challenge(test.images[:n], test.labels[:n], pool, T=T, k=k, num_private=num_private, scaling=scaling,
+                          num_classes=10, **keys)
+
+
+def true_public_membership(res, enc, truth, k) -> dict:
+    """DIAGNOSTIC (reads the truth): the attack's own private assignment and coefficients, plus the TRUE
+    public indices of every row with equal shares of the public mass, fed to the oracle solver with the
+    recurring public images as unknowns (``public_model="solve"``); the global sign chosen by the truth.
+    How much knowing which public images a row holds would give this attack on a legacy challenge."""
+    from instahide.attacks import oracle_decode
+
+    used, a = np.unique(res.assignment, return_inverse=True)
+    a = a.reshape(res.assignment.shape)
+    lam = np.hstack([res.coefficients, np.repeat((1 - res.coefficients.sum(1, keepdims=True)) / (k - 2), k - 2, 1)])
+    o = oracle_decode(enc, np.hstack([a, truth.indices[:, 2:]]), lam, 2, len(used), public_model="solve")
+    rec = np.zeros_like(res.recovered)
+    rec[used] = o.recovered
+    pick = np.argmin([np.abs(res.decryption - res.recovered[res.assignment[:, j]]).sum((1, 2, 3)) for j in range(2)], 0)
+    dec = rec[res.assignment[np.arange(len(enc)), pick]]  # each row's cluster as the attack chose it
+    best = max((score(sign * dec, truth) for sign in (1, -1)), key=lambda sc: sc.max_ssim)
+    return {"Max_SSIM": best.max_ssim, "Mean_SSIM": best.mean_ssim, "sign": "chosen by the truth"}
 
 
 def yardstick(args, test, pool, a_pool, T, k, scaling, out: Path) -> None:  # noqa: N803
@@ -98,8 +127,7 @@ def yardstick(args, test, pool, a_pool, T, k, scaling, out: Path) -> None:  # no
     from instahide.attacks.carlini.reconstruct import align_solution, public_mass, public_sign_field, reconstruct_gd
 
     n = args.n or PRESETS[args.scale]["n"]
-    enc, lab, truth = make_challenge(test.images[:n], test.labels[:n], pool, T=T, k=k, scaling=scaling,
-                                     num_classes=10, generator=KeyGenerator.from_seed(args.seed))
+    enc, lab, truth = challenge(args, test, pool, n, T, k, scaling)
     pr = "unit" if scaling == "unit" else "pm1"
     mu_att = (a_pool.astype(np.float64) / 127.5 - 1).mean(0) if scaling == "pm1" else None
     rows = []
@@ -114,18 +142,29 @@ def yardstick(args, test, pool, a_pool, T, k, scaling, out: Path) -> None:  # no
         f = public_sign_field(o2.public_mean, mu_att)
         rows.append(("oracle, true keys, sign by the public-mean prior", (o2.recovered * f)[truth.indices[:, 0]],
                      time.perf_counter() - t0))
-    t0 = time.perf_counter()
-    idx = truth.indices[:, :2]
-    rec, pm, _, _ = reconstruct_gd(np.abs(enc), idx, truth.coefficients[:, :2].astype(np.float64),
-                                   public_mass(lab, 2, k), n_clusters=n, pixel_range=pr, steps=args.gd_steps)
-    if pr == "pm1":
-        rec, pm = align_solution(rec, pm)
-        rec = rec * public_sign_field(pm, mu_att)
-    rows.append(("gradient descent, true keys" + (", public-mean prior sign" if pr == "pm1" else ""),
-                 rec[truth.indices[:, 0]], time.perf_counter() - t0))
+    if args.legacy and pr == "pm1":  # the recurring public images as unknowns of their own (known membership)
+        lam_eq = truth.coefficients.astype(np.float64).copy()
+        lam_eq[:, 2:] = lam_eq[:, 2:].sum(1, keepdims=True) / (k - 2)
+        for what, lam in (("oracle, true keys, public images solved, sign by the truth", truth.coefficients),
+                          ("oracle, true keys but equal public coefficients, public images solved, sign by the truth",
+                           lam_eq)):
+            t0 = time.perf_counter()
+            o3 = oracle_decode(enc, truth.indices, lam, 2, n, public_model="solve", evaluate_with=truth.private)
+            rows.append((what, o3.decryption, time.perf_counter() - t0))
+    if args.gd_steps:  # --gd-steps 0: the oracle rows only
+        t0 = time.perf_counter()
+        idx = truth.indices[:, :2]
+        rec, pm, _, _ = reconstruct_gd(np.abs(enc), idx, truth.coefficients[:, :2].astype(np.float64),
+                                       public_mass(lab, 2, k), n_clusters=n, pixel_range=pr, steps=args.gd_steps)
+        if pr == "pm1":
+            rec, pm = align_solution(rec, pm)
+            rec = rec * public_sign_field(pm, mu_att)
+        rows.append(("gradient descent, true keys" + (", public-mean prior sign" if pr == "pm1" else ""),
+                     rec[truth.indices[:, 0]], time.perf_counter() - t0))
     for name, dec, sec in rows:
         sc = score(dec, truth)
         row = {"tag": "yardstick", "what": name, "n": n, "T": T, "k": k, "scaling": scaling, "pool": len(pool),
+               "legacy": args.legacy,
                "Max_SSIM": sc.max_ssim, "Mean_SSIM": sc.mean_ssim, "share_above_0.8": sc.share_above,
                "seconds": sec, "date": time.strftime("%Y-%m-%d %H:%M")}
         with out.open("a") as fh:
@@ -139,7 +178,7 @@ def yardstick_table(path: Path) -> None:
     print("|" + " --- |" * 7)
     for line in path.read_text().splitlines():
         r = json.loads(line)
-        print(f"| {r['what']} | {r['scaling']} | {r['T']} | {r['Max_SSIM']:.3f} | {r['Mean_SSIM']:.3f} "
+        print(f"| {r['what']} | {r['scaling']}{', legacy keys' if r.get('legacy') else ''} | {r['T']} | {r['Max_SSIM']:.3f} | {r['Mean_SSIM']:.3f} "
               f"| {r['share_above_0.8']:.2f} | {r['seconds']:.0f} |")
 
 
@@ -164,7 +203,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=16)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--reconstruction", nargs="+", default=["oracle"], choices=("oracle", "gd", "oracle+gd"))
-    p.add_argument("--gd-steps", type=int, default=1000)
+    p.add_argument("--gd-steps", type=int, default=1000, help="0: no gradient-descent row in --yardstick")
     p.add_argument("--fit-rounds", type=int, nargs="+", default=None, help="default: the preset's")
     p.add_argument("--sign-rule", default="auto", choices=("auto", "sign-network"))
     p.add_argument("--yardstick", action="store_true", help="reconstruction on the TRUE keys only (cross-dataset)")
@@ -172,6 +211,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--legacy", action="store_true",
+                   help="challenge made with the reference code's keys (challenge make --legacy): public partners "
+                        "from the pool's first n rows, each recurring 4T times; legacy seed = --seed")
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "carlini.jsonl"))
     p.add_argument("--net-dir", default=str(ROOT / "experiments" / "results" / "carlini_nets"))
     p.add_argument("--img-dir", default=str(ROOT / "docs" / "img"))
@@ -210,10 +252,8 @@ def main() -> None:
                     network = load_pair_network(net_path) if net_path.exists() else None
                     for T in t_list:  # noqa: N806
                         for rec_method, fit_rounds in [(r, f) for r in args.reconstruction for f in args.fit_rounds]:
-                            enc, lab, truth = make_challenge(test.images[:n], test.labels[:n], pool, T=T, k=k,
-                                                             num_private=num_private if pool is not None else None,
-                                                             scaling=scaling, num_classes=10,
-                                                             generator=KeyGenerator.from_seed(args.seed))
+                            enc, lab, truth = challenge(args, test, pool, n, T, k, scaling,
+                                                        num_private if pool is not None else None)
                             perm = np.random.default_rng(args.seed).permutation(len(enc))
                             enc, lab = enc[perm], lab[perm]
                             truth = replace(truth, indices=truth.indices[perm], coefficients=truth.coefficients[perm])
@@ -234,8 +274,11 @@ def main() -> None:
                                 save_pair_network(network, net_path)
                             sc = score(res.decryption, truth)
                             metrics = {kk: v for kk, v in res.metrics.items() if kk != "cluster_image"}
+                            if args.legacy and scaling == "pm1" and pool is not None:
+                                metrics["with_true_public_membership"] = true_public_membership(res, enc, truth, k)
                             row = {
                                 "tag": args.tag, "n": n, "T": T, "k": k, "setting": setting, "scaling": scaling,
+                                "legacy": args.legacy,
                                 "pool": pool_n or None, "reconstruction": rec_method, "fit_rounds": fit_rounds,
                                 "colour": args.colour, "sign_rule_arg": args.sign_rule, "train_steps": train_steps, "train_images": train_images,
                                 "width": width, "depth": depth, "network_trained_in_this_run": trained_here,
@@ -253,9 +296,10 @@ def main() -> None:
                             img = np.array(res.metrics["cluster_image"])
                             order = np.argsort(img)[:10]
                             picture(Path(args.img_dir) / f"carlini_n{n}_{setting}_k{k}_{scaling}_T{T}_pool{pool_n}_{rec_method}_fit{fit_rounds}"
-                                    f"{'_colour' if args.colour else ''}.png",
+                                    f"{'_colour' if args.colour else ''}{'_legacy' if args.legacy else ''}.png",
                                     truth.private[img[order]], res.recovered[order], scaling,
-                                    f"{setting} k={k} {scaling} n={n} T={T} pool={pool_n or '-'}: Max_SSIM "
+                                    f"{setting} k={k} {scaling} n={n} T={T} pool={pool_n or '-'}"
+                                    f"{' (legacy keys)' if args.legacy else ''}: Max_SSIM "
                                     f"{sc.max_ssim:.3f}")
 
 

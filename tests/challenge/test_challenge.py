@@ -349,3 +349,46 @@ def test_failed_rewrite_leaves_the_old_challenge(tmp_path, challenge, monkeypatc
         write_challenge(out, -enc, lab, truth, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == old
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "c-truth.npz"]  # no temporary folder left
+
+
+def _legacy_structure(indices: np.ndarray, n: int, T: int, num_private: int):  # noqa: N803
+    """The reference code's structure, checked with plain loops: in every epoch every slot after the
+    first is a permutation of range(n) (private partners index the private set, public partners the
+    pool's first n rows, the window); returns the per-image public counts and the self-mixed rows."""
+    counts, self_mixed = {}, 0
+    for t in range(T):
+        rows = indices[t * n:(t + 1) * n]
+        assert list(rows[:, 0]) == list(range(n))  # epoch-major: row t*n + i encrypts image i
+        for j in range(1, indices.shape[1]):
+            assert sorted(rows[:, j].tolist()) == list(range(n)), (t, j)  # one torch.randperm(n) per slot
+        for i in range(n):
+            self_mixed += int(any(rows[i, j] == i for j in range(1, num_private)))
+            for j in range(num_private, indices.shape[1]):
+                counts[int(rows[i, j])] = counts.get(int(rows[i, j]), 0) + 1
+    return counts, self_mixed
+
+
+def test_legacy_recurrence_matches_the_reference_structure(digits):
+    ds, pool = digits
+    t_epochs = 12
+    _, _, truth = make_challenge(ds.images, ds.labels, pool.images, T=t_epochs, legacy=True, research_seed=5)
+    counts, self_mixed = _legacy_structure(truth.indices, N_PRIVATE, t_epochs, 2)
+    # the window: only the pool's first n rows, each in exactly (k - 2) slots per epoch
+    assert sorted(counts) == list(range(N_PRIVATE)) and set(counts.values()) == {4 * t_epochs}
+    assert self_mixed > 0  # defect 2: a permutation has fixed points (an image mixed with itself)
+    # the fixed default draws from the whole pool instead: many more distinct public images
+    _, _, fixed = make_challenge(ds.images, ds.labels, pool.images, T=t_epochs, research_seed=5)
+    assert len(np.unique(fixed.indices[:, 2:])) > 3 * N_PRIVATE
+
+
+def test_legacy_cli_at_the_published_size(tmp_path):
+    """`challenge make --legacy` at the published 100 x 50 (digits: no download): 5,000 rows whose
+    public partners are 100 recurring pool images, each in exactly 4 * 50 = 200 rows."""
+    assert cli(["challenge", "make", "--dataset", "digits", "--legacy", "--public-size", "400",
+                "--out", str(tmp_path / "c")]) == 0
+    truth = load_truth(tmp_path / "c-truth.npz")
+    assert truth.N == 5000 and truth.T == 50 and truth.k == 6 and truth.num_private == 2
+    counts, _ = _legacy_structure(truth.indices, 100, 50, 2)
+    assert sorted(counts) == list(range(100)) and set(counts.values()) == {200}
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    assert meta["legacy"] and "first 100 rows" in meta["public_window"]
