@@ -10,7 +10,7 @@ reference code's defect in docs/scheme.md, "Defects of the reference code, and w
    squares; a small residual confirms the seed.
 
 Rows must be epoch-major, each epoch ONE ``encrypt(..., legacy=True, generator=g)`` call on a shared
-``LegacyGenerator``. Default keys (SHAKE-256 under a 256-bit OS key) have no integer seed: the search
+``LegacyGenerator``. Default keys (a keystream under a 256-bit OS key) have no integer seed: the search
 returns None. Throughput: :func:`seed_rate`, measured in docs/audit.md.
 """
 from __future__ import annotations

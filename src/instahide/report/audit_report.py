@@ -202,7 +202,7 @@ def write_audit_report(out: str | os.PathLike, config: dict, meta: dict, outcome
               f"{truth.n} private images x T={truth.T} encryptions, pixels {meta.get('scaling')}, "
               f"public pool {meta.get('public_pool_size')}, augmentation "
               f"{'crop ' + str(meta['augment']['crop_padding']) + ' + flip' if meta.get('augment') else 'none'}, "
-              f"keys {'legacy (reference code)' if meta.get('legacy') else 'default (SHAKE-256, OS entropy)'}")
+              f"keys {'legacy (reference code)' if meta.get('legacy') else 'default (256-bit OS-entropy keystream)'}")
     lines = ["# InstaHide privacy audit", "", f"**Configuration:** {scheme}.", "",
              f"> {DISCLAIMER}", ""]
     leads = _leads(outcomes, truth.n, t)
