@@ -71,7 +71,8 @@ def run(args) -> None:
                     logged.add((label, epoch))
                 print(f"{label}: epoch {epoch}/{args.epochs} test acc {100 * metrics['test_acc']:.2f}% "
                       f"({metrics['epoch_seconds']:.0f} s)", flush=True)
-                raise _Turn
+                if epoch < args.epochs:  # after the last epoch, let train() write final.json
+                    raise _Turn
 
             try:
                 train(cfg, data=data, resume=(out / "checkpoint.pt").exists(), on_epoch_end=stop)
