@@ -136,7 +136,7 @@ def run(args) -> int:
         f"With InstaHide inference: each test image is encrypted {INFER_T} times the way the model was trained "
         "(its own coefficient at least 0.5, partners from the test set or the public pool, fresh keys) and "
         "the model's probabilities are averaged (`instahide evaluate --T 8 --own-min 0.5`). A model trained "
-        "only on encryptions has never seen a clean image; queried like this it is close to Mixup.",
+        "only on encryptions has never seen a clean image; this column shows it queried the way it was trained.",
     ]
     leak_lines = [
         "Correlation between each encryption and its own private image (mean over all training images):",
