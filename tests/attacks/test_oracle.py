@@ -151,3 +151,25 @@ def test_bad_inputs(private_images):
         oracle_decode(np.zeros((18, 8, 8, 3)), idx, lam, 3, 6)
     with pytest.raises(ValueError, match="evaluate_with"):
         oracle_decode(e, idx, lam, 3, 6, evaluate_with=ch["private"][:2])
+
+
+def test_solved_public_images_are_returned_with_their_pool_indices():
+    """Recurring public images (the legacy window): with public_model="solve" the oracle returns them;
+    on mixtures built by a plain loop, least squares recovers every one exactly."""
+    rng = np.random.default_rng(0)
+    priv, pool = rng.uniform(0, 1, (6, 1, 4, 4)), rng.uniform(0, 1, (30, 1, 4, 4))
+    window = np.array([3, 8, 11, 20, 27])  # the few public images that recur
+    n_rows = 60
+    idx = np.stack([rng.integers(0, 6, n_rows), rng.integers(0, 6, n_rows),
+                    rng.choice(window, n_rows), rng.choice(window, n_rows)], 1)
+    lam = rng.dirichlet(np.ones(4), n_rows)
+    mix = np.zeros((n_rows, 1, 4, 4))
+    for r in range(n_rows):
+        for j in range(4):
+            mix[r] += lam[r, j] * (priv if j < 2 else pool)[idx[r, j]]
+    res = oracle_decode(mix, idx, lam, 2, 6, masked=False, pixel_range="unit", public_model="solve", ridge=0.0)
+    used = np.unique(idx[:, 2:])
+    np.testing.assert_array_equal(res.public_indices, used)
+    np.testing.assert_allclose(res.public_images, pool[used], atol=1e-4)
+    np.testing.assert_allclose(res.recovered, priv, atol=1e-4)
+    assert oracle_decode(mix, idx, lam, 2, 6, masked=False, pixel_range="unit").public_images is None

@@ -39,6 +39,9 @@ class OracleResult:
         sign: global sign applied to the phase-retrieval solution (+1 unless evaluation mode chose -1).
         sign_chosen_by: ``"none"`` or ``"evaluation-mode"`` (the ground truth picked the sign).
         scores: in evaluation mode, mean SSIM of the recovered images for each global sign.
+        public_images: ``(P, C, H, W)`` float32, the public images solved for (``public_model="solve"``:
+            an attacker who has them removes them from every row), else None.
+        public_indices: ``(P,)`` the pool index of each of them (sorted), else None.
     """
 
     recovered: np.ndarray
@@ -49,6 +52,8 @@ class OracleResult:
     sign_chosen_by: str = "none"
     scores: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    public_images: np.ndarray | None = None
+    public_indices: np.ndarray | None = None
 
 
 # -- the linear model ------------------------------------------------------------------------------
@@ -297,6 +302,9 @@ def oracle_decode(
     if method == "phase-retrieval" and smooth:
         recovered = _smooth(recovered, smooth)
     result = OracleResult(recovered.astype(np.float32), np.empty(0), public_mean, method, info=info)
+    if public_model == "solve" and num_private < idx.shape[1]:
+        result.public_indices = np.unique(idx[:, num_private:])  # design_matrix's column order
+        result.public_images = z[n_priv:].reshape(-1, *shape).astype(np.float32)
     if truth is not None:
         pos = float(ssim(recovered, truth, data_range=data_range))
         result.scores = {"+1": pos}
@@ -306,6 +314,7 @@ def oracle_decode(
             if neg > pos:
                 result.recovered = (-recovered).astype(np.float32)
                 result.public_mean = None if public_mean is None else -public_mean
+                result.public_images = None if result.public_images is None else -result.public_images
                 result.sign = -1
             result.sign_chosen_by = "evaluation-mode"
     result.decryption = result.recovered[idx[:, 0]]
