@@ -136,6 +136,10 @@ _RECOGNITION = {  # measure: (its threshold, what the rows that pass it do)
 }
 
 
+_KEYS = {"legacy": "legacy (reference code)", "research-seed": "from a research seed (reproducible, not private)",
+         "os-entropy": "default (256-bit OS-entropy keystream)"}
+
+
 def _leads(outcomes, n_private: int, t: float) -> list[dict]:
     """Every measure of every attack that used no secret, most leakage (rate above chance) first."""
     found = []
@@ -202,7 +206,7 @@ def write_audit_report(out: str | os.PathLike, config: dict, meta: dict, outcome
               f"{truth.n} private images x T={truth.T} encryptions, pixels {meta.get('scaling')}, "
               f"public pool {meta.get('public_pool_size')}, augmentation "
               f"{'crop ' + str(meta['augment']['crop_padding']) + ' + flip' if meta.get('augment') else 'none'}, "
-              f"keys {'legacy (reference code)' if meta.get('legacy') else 'default (256-bit OS-entropy keystream)'}")
+              f"keys {_KEYS.get('legacy' if meta.get('legacy') else meta.get('key_origin'), _KEYS['os-entropy'])}")
     lines = ["# InstaHide privacy audit", "", f"**Configuration:** {scheme}.", "",
              f"> {DISCLAIMER}", ""]
     leads = _leads(outcomes, truth.n, t)
