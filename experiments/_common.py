@@ -26,3 +26,21 @@ def append_jsonl(path, row: dict) -> None:
         fh.write(json.dumps(row) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+def slug(label: str) -> str:
+    """A row label as a folder name: ``"InstaHide k=4, |x| first"`` -> ``"instahide-k-4---x--first"``."""
+    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
+
+
+def write_between_markers(doc, name: str, text: str) -> None:
+    """Put ``text`` between ``<!-- name:begin -->`` and ``<!-- name:end -->`` in ``doc`` (appended with
+    the markers when they are not there yet)."""
+    doc = Path(doc)
+    old = doc.read_text() if doc.exists() else ""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    if begin in old:
+        new = old[:old.index(begin) + len(begin)] + "\n" + text + "\n" + old[old.index(end):]
+    else:
+        new = old + f"\n{begin}\n{text}\n{end}\n"
+    doc.write_text(new)

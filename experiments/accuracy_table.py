@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from instahide.train import TrainConfig, load_train_data, train  # noqa: E402
 
-from _common import append_jsonl, done_keys, read_jsonl  # noqa: E402
+from _common import append_jsonl, done_keys, read_jsonl, slug, write_between_markers  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 RAW = dict(sign_invariant="off")  # the paper's training on raw encryptions (the rows measured first)
@@ -84,7 +84,7 @@ def run(args) -> None:
                 if (args.scale, dataset, label, seed) in done:
                     continue
                 over2 = {**over, "public": args.public if over.get("public") else None}
-                out = ROOT / "experiments" / "runs" / args.scale / dataset / _slug(label) / f"seed{seed}"
+                out = ROOT / "experiments" / "runs" / args.scale / dataset / slug(label) / f"seed{seed}"
                 cfg = TrainConfig.make(**base, **over2, research_seed=seed, out=str(out), progress=False)
                 pool_key = over2["public"]
                 if pool_key not in data_cache:
@@ -130,19 +130,8 @@ def report(args) -> None:
         lines.append(f"| {key[0]} | {key[1]} | {label} | {statistics.mean(accs):.2f} +- {std:.2f} | {len(accs)} | "
                      f"{', '.join(f'{a:.2f}' for a in accs)} | {wall:.0f} |")
     table = "\n".join(lines)
-    doc = Path(args.doc)
-    text = doc.read_text() if doc.exists() else ""
-    begin, end = "<!-- table:begin -->", "<!-- table:end -->"
-    if begin in text:
-        text = text[:text.index(begin) + len(begin)] + "\n" + table + "\n" + text[text.index(end):]
-    else:
-        text += f"\n{begin}\n{table}\n{end}\n"
-    doc.write_text(text)
+    write_between_markers(args.doc, "table", table)
     print(table)
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from instahide.train import TrainConfig, load_train_data, train  # noqa: E402
 
-from _common import append_jsonl, read_jsonl  # noqa: E402
+from _common import append_jsonl, read_jsonl, slug, write_between_markers  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 CONFIGS = [
@@ -52,7 +52,7 @@ def run(args) -> None:
     while True:
         advanced = False
         for label, over in CONFIGS:
-            out = ROOT / "experiments" / "runs" / "curve" / _slug(label) / f"seed{args.seed}"
+            out = ROOT / "experiments" / "runs" / "curve" / slug(label) / f"seed{args.seed}"
             cfg = TrainConfig.make(**BASE, **over, epochs=args.epochs, research_seed=args.seed, out=str(out),
                                    progress=False)
             if data is None:
@@ -109,14 +109,7 @@ def report(args) -> None:
                      f"{gap:.2f} points behind Mixup k=4 (raw encryptions: "
                      f"{by['Mixup k=4'][e] - by['InstaHide inside k=4, raw'][e]:.2f}).")
     table = "\n".join(lines)
-    doc = Path(args.doc)
-    text = doc.read_text()
-    begin, end = "<!-- curve:begin -->", "<!-- curve:end -->"
-    if begin in text:
-        text = text[:text.index(begin) + len(begin)] + "\n" + table + "\n" + text[text.index(end):]
-    else:
-        text += f"\n{begin}\n{table}\n{end}\n"
-    doc.write_text(text)
+    write_between_markers(args.doc, "curve", table)
     try:
         from instahide._io import pyplot, save_figure
         plt = pyplot()
@@ -133,10 +126,6 @@ def report(args) -> None:
     except ImportError as exc:
         print(f"no picture ({exc})")
     print(table)
-
-
-def _slug(label: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in label.lower()).strip("-")
 
 
 def main() -> None:
