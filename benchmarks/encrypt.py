@@ -260,11 +260,14 @@ def profile_library(x, y, k, pool, repeats, device, chunk_rows):
             return lambda: _chacha20()(bytes(32), bytes(16), nbytes)
         return lambda: hashlib.shake_256(b"x" * 64).digest(nbytes)
 
+    shake_gen = KeyGenerator(bytes(32), stream="shake256")  # the standard-library stream, for comparison
+
     fns = {
         "centring check": lambda: (check_centred(x, k, "images"), cross and check_centred(pool, k, "public")),
         "keys: coefficients": lambda: sample_coefficients(n, k, upper=UPPER, dom=dom, num_private=p, generator=gen),
         "keys: partners": lambda: sample_partners(n, k, num_private=p, pool_size=pool_size, generator=gen),
         "keys: mask bits": lambda: sample_mask_bits(n, d, gen),
+        "keys: mask bits, SHAKE-256 stream": lambda: sample_mask_bits(n, d, shake_gen),
         "keys: sample_key total": lambda: sample_key(n, k, tuple(x.shape[1:]), upper=UPPER, dom=dom, num_private=p,
                                                      pool_size=pool_size, generator=gen),
         "gathers + mixing (apply_key, no mask)": lambda: apply_key(x, key.unmasked(), public=pool, out=out),
@@ -285,7 +288,9 @@ def profile_library(x, y, k, pool, repeats, device, chunk_rows):
         ("centring check", t["centring check"], None, None),
         ("keys: coefficients", t["keys: coefficients"], "keystream", t["floor: keystream, coefficient bytes"]),
         ("keys: partners", t["keys: partners"], "keystream", t["floor: keystream, partner bytes"]),
-        ("keys: mask bits", t["keys: mask bits"], "keystream", t["floor: keystream, mask bytes"]),
+        (f"keys: mask bits ({gen.stream})", t["keys: mask bits"], "keystream", t["floor: keystream, mask bytes"]),
+        ("keys: mask bits (shake256)", t["keys: mask bits, SHAKE-256 stream"], "keystream",
+         t["floor: keystream, mask bytes"]),
         ("keys: sample_key total", t["keys: sample_key total"], "keystream", t["floor: keystream, all key bytes"]),
         ("gathers + mixing", t["gathers + mixing (apply_key, no mask)"], "k contiguous reads",
          t["floor: k contiguous reads"]),

@@ -5,7 +5,7 @@ is how the InstaHide challenge fell (docs/scheme.md, defect 3). :class:`KeyGener
 deterministic random bit generator keyed with 256 bits, by default from ``os.urandom``; without the
 key no output can be predicted from others. Its stream: draw ``i`` is ``SHAKE-256(domain || key || i)``
 (Python's standard library), or, for OS-entropy keys when the optional ``cryptography`` package is
-installed, the ChaCha20 keystream under a key derived from ``key`` with nonce ``i`` (about 8x faster;
+installed, the ChaCha20 keystream under a key derived from ``key`` with nonce ``i`` (about 6x faster;
 docs/scheme.md, "Keys"). A generator made from a user-given seed (:meth:`KeyGenerator.from_seed`) is for
 reproducible research only: the seed recomputes every key, always with SHAKE-256, so that a seed gives
 the same keys on every installation. Uniforms, half-normals and integers are derived from the bytes
