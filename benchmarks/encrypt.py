@@ -16,6 +16,8 @@ of ``--pool`` (default 10,000) tiny-imagenet photographs downsampled to 32x32:
      keystream keyed from OS entropy: ChaCha20 with the ``cryptography`` package, else SHAKE-256), input checks, mixing, mask and label mixing, and a
      freshly allocated output.
 (a') the same with a preallocated ``out=`` buffer.
+(c') (a') on the chunked torch path (``fused=False``), beside it: what the fused numba kernel
+     (``instahide.scheme.kernel``, the ``fast`` extra) gains; absent without numba.
 (f)  the plain streaming floor with a fresh output: the dataset and k-1 more dataset-sized tensors
      (distinct memory) summed into one newly allocated output with ``torch.add``, in cache-sized row
      chunks: k contiguous reads and one write; no gathers, no randomness, no keys.
@@ -37,7 +39,7 @@ a library call timed alone, next to its own floor, interleaved the same way:
         dataset-sized tensor, and k chunked random-row gathers (index_select of a random permutation
         into a cache-sized buffer)
     mask (apply_key with the mask minus without) -- floor: one chunked in-place pass over the output
-    labels (mix_labels with the one-hot conversion), centring check -- no floor
+    labels (the label checks and mix_labels, as encrypt runs them), centring check -- no floor
     allocation: first touch of a fresh dataset-sized output (torch.empty, one write per 4 KiB page)
 The data come from the library's own loader (``instahide.data.load_dataset("cifar10", root=...)``,
 normalised with the CIFAR-10 mean/std); loading is not timed. The header reports the CPU (lscpu's
@@ -67,6 +69,7 @@ if str(REPO / "src") not in sys.path:  # runnable without PYTHONPATH=src too
 
 import instahide  # noqa: E402
 from instahide.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset, normalize_images  # noqa: E402
+from instahide.scheme import kernel  # noqa: E402
 from instahide.scheme.rng import _chacha20  # noqa: E402
 from instahide.scheme import (KeyGenerator, apply_key, mix_labels, sample_coefficients, sample_key,  # noqa: E402
                               sample_mask_bits, sample_partners)
@@ -272,7 +275,8 @@ def profile_library(x, y, k, pool, repeats, device, chunk_rows):
                                                      pool_size=pool_size, generator=gen),
         "gathers + mixing (apply_key, no mask)": lambda: apply_key(x, key.unmasked(), public=pool, out=out),
         "gathers + mixing + mask (apply_key)": lambda: apply_key(x, key, public=pool, out=out),
-        "labels (mix_labels incl. one-hot)": lambda: mix_labels(check_labels(y, n, NUM_CLASSES, x.device)[0], key),
+        "labels (checks + mix_labels)": lambda: mix_labels(check_labels(y, n, NUM_CLASSES, x.device, one_hot=False)[0],
+                                                            key, NUM_CLASSES),
         "allocation (first touch, fresh output)": lambda: first_touch(x),
         "floor: keystream, coefficient bytes": shake(coef_bytes),
         "floor: keystream, partner bytes": shake(part_bytes),
@@ -298,10 +302,15 @@ def profile_library(x, y, k, pool, repeats, device, chunk_rows):
          t["floor: k random-row gathers"]),
         ("mask (with - without)", mask, "in-place pass", t["floor: one in-place pass over the output"]),
         ("apply_key total (out=)", t["gathers + mixing + mask (apply_key)"], None, None),
-        ("labels", t["labels (mix_labels incl. one-hot)"], None, None),
+        ("labels", t["labels (checks + mix_labels)"], None, None),
         ("allocation (fresh output)", t["allocation (first touch, fresh output)"], None, None),
     ]
     return {"stages_best_s": t, "rows": rows}
+
+
+def _numba_version() -> str:
+    import numba
+    return numba.__version__
 
 
 def machine() -> dict:
@@ -363,13 +372,15 @@ def main(argv=None):
         "n": n, "image_shape": list(x.shape[1:]), "dtype": str(x.dtype), "pool_size": args.pool,
         "data": data_src, "public": pool_src, "repeats": args.repeats, "upper": UPPER, "dom": DOM,
         "load_s_not_timed": round(load_s, 2), "keystream": KeyGenerator.from_entropy().stream,
+        "fused_kernel": _numba_version() if kernel.supports(x) else None,
     }
     print(f"# instahide encryption benchmark  {config['timestamp']}")
     print(f"# torch {torch.__version__}, device {device}{' (' + config['gpu'] + ')' if config['gpu'] else ''}, "
           f"CPU {config['cpu_model']}, {config['cpu_count']} cores, torch threads {torch.get_num_threads()}")
     print(f"# load at start: {config['runnable_others']} other runnable processes, load average "
           f"{config['loadavg_1min']} (a quiet machine has ~0)")
-    print(f"# data: {n} x {tuple(x.shape[1:])} {x.dtype} from {data_src}; default keystream {config['keystream']}")
+    print(f"# data: {n} x {tuple(x.shape[1:])} {x.dtype} from {data_src}; default keystream {config['keystream']}; "
+          f"mixing: {'fused kernel (numba ' + config['fused_kernel'] + ')' if config['fused_kernel'] else 'chunked torch path'}")
     if pool is not None:
         print(f"# public pool: {pool.shape[0]} from {pool_src}")
     print(f"# {args.repeats} interleaved rounds (best and median), loading took {load_s:.1f} s (not timed)")
@@ -389,6 +400,8 @@ def main(argv=None):
         fns = {
             "a": lambda: instahide.encrypt(x, y, k=k, num_classes=NUM_CLASSES, **kw),
             "a'": lambda: instahide.encrypt(x, y, k=k, num_classes=NUM_CLASSES, out=buf, **kw),
+            **({"c'": lambda: instahide.encrypt(x, y, k=k, num_classes=NUM_CLASSES, out=buf, fused=False, **kw)}
+               if kernel.supports(x) else {}),
             "f": lambda: streaming_floor(srcs, chunk_rows),
             "f'": lambda: streaming_floor(srcs, chunk_rows, out=fbuf),
         }
@@ -404,6 +417,8 @@ def main(argv=None):
             m["images_per_s"] = n / m["best_s"]
         r["a_over_f"] = r["a"]["best_s"] / r["f"]["best_s"]
         r["a_out_over_f_out"] = r["a'"]["best_s"] / r["f'"]["best_s"]
+        if "c'" in r:
+            r["torch_over_fused"] = r["c'"]["best_s"] / r["a'"]["best_s"]
         if "b" in r:
             r["b_over_a"] = r["b"]["best_s"] / r["a"]["best_s"]
         if not args.no_profile:
@@ -412,16 +427,17 @@ def main(argv=None):
         results[label] = r
 
     names = {"a": "(a) encrypt, fresh output", "a'": "(a') encrypt, out=", "f": "(f) floor, fresh output",
-             "f'": "(f') floor, out=", "b": "(b) reference approach"}
+             "f'": "(f') floor, out=", "b": "(b) reference approach", "c'": "(c') encrypt, out=, torch"}
     print()
     print(f"{'setting':<12} {'method':<27} {'best_s':>8} {'median_s':>9} {'img/s':>12}  ratio (best times)")
     for label, r in results.items():
-        for key in ("a", "f", "a'", "f'", "b"):
+        for key in ("a", "f", "a'", "f'", "c'", "b"):
             if key not in r:
                 continue
             m = r[key]
             ratio = {"f": f"a/f = {r['a_over_f']:.2f}x (target <= 1.5)",
                      "f'": f"a'/f' = {r['a_out_over_f_out']:.2f}x (target <= 1.5)",
+                     "c'": f"c'/a' = {r.get('torch_over_fused', 0):.2f}x (the fused kernel's gain)",
                      "b": f"b/a = {r.get('b_over_a', 0):.1f}x speed-up (target >= 10)"}.get(key, "")
             print(f"{label:<12} {names[key]:<27} {m['best_s']:8.3f} {m['median_s']:9.3f} "
                   f"{m['images_per_s']:12,.0f}  {ratio}")

@@ -1,9 +1,10 @@
 """Steps 3-5 of the scheme and the one-call entry point :func:`encrypt`.
 
 ``encrypt`` = sample a key (:func:`sample_key`) + apply it (:func:`apply_key`) + mix the labels
-(:func:`mix_labels`). The mixing runs in chunks of rows that fit in cache: for each chunk, one gather
-per slot, fused multiply-adds, and the mask applied as a sign-bit XOR, so the only full-size
-allocation is the output.
+(:func:`mix_labels`). The mixing runs in one pass per output row with the fused kernel of
+:mod:`instahide.scheme.kernel` (float32 on the CPU, with numba), else in chunks of rows that fit in
+cache: one weighted gather-sum per chunk and the mask applied as a sign-bit XOR. Either way the only
+full-size allocation is the output.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from .coefficients import check_bounds, sample_coefficients
 from .defaults import DOM, K_INSIDE, UPPER
+from . import kernel
 from .keys import Key
 from .legacy import LegacyGenerator, legacy_key
 from .masks import apply_mask_, sample_mask_bits
@@ -68,6 +70,7 @@ def encrypt(
     out: torch.Tensor | None = None,
     rows=None,
     progress=None,
+    fused: bool | None = None,
 ) -> Encryption:
     """Encrypt every image of ``images`` with InstaHide (or Mixup), each under a fresh one-time key.
 
@@ -106,6 +109,9 @@ def encrypt(
             are still drawn from all of ``images``. Default: every image, in order.
         progress: optional callable ``progress(rows_done)``, called as the mixing proceeds (every
             cache-sized chunk of rows), e.g. for a progress line.
+        fused: the mixing path (:func:`apply_key`): None = the fused numba kernel where it runs
+            (float32, CPU, ``numba`` installed), False = the chunked torch path everywhere (the same
+            bits on machines with and without numba), True = the kernel or an error.
 
     Returns:
         :class:`Encryption` with ``images`` ``(N, C, H, W)`` (one per row of ``rows`` if given),
@@ -137,7 +143,7 @@ def encrypt(
             check_centred(public, k, "public")
     soft_target = None
     if labels is not None:
-        soft_target, num_classes = check_labels(labels, n, num_classes, images.device)
+        soft_target, num_classes = check_labels(labels, n, num_classes, images.device, one_hot=False)
     cross = num_private < k
     key = sample_key(
         n, k, tuple(images.shape[1:]), upper=upper, dom=dom if cross else None, num_private=num_private,
@@ -145,8 +151,8 @@ def encrypt(
         own_min=own_min, seed=seed, generator=generator, legacy=legacy, rows=rows,
     )
     key.meta.update(mode=mode, upper=upper, dom=dom if cross else None)
-    enc = apply_key(images, key, public=public, out=out, progress=progress)
-    soft = None if soft_target is None else mix_labels(soft_target, key)
+    enc = apply_key(images, key, public=public, out=out, progress=progress, fused=fused)
+    soft = None if soft_target is None else mix_labels(soft_target, key, num_classes)
     return Encryption(enc, soft, key if return_key else None)
 
 
@@ -198,12 +204,18 @@ def sample_key(
 
 
 def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = None,
-              out: torch.Tensor | None = None, chunk_rows: int | None = None, progress=None) -> torch.Tensor:
+              out: torch.Tensor | None = None, chunk_rows: int | None = None, progress=None,
+              fused: bool | None = None) -> torch.Tensor:
     """Encryptions ``(len(key), C, H, W)`` of ``images`` under ``key``: ``sigma * sum_j lambda_j image_j``.
 
-    Exactly reproduces :func:`encrypt` given its key. Works in cache-sized chunks of rows, each output
-    row written once; ``progress(rows_done)`` is called after every chunk. Raises a ValueError if any
-    mixed value is NaN or infinite.
+    Exactly reproduces :func:`encrypt` given its key (on the same path, below). Each output row is
+    written once; ``progress(rows_done)`` is called as rows are done. Raises a ValueError if any mixed
+    value is NaN or infinite.
+
+    Two paths: float32 on the CPU with the optional ``numba`` installed runs the fused kernel of
+    :mod:`instahide.scheme.kernel` (one pass); anything else, or ``fused=False``, runs cache-sized
+    chunks of torch operations (``chunk_rows`` rows each). They agree to rounding (the multiply-adds
+    run in another order) and give identical sign bits. ``fused=True`` raises where the kernel cannot run.
     """
     n, k = len(key), key.k
     d = int(np.prod(key.image_shape))
@@ -229,6 +241,15 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
     if p < k:
         _check_indices(idx[:, p:], pub.shape[0], "public")
     bits = None if key.mask_bits is None else key.mask_bits.to(dev)
+    if fused is None:
+        fused = kernel.supports(out)
+    elif fused and not kernel.supports(out):
+        raise ValueError(f"the fused kernel needs float32 on the CPU and the numba package; got {dtype} on "
+                         f"{dev}{'' if kernel.available() else ' without numba'}")
+    if fused:
+        if n and not kernel.mix_and_mask(x, pub, idx, lam, p, bits, flat, progress=progress):
+            _raise_nonfinite(images, public)
+        return out
     if chunk_rows is None:  # ~1 MB of output per chunk on CPU (stays in cache), ~256 MB on GPU
         budget = (1 << 28) if dev.type == "cuda" else (1 << 20)
         chunk_rows = max(1, budget // (d * out.element_size()))
@@ -266,15 +287,23 @@ def _check_indices(idx: torch.Tensor, size: int, name: str) -> None:
         raise ValueError(f"key indexes {name} images up to {int(idx.max())}, but only {size} were given")
 
 
-def mix_labels(labels: torch.Tensor, key: Key) -> torch.Tensor:
+def mix_labels(labels: torch.Tensor, key: Key, num_classes: int | None = None) -> torch.Tensor:
     """Soft labels ``(N, num_classes)``: ``sum over private slots j of lambda_j * labels[idx_j]``.
 
-    ``labels`` is ``(N_private, num_classes)`` one-hot or soft. In cross-dataset mode the rows sum to
-    the private coefficients' total (< 1), as in the reference code (not renormalised).
+    ``labels`` is ``(N_private, num_classes)`` one-hot or soft, or ``(N_private,)`` int64 class
+    indices with ``num_classes`` (then the coefficients are scattered into their classes, without a
+    one-hot matrix). In cross-dataset mode the rows sum to the private coefficients' total (< 1), as
+    in the reference code (not renormalised).
     """
     p = key.num_private
-    lam = key.coefficients[:, :p].to(device=labels.device, dtype=labels.dtype)
     idx = key.indices[:, :p].to(labels.device)
+    if labels.ndim == 1:
+        if num_classes is None:
+            raise ValueError("class-index labels need num_classes")
+        lam = key.coefficients[:, :p].to(device=labels.device, dtype=torch.float32)
+        soft = torch.zeros((len(key), num_classes), dtype=torch.float32, device=labels.device)
+        return soft.scatter_add_(1, labels[idx], lam)
+    lam = key.coefficients[:, :p].to(device=labels.device, dtype=labels.dtype)
     return torch.einsum("np,npc->nc", lam, labels[idx])
 
 
@@ -314,8 +343,9 @@ def check_images(images, name: str = "images") -> torch.Tensor:
     return images
 
 
-def check_labels(labels, n: int, num_classes: int | None, device) -> tuple[torch.Tensor, int]:
-    """Labels as a float ``(N, num_classes)`` tensor on ``device``, and ``num_classes``."""
+def check_labels(labels, n: int, num_classes: int | None, device, one_hot: bool = True) -> tuple[torch.Tensor, int]:
+    """Labels as a float ``(N, num_classes)`` tensor on ``device`` (class indices as an int64 ``(N,)``
+    tensor if not ``one_hot``), and ``num_classes``."""
     if isinstance(labels, np.ndarray):
         labels = torch.from_numpy(labels)
     if not isinstance(labels, torch.Tensor):
@@ -331,6 +361,8 @@ def check_labels(labels, n: int, num_classes: int | None, device) -> tuple[torch
             num_classes = hi + 1
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must be in [0, num_classes={num_classes}), got range [{lo}, {hi}]")
+        if not one_hot:
+            return labels.long(), num_classes
         return torch.nn.functional.one_hot(labels.long(), num_classes).float(), num_classes
     if labels.ndim == 2:
         if not labels.dtype.is_floating_point:

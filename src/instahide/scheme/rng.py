@@ -160,7 +160,10 @@ class KeyGenerator:
         shape = _shape(shape)
         count = int(np.prod(shape, dtype=np.int64))
         words = self.random_bytes(8 * count).view(np.uint64)
-        u = ((words >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
+        words >>= np.uint64(11)  # in place: large temporaries cost their page faults
+        u = words.astype(np.float64)
+        u += 0.5
+        u *= 1.0 / 9007199254740992.0
         return u.reshape(shape)
 
     def half_normal(self, shape) -> np.ndarray:
@@ -168,8 +171,14 @@ class KeyGenerator:
         shape = _shape(shape)
         count = int(np.prod(shape, dtype=np.int64))
         u = self.uniform((2, count))
-        r = np.sqrt(-2.0 * np.log(u[0]))
-        return np.abs(r * np.cos(2.0 * np.pi * u[1])).reshape(shape)
+        r, c = u  # sqrt(-2 log u0) * cos(2 pi u1), computed in place
+        np.log(r, out=r)
+        r *= -2.0
+        np.sqrt(r, out=r)
+        c *= 2.0 * np.pi
+        np.cos(c, out=c)
+        r *= c
+        return np.abs(r, out=r).reshape(shape)
 
     def integers(self, high, shape=None) -> np.ndarray:
         """int64 draws uniform on ``[0, high)``; ``high`` may be an array broadcast to ``shape``.
