@@ -98,6 +98,18 @@ def test_fused_true_refuses_what_it_cannot_run(monkeypatch):
     assert torch.allclose(apply_key(x.float(), key), loop_reference(x, key).float(), atol=1e-6)  # torch path
 
 
+def test_images_that_require_grad_take_the_differentiable_path():
+    x = torch.randn(20, 3, 4, 4, requires_grad=True)
+    key = sample_key(20, 4, (3, 4, 4), seed=0)
+    apply_key(x, key.unmasked()).sum().backward()  # the mixture (Mixup) is differentiable in the images
+    assert torch.allclose(x.grad.view(20, -1).sum(1),  # d(sum of all mixtures)/dx_i = 48 * (sum of i's weights)
+                          48 * torch.zeros(20).index_add_(0, key.indices.flatten(), key.coefficients.flatten()))
+    with pytest.raises(ValueError, match="images that require grad"):
+        apply_key(x, key, fused=True)
+    with torch.no_grad():  # without autograd the kernel runs
+        assert torch.equal(apply_key(x, key), apply_key(x.detach(), key, fused=True))
+
+
 def _child(q, x, key):
     q.put(apply_key(x, key).numpy())
 

@@ -214,8 +214,9 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
 
     Two paths: float32 on the CPU with the optional ``numba`` installed runs the fused kernel of
     :mod:`instahide.scheme.kernel` (one pass); anything else, or ``fused=False``, runs cache-sized
-    chunks of torch operations (``chunk_rows`` rows each). They agree to rounding (the multiply-adds
-    run in another order) and give identical sign bits. ``fused=True`` raises where the kernel cannot run.
+    chunks of torch operations (``chunk_rows`` rows each; differentiable: images that require grad
+    always take it). They agree to rounding (the multiply-adds run in another order) and give
+    identical sign bits. ``fused=True`` raises where the kernel cannot run.
     """
     n, k = len(key), key.k
     d = int(np.prod(key.image_shape))
@@ -241,11 +242,13 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
     if p < k:
         _check_indices(idx[:, p:], pub.shape[0], "public")
     bits = None if key.mask_bits is None else key.mask_bits.to(dev)
+    grad = torch.is_grad_enabled() and (images.requires_grad or (public is not None and public.requires_grad))
     if fused is None:
-        fused = kernel.supports(out)
-    elif fused and not kernel.supports(out):
-        raise ValueError(f"the fused kernel needs float32 on the CPU and the numba package; got {dtype} on "
-                         f"{dev}{'' if kernel.available() else ' without numba'}")
+        fused = not grad and kernel.supports(out)
+    elif fused and (grad or not kernel.supports(out)):
+        raise ValueError("the fused kernel needs float32 on the CPU and the numba package, and no autograd "
+                         f"through the images; got {dtype} on {dev}{'' if kernel.available() else ' without numba'}"
+                         f"{', images that require grad' if grad else ''}")
     if fused:
         if n and not kernel.mix_and_mask(x, pub, idx, lam, p, bits, flat, progress=progress):
             _raise_nonfinite(images, public)
