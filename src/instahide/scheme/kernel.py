@@ -9,8 +9,8 @@ path; the two agree to rounding (the order of the multiply-adds differs), with i
 
 Threads: plain Python threads over blocks of rows (the compiled kernel releases the GIL), as many as
 ``torch.get_num_threads()``; one thread (e.g. in a DataLoader worker) runs inline. Numba's own
-thread pool is not used: with GNU OpenMP it kills a forked child (a DataLoader worker) that calls it,
-and its default work queue aborts on concurrent calls from two threads.
+thread pool is not used: with GNU OpenMP (its choice on these machines) it terminated a forked child
+(a DataLoader worker) that called it, and its fallback work queue is documented as not thread-safe.
 """
 from __future__ import annotations
 
