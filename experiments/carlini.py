@@ -41,7 +41,7 @@ from instahide.challenge import make_challenge, score  # noqa: E402
 from instahide.data import load_dataset, load_public_pool  # noqa: E402
 
 PRESETS = {  # --scale: defaults that the explicit flags override
-    "cpu": dict(n=20, T=[50], train_steps=300, train_images=20000, fit_rounds=[1]),
+    "cpu": dict(n=20, T=[50], train_steps=100, train_images=20000, fit_rounds=[0]),  # as CarliniConfig's "cpu"
     # fit_rounds 0: measured better at n=100 with the CPU network (0.409 vs 0.369), docs/carlini.md
     "full": dict(n=100, T=[50], train_steps=20000, train_images=50000, width=64, depth=8, fit_rounds=[0]),
 }
@@ -85,7 +85,8 @@ def table(path: Path) -> None:
         m = r["metrics"]
         a = m.get("assignment_final", m.get("assignment", {}))
         print(f"| {r['tag']} | {r['n']} | {r['setting']} | {r['k']} | {r['scaling']} | {r['pool'] or '-'}{' (legacy keys)' if r.get('legacy') else ''} "
-              f"| {r['T']} | {r['reconstruction']}{' + colour' if r.get('colour') else ''} | {r['fit_rounds']} "
+              f"| {r['T']} | {r['reconstruction']}{' + public prior' if r.get('public_prior') else ''}"
+              f"{' + learned prior' if r.get('colour') else ''} | {r['fit_rounds']} "
               f"| {m.get('sign_rule', 'sign-network vote')} | {m['pairs']['auc']:.3f} "
               f"| {m['clusters']['core_purity']:.2f} | {m['clusters']['core_coverage']:.2f} "
               f"| {a.get('exact', float('nan')):.2f} ({a.get('slot', float('nan')):.2f}) | {r['Max_SSIM']:.3f} "
@@ -119,12 +120,85 @@ def true_public_membership(res, enc, truth, k) -> dict:
     return {"Max_SSIM": best.max_ssim, "Mean_SSIM": best.mean_ssim, "sign": "chosen by the truth"}
 
 
-def yardstick(args, test, pool, a_pool, T, k, scaling, out: Path) -> None:  # noqa: N803
+def public_prior(a_pool, k: int) -> dict:
+    """What the attack knows of the public part (its own pool's variance, the coefficient law's squares)."""
+    from instahide.attacks.carlini.reconstruct import public_square_ratio
+
+    return {"square_ratio": public_square_ratio(k, 2, 0.65, 0.3),
+            "public_variance": (a_pool.astype(np.float64) / 127.5 - 1).var(0)}
+
+
+def label_coefficients(assignment, cluster_class, lab) -> np.ndarray:
+    """The attack's coefficient rule: a class's label mass split equally among its assigned clusters."""
+    cls = cluster_class[assignment]
+    same = (cls[:, :, None] == cls[:, None, :]).sum(2)
+    return np.take_along_axis(lab, cls, 1) / same
+
+
+def swaps(res, enc, lab, truth, k, prior, mu_att) -> dict:
+    """DIAGNOSTIC (reads the truth): the attack's reconstruction step (oracle solver, its public prior, its
+    public-mean sign rule) with one estimated step replaced by the truth; Max_SSIM of each."""
+    from instahide.attacks.carlini.reconstruct import public_sign_field, reconstruct_oracle
+
+    n = truth.n
+    ci = np.array(res.metrics["cluster_image"])
+    img2cl = np.full(n, -1)
+    img2cl[ci] = np.arange(len(ci))
+    if (img2cl < 0).any():
+        return {"skipped": "some private image is no cluster's majority"}
+    true_a = img2cl[truth.indices[:, :2]]
+    true_c = truth.coefficients[:, :2].astype(np.float64)
+
+    def true_coefs(a):  # the true coefficient wherever an assigned cluster's image is in the row
+        c = label_coefficients(a, res.cluster_class, lab)
+        for s in range(2):
+            for t in range(2):
+                hit = ci[a[:, s]] == truth.indices[:, t]
+                c[hit, s] = true_c[hit, t]
+        return c
+
+    pick = np.argmin([np.abs(res.decryption - res.recovered[res.assignment[:, j]]).sum((1, 2, 3)) for j in range(2)], 0)
+    out = {}
+    for name, a, c, slot in (("true assignment, label coefficients", true_a, label_coefficients(true_a, res.cluster_class, lab), 0),
+                             ("true assignment, true coefficients", true_a, true_c, 0),
+                             ("attack's assignment, true coefficients", res.assignment, true_coefs(res.assignment), None)):
+        rec, pm = reconstruct_oracle(enc, a, c, lab, k=k, num_private=2, n_clusters=len(ci), **prior)
+        rec = rec * public_sign_field(pm, mu_att)[None]
+        dec = rec[a[np.arange(len(a)), pick if slot is None else slot]]
+        out[name] = score(dec, truth).max_ssim
+        print("swap:", name, round(out[name], 4), flush=True)
+    return out
+
+
+def own_prior(args, attacker, a_pool, T, k, prior, mu_att):  # noqa: N803
+    """The learned prior for the yardstick: trained on the attacker's OWN challenges (its own images, pool
+    and keys), each decoded like the yardstick row it corrects (its own true private keys, the attack's
+    public model, the public-mean sign rule): ``--prior-challenges`` of ``--n`` images each."""
+    from instahide.attacks import oracle_decode
+    from instahide.attacks.carlini.reconstruct import estimated_keys, fit_colour_correction, public_sign_field
+
+    a_img, a_lab = attacker
+    rng = np.random.default_rng(args.seed + 7)
+    recs, origs = [], []
+    for c in range(args.prior_challenges):
+        sel = rng.choice(len(a_img), args.n or PRESETS[args.scale]["n"], replace=False)
+        enc, lab, tr = make_challenge(a_img[sel], a_lab[sel], a_pool, T=T, k=k, num_private=2, scaling="pm1",
+                                      num_classes=10, generator=KeyGenerator.from_seed(f"attacker-own-prior-{c}"))
+        _, lam = estimated_keys(tr.indices[:, :2], tr.coefficients[:, :2].astype(np.float64), lab, k, 2,
+                                prior["square_ratio"])
+        o = oracle_decode(enc, tr.indices, lam, 2, tr.n, public_variance=prior["public_variance"])
+        recs.append(o.recovered * public_sign_field(o.public_mean, mu_att))
+        origs.append(tr.private)
+    return fit_colour_correction(np.concatenate(recs), np.concatenate(origs), seed=args.seed)
+
+
+def yardstick(args, test, pool, a_pool, T, k, scaling, out: Path, attacker=None) -> None:  # noqa: N803
     """The reconstruction step alone on the TRUE keys (no clustering or assignment error): the oracle
     solver with the sign chosen by the truth (its evaluation mode), the oracle solver with the attack's
     own sign rule (public-mean prior), and Carlini's gradient descent."""
     from instahide.attacks import oracle_decode
-    from instahide.attacks.carlini.reconstruct import align_solution, public_mass, public_sign_field, reconstruct_gd
+    from instahide.attacks.carlini.reconstruct import (align_solution, apply_colour_correction, estimated_keys,
+                                                       public_mass, public_sign_field, reconstruct_gd)
 
     n = args.n or PRESETS[args.scale]["n"]
     enc, lab, truth = challenge(args, test, pool, n, T, k, scaling)
@@ -142,6 +216,26 @@ def yardstick(args, test, pool, a_pool, T, k, scaling, out: Path) -> None:  # no
         f = public_sign_field(o2.public_mean, mu_att)
         rows.append(("oracle, true keys, sign by the public-mean prior", (o2.recovered * f)[truth.indices[:, 0]],
                      time.perf_counter() - t0))
+        prior = public_prior(a_pool, k)
+        _, lam_law = estimated_keys(truth.indices[:, :2], truth.coefficients[:, :2].astype(np.float64), lab, k, 2,
+                                    prior["square_ratio"])
+        _, lam_eq = estimated_keys(truth.indices[:, :2], truth.coefficients[:, :2].astype(np.float64), lab, k, 2)
+        for what, lam, var in (
+                ("oracle, true keys, public variance of the attacker's pool, public-mean prior sign",
+                 truth.coefficients, prior["public_variance"]),
+                ("oracle, true private keys, the attack's public model (shares' squares from the law, the attacker's "
+                 "pool variance), public-mean prior sign", lam_law, prior["public_variance"]),
+                ("oracle, true private keys, equal public shares, variance fitted (the attack's former public model), "
+                 "public-mean prior sign", lam_eq, None)):
+            t0 = time.perf_counter()
+            o4 = oracle_decode(enc, truth.indices, lam, 2, n, pixel_range=pr, public_variance=var)
+            rec = o4.recovered * public_sign_field(o4.public_mean, mu_att)
+            rows.append((what, rec[truth.indices[:, 0]], time.perf_counter() - t0))
+            if args.colour and lam is lam_law:  # the learned prior, trained on the attacker's own challenges
+                t0 = time.perf_counter()
+                net = own_prior(args, attacker, a_pool, T, k, prior, mu_att)
+                rows.append((what + ", + learned prior", apply_colour_correction(net, rec)[truth.indices[:, 0]],
+                             time.perf_counter() - t0))
     if args.legacy and pr == "pm1":  # the recurring public images as unknowns of their own (known membership)
         lam_eq = truth.coefficients.astype(np.float64).copy()
         lam_eq[:, 2:] = lam_eq[:, 2:].sum(1, keepdims=True) / (k - 2)
@@ -207,7 +301,13 @@ def main() -> None:
     p.add_argument("--fit-rounds", type=int, nargs="+", default=None, help="default: the preset's")
     p.add_argument("--sign-rule", default="auto", choices=("auto", "sign-network"))
     p.add_argument("--yardstick", action="store_true", help="reconstruction on the TRUE keys only (cross-dataset)")
-    p.add_argument("--colour", action="store_true", help="also train and apply the colour correction")
+    p.add_argument("--colour", action="store_true",
+                   help="also train and apply the learned prior (colour correction; with --yardstick: to the oracle's output)")
+    p.add_argument("--prior-challenges", type=int, default=3, help="the attacker's own challenges it trains on")
+    p.add_argument("--no-public-prior", action="store_true",
+                   help="the former public model: equal public shares, the public variance fitted")
+    p.add_argument("--swaps", action="store_true",
+                   help="DIAGNOSTIC: also reconstruct with the true assignment / coefficients swapped in")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
@@ -247,7 +347,8 @@ def main() -> None:
                                                      f"-{args.device.split(':')[0]}.pt")
                     if args.yardstick:
                         for T in t_list:  # noqa: N806
-                            yardstick(args, test, pool, a_pool, T, k, scaling, out.with_name("carlini_yardstick.jsonl"))
+                            yardstick(args, test, pool, a_pool, T, k, scaling, out.with_name("carlini_yardstick.jsonl"),
+                                      (a_img, a_lab))
                         continue
                     network = load_pair_network(net_path) if net_path.exists() else None
                     for T in t_list:  # noqa: N806
@@ -265,6 +366,8 @@ def main() -> None:
                                 config=CarliniConfig(train_steps=train_steps, width_mult=width, depth=depth,
                                                      reconstruction=rec_method, gd_steps=args.gd_steps,
                                                      fit_rounds=fit_rounds, colour_correction=args.colour,
+                                                     colour_challenges=args.prior_challenges,
+                                                     public_prior=not args.no_public_prior,
                                                      sign_rule=args.sign_rule, seed=args.seed, device=args.device),
                                 truth=truth, progress=lambda step, d: print(step, {kk: v for kk, v in d.items()
                                                                       if not isinstance(v, list)}, flush=True))
@@ -276,11 +379,14 @@ def main() -> None:
                             metrics = {kk: v for kk, v in res.metrics.items() if kk != "cluster_image"}
                             if args.legacy and scaling == "pm1" and pool is not None:
                                 metrics["with_true_public_membership"] = true_public_membership(res, enc, truth, k)
+                            if args.swaps and scaling == "pm1" and pool is not None:
+                                metrics["swaps"] = swaps(res, enc, lab, truth, k, public_prior(a_pool, k),
+                                                         (a_pool.astype(np.float64) / 127.5 - 1).mean(0))
                             row = {
                                 "tag": args.tag, "n": n, "T": T, "k": k, "setting": setting, "scaling": scaling,
                                 "legacy": args.legacy,
                                 "pool": pool_n or None, "reconstruction": rec_method, "fit_rounds": fit_rounds,
-                                "colour": args.colour, "sign_rule_arg": args.sign_rule, "train_steps": train_steps, "train_images": train_images,
+                                "colour": args.colour, "public_prior": not args.no_public_prior, "sign_rule_arg": args.sign_rule, "train_steps": train_steps, "train_images": train_images,
                                 "width": width, "depth": depth, "network_trained_in_this_run": trained_here,
                                 "Max_SSIM": sc.max_ssim, "Mean_SSIM": sc.mean_ssim, "share_above_0.8": sc.share_above,
                                 "images_best_above_0.8": int(np.sum(sc.per_private_best_ssim > 0.8)),
@@ -296,7 +402,8 @@ def main() -> None:
                             img = np.array(res.metrics["cluster_image"])
                             order = np.argsort(img)[:10]
                             picture(Path(args.img_dir) / f"carlini_n{n}_{setting}_k{k}_{scaling}_T{T}_pool{pool_n}_{rec_method}_fit{fit_rounds}"
-                                    f"{'_colour' if args.colour else ''}{'_legacy' if args.legacy else ''}.png",
+                                    f"{'_colour' if args.colour else ''}{'_legacy' if args.legacy else ''}"
+                                    f"{'_former_public_model' if args.no_public_prior else ''}.png",
                                     truth.private[img[order]], res.recovered[order], scaling,
                                     f"{setting} k={k} {scaling} n={n} T={T} pool={pool_n or '-'}"
                                     f"{' (legacy keys)' if args.legacy else ''}: Max_SSIM "

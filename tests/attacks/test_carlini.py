@@ -204,6 +204,10 @@ def test_config_presets_and_checks():
         CarliniConfig(train_steps=-1)
     with pytest.raises(ValueError, match="sign_rule"):
         CarliniConfig(sign_rule="guess")
+    with pytest.raises(ValueError, match="colour_challenges"):
+        CarliniConfig(colour_challenges=-1)
+    cpu = CarliniConfig.preset("cpu")
+    assert cpu.public_prior and cpu.fit_rounds == 0
     with pytest.raises(TypeError, match="steps_per_epoch"):
         CarliniConfig.preset("cpu", steps_per_epoch=3)
 
@@ -254,10 +258,39 @@ def test_colour_correction_runs_on_attackers_own_challenge(unit_attack, digits):
     own_pool = load_public_pool("builtin", n=300, size=(8, 8), channels=1, seed=1).images
     out = carlini_attack(enc, lab, n_private=10, k=4, num_private=2, attacker_images=train.images,
                          attacker_labels=train.labels, attacker_public=own_pool, scaling="unit",
-                         network=res.network, colour_correction=True, colour_steps=100, truth=truth)
+                         network=res.network, colour_correction=True, colour_steps=100, colour_challenges=2,
+                         truth=truth)
     assert "own_challenge" in out.metrics and out.recovered.shape == res.recovered.shape
+    assert len(out.metrics["own_challenge"]) == 2  # one report per own challenge trained on
     assert out.recovered.min() >= 0.0 and out.recovered.max() <= 1.0
     assert score(out.decryption, truth).max_ssim > 0.6
+
+
+def test_public_shares_have_the_coefficient_laws_squares():
+    """The guessed public shares keep the label's public mass and make their squares sum to the law's
+    ratio times its square (checked row by row); the ratio matches a plain rejection sampler of the
+    law (|N(0, 1)| normalised, every share <= c1, the private pair >= c2)."""
+    from instahide.attacks.carlini.reconstruct import estimated_keys, public_square_ratio
+
+    rng = np.random.default_rng(0)
+    z = np.abs(rng.normal(size=(400_000, 6)))
+    lam = z / z.sum(1, keepdims=True)
+    lam = lam[(lam.max(1) <= 0.65) & (lam[:, :2].sum(1) >= 0.3)][:, 2:]
+    ref = np.mean((lam ** 2).sum(1) / lam.sum(1) ** 2)
+    c = public_square_ratio(6, 2, 0.65, 0.3)
+    assert c == pytest.approx(ref, abs=0.005) and 0.25 < c < 1
+    label = np.array([[0.4, 0.2, 0.0], [0.0, 0.5, 0.0], [0.1, 0.0, 0.25]])
+    a, coefs = np.array([[0, 1], [2, 3], [1, 0]]), np.array([[0.4, 0.2], [0.25, 0.25], [0.25, 0.1]])
+    for ratio in (None, c, 0.1, 2.0):
+        idx, keys = estimated_keys(a, coefs, label, 6, 2, ratio)
+        want = 0.25 if ratio is None else min(max(ratio, 0.25), 1.0)
+        for r in range(3):
+            p = 1 - label[r].sum()
+            assert keys[r, 2:].sum() == pytest.approx(p) and (keys[r, 2:] >= 0).all()
+            assert np.sum(keys[r, 2:] ** 2) == pytest.approx(want * p ** 2)
+            np.testing.assert_array_equal(idx[r], [*a[r], 0, 0, 0, 0])
+            np.testing.assert_array_equal(keys[r, :2], coefs[r])
+    assert public_square_ratio(4, 4, 0.65, 0.3) == 0.0
 
 
 def test_public_sign_field_undoes_per_position_flips():

@@ -7,7 +7,9 @@ leading eigenvector), sign alignment across neighbouring positions (:func:`align
 alternating soft signs and least squares (:func:`_refine`). One global sign stays unknown; evaluation
 mode (``evaluate_with=``) picks it with the truth and says so. Public slots: ``public_model="mean"``
 (their sum is ``(public coefficients) * mu``), ``"solve"`` (every distinct public image an unknown)
-or ``"none"``. Measured: docs/carlini.md (yardstick table) and docs/audit.md.
+or ``"none"``; the public images' per-position variance is fitted, or given (``public_variance=``:
+needed when the public coefficients are guessed, e.g. equal shares, whose sum of squares is then
+proportional to the squared public mass and cannot be told from ``mu^2`` in the fit). Measured: docs/carlini.md (yardstick table) and docs/audit.md.
 """
 from __future__ import annotations
 
@@ -240,6 +242,7 @@ def oracle_decode(
     align: bool = True,
     smooth: float = 0.0,
     ridge: float = 1e-3,
+    public_variance=None,
     evaluate_with=None,
 ) -> OracleResult:
     """Recover the private images from encryptions and their TRUE keys (minus the masks).
@@ -259,6 +262,8 @@ def oracle_decode(
             steps (0 = the Gram step alone); coupling each row's signs across neighbouring positions;
             sign synchronisation across positions; a light smoothing in ``[0, 1)`` of the result.
         ridge: ridge weight on the public unknowns (relative to the mean squared column norm).
+        public_variance: masked ``pm1`` with public slots: the variance of a public image at every
+            position, ``(C, H, W)`` or a number (e.g. from an attacker's own pool), instead of fitting it.
         evaluate_with: EVALUATION MODE: the true private images ``(n, C, H, W)``; both global
             signs are scored (mean SSIM, data range from ``pixel_range``) and the better is kept.
 
@@ -277,6 +282,13 @@ def oracle_decode(
     if len(missing):
         raise ValueError(f"private images {missing[:5].tolist()} appear in no row: they cannot be recovered")
     truth = None if evaluate_with is None else check_images(evaluate_with, "evaluate_with", (n_private, *shape))
+    try:
+        pv = None if public_variance is None else np.asarray(public_variance, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"public_variance must be a number or an array, got {type(public_variance).__name__}") from None
+    if pv is not None and (pv.shape not in ((), tuple(shape)) or not np.all(np.isfinite(pv)) or np.any(pv < 0)):
+        raise ValueError(f"public_variance must be a number or a {tuple(shape)} array of finite values >= 0, "
+                         f"got shape {pv.shape}")
     a, n_priv = design_matrix(idx, lam, num_private, n_private, public_model)
     y = enc.reshape(n_rows, -1)
     data_range = 2.0 if pixel_range == "pm1" else 1.0
@@ -288,7 +300,11 @@ def oracle_decode(
         mag = np.abs(y)
         q = (lam[:, num_private:] ** 2).sum(1) if num_private < idx.shape[1] else None
         a_gram = a if public_model != "solve" else design_matrix(idx, lam, num_private, n_private, "mean")[0]
-        z, var = _gram_init(a_gram, mag ** 2, q, ridge)
+        if q is not None and pv is not None:  # known variance: fit e^2 - q v, the Gram matrix alone
+            var = np.broadcast_to(pv.reshape(-1) if pv.ndim else pv, (mag.shape[1],))
+            z, _ = _gram_init(a_gram, mag ** 2 - q[:, None] * var[None, :], None, ridge)
+        else:
+            z, var = _gram_init(a_gram, mag ** 2, q, ridge)
         if public_model == "solve":  # start the public unknowns at the fitted mean
             z = _ls_operator(a, ridge, n_priv) @ (a_gram @ z)
         noise = 1e-3 * np.mean(mag ** 2) + (0.0 if q is None else q[:, None] * var[None, :])

@@ -159,12 +159,13 @@ def assign_clusters(graph: np.ndarray, clusters: Clusters, label: np.ndarray, *,
 
 
 def _reconstruct(enc, mag, assignment, coefs, label, cluster_class, *, m, k, num_private, pixel_range,
-                 config, progress):
+                 config, progress, public_prior):
     pub = R.public_mass(label, num_private, k)
     info = {}
     if config.reconstruction in ("oracle", "oracle+gd"):
         rec, pmean = R.reconstruct_oracle(enc, assignment, coefs, label, k=k, num_private=num_private, n_clusters=m,
-                                          pixel_range=pixel_range, iterations=config.oracle_iterations)
+                                          pixel_range=pixel_range, iterations=config.oracle_iterations,
+                                          **(public_prior or {}))
         info["oracle_fit_loss"] = R.fit_loss(mag, rec, pmean, assignment, coefs, pub)
     if config.reconstruction in ("gd", "oracle+gd"):
         start = config.reconstruction == "oracle+gd"
@@ -180,11 +181,14 @@ def _reconstruct(enc, mag, assignment, coefs, label, cluster_class, *, m, k, num
 
 def solve_images(enc: np.ndarray, label: np.ndarray, clusters: Clusters, first: Assignment, *, k: int,
                  num_private: int, pixel_range: str, upper: float, config: CarliniConfig,
-                 progress=None) -> Solution:
+                 progress=None, public_prior: dict | None = None) -> Solution:
     """Step 6: the images from the assignment, then ``fit_rounds`` re-assignments by fit
-    (``num_private == 2``), each followed by a new reconstruction."""
+    (``num_private == 2``), each followed by a new reconstruction. ``public_prior``: keywords
+    ``square_ratio`` and ``public_variance`` of :func:`~.reconstruct.reconstruct_oracle` (the public
+    part's statistics from the attacker's own pool and coefficient law)."""
     mag, m, cls = np.abs(enc), len(clusters.cores), clusters.cluster_class
-    kw = dict(m=m, k=k, num_private=num_private, pixel_range=pixel_range, config=config, progress=progress)
+    kw = dict(m=m, k=k, num_private=num_private, pixel_range=pixel_range, config=config, progress=progress,
+              public_prior=public_prior)
     a = first.assignment
     rec, pmean, coefs, info = _reconstruct(enc, mag, a, first.coefficients, label, cls, **kw)
     pub = R.public_mass(label, num_private, k)
@@ -220,7 +224,8 @@ def decrypt_rows(graph: np.ndarray, assignment: np.ndarray, cores: list) -> np.n
 
 def run_steps(enc: np.ndarray, label: np.ndarray, network: PairNet, *, n_private: int, k: int, num_private: int,
               pixel_range: str, upper: float, config: CarliniConfig, prior_mu=None, sign_net=None,
-              cache: StepCache | None = None, timings: dict | None = None, progress=None) -> Steps:
+              public_prior: dict | None = None, cache: StepCache | None = None, timings: dict | None = None,
+              progress=None) -> Steps:
     """Steps 3-6 on one challenge (also the attacker's own, for the colour correction)."""
     cache, timings = cache or StepCache(None, ""), {} if timings is None else timings
     with _timed(timings, "graph"):
@@ -233,7 +238,7 @@ def run_steps(enc: np.ndarray, label: np.ndarray, network: PairNet, *, n_private
     with _timed(timings, "reconstruct"):
         solution = cache.step("solution", Solution, lambda: solve_images(
             enc, label, clusters, first, k=k, num_private=num_private, pixel_range=pixel_range, upper=upper,
-            config=config, progress=progress))
+            config=config, progress=progress, public_prior=public_prior))
         solution = fix_signs(solution, pixel_range=pixel_range, prior_mu=prior_mu, sign_net=sign_net)
     return Steps(graph, clusters, first, solution, decrypt_rows(graph, solution.assignment, clusters.cores))
 
@@ -435,8 +440,12 @@ def carlini_attack(
         prior_mu = None if p_att is None or config.sign_rule == "sign-network" else p_att.mean(0).double().numpy()
         use_net = pixel_range == "pm1" and config.sign_steps and (p_att is None or config.sign_rule == "sign-network")
         sign_net = train_sign_network(x_att, steps=config.sign_steps, seed=config.seed) if use_net else None
+    public_prior = None
+    if config.public_prior and p_att is not None and pixel_range == "pm1":
+        public_prior = {"square_ratio": R.public_square_ratio(k, num_private, upper, dom, seed=config.seed),
+                        "public_variance": p_att.double().var(0).numpy()}
     common = dict(n_private=n_private, k=k, num_private=num_private, pixel_range=pixel_range, upper=upper,
-                  config=config, prior_mu=prior_mu, sign_net=sign_net)
+                  config=config, prior_mu=prior_mu, sign_net=sign_net, public_prior=public_prior)
     steps = run_steps(enc, lab, network, **common, cache=cache, timings=timings, progress=progress)
 
     metrics = {**steps.solution.info, "sign_rule": steps.solution.sign_rule}
@@ -487,17 +496,22 @@ def _scale(images: np.ndarray, scaling: str, public: bool, mean=None, std=None) 
 
 
 def _colour_net(a_img, a_lab, a_pub, network, *, T, lab_width, scaling, mean, std, dom, common):  # noqa: N803
-    """Run the steps on the attacker's own challenge (its own images, same parameters and size) and
-    train the colour-correction network on its reconstructions -> its originals."""
+    """Run the steps on ``colour_challenges`` challenges of the attacker's own images (same parameters
+    and size) and train the colour-correction network on its reconstructions -> its originals."""
     config = common["config"]
-    sel = np.random.default_rng(config.seed + 7).choice(len(a_img), min(common["n_private"], len(a_img)),
-                                                        replace=False)
-    enc, lab, truth = make_challenge(
-        a_img[sel], a_lab[sel], a_pub, T=T, k=common["k"], num_private=common["num_private"] if a_pub is not None
-        else None, upper=common["upper"], dom=dom, scaling=scaling, mean=mean, std=std, num_classes=lab_width,
-        generator=KeyGenerator.from_seed(f"carlini-attacker-own-{config.seed}"))
-    own = run_steps(enc.astype(np.float64), lab.astype(np.float64), network, **{**common, "n_private": truth.n})
-    scores = score_steps(own, lab, G.true_member_sets(truth.indices, truth.num_private, truth.n))
-    net = R.fit_colour_correction(own.solution.recovered, truth.private[np.array(scores["cluster_image"])],
-                                  steps=config.colour_steps, seed=config.seed)
-    return net, {name: scores[name] for name in ("clusters", "assignment")}
+    rng = np.random.default_rng(config.seed + 7)
+    recs, origs, report = [], [], []
+    for c in range(max(1, config.colour_challenges)):
+        sel = rng.choice(len(a_img), min(common["n_private"], len(a_img)), replace=False)
+        enc, lab, truth = make_challenge(
+            a_img[sel], a_lab[sel], a_pub, T=T, k=common["k"], num_private=common["num_private"] if a_pub is not None
+            else None, upper=common["upper"], dom=dom, scaling=scaling, mean=mean, std=std, num_classes=lab_width,
+            generator=KeyGenerator.from_seed(f"carlini-attacker-own-{config.seed}" + (f"-{c}" if c else "")))
+        own = run_steps(enc.astype(np.float64), lab.astype(np.float64), network, **{**common, "n_private": truth.n})
+        scores = score_steps(own, lab, G.true_member_sets(truth.indices, truth.num_private, truth.n))
+        recs.append(own.solution.recovered)
+        origs.append(truth.private[np.array(scores["cluster_image"])])
+        report.append({name: scores[name] for name in ("clusters", "assignment")})
+    net = R.fit_colour_correction(np.concatenate(recs), np.concatenate(origs), steps=config.colour_steps,
+                                  seed=config.seed)
+    return net, report[0] if len(report) == 1 else report

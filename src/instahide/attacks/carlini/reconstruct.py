@@ -14,10 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...scheme import KeyGenerator, sample_coefficients
 from ...scheme.defaults import UPPER
 from ..oracle import align_signs, oracle_decode
 
-__all__ = ["public_mass", "estimated_keys", "reconstruct_oracle", "reconstruct_gd", "choose_sign", "fit_loss",
+__all__ = ["public_mass", "public_square_ratio", "estimated_keys", "reconstruct_oracle", "reconstruct_gd", "choose_sign", "fit_loss",
            "ColourNet", "fit_colour_correction", "apply_colour_correction", "PIXEL_BOUNDS", "assign_by_fit",
            "align_solution", "public_sign_field"]
 
@@ -31,18 +32,34 @@ def public_mass(label: np.ndarray, num_private: int, k: int) -> np.ndarray:
     return np.clip(1.0 - np.asarray(label).sum(1), 0.0, 1.0)
 
 
+def public_square_ratio(k: int, num_private: int, upper: float, dom: float, *, draws: int = 100_000,
+                        seed: int = 0) -> float:
+    """``E[sum_j lam_j^2 / (sum_j lam_j)^2]`` over the public slots, from the attacker's own draws of the
+    scheme's coefficient law (public parameters only); ``1 / (k - num_private)`` would be equal shares."""
+    if num_private >= k:
+        return 0.0
+    lam = sample_coefficients(draws, k, upper=upper, dom=dom, num_private=num_private, dtype=torch.float64,
+                              generator=KeyGenerator.from_seed(f"carlini-attacker-coefficients-{seed}"))[:, num_private:]
+    return float(((lam ** 2).sum(1) / lam.sum(1) ** 2).mean())
+
+
 def estimated_keys(assignment: np.ndarray, coefficients: np.ndarray, label: np.ndarray, k: int,
-                   num_private: int) -> tuple[np.ndarray, np.ndarray]:
+                   num_private: int, square_ratio: float | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Key arrays ``(N, k)`` in the oracle's format from the estimated assignment and coefficients:
-    public slots get index 0 and an equal share of the public mass (only their sum and sum of squares
-    enter the oracle's ``"mean"`` public model)."""
+    public slots get index 0 and the public mass ``P`` (only their sum and sum of squares enter the
+    oracle's ``"mean"`` public model): in equal shares, or (``square_ratio`` ``c``, from
+    :func:`public_square_ratio`) one share larger so that their squares sum to ``c P^2``."""
     n_rows = len(assignment)
     idx = np.zeros((n_rows, k), dtype=np.int64)
     lam = np.zeros((n_rows, k))
     idx[:, :num_private] = assignment
     lam[:, :num_private] = coefficients
-    if k > num_private:
-        lam[:, num_private:] = (public_mass(label, num_private, k) / (k - num_private))[:, None]
+    m = k - num_private
+    if m:
+        c = 1.0 / m if square_ratio is None else float(np.clip(square_ratio, 1.0 / m, 1.0))
+        big = (1 + np.sqrt(max((m - 1) * (m * c - 1), 0.0))) / m  # big + (m-1) b = 1, big^2 + (m-1) b^2 = c
+        shares = np.array([big] + [(1 - big) / max(m - 1, 1)] * (m - 1))
+        lam[:, num_private:] = public_mass(label, num_private, k)[:, None] * shares[None, :]
     return idx, lam
 
 
@@ -55,13 +72,15 @@ def _compact(assignment: np.ndarray, m: int):
 
 
 def reconstruct_oracle(encryption: np.ndarray, assignment: np.ndarray, coefficients: np.ndarray, label: np.ndarray,
-                       *, k: int, num_private: int, n_clusters: int, pixel_range: str = "pm1", iterations: int = 150):
-    """Oracle solver on the ESTIMATED keys. Returns ``(recovered (m, C, H, W), public_mean or None)``;
-    clusters no row uses come back as zeros. No ground truth and no evaluation mode."""
+                       *, k: int, num_private: int, n_clusters: int, pixel_range: str = "pm1", iterations: int = 150,
+                       square_ratio: float | None = None, public_variance=None):
+    """Oracle solver on the ESTIMATED keys (public shares: :func:`estimated_keys`; ``public_variance``
+    ``(C, H, W)``: the attacker's own pool's, given to the solver). Returns ``(recovered (m, C, H, W),
+    public_mean or None)``; clusters no row uses come back as zeros. No ground truth, no evaluation mode."""
     a, used = _compact(assignment, n_clusters)
-    idx, lam = estimated_keys(a, coefficients, label, k, num_private)
+    idx, lam = estimated_keys(a, coefficients, label, k, num_private, square_ratio)
     res = oracle_decode(encryption, idx, lam, num_private, len(used), masked=True, pixel_range=pixel_range,
-                        iterations=iterations)
+                        iterations=iterations, public_variance=public_variance if k > num_private else None)
     out = np.zeros((n_clusters, *encryption.shape[1:]), dtype=np.float32)
     out[used] = res.recovered
     return out, res.public_mean
