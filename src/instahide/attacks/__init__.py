@@ -5,7 +5,8 @@ Inputs are the challenge's arrays channels-first (encryptions ``(N, C, H, W)``, 
 labels ``(N, classes)``; checks in :mod:`instahide.attacks.inputs`); each attack returns one recovered
 image per row (``decryption``). :func:`oracle_decode` (TRUE keys: an upper bound), :func:`demix`,
 :mod:`instahide.attacks.carlini` (:class:`CarliniConfig`), :func:`recover_seed` (``legacy`` keys),
-:func:`invert_gradients` (a shared gradient).
+:func:`invert_gradients` (a shared gradient), :func:`fusion_attack` (Luo et al.'s learned fusion of a
+cluster's encryptions).
 
 Example::
 
@@ -13,6 +14,7 @@ Example::
 """
 from .carlini import CarliniConfig, CarliniResult, carlini_attack
 from .demix import DemixResult, demix
+from .fusion import FusionNet, FusionResult, fusion_attack, train_fusion_network, true_groups
 from .gradinv import (GradientInversionResult, gradient_distance, gradient_from_update, invert_gradients,
                       observed_gradient, recover_label_from_gradient, total_variation)
 from .oracle import OracleResult, oracle_decode
@@ -22,5 +24,6 @@ __all__ = [
     "GradientInversionResult", "gradient_distance", "gradient_from_update", "invert_gradients",
     "observed_gradient", "recover_label_from_gradient", "total_variation",
     "CarliniConfig", "CarliniResult", "carlini_attack", "DemixResult", "OracleResult", "SeedRecovery", "demix",
+    "FusionNet", "FusionResult", "fusion_attack", "train_fusion_network", "true_groups",
     "mt19937_outputs", "oracle_decode", "recover_seed", "replay_keys", "seed_candidates", "seed_rate",
 ]
