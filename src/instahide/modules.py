@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
+from .scheme import kernel
 from .scheme.defaults import DOM, K_INSIDE, UPPER
 from .scheme.encrypt import MODES, check_centred, check_images, check_labels, check_scheme, encrypt
 from .scheme.legacy import LegacyGenerator
@@ -215,6 +216,8 @@ class InstaHideDataset(Dataset, _SchemeOptions):
             if self.public is not None:
                 check_centred(self.public, k, "public")
         self._order = self._order_generator()
+        if kernel.supports(self.images):
+            kernel.warm()  # forked workers inherit the loaded kernel (docs/benchmarks.md)
 
     def __len__(self) -> int:
         return self.images.shape[0]

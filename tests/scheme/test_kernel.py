@@ -1,5 +1,6 @@
 """The fused CPU kernel (numba) against a plain per-row loop and against the chunked torch path."""
 import multiprocessing as mp
+import subprocess
 import sys
 import threading
 
@@ -141,3 +142,12 @@ def test_a_forked_child_and_concurrent_threads_encrypt_correctly():
         assert all(r is not None and torch.equal(r, ref) for r in results)
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_dataset_loads_the_kernel_before_workers_fork():
+    code = ("import torch; from instahide.modules import InstaHideDataset; from instahide.scheme import kernel; "
+            "k = kernel._kernel(); before = len(k.signatures); "
+            "InstaHideDataset(torch.randn(64, 3, 4, 4), torch.arange(64) % 10, seed=0); "
+            "print(before, len(k.signatures))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["0", "1"]  # loaded in the parent: forked workers inherit it

@@ -33,6 +33,19 @@ def available() -> bool:
     return _kernel() is not None
 
 
+def warm() -> bool:
+    """Load (or compile) the kernel now, with one tiny call; False without numba. Call it before
+    forking DataLoader workers: they inherit the loaded kernel instead of each loading it again at
+    its first batch (0.7-0.8 s per worker and epoch here, docs/benchmarks.md)."""
+    kernel = _kernel()
+    if kernel is None:
+        return False
+    x = np.zeros((1, 8), np.float32)
+    kernel(x, x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32), 1, np.zeros((1, 1), np.uint8), True,
+           np.empty_like(x), np.zeros(1, np.uint32), 0, 1)
+    return True
+
+
 def supports(x: torch.Tensor) -> bool:
     """Whether :func:`mix_and_mask` handles tensors like ``x``: float32 on the CPU, numba present."""
     return x.device.type == "cpu" and x.dtype == torch.float32 and available()
