@@ -35,7 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from instahide.federated import FedConfig  # noqa: E402
-from instahide.federated.local import clear_cache  # noqa: E402
+from instahide.federated.local import build_global_model, clear_cache  # noqa: E402
+from instahide.federated.server import load_server_checkpoint, load_test_data  # noqa: E402
+from instahide.scheme import KeyGenerator  # noqa: E402
+from instahide.train import derive_seed, evaluate_instahide, load_train_data, load_weights  # noqa: E402
 
 from _common import append_jsonl, done_keys, read_jsonl  # noqa: E402
 
@@ -51,9 +54,25 @@ PARTITIONS = {"IID": dict(partition="iid"), "Dirichlet a=0.5": dict(partition="d
 SCALES = {"cpu": dict(dataset="digits", model="mnistnet", width=1.0, rounds=10, local_epochs=2, batch_size=32,
                       lr=0.05, min_party_size=10)}
 OUT = ROOT / "experiments" / "results" / "federated.jsonl"
+INFER_T = 8  # encryptions per test image for inference with InstaHide (as the demo)
 
 
-def run_one(scale: str, mode: str, parties: int, partition: str, seed: int) -> dict:
+def inference_accuracy(cfg: FedConfig, run_dir: Path, seed: int) -> dict:
+    """The final global model queried with InstaHide (T encryptions per clean test image, own
+    coefficient >= 0.5, averaged probabilities; as the demo), on the central clean test set."""
+    state = load_server_checkpoint(run_dir / "checkpoint.pt")
+    x_test, y_test, classes = load_test_data(cfg)
+    model = build_global_model(cfg, x_test.shape[1], classes)
+    load_weights(model, state["model"], "the final global model")
+    s = cfg.scheme
+    public = load_train_data(cfg, "cpu").public if s.cross else None
+    res = evaluate_instahide(model, x_test, y_test, T=INFER_T, k=s.k or (6 if s.cross else 4), upper=s.upper,
+                             dom=s.dom, public=public, num_private=s.num_private if s.cross else None,
+                             own_min=0.5, generator=KeyGenerator.from_seed(derive_seed(seed, "federated-inference")))
+    return {"T": INFER_T, "own_min": 0.5, "accuracy": res["accuracy"][-1]}
+
+
+def run_one(scale: str, mode: str, parties: int, partition: str, seed: int, inference: bool = False) -> dict:
     from instahide.federated.simulation import run_federated
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,8 +81,11 @@ def run_one(scale: str, mode: str, parties: int, partition: str, seed: int) -> d
         t0 = time.perf_counter()
         final = run_federated(cfg, backend="inprocess", log=None)
         wall = time.perf_counter() - t0
+        infer = (inference_accuracy(cfg, Path(tmp), seed)
+                 if inference and cfg.scheme.mode == "instahide" else None)
     h = final["history"]
     return {"scale": scale, "mode": mode, "parties": parties, "partition": partition, "seed": seed,
+            **({"inference": infer} if infer else {}),
             "final_test_acc": h[-1]["test_acc"], "acc_per_round": [r["test_acc"] for r in h],
             "round_seconds_mean": statistics.mean(r["round_seconds"] for r in h),
             "client_train_seconds_mean": statistics.mean(r["train_seconds"] for r in h),
@@ -83,10 +105,13 @@ def report(path: Path) -> None:
             return fmt.format(values[0])
         return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
-    print("| mode | partition | N | seeds | accuracy after R rounds | round s | client train s | client encrypt s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| mode | partition | N | seeds | accuracy after R rounds | with inference with InstaHide (T=8, own >= 0.5) "
+          "| round s | client train s | client encrypt s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (mode, part, n), rs in sorted(groups.items(), key=lambda kv: (list(MODES).index(kv[0][0]), kv[0][1], kv[0][2])):
+        inferred = [r["inference"]["accuracy"] for r in rs if "inference" in r]
         print(f"| {mode} | {part} | {n} | {len(rs)} | {ms([r['final_test_acc'] for r in rs])} | "
+              f"{ms(inferred) if inferred else '-'} | "
               f"{ms([r['round_seconds_mean'] for r in rs], '{:.2f}')} | "
               f"{ms([r['client_train_seconds_mean'] for r in rs], '{:.2f}')} | "
               f"{ms([r['client_encrypt_seconds_mean'] for r in rs], '{:.4f}')} |")
@@ -113,6 +138,8 @@ def main() -> None:
     ap.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--inference", action="store_true",
+                    help="also query each InstaHide run's final model with InstaHide (use with its own --out)")
     args = ap.parse_args()
     out = Path(args.out)
     if args.report:
@@ -129,7 +156,7 @@ def main() -> None:
                     key = (args.scale, mode, n, partition, seed)
                     if key in done:
                         continue
-                    r = run_one(args.scale, mode, n, partition, seed)
+                    r = run_one(args.scale, mode, n, partition, seed, args.inference)
                     clear_cache()
                     append_jsonl(out, r)
                     print(f"{mode:22s} {partition:16s} N={n} seed={seed}: acc {r['final_test_acc']:.3f} "
