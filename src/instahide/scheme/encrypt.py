@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import kernel
 from .coefficients import check_bounds, sample_coefficients
 from .defaults import DOM, K_INSIDE, UPPER
-from . import kernel
 from .keys import Key
 from .legacy import LegacyGenerator, legacy_key
 from .masks import apply_mask_, sample_mask_bits
