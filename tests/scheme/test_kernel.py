@@ -44,7 +44,10 @@ def test_fused_matches_the_plain_loop_and_the_torch_path(k, num_private, pool, s
         chunked = apply_key(x, key, public=pub, fused=False)
         ref = loop_reference(x, key, pub)
         assert torch.allclose(fused.double(), ref, rtol=1e-5, atol=1e-6)
-        assert torch.equal(torch.signbit(fused), torch.signbit(chunked))
+        # the same mask: signs agree wherever rounding cannot carry a value across zero
+        clear = ref.abs() > 1e-5
+        assert torch.equal(torch.signbit(fused)[clear], torch.signbit(chunked)[clear])
+        assert torch.equal(torch.signbit(fused)[clear], torch.signbit(ref)[clear])
         # the two paths differ only in the order of the multiply-adds: a few float32 ulps at most
         assert torch.allclose(fused, chunked, rtol=4e-7 * k, atol=1e-6)
 

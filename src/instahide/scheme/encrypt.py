@@ -215,8 +215,8 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
     Two paths: float32 on the CPU with the optional ``numba`` installed runs the fused kernel of
     :mod:`instahide.scheme.kernel` (one pass); anything else, or ``fused=False``, runs cache-sized
     chunks of torch operations (``chunk_rows`` rows each; differentiable: images that require grad
-    always take it). They agree to rounding (the multiply-adds run in another order) and give
-    identical sign bits. ``fused=True`` raises where the kernel cannot run.
+    always take it). They agree to rounding (the multiply-adds run in another order) and apply the
+    same mask. ``fused=True`` raises where the kernel cannot run.
     """
     n, k = len(key), key.k
     d = int(np.prod(key.image_shape))

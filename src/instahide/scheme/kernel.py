@@ -5,7 +5,7 @@ row ``sigma_i * sum_j lambda_ij * source_j[idx_ij]`` in a row-sized buffer that 
 four slots per pass, so the k partner rows stream together) and writes it once, its sign bits already
 XORed in: the output is touched once, no intermediate reaches memory. Without numba,
 :func:`available` is False and :func:`~instahide.scheme.encrypt.apply_key` keeps its chunked torch
-path; the two agree to rounding (the order of the multiply-adds differs), with identical sign bits.
+path; the two agree to rounding (the order of the multiply-adds differs) and apply the same mask.
 
 Threads: plain Python threads over blocks of rows (the compiled kernel releases the GIL), as many as
 ``torch.get_num_threads()``; one thread (e.g. in a DataLoader worker) runs inline. Numba's own
