@@ -3,14 +3,17 @@ side by side (vanilla, Mixup k=4, InstaHide inside k=4 on raw encryptions, the s
 
 The runs advance in turns, one epoch each (vanilla epoch 1, Mixup epoch 1, ..., vanilla epoch 2, ...),
 so that whenever the job is stopped all four curves stand at (nearly) the same epoch. Each run keeps
-its own resumable run folder under ``experiments/runs/curve/`` (checkpoint written atomically after
-every epoch); one row per finished epoch is appended to ``experiments/results/cifar_curve.jsonl``.
-Rerunning the same command continues where it stopped. Every run plans ``--epochs`` epochs with the
+its own resumable run folder under ``experiments/curve_state/`` (checkpoint written atomically after
+every epoch; the folder is committed at the end of a session, because a new session starts from a fresh
+checkout and gitignored run folders do not survive); one row per finished epoch is appended to
+``experiments/results/cifar_curve.jsonl``. Rerunning the same command continues where it stopped.
+``--configs`` splits the four runs over processes (one thread each on a 2-core machine). Every run plans ``--epochs`` epochs with the
 reference schedule (lr 0.1, x0.1 at half and three quarters of the plan), so a stopped and resumed
 run follows exactly the schedule of an uninterrupted one.
 
-Usage (one thread: it runs for many hours on a 2-core machine):
-  OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/cifar_curve.py --threads 1 &
+Usage (one thread per process: it runs for many hours on a 2-core machine):
+  OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/cifar_curve.py --threads 1 --configs 0 3 &
+  OMP_NUM_THREADS=1 nohup .venv/bin/python experiments/cifar_curve.py --threads 1 --configs 1 2 &
   .venv/bin/python experiments/cifar_curve.py --report   # table + picture into docs/
 """
 from __future__ import annotations
@@ -51,8 +54,8 @@ def run(args) -> None:
     data = None
     while True:
         advanced = False
-        for label, over in CONFIGS:
-            out = ROOT / "experiments" / "runs" / "curve" / slug(label) / f"seed{args.seed}"
+        for label, over in [CONFIGS[i] for i in args.configs]:
+            out = Path(args.runs) / slug(label) / f"seed{args.seed}"
             cfg = TrainConfig.make(**BASE, **over, epochs=args.epochs, research_seed=args.seed, out=str(out),
                                    progress=False)
             if data is None:
@@ -133,6 +136,11 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=30, help="planned epochs per run (the schedule's length)")
     p.add_argument("--seed", type=int, default=0, help="research seed (keys, initialisation, order)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--configs", type=int, nargs="+", default=list(range(len(CONFIGS))),
+                   choices=range(len(CONFIGS)), metavar="I",
+                   help="which runs this process advances, by index: " +
+                        ", ".join(f"{i} {label}" for i, (label, _) in enumerate(CONFIGS)))
+    p.add_argument("--runs", default=str(ROOT / "experiments" / "curve_state"), help="root of the run folders")
     p.add_argument("--results", default=str(ROOT / "experiments" / "results" / "cifar_curve.jsonl"))
     p.add_argument("--report", action="store_true", help="only write the table and picture from the results")
     p.add_argument("--doc", default=str(ROOT / "docs" / "accuracy.md"))

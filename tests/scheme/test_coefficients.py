@@ -132,3 +132,37 @@ def test_upper_one_means_no_bound():
     lam = sample_coefficients(2000, 2, upper=1.0, seed=0, dtype=torch.float64)
     assert lam.max() > 0.9 and torch.allclose(lam.sum(1), torch.ones(2000, dtype=torch.float64))
     assert sample_coefficients(np.int64(3), 2, seed=0).shape == (3, 2)
+
+
+def _ks(a: np.ndarray, b: np.ndarray) -> float:
+    grid = np.sort(np.concatenate([a, b]))
+    return float(np.abs(np.searchsorted(np.sort(a), grid, "right") / len(a)
+                        - np.searchsorted(np.sort(b), grid, "right") / len(b)).max())
+
+
+@pytest.mark.parametrize("name", list(REFERENCE_TABLE))
+def test_entropy_keys_compiled_sampler_has_the_reference_law(name):
+    """OS-entropy keys take the compiled polar-method sampler where numba is installed (the numpy one
+    otherwise): the same bounds, the reference table's moments, and the seeded numpy sampler's law."""
+    k, dom, _, mean_max, mean_12 = REFERENCE_TABLE[name]
+    n = 100_000
+    lam = sample_coefficients(n, k, dom=dom, generator=KeyGenerator.from_entropy(), dtype=torch.float64)
+    assert torch.allclose(lam.sum(1), torch.ones(n, dtype=torch.float64), atol=1e-12)
+    assert (lam > 0).all() and lam.max() <= 0.65
+    if dom is not None:
+        assert (lam[:, :2].sum(1) >= dom).all()
+    mx, s12 = lam.max(1).values, lam[:, :2].sum(1)
+    assert abs(mx.mean().item() - mean_max) < 5 * mx.std().item() / math.sqrt(n) + 5e-4
+    assert abs(s12.mean().item() - mean_12) < 5 * s12.std().item() / math.sqrt(n) + 5e-4
+    ref = sample_coefficients(n, k, dom=dom, seed=5, dtype=torch.float64)
+    for j in (0, k - 1):  # each slot's marginal, two-sample Kolmogorov-Smirnov at the 0.1% level
+        assert _ks(lam[:, j].numpy(), ref[:, j].numpy()) < 1.95 * math.sqrt(2 / n)
+    assert _ks(mx.numpy(), ref.max(1).values.numpy()) < 1.95 * math.sqrt(2 / n)
+
+
+def test_entropy_keys_respect_own_min_and_odd_k():
+    lam = sample_coefficients(20000, 5, own_min=0.4, generator=KeyGenerator.from_entropy(), dtype=torch.float64)
+    assert (lam[:, 0] >= 0.4).all() and lam.max() <= 0.65
+    assert torch.allclose(lam.sum(1), torch.ones(20000, dtype=torch.float64), atol=1e-12)
+    ref = sample_coefficients(20000, 5, own_min=0.4, seed=6, dtype=torch.float64)
+    assert _ks(lam[:, 1].numpy(), ref[:, 1].numpy()) < 1.95 * math.sqrt(2 / 20000)

@@ -79,6 +79,31 @@ def test_threads_and_blocks_do_not_change_a_bit():
     assert ok and seen == [300, 600, 900, 1000] and torch.equal(flat.view_as(one), one)
 
 
+@pytest.mark.parametrize("k,num_private,pool", [(4, 4, 0), (6, 2, 50), (1, 1, 0)])
+def test_non_temporal_stores_write_the_same_bits(k, num_private, pool):
+    # 3x8x8 = 192 values per row (a multiple of 8): rows of an aligned output start on 32-byte boundaries
+    x = torch.randn(700, 3, 8, 8)
+    pub = torch.randn(pool, 3, 8, 8) if pool else None
+    key = sample_key(700, k, (3, 8, 8), num_private=num_private, dom=0.3 if pool else None,
+                     pool_size=pool or None, seed=k)
+    src, ps = x.view(700, -1), None if pub is None else pub.view(pool, -1)
+    cached, streamed = torch.full((700, 192), 7.0), torch.full((700, 192), 7.0)
+    assert streamed.data_ptr() % 32 == 0  # torch's CPU allocator aligns to 64 bytes
+    assert kernel.mix_and_mask(src, ps, key.indices, key.coefficients, num_private, key.mask_bits, cached,
+                               stream=False)
+    assert kernel.mix_and_mask(src, ps, key.indices, key.coefficients, num_private, key.mask_bits, streamed,
+                               stream=True, step_rows=128)
+    assert torch.equal(streamed, cached)
+    assert torch.allclose(streamed.double(), loop_reference(x, key, pub).view(700, -1), rtol=1e-5, atol=1e-6)
+    # an output whose rows are not 32-byte aligned falls back to ordinary stores, with the same bits
+    store = torch.zeros(700 * 192 + 1)
+    shifted = store[1:].view(700, 192)
+    assert shifted.data_ptr() % 32 != 0
+    assert kernel.mix_and_mask(src, ps, key.indices, key.coefficients, num_private, key.mask_bits, shifted,
+                               stream=True)
+    assert torch.equal(shifted, cached) and store[0] == 0
+
+
 def test_nan_and_inf_are_named_on_the_fused_path():
     x = torch.randn(50, 3, 4, 4)
     x[17, 1, 2, 3] = float("nan")

@@ -227,7 +227,8 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
     dev, dtype = images.device, images.dtype
     x = images.reshape(images.shape[0], d)
     pub = None if public is None else public.reshape(public.shape[0], d)
-    if out is None:
+    fresh = out is None
+    if fresh:
         out = torch.empty((n, *key.image_shape), dtype=dtype, device=dev)
     elif out.shape != (n, *key.image_shape) or out.dtype != dtype or out.device != dev or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {dtype} tensor of shape {(n, *key.image_shape)} on {dev}")
@@ -250,7 +251,9 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
                          f"through the images; got {dtype} on {dev}{'' if kernel.available() else ' without numba'}"
                          f"{', images that require grad' if grad else ''}")
     if fused:
-        if n and not kernel.mix_and_mask(x, pub, idx, lam, p, bits, flat, progress=progress):
+        # a fresh output takes its page faults at the first store: ordinary stores are faster there
+        if n and not kernel.mix_and_mask(x, pub, idx, lam, p, bits, flat, progress=progress,
+                                         stream=False if fresh else None):
             _raise_nonfinite(images, public)
         return out
     if chunk_rows is None:  # ~1 MB of output per chunk on CPU (stays in cache), ~256 MB on GPU

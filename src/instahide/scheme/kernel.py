@@ -3,7 +3,12 @@
 With the optional ``numba`` package (the ``fast`` extra), :func:`mix_and_mask` computes each output
 row ``sigma_i * sum_j lambda_ij * source_j[idx_ij]`` in a row-sized buffer that stays in cache (up to
 four slots per pass, so the k partner rows stream together) and writes it once, its sign bits already
-XORed in: the output is touched once, no intermediate reaches memory. Without numba,
+XORed in: the output is touched once, no intermediate reaches memory. A large preallocated output
+(at least :data:`STREAM_MIN_BYTES`, more than a last-level cache holds) is written with non-temporal
+stores, which skip reading each output line before overwriting it (about a sixth of the traffic at
+k=4); a small one (a batch the model reads next) stays in cache, and a fresh one, whose page faults
+dominate, takes ordinary stores (measured both ways in docs/benchmarks.md).
+Without numba,
 :func:`available` is False and :func:`~instahide.scheme.encrypt.apply_key` keeps its chunked torch
 path; the two agree to rounding (the order of the multiply-adds differs) and apply the same mask.
 
@@ -26,6 +31,7 @@ _KERNEL = None      # the compiled kernel; False when numba is missing
 _POOL = None        # (pid, threads, executor)
 _POOL_LOCK = threading.Lock()
 MIN_ROWS_PER_THREAD = 64  # fewer rows than this per thread are not worth a thread
+STREAM_MIN_BYTES = 64 << 20  # outputs at least this large bypass the cache (non-temporal stores)
 
 
 def available() -> bool:
@@ -42,7 +48,7 @@ def warm() -> bool:
         return False
     x = np.zeros((1, 8), np.float32)
     kernel(x, x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32), 1, np.zeros((1, 1), np.uint8), True,
-           np.empty_like(x), np.zeros(1, np.uint32), 0, 1)
+           False, np.empty_like(x), np.zeros(1, np.uint32), 0, 1)
     return True
 
 
@@ -51,8 +57,24 @@ def supports(x: torch.Tensor) -> bool:
     return x.device.type == "cpu" and x.dtype == torch.float32 and available()
 
 
+def coefficient_rows(words: np.ndarray, k: int, upper: float, dom: float | None, num_private: int,
+                     own_min: float | None, out: np.ndarray, filled: int) -> tuple[int, int]:
+    """Rejection-sample coefficient rows into ``out[filled:]`` from the 64-bit random ``words`` until
+    ``out`` is full or the words run out; returns ``(filled, rows_drawn)``.
+
+    The law of :func:`~instahide.scheme.coefficients.sample_coefficients` (``|z| / sum |z|`` for
+    ``z ~ N(0, I_k)``, kept when every value is ``<= upper``, the first ``num_private`` sum to
+    ``>= dom`` and the first is ``>= own_min``), with the normals from Marsaglia's polar method: two
+    uniforms in (-1, 1) accepted inside the unit disc give two independent normals with one log and
+    one square root, no trigonometry. ``out`` is ``(n, k)`` float64, ``k >= 2``.
+    """
+    return _compiled("coefficients")(words, k, float(upper), -1.0 if dom is None else float(dom), num_private,
+                                     -1.0 if own_min is None else float(own_min), out, filled)
+
+
 def mix_and_mask(x: torch.Tensor, pub: torch.Tensor | None, idx: torch.Tensor, lam: torch.Tensor, p: int,
-                 bits: torch.Tensor | None, out: torch.Tensor, progress=None, step_rows: int = 8192) -> bool:
+                 bits: torch.Tensor | None, out: torch.Tensor, progress=None, step_rows: int = 8192,
+                 stream: bool | None = None) -> bool:
     """``out[i] = sigma_i * sum_j lam[i, j] * src_j[idx[i, j]]`` for every row; returns False if any
     output value is NaN or infinite.
 
@@ -65,6 +87,8 @@ def mix_and_mask(x: torch.Tensor, pub: torch.Tensor | None, idx: torch.Tensor, l
             (Mixup: no mask).
         out: ``(n, d)`` float32, contiguous, sharing no memory with the inputs.
         progress: optional ``progress(rows_done)``, called every ``step_rows`` rows.
+        stream: non-temporal stores (the same bits; only where each row starts on a 32-byte
+            boundary); default: for outputs of at least :data:`STREAM_MIN_BYTES`.
     """
     kernel = _kernel()
     n = out.shape[0]
@@ -74,16 +98,18 @@ def mix_and_mask(x: torch.Tensor, pub: torch.Tensor | None, idx: torch.Tensor, l
     masked = bits is not None
     bs = bits.contiguous().numpy() if masked else np.zeros((1, 1), np.uint8)
     os_ = out.numpy()
+    aligned = out.data_ptr() % 32 == 0 and out.shape[1] % 8 == 0  # every row on a 32-byte boundary
+    stream = aligned and (out.numel() * 4 >= STREAM_MIN_BYTES if stream is None else stream)
     flags = np.zeros(n, np.uint32)  # per row: the largest exponent field written
     threads = max(1, min(torch.get_num_threads(), -(-n // MIN_ROWS_PER_THREAD)))
     pool = _pool(threads) if threads > 1 else None
     for s in range(0, n, step_rows):
         e = min(n, s + step_rows)
         if pool is None:
-            kernel(xs, ps, ids, lams, p, bs, masked, os_, flags, s, e)
+            kernel(xs, ps, ids, lams, p, bs, masked, stream, os_, flags, s, e)
         else:
             cut = np.linspace(s, e, threads + 1).astype(int)
-            futures = [pool.submit(kernel, xs, ps, ids, lams, p, bs, masked, os_, flags, a, b)
+            futures = [pool.submit(kernel, xs, ps, ids, lams, p, bs, masked, stream, os_, flags, a, b)
                        for a, b in zip(cut[:-1], cut[1:]) if b > a]
             for f in futures:
                 f.result()
@@ -101,6 +127,12 @@ def _pool(threads: int) -> ThreadPoolExecutor:
         return _POOL[2]
 
 
+def _compiled(name: str):
+    """One of the compiled functions (``kernel`` or ``coefficients``); only called where available()."""
+    _kernel()
+    return _KERNEL[name]
+
+
 def _kernel():
     global _KERNEL
     if _KERNEL is None:
@@ -112,23 +144,49 @@ def _kernel():
             warnings.warn(f"instahide: the fused numba kernel is unavailable ({type(exc).__name__}: {exc}); "
                           "encrypting on the chunked torch path", RuntimeWarning, stacklevel=3)
             _KERNEL = False
-    return _KERNEL or None
+    return _KERNEL["kernel"] if _KERNEL else None
 
 
-def _compile():
+def _compile() -> dict:
     """Build the kernel (numba compiles it at its first call and caches the machine code on disk)."""
-    from numba import njit
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.core import cgutils
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def stream8(typingctx, dst, dst_at, src, src_at):
+        """``dst[dst_at:dst_at + 8] = src[src_at:src_at + 8]`` (uint32) as one non-temporal 32-byte
+        store; ``dst`` at that offset must lie on a 32-byte boundary."""
+        def codegen(context, builder, signature, args):
+            dty, _, sty, _ = signature.args
+            vec = ir.VectorType(ir.IntType(32), 8).as_pointer()
+            dp = cgutils.get_item_pointer(context, builder, dty, context.make_array(dty)(context, builder, args[0]),
+                                          [args[1]], wraparound=False)
+            sp = cgutils.get_item_pointer(context, builder, sty, context.make_array(sty)(context, builder, args[2]),
+                                          [args[3]], wraparound=False)
+            store = builder.store(builder.load(builder.bitcast(sp, vec), align=4), builder.bitcast(dp, vec), align=32)
+            store.set_metadata("nontemporal", builder.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
+            return context.get_dummy_value()
+        return types.void(dst, dst_at, src, src_at), codegen
+
+    @intrinsic
+    def store_fence(typingctx):
+        """Order the non-temporal stores before anything that follows (they are weakly ordered)."""
+        def codegen(context, builder, signature, args):
+            builder.fence("seq_cst")
+            return context.get_dummy_value()
+        return types.void(), codegen
 
     sign, one, exponent = np.uint32(31), np.uint32(1), np.uint32(0x7F800000)
 
     @njit(nogil=True, boundscheck=False, cache=True)
-    def kernel(x, pub, idx, lam, p, bits, masked, out, flags, start, stop):
+    def kernel(x, pub, idx, lam, p, bits, masked, stream, out, flags, start, stop):
         d = out.shape[1]
         k = idx.shape[1]
         acc = np.empty(d, np.float32)
         accu = acc.view(np.uint32)
         for i in range(start, stop):
-            top = np.uint32(0)  # the largest exponent field written: all ones = NaN or Inf
             acc[:] = 0.0
             j = 0
             while j < k:  # up to four partner rows stream through one pass
@@ -156,22 +214,69 @@ def _compile():
                             for v in range(d):
                                 acc[v] += la * a[v] + lb * b[v] + lc * c[v] + le * e[v]
                 j += g
-            row = out[i].view(np.uint32)
+            top = np.uint32(0)  # the largest exponent field: all ones = NaN or Inf somewhere in the row
+            for v in range(d):
+                top = max(top, accu[v] & exponent)
+            flags[i] = top
             if masked:  # bit t of byte q flips value 8q + t: XOR it into the IEEE sign bit
                 for q in range(d >> 3):
                     byte = np.uint32(bits[i, q])
                     for t in range(8):
-                        w = accu[8 * q + t] ^ (((byte >> np.uint32(t)) & one) << sign)
-                        row[8 * q + t] = w
-                        top = max(top, w & exponent)
+                        accu[8 * q + t] ^= ((byte >> np.uint32(t)) & one) << sign
                 for v in range(d & ~7, d):
-                    w = accu[v] ^ (((np.uint32(bits[i, v >> 3]) >> np.uint32(v & 7)) & one) << sign)
-                    row[v] = w
-                    top = max(top, w & exponent)
+                    accu[v] ^= ((np.uint32(bits[i, v >> 3]) >> np.uint32(v & 7)) & one) << sign
+            row = out[i].view(np.uint32)
+            if stream:  # the caller checked: d % 8 == 0 and every row 32-byte aligned
+                for q in range(d >> 3):
+                    stream8(row, 8 * q, accu, 8 * q)
             else:
                 for v in range(d):
                     row[v] = accu[v]
-                    top = max(top, accu[v] & exponent)
-            flags[i] = top
+        if stream:
+            store_fence()
 
-    return kernel
+    @njit(nogil=True, cache=True)
+    def coefficients(words, k, upper, dom, num_private, own_min, out, filled):
+        n = out.shape[0]
+        z = np.empty(k)
+        w, tried, spare, have_spare = 0, 0, 0.0, False
+        scale = 1.0 / 4503599627370496.0  # 2**-52: 53-bit uniforms on (-1, 1)
+        while filled < n:
+            total = 0.0
+            for j in range(k):
+                if have_spare:
+                    z[j], have_spare = spare, False
+                else:
+                    while True:
+                        if w + 2 > words.size:
+                            return filled, tried
+                        u = (np.float64(words[w] >> np.uint64(11)) + 0.5) * scale - 1.0
+                        v = (np.float64(words[w + 1] >> np.uint64(11)) + 0.5) * scale - 1.0
+                        w += 2
+                        r = u * u + v * v
+                        if r < 1.0:
+                            break
+                    f = np.sqrt(-2.0 * np.log(r) / r)
+                    z[j], spare, have_spare = abs(u * f), abs(v * f), True
+                total += z[j]
+            have_spare = False  # an odd k leaves one normal of the last pair unused
+            tried += 1
+            ok = True
+            head = 0.0
+            for j in range(k):
+                z[j] /= total
+                if z[j] > upper:
+                    ok = False
+                if j < num_private:
+                    head += z[j]
+            if ok and dom >= 0.0 and head < dom:
+                ok = False
+            if ok and own_min >= 0.0 and z[0] < own_min:
+                ok = False
+            if ok:
+                for j in range(k):
+                    out[filled, j] = z[j]
+                filled += 1
+        return filled, tried
+
+    return {"kernel": kernel, "coefficients": coefficients}
