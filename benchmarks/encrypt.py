@@ -18,11 +18,8 @@ of ``--pool`` (default 10,000) tiny-imagenet photographs downsampled to 32x32:
 (a') the same with a preallocated ``out=`` buffer.
 (c') (a') on the chunked torch path (``fused=False``), beside it: what the fused numba kernel
      (``instahide.scheme.kernel``, the ``fast`` extra) gains; absent without numba.
-(p') (a') with the data in ordinary 4 KiB pages (a plain ``torch`` copy), beside it: what the huge
-     pages of the library's loaders gain (``instahide.data.to_large``: the random partner gathers
-     need ~500x fewer address translations); CPU only.
 (f)  the plain streaming floor with a fresh output: the dataset and k-1 more dataset-sized tensors
-     (distinct memory, in the same kind of pages as the dataset) summed into one newly allocated output with ``torch.add``, in cache-sized row
+     (distinct memory) summed into one newly allocated output with ``torch.add``, in cache-sized row
      chunks: k contiguous reads and one write; no gathers, no randomness, no keys.
 (f') the same floor into a preallocated output (``out=``).
 (b)  a faithful re-implementation of the reference code's approach: ``np.random.normal`` then a
@@ -45,8 +42,7 @@ a library call timed alone, next to its own floor, interleaved the same way:
     labels (the label checks and mix_labels, as encrypt runs them), centring check -- no floor
     allocation: first touch of a fresh dataset-sized output (torch.empty, one write per 4 KiB page)
 The data come from the library's own loader (``instahide.data.load_dataset("cifar10", root=...)``,
-normalised with the CIFAR-10 mean/std; on Linux in transparent huge pages, as that loader places a
-large set); loading is not timed. The header reports the CPU (lscpu's
+normalised with the CIFAR-10 mean/std); loading is not timed. The header reports the CPU (lscpu's
 model name), the torch thread count and the machine's load (runnable processes from /proc/loadavg).
 """
 from __future__ import annotations
@@ -72,7 +68,7 @@ if str(REPO / "src") not in sys.path:  # runnable without PYTHONPATH=src too
     sys.path.insert(0, str(REPO / "src"))
 
 import instahide  # noqa: E402
-from instahide.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset, normalize_images, to_large  # noqa: E402
+from instahide.data import IMAGENET_MEAN, IMAGENET_STD, load_dataset, normalize_images  # noqa: E402
 from instahide.scheme import kernel  # noqa: E402
 from instahide.scheme.rng import _chacha20  # noqa: E402
 from instahide.scheme import (KeyGenerator, apply_key, mix_labels, sample_coefficients, sample_key,  # noqa: E402
@@ -98,7 +94,7 @@ def load_private(root: Path, n: int, synthetic: bool) -> tuple[torch.Tensor, tor
             x, y = ds.subset(slice(0, n)).to_tensor()  # / 255, then the CIFAR-10 mean/std
             return x.contiguous(), y, f"CIFAR-10 train ({root}, via instahide.data.load_dataset)"
     g = torch.Generator().manual_seed(0)
-    x = to_large(torch.randn(n, 3, 32, 32, generator=g))
+    x = torch.randn(n, 3, 32, 32, generator=g)
     y = torch.randint(NUM_CLASSES, (n,), generator=g)
     return x, y, "synthetic N(0,1)"
 
@@ -118,15 +114,14 @@ def load_pool(folder: Path, size: int, synthetic: bool) -> tuple[torch.Tensor, s
                     arr[i] = np.asarray(im)
             t = torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
             t = F.avg_pool2d(t, 2).contiguous()
-            # in huge pages, as the library's loaders place a large set (instahide.data.to_large)
-            return (to_large(normalize_images(t, IMAGENET_MEAN, IMAGENET_STD).contiguous()),
+            return (normalize_images(t, IMAGENET_MEAN, IMAGENET_STD).contiguous(),
                     f"tiny-imagenet test ({folder}), 64->32 by 2x2 mean")
         except ImportError:
             print("WARNING: Pillow missing; public pool is synthetic")
     elif not synthetic:
         print(f"WARNING: {size} public photographs not found in {folder}: using a SYNTHETIC public pool")
     g = torch.Generator().manual_seed(1)
-    return to_large(torch.randn(size, 3, 32, 32, generator=g)), "synthetic N(0,1)"
+    return torch.randn(size, 3, 32, 32, generator=g), "synthetic N(0,1)"
 
 
 # -- (b) the reference code's approach -------------------------------------------------------------
@@ -401,16 +396,12 @@ def main(argv=None):
             raise SystemExit(f"unknown setting {setting!r}")
         label = f"{setting} k={k}"
         buf, fbuf = torch.empty_like(x), torch.empty_like(x)
-        # distinct memory of the same kind as x (huge pages where the loaders use them), built untimed
-        srcs = [x] + [to_large(x.roll((j * n) // k, 0)) for j in range(1, k)]
-        plain = x.clone() if device.type == "cpu" else None  # the data in ordinary 4 KiB pages
+        srcs = [x] + [x.roll((j * n) // k, 0) for j in range(1, k)]  # distinct memory, built untimed
         fns = {
             "a": lambda: instahide.encrypt(x, y, k=k, num_classes=NUM_CLASSES, **kw),
             "a'": lambda: instahide.encrypt(x, y, k=k, num_classes=NUM_CLASSES, out=buf, **kw),
             **({"c'": lambda: instahide.encrypt(x, y, k=k, num_classes=NUM_CLASSES, out=buf, fused=False, **kw)}
                if kernel.supports(x) else {}),
-            **({"p'": lambda: instahide.encrypt(plain, y, k=k, num_classes=NUM_CLASSES, out=buf, **kw)}
-               if plain is not None else {}),
             "f": lambda: streaming_floor(srcs, chunk_rows),
             "f'": lambda: streaming_floor(srcs, chunk_rows, out=fbuf),
         }
@@ -421,15 +412,13 @@ def main(argv=None):
             x_help = None if pub is None else pub[torch.randint(len(pub), (n,), device=device)]
             fns["b"] = lambda: reference_encrypt(x, y, k, x_help=x_help)
         r = race(fns, args.repeats, device, no_warmup=("b",))
-        del srcs, buf, fbuf, plain
+        del srcs, buf, fbuf
         for m in r.values():
             m["images_per_s"] = n / m["best_s"]
         r["a_over_f"] = r["a"]["best_s"] / r["f"]["best_s"]
         r["a_out_over_f_out"] = r["a'"]["best_s"] / r["f'"]["best_s"]
         if "c'" in r:
             r["torch_over_fused"] = r["c'"]["best_s"] / r["a'"]["best_s"]
-        if "p'" in r:
-            r["plain_pages_over_large"] = r["p'"]["best_s"] / r["a'"]["best_s"]
         if "b" in r:
             r["b_over_a"] = r["b"]["best_s"] / r["a"]["best_s"]
         if not args.no_profile:
@@ -438,19 +427,17 @@ def main(argv=None):
         results[label] = r
 
     names = {"a": "(a) encrypt, fresh output", "a'": "(a') encrypt, out=", "f": "(f) floor, fresh output",
-             "f'": "(f') floor, out=", "b": "(b) reference approach", "c'": "(c') encrypt, out=, torch",
-             "p'": "(p') encrypt, out=, 4K pages"}
+             "f'": "(f') floor, out=", "b": "(b) reference approach", "c'": "(c') encrypt, out=, torch"}
     print()
     print(f"{'setting':<12} {'method':<27} {'best_s':>8} {'median_s':>9} {'img/s':>12}  ratio (best times)")
     for label, r in results.items():
-        for key in ("a", "f", "a'", "f'", "c'", "p'", "b"):
+        for key in ("a", "f", "a'", "f'", "c'", "b"):
             if key not in r:
                 continue
             m = r[key]
             ratio = {"f": f"a/f = {r['a_over_f']:.2f}x (target <= 1.5)",
                      "f'": f"a'/f' = {r['a_out_over_f_out']:.2f}x (target <= 1.5)",
                      "c'": f"c'/a' = {r.get('torch_over_fused', 0):.2f}x (the fused kernel's gain)",
-                     "p'": f"p'/a' = {r.get('plain_pages_over_large', 0):.2f}x (the huge pages' gain)",
                      "b": f"b/a = {r.get('b_over_a', 0):.1f}x speed-up (target >= 10)"}.get(key, "")
             print(f"{label:<12} {names[key]:<27} {m['best_s']:8.3f} {m['median_s']:9.3f} "
                   f"{m['images_per_s']:12,.0f}  {ratio}")

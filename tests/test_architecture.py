@@ -2,7 +2,7 @@
 
 Layers, bottom first (a module may import its own package and any package of a LOWER layer):
 
-0. ``_io``, ``_config``, ``_memory``: atomic files, configuration dataclasses, large buffers
+0. ``_io``, ``_config``: atomic files, configuration dataclasses
 1. ``scheme``, ``data``, ``metrics``: the scheme, the data formats and augmentation, the metrics
 2. ``train``, ``modules``, ``challenge``: training on encryptions, the module twins, the challenge
 3. ``attacks``, ``federated``, ``distributed``: what builds on training and the challenge
@@ -22,7 +22,7 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "instahide"
 LAYERS = {
-    "_io": 0, "_config": 0, "_memory": 0,
+    "_io": 0, "_config": 0,
     "scheme": 1, "data": 1, "metrics": 1,
     "train": 2, "modules": 2, "challenge": 2,
     "attacks": 3, "federated": 3, "distributed": 3,
@@ -126,6 +126,6 @@ def test_no_private_name_crosses_a_package():
                 for alias in node.names:
                     if alias.name.startswith("_"):
                         bad.append(f"{path.relative_to(SRC)}:{node.lineno} imports {mod}.{alias.name}")
-                if any(p.startswith("_") and p not in ("_io", "_config", "_memory") for p in parts):
+                if any(p.startswith("_") and p not in ("_io", "_config") for p in parts):
                     bad.append(f"{path.relative_to(SRC)}:{node.lineno} imports private module {mod}")
     assert not bad, "private names used across packages:\n" + "\n".join(bad)

@@ -8,7 +8,6 @@ Example: ``from instahide.data import load_dataset; ds = load_dataset("digits")`
 """
 from __future__ import annotations
 
-from .._memory import to_large
 from ._safe_pickle import UntrustedPickleError, safe_load_pickle
 from .arrays import convert_channels, load_arrays, to_nchw_uint8
 from .builtin import BUILTIN_PHOTOGRAPHS, DIGITS_MEAN, DIGITS_STD, builtin_photographs, load_digits
@@ -49,7 +48,7 @@ __all__ = [
     "load_digits", "builtin_photographs", "BUILTIN_PHOTOGRAPHS",
     "load_public_pool", "random_patches", "sift_keypoint_count",
     "list_image_files", "read_image", "to_nchw_uint8", "convert_channels",
-    "safe_load_pickle", "UntrustedPickleError", "to_large",
+    "safe_load_pickle", "UntrustedPickleError",
     "download", "download_cifar10", "download_cifar100", "download_mnist", "download_fashion_mnist",
     "DownloadError", "ChecksumError",
 ]

@@ -11,8 +11,6 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .._memory import empty_large
-
 # Per-channel statistics of the reference code (docs/scheme.md). Images in [0, 1] are normalised as
 # (x - mean) / std, which centres them: the sign mask only hides anything on centred pixels.
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
@@ -101,33 +99,20 @@ class ImageDataset:
         dtype: torch.dtype = torch.float32,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Float images ``(N, C, H, W)`` on ``device`` (normalised with ``mean``/``std`` unless
-        ``normalize=False``, in which case they are scaled to [0, 1]) and int64 labels ``(N,)``.
-        On the CPU a large set lands in huge pages (:func:`instahide._memory.empty_large`: the
-        encryption's random partner gathers read it faster); the values are the same either way."""
-        src = torch.from_numpy(self.images)
-        if device is None or torch.device(device).type == "cpu":
-            x = empty_large(src.shape, dtype).copy_(src).div_(255.0)
-        else:
-            x = src.to(device=device).to(dtype).div_(255.0)
-        if normalize:  # in place, the same operations as normalize_images
-            m, s = _channel_stats(x, self.mean, self.std)
-            x.sub_(m).div_(s)
+        ``normalize=False``, in which case they are scaled to [0, 1]) and int64 labels ``(N,)``."""
+        x = torch.from_numpy(self.images).to(device=device).to(dtype).div_(255.0)
+        if normalize:
+            x = normalize_images(x, self.mean, self.std)
         y = None if self.labels is None else torch.from_numpy(self.labels).to(device)
         return x, y
 
 
 def normalize_images(x: torch.Tensor, mean, std) -> torch.Tensor:
     """``(x - mean) / std`` per channel for ``x`` of shape ``(N, C, H, W)`` scaled to [0, 1]."""
-    m, s = _channel_stats(x, mean, std)
-    return (x - m) / s
-
-
-def _channel_stats(x: torch.Tensor, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
-    """``mean`` and ``std`` as ``(1, C, 1, 1)`` tensors like ``x``, checked against its channels."""
     m, s = (torch.as_tensor(v, dtype=x.dtype, device=x.device).view(1, -1, 1, 1) for v in (mean, std))
     if m.shape[1] != x.shape[1]:
         raise ValueError(f"{m.shape[1]} channel statistics for {x.shape[1]}-channel images")
-    return m, s
+    return (x - m) / s
 
 
 def denormalize_images(x: torch.Tensor, mean, std) -> torch.Tensor:

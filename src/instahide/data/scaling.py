@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .._memory import empty_large
 from .dataset import CIFAR10_MEAN, CIFAR10_STD
 
 __all__ = ["SCALINGS", "scale_images", "to_unit_range", "private_stats", "scaling_data_range"]
@@ -33,18 +32,16 @@ def private_stats(channels: int, mean, std) -> tuple[tuple[float, ...], tuple[fl
 def scale_images(images: torch.Tensor, scaling: str, mean=None, std=None) -> torch.Tensor:
     """uint8 ``(N, C, H, W)`` -> float32 in the pixel units ``scaling`` (``normalize`` needs
     ``mean``/``std``)."""
-    if scaling not in SCALINGS:
-        raise ValueError(f"unknown scaling {scaling!r}; expected one of {SCALINGS}")
-    # in place, in huge pages on the CPU for a large set (instahide._memory: faster partner gathers)
-    x = empty_large(images.shape).copy_(images) if images.device.type == "cpu" else images.to(torch.float32, copy=True)
+    x = images.to(torch.float32)
     if scaling == "pm1":
-        return x.div_(127.5).sub_(1.0)
-    x.div_(255.0)
+        return x / 127.5 - 1.0
+    if scaling == "unit":
+        return x / 255.0
     if scaling == "normalize":
         m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        x.sub_(m).div_(s)
-    return x
+        return (x / 255.0 - m) / s
+    raise ValueError(f"unknown scaling {scaling!r}; expected one of {SCALINGS}")
 
 
 def to_unit_range(images: np.ndarray, scaling: str, mean=None, std=None) -> np.ndarray:
