@@ -178,7 +178,41 @@ def _compile() -> dict:
             return context.get_dummy_value()
         return types.void(), codegen
 
-    sign, one, exponent = np.uint32(31), np.uint32(1), np.uint32(0x7F800000)
+    sign, one, exponent, zero = np.uint32(31), np.uint32(1), np.uint32(0x7F800000), np.float32(0.0)
+
+    @njit(inline="always", boundscheck=False)
+    def mix(acc, first, g, a, la, b, lb, c, lc, e, le):
+        """``acc (+)= la * a + ... `` over the first ``g`` of the rows; the first group assigns
+        (``+ zero``: the same bits as adding to a zeroed buffer, -0.0 included) instead of zeroing
+        ``acc`` and reading it back."""
+        d = acc.size
+        if g == 1:
+            if first:
+                for v in range(d):
+                    acc[v] = la * a[v] + zero
+            else:
+                for v in range(d):
+                    acc[v] += la * a[v]
+        elif g == 2:
+            if first:
+                for v in range(d):
+                    acc[v] = la * a[v] + lb * b[v] + zero
+            else:
+                for v in range(d):
+                    acc[v] += la * a[v] + lb * b[v]
+        elif g == 3:
+            if first:
+                for v in range(d):
+                    acc[v] = la * a[v] + lb * b[v] + lc * c[v] + zero
+            else:
+                for v in range(d):
+                    acc[v] += la * a[v] + lb * b[v] + lc * c[v]
+        elif first:
+            for v in range(d):
+                acc[v] = la * a[v] + lb * b[v] + lc * c[v] + le * e[v] + zero
+        else:
+            for v in range(d):
+                acc[v] += la * a[v] + lb * b[v] + lc * c[v] + le * e[v]
 
     @njit(nogil=True, boundscheck=False, cache=True)
     def kernel(x, pub, idx, lam, p, bits, masked, stream, out, flags, start, stop):
@@ -187,32 +221,15 @@ def _compile() -> dict:
         acc = np.empty(d, np.float32)
         accu = acc.view(np.uint32)
         for i in range(start, stop):
-            acc[:] = 0.0
             j = 0
             while j < k:  # up to four partner rows stream through one pass
                 g = min(4, k - j)
                 a = x[idx[i, j]] if j < p else pub[idx[i, j]]
-                la = lam[i, j]
-                if g == 1:
-                    for v in range(d):
-                        acc[v] += la * a[v]
-                else:
-                    b = x[idx[i, j + 1]] if j + 1 < p else pub[idx[i, j + 1]]
-                    lb = lam[i, j + 1]
-                    if g == 2:
-                        for v in range(d):
-                            acc[v] += la * a[v] + lb * b[v]
-                    else:
-                        c = x[idx[i, j + 2]] if j + 2 < p else pub[idx[i, j + 2]]
-                        lc = lam[i, j + 2]
-                        if g == 3:
-                            for v in range(d):
-                                acc[v] += la * a[v] + lb * b[v] + lc * c[v]
-                        else:
-                            e = x[idx[i, j + 3]] if j + 3 < p else pub[idx[i, j + 3]]
-                            le = lam[i, j + 3]
-                            for v in range(d):
-                                acc[v] += la * a[v] + lb * b[v] + lc * c[v] + le * e[v]
+                b = a if g < 2 else (x[idx[i, j + 1]] if j + 1 < p else pub[idx[i, j + 1]])
+                c = a if g < 3 else (x[idx[i, j + 2]] if j + 2 < p else pub[idx[i, j + 2]])
+                e = a if g < 4 else (x[idx[i, j + 3]] if j + 3 < p else pub[idx[i, j + 3]])
+                mix(acc, j == 0, g, a, lam[i, j], b, lam[i, min(j + 1, k - 1)], c, lam[i, min(j + 2, k - 1)],
+                    e, lam[i, min(j + 3, k - 1)])
                 j += g
             top = np.uint32(0)  # the largest exponent field: all ones = NaN or Inf somewhere in the row
             for v in range(d):
