@@ -118,3 +118,27 @@ def _arrays(tmp_path):
     path = tmp_path / "rgb.npz"
     np.savez(path, images=np.zeros((4, 3, 8, 8), np.uint8), labels=np.arange(4) % 10)
     return path
+
+
+def test_evaluate_reads_a_train_shared_checkpoint(tmp_path, parties, capsys):
+    import shutil
+
+    from instahide.cli.main import main
+
+    out = tmp_path / "run"
+    final = train_shared(SharedConfig(encrypted=parties, **FAST, epochs=2, research_seed=0, out=str(out)))
+    assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--T", "3", "--research-seed", "0",
+                 "--out", str(tmp_path / "ev.json")]) == 0
+    printed = capsys.readouterr().out
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    # the same model on the same test set, scaled as the parties scaled theirs: the run's own number
+    assert ev["clean"]["accuracy"] == pytest.approx(final["final_test_acc"], abs=1e-9)
+    assert "train-shared" in printed and "over 2 parties" in printed
+    assert ev["k"] == 4 and ev["instahide"]["T"] == [1, 2, 3] and len(ev["instahide"]["accuracy"]) == 3
+    # the parties' folders are where their scaling is recorded: gone, the error names them
+    moved = shutil.move(str(parties[1]), str(parties[1].parent / "moved"))
+    try:
+        assert main(["evaluate", "--checkpoint", str(out / "checkpoint.pt"), "--T", "1"]) != 0
+        assert "bob does not exist" in capsys.readouterr().err
+    finally:
+        shutil.move(moved, str(parties[1]))

@@ -5,9 +5,13 @@ import argparse
 import json
 from pathlib import Path
 
+import torch
+
 from .._config import add_arguments, from_args
 from .._io import atomic_write_text
+from ..distributed import load_encrypted, load_shared_model, load_test_set
 from ..scheme import KeyGenerator
+from ..scheme.defaults import DOM, UPPER
 from ..train import TrainConfig, evaluate, evaluate_instahide, load_model, load_train_data, train
 from ._common import CLIError, report_run
 
@@ -39,6 +43,12 @@ the accuracy after each t = 1..T encryptions.
 examples:
   instahide evaluate --checkpoint runs/digits-ih/checkpoint.pt --T 16
   instahide evaluate --checkpoint runs/digits-ih/checkpoint.pt --T 16 --own-min 0.5
+  instahide evaluate --checkpoint runs/shared/checkpoint.pt          # a train-shared checkpoint
+
+A train-shared checkpoint is evaluated on its clean test set (--test-dataset of the run), scaled as
+the parties' encryption folders say (they must still be where the run read them); inference with
+InstaHide then mixes test images with each other under the parties' k and c1 (inside-dataset), and
+is skipped for parties that mixed in public images (their pool is not in the folders).
 """
 
 
@@ -51,7 +61,7 @@ def add_parsers(sub) -> None:
 
     e = sub.add_parser("evaluate", help=EVAL_HELP, description=EVAL_DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by instahide train")
+    e.add_argument("--checkpoint", required=True, help="a checkpoint.pt written by instahide train or train-shared")
     e.add_argument("--T", type=int, default=16, help="encryptions per test image (default 16)")
     e.add_argument("--k", type=int, default=None, help="images per test encryption (default: the training k)")
     e.add_argument("--own-min", type=float, default=None,
@@ -77,36 +87,91 @@ def run_train(args) -> int:
     return 0
 
 
+def _train_checkpoint(args) -> dict:
+    """What :func:`run_evaluate` needs from an ``instahide train`` checkpoint."""
+    model, cfg, state = load_model(args.checkpoint)
+    if args.root is not None:
+        cfg.root = args.root
+    cfg.test_subset = args.test_subset if args.test_subset is not None else cfg.test_subset
+    data = load_train_data(cfg, "cpu")
+    cross = data.public is not None
+    return {"model": model, "x": data.x_test, "y": data.y_test, "name": data.name, "epoch": state["epoch"],
+            "what": f"{cfg.scheme.mode} {state['model_name']}", "k": cfg.scheme.k, "upper": cfg.scheme.upper,
+            "mode": cfg.scheme.mode, "public": data.public, "num_private": cfg.scheme.private_slots if cross else None,
+            "dom": cfg.scheme.dom, "skip": None}
+
+
+def _shared_checkpoint(args) -> dict:
+    """What :func:`run_evaluate` needs from an ``instahide train-shared`` checkpoint: the test set as
+    the parties scaled their images, and their scheme for inference with InstaHide."""
+    model, cfg, state = load_shared_model(args.checkpoint)
+    if args.root is not None:
+        cfg.test_root = args.root
+    cfg.test_subset = args.test_subset if args.test_subset is not None else cfg.test_subset
+    if cfg.test_dataset is None:
+        raise ValueError(f"{args.checkpoint} was trained without --test-dataset: there is no test set to evaluate on")
+    union = load_encrypted(cfg.encrypted)
+    x, y = load_test_set(cfg, union, "cpu")
+    schemes = {(s.get("k"), s.get("upper", UPPER), s.get("mode", "instahide"), s.get("num_private", s.get("k")))
+               for s in (d["scheme"] or {} for d in union.describe())}
+    k, upper, mode, num_private = sorted(schemes, key=str)[0]
+    skip = None
+    if len(schemes) > 1:
+        skip = f"the parties used different schemes (k, c1, mode, private slots) {sorted(schemes, key=str)}: pass --k"
+    elif k is None:
+        skip = "the encryption folders do not record their scheme: pass --k"
+    elif num_private < k:
+        skip = "the parties mixed in public images, and their pool is not recorded in the folders: pass --k"
+    return {"model": model, "x": x, "y": y, "name": cfg.test_dataset, "epoch": state["epoch"],
+            "what": f"train-shared {state['model_name']} over {len(union.parties)} part{'y' if len(union.parties) == 1 else 'ies'}",
+            "k": k, "upper": upper, "mode": mode, "public": None, "num_private": None, "dom": DOM, "skip": skip}
+
+
 def run_evaluate(args) -> int:
     try:
-        model, cfg, state = load_model(args.checkpoint)
-        if args.root is not None:
-            cfg.root = args.root
-        cfg.test_subset = args.test_subset if args.test_subset is not None else cfg.test_subset
-        data = load_train_data(cfg, "cpu")
+        try:
+            ev = _train_checkpoint(args)
+        except ValueError as exc:
+            if "instahide-shared-checkpoint" not in _format_of(args.checkpoint):
+                raise
+            ev = _shared_checkpoint(args)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         raise CLIError(str(exc)) from exc
     if args.T < 1:
         raise CLIError("--T must be >= 1")
-    clean = evaluate(model, data.x_test, data.y_test)
-    k = args.k if args.k is not None else cfg.scheme.k
-    cross = data.public is not None
+    model = ev["model"]
+    clean = evaluate(model, ev["x"], ev["y"])
+    k = args.k if args.k is not None else ev["k"]
+    cross = ev["public"] is not None
     gen = KeyGenerator.from_seed(args.research_seed) if args.research_seed is not None else None
-    try:
-        ih = evaluate_instahide(
-            model, data.x_test, data.y_test, T=args.T, k=k, upper=cfg.scheme.upper,
-            mode="mixup" if cfg.scheme.mode == "mixup" else "instahide", public=data.public,
-            num_private=(1 if args.public_only else cfg.scheme.private_slots) if cross else None,
-            dom=cfg.scheme.dom if not args.public_only else 0.0, own_min=args.own_min, generator=gen)
-    except ValueError as exc:
-        raise CLIError(str(exc)) from exc
-    print(f"checkpoint {args.checkpoint}: {cfg.scheme.mode} {state['model_name']} on {data.name}, epoch {state['epoch']}")
-    print(f"clean test accuracy: {clean['accuracy']:.4f} ({len(data.x_test)} images)")
-    print(f"inference with InstaHide (k={k}{', own coefficient >= ' + str(args.own_min) if args.own_min else ''}):")
-    for t, a in zip(ih["T"], ih["accuracy"]):
-        if t in (1, 2, 4, 8, 16, 32, 64) or t == args.T:
-            print(f"  T={t:<3d} accuracy {a:.4f}")
+    ih = None
+    if ev["skip"] is None or args.k is not None:
+        try:
+            ih = evaluate_instahide(
+                model, ev["x"], ev["y"], T=args.T, k=k, upper=ev["upper"],
+                mode="mixup" if ev["mode"] == "mixup" else "instahide", public=ev["public"],
+                num_private=(1 if args.public_only else ev["num_private"]) if cross else None,
+                dom=ev["dom"] if not args.public_only else 0.0, own_min=args.own_min, generator=gen)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from exc
+    print(f"checkpoint {args.checkpoint}: {ev['what']} on {ev['name']}, epoch {ev['epoch']}")
+    print(f"clean test accuracy: {clean['accuracy']:.4f} ({len(ev['x'])} images)")
+    if ih is None:
+        print(f"inference with InstaHide: skipped ({ev['skip']})")
+    else:
+        print(f"inference with InstaHide (k={k}{', own coefficient >= ' + str(args.own_min) if args.own_min else ''}):")
+        for t, a in zip(ih["T"], ih["accuracy"]):
+            if t in (1, 2, 4, 8, 16, 32, 64) or t == args.T:
+                print(f"  T={t:<3d} accuracy {a:.4f}")
     if args.out:
         atomic_write_text(Path(args.out), json.dumps({"clean": clean, "instahide": ih, "k": k, "own_min": args.own_min,
                                                       "checkpoint": str(args.checkpoint)}, indent=2) + "\n")
     return 0
+
+
+def _format_of(path) -> str:
+    """The ``format`` field of a checkpoint file ('' if it has none or cannot be read)."""
+    try:
+        return str(torch.load(path, map_location="cpu", weights_only=True).get("format", ""))
+    except Exception:
+        return ""
