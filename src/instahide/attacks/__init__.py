@@ -17,6 +17,7 @@ from .demix import DemixResult, demix
 from .fusion import FusionNet, FusionResult, fusion_attack, train_fusion_network, true_groups
 from .gradinv import (GradientInversionResult, gradient_distance, gradient_from_update, invert_gradients,
                       observed_gradient, recover_label_from_gradient, total_variation)
+from .legacy import RecurringPublic, legacy_decode, public_slots, solve_recurring_public
 from .oracle import OracleResult, oracle_decode
 from .seed import SeedRecovery, mt19937_outputs, recover_seed, replay_keys, seed_candidates, seed_rate
 
@@ -25,5 +26,6 @@ __all__ = [
     "observed_gradient", "recover_label_from_gradient", "total_variation",
     "CarliniConfig", "CarliniResult", "carlini_attack", "DemixResult", "OracleResult", "SeedRecovery", "demix",
     "FusionNet", "FusionResult", "fusion_attack", "train_fusion_network", "true_groups",
+    "RecurringPublic", "legacy_decode", "public_slots", "solve_recurring_public",
     "mt19937_outputs", "oracle_decode", "recover_seed", "replay_keys", "seed_candidates", "seed_rate",
 ]
