@@ -174,8 +174,13 @@ def test_a_forked_child_and_concurrent_threads_encrypt_correctly():
 
 def test_the_dataset_loads_the_kernel_before_workers_fork():
     code = ("import torch; from instahide.modules import InstaHideDataset; from instahide.scheme import kernel; "
-            "k = kernel._kernel(); before = len(k.signatures); "
+            "k, c = kernel._compiled('kernel'), kernel._compiled('coefficients'); "
+            "before = (len(k.signatures), len(c.signatures)); "
             "InstaHideDataset(torch.randn(64, 3, 4, 4), torch.arange(64) % 10, seed=0); "
-            "print(before, len(k.signatures))")
+            "warm = (len(k.signatures), len(c.signatures)); "
+            "from instahide.scheme import sample_coefficients; sample_coefficients(300, 4); "
+            "sample_coefficients(300, 6, dom=0.3, own_min=0.2); "
+            "print(*before, *warm, len(c.signatures))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
-    assert out.stdout.split() == ["0", "1"]  # loaded in the parent: forked workers inherit it
+    # loaded in the parent (forked workers inherit both), and real draws need no other compilation
+    assert out.stdout.split() == ["0", "0", "1", "1", "1"]

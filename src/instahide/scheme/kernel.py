@@ -40,15 +40,16 @@ def available() -> bool:
 
 
 def warm() -> bool:
-    """Load (or compile) the kernel now, with one tiny call; False without numba. Call it before
-    forking DataLoader workers: they inherit the loaded kernel instead of each loading it again at
-    its first batch (0.7-0.8 s per worker and epoch here, docs/benchmarks.md)."""
+    """Load (or compile) the kernel and the coefficient sampler now, with one tiny call each; False
+    without numba. Call it before forking DataLoader workers: they inherit the loaded code instead of
+    each loading it again at its first batch (0.7-0.8 s per worker and epoch here, docs/benchmarks.md)."""
     kernel = _kernel()
     if kernel is None:
         return False
     x = np.zeros((1, 8), np.float32)
     kernel(x, x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32), 1, np.zeros((1, 1), np.uint8), True,
            False, np.empty_like(x), np.zeros(1, np.uint32), 0, 1)
+    coefficient_rows(np.full(8, 1 << 62, np.uint64), 2, 1.0, None, 2, None, np.empty((1, 2)), 0)
     return True
 
 
