@@ -125,7 +125,7 @@ def sample_coefficients(
     out = np.empty((n, k), dtype=np.float64)
     filled, drawn, accepted = 0, 0, 0
     # OS-entropy keys with the fast extra: the same law, compiled in one pass (polar normals, no
-    # temporaries; 3-4x faster, docs/benchmarks.md). Research seeds keep the numpy sampler below,
+    # temporaries; 2.2-2.4x faster, docs/benchmarks.md). Research seeds keep the numpy sampler below,
     # whose draws they replay exactly.
     compiled = gen.seed is None and k > 1 and kernel.available()
     while compiled and filled < n:
