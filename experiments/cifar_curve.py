@@ -133,7 +133,7 @@ def report(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=30, help="planned epochs per run (the schedule's length)")
+    p.add_argument("--epochs", type=int, default=20, help="planned epochs per run (the schedule's length)")
     p.add_argument("--seed", type=int, default=0, help="research seed (keys, initialisation, order)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--configs", type=int, nargs="+", default=list(range(len(CONFIGS))),
