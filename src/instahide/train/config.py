@@ -44,6 +44,10 @@ class TrainConfig(Config):
                                          # for small budgets, a one-cycle schedule (rising to lr over the first
                                          # quarter of the epochs, then falling to 0; milestones unused), Nesterov
                                          # momentum, label smoothing 0.1, test-time flipping when augment is on
+    ema: float = 0.0                     # decay per SGD step of an exponential moving average of the weights
+                                         # (and BN running statistics), debiased so the init does not enter;
+                                         # evaluation, final.json and load_model use the average (test_acc_raw:
+                                         # the raw weights); 0 = off; e.g. 0.999 (about the last 1,000 steps)
     # -- run ---------------------------------------------------------------------------------------
     research_seed: int | None = None     # REPRODUCIBLE RESEARCH ONLY: seeds init, order, augmentation AND the
                                          # keys (anyone who knows it can recompute them); None: keys from OS
@@ -62,6 +66,8 @@ class TrainConfig(Config):
             raise ValueError(f"recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if self.augment not in AUGMENT:
             raise ValueError(f"augment must be one of {', '.join(AUGMENT)}, got {self.augment!r}")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"ema must be in [0, 1) (0 = off), got {self.ema}")
         for name in ("epochs", "eval_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

@@ -14,9 +14,11 @@ pieces and keeps only what differs (what an epoch's rows are, rank slicing, FedP
   :class:`~instahide.scheme.KeyGenerator`, never from these generators.
 - the shared rules: :func:`model_for` ("auto" model), :func:`augment_for` ("auto" augmentation),
   :func:`make_optimizer` (the reference SGD + step schedule), :func:`load_weights` (checked).
+- :class:`WeightAverage`: an exponential moving average of the weights, updated after every step.
 """
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import io
@@ -140,6 +142,53 @@ def load_weights(model: torch.nn.Module, state_dict: dict, what: str = "checkpoi
     model.load_state_dict(fixed)
 
 
+class WeightAverage:
+    """An exponential moving average of ``model``'s weights, updated after every SGD step.
+
+    After step ``t`` the average is ``sum_i decay^(t-i) w_i / sum_i decay^(t-i)`` over the weights
+    ``w_1..w_t`` after steps 1..t (debiased: the initial weights do not enter, and after one step
+    the average is ``w_1``). BatchNorm's running mean and variance are averaged the same way (they
+    describe the training inputs, the encryptions, never test data); integer buffers (BN's batch
+    counter) are copied. ``self.model`` is the averaged copy, to evaluate and save.
+
+    Args:
+        model: the network being trained (not a DDP wrapper; it must not be moved after this).
+        decay: weight of the previous average per step, in (0, 1) (0.999: about the last 1,000 steps).
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"the weight average's decay must be in (0, 1), got {decay}")
+        self.decay, self.steps = float(decay), 0
+        self.model = copy.deepcopy(model).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self._pairs = list(zip(self.model.state_dict().values(), model.state_dict().values()))
+
+    @torch.no_grad()
+    def update(self) -> None:
+        """Fold the source model's current weights into the average (one SGD step)."""
+        self.steps += 1
+        rate = (1 - self.decay) / (1 - self.decay ** self.steps)  # 1 at the first step: the debiasing
+        for avg, cur in self._pairs:
+            if avg.is_floating_point():
+                avg.lerp_(cur, rate)
+            else:
+                avg.copy_(cur)
+
+    def state_dict(self) -> dict:
+        """``{"decay", "steps", "model"}``: what a checkpoint needs to continue the average exactly."""
+        return {"decay": self.decay, "steps": self.steps,
+                "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()}}
+
+    def load_state_dict(self, state: dict, what: str = "checkpoint") -> None:
+        """Continue the average of a :meth:`state_dict` (its decay must be this one)."""
+        if float(state["decay"]) != self.decay:
+            raise ValueError(f"{what}: weight average with decay {state['decay']}, this run's is {self.decay}")
+        load_weights(self.model, state["model"], f"{what} (weight average)")
+        self.steps = int(state["steps"])
+
+
 # -- the loop -------------------------------------------------------------------------------------
 def index_batches(xs: torch.Tensor, ys: torch.Tensor, order: torch.Tensor, batch_size: int):
     """``(xs[b], ys[b], 1 / len(b))`` for consecutive batches ``b`` of ``order``: the weight makes the
@@ -149,7 +198,7 @@ def index_batches(xs: torch.Tensor, ys: torch.Tensor, order: torch.Tensor, batch
         yield xs[b], ys[b], 1.0 / len(b)
 
 
-def train_epoch(model, opt, batches, *, amp: bool = False, penalty=None, progress=None) -> dict:
+def train_epoch(model, opt, batches, *, amp: bool = False, penalty=None, progress=None, average=None) -> dict:
     """SGD steps on soft-label cross-entropy, one per batch.
 
     Args:
@@ -161,6 +210,7 @@ def train_epoch(model, opt, batches, *, amp: bool = False, penalty=None, progres
         amp: bfloat16 autocast (CUDA).
         penalty: optional ``f() -> scalar tensor`` added to every step's loss (FedProx).
         progress: optional :class:`Progress`, updated after every step.
+        average: optional :class:`WeightAverage` of the model, updated after every step.
 
     Returns:
         ``{"loss_sum", "correct", "seen"}``: summed per-row loss, rows whose prediction agrees with
@@ -178,6 +228,8 @@ def train_epoch(model, opt, batches, *, amp: bool = False, penalty=None, progres
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if average is not None:
+            average.update()
         # one device-to-host transfer per step: the batch's summed loss, the step's loss, agreements
         total, value, agree = torch.stack([per_row.detach().sum(), loss.detach(),
                                            (logits.argmax(1) == yb.argmax(1)).sum().float()]).tolist()

@@ -28,8 +28,9 @@ from ..data import load_dataset, load_public_pool
 from ..scheme import KeyGenerator, encrypt
 from .config import TrainConfig
 from .ddp import DistInfo, all_agree, all_reduce_sum, cleanup, init_distributed
-from .engine import (Progress, RunFolder, augment_for, build_arch, derive_seed, index_batches, load_weights,
-                     make_optimizer, model_for, reschedule, seeded, sign_invariant_for, summary, train_epoch)
+from .engine import (Progress, RunFolder, WeightAverage, augment_for, build_arch, derive_seed, index_batches,
+                     load_weights, make_optimizer, model_for, reschedule, seeded, sign_invariant_for, summary,
+                     train_epoch)
 from .evaluate import evaluate
 
 FORMAT = "instahide-checkpoint/1"
@@ -181,6 +182,7 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
             "sign_invariant": sign_invariant_for(cfg.sign_invariant, cfg.scheme.mode)}
     model = build_arch(arch, cfg.width).to(device)
     opt, sched = make_optimizer(model, cfg)
+    average = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     augment = augment_for(cfg.augment, data.x_train.shape[1:], data.mean, data.std)
     history, start = [], 0
     if state is not None:
@@ -190,6 +192,10 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
         history, start = state["history"], state["epoch"]
         if state["extended"] is not None:
             reschedule(opt, sched, cfg)
+        if average is not None:
+            if state.get("ema") is None:
+                raise ValueError(f"cannot resume {run.checkpoint} with ema={cfg.ema}: it kept no weight average")
+            average.load_state_dict(state["ema"], str(run.checkpoint))
     net, batch_size = model, cfg.batch_size
     if W > 1:
         net = torch.nn.parallel.DistributedDataParallel(
@@ -208,17 +214,21 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
         t_enc = time.perf_counter() - t0
         order = torch.randperm(len(xs), generator=_gen(cfg, epoch, "order", "cpu", rank, W)).to(device)
         bar = Progress(-(-len(xs) // batch_size), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and info.is_main)
-        res = train_epoch(net, opt, index_batches(xs, ys, order, batch_size), amp=amp, progress=bar)
+        res = train_epoch(net, opt, index_batches(xs, ys, order, batch_size), amp=amp, progress=bar,
+                          average=average)
         loss_sum, correct, seen = all_reduce_sum([res["loss_sum"], res["correct"], res["seen"]], info)
         metrics = {"epoch": epoch + 1, "lr": sched.get_last_lr()[0], "train_loss": loss_sum / seen,
                    "train_acc": correct / seen, "encrypt_seconds": t_enc, "epoch_seconds": None,
                    "test_loss": None, "test_acc": None}
         sched.step()
         if info.is_main and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
-            ev = evaluate(model, data.x_test, data.y_test, batch_size=max(256, cfg.batch_size), amp=amp,
-                          flip=short and augment is not None)
+            test = dict(batch_size=max(256, cfg.batch_size), amp=amp, flip=short and augment is not None)
+            ev = evaluate(model if average is None else average.model, data.x_test, data.y_test, **test)
             metrics.update(test_loss=ev["loss"], test_acc=ev["accuracy"])
-        metrics = run.record(info, history, metrics, t0, bar, model, opt, sched, cfg.to_dict(), **arch)
+            if average is not None:  # the raw weights too: what the average adds
+                metrics["test_acc_raw"] = evaluate(model, data.x_test, data.y_test, **test)["accuracy"]
+        kept = {} if average is None else {"ema": average.state_dict()}
+        metrics = run.record(info, history, metrics, t0, bar, model, opt, sched, cfg.to_dict(), **arch, **kept)
         if on_epoch_end is not None:
             on_epoch_end(epoch + 1, metrics)
     final = {"config": cfg.to_dict(), "model": arch["model_name"], "sign_invariant": arch["sign_invariant"],
@@ -226,7 +236,11 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data: TrainData | Non
              "parameters": sum(p.numel() for p in model.parameters()),
              "train_images": len(data.x_train) * W, "test_images": len(data.x_test), "dataset": data.name,
              "augment": augment is not None, "keys": "research-seed" if cfg.research_seed is not None else "os-entropy",
+             "evaluated_weights": "raw" if average is None else f"ema {cfg.ema} (weights and BN statistics, "
+                                                               f"{average.steps} steps)",
              **summary(history, state, t_run)}
+    if average is not None:
+        final["final_test_acc_raw"] = history[-1].get("test_acc_raw") if history else None
     if W > 1:
         final.update(world_size=W, backend=info.backend, train_images_per_rank=len(data.x_train),
                      unused_train_images=len(full.x_train) - W * len(data.x_train), batch_per_rank=batch_size,
@@ -241,10 +255,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return load_torch_checkpoint(path, FORMAT)
 
 
-def load_model(path: str | os.PathLike, device="cpu"):
-    """``(model in eval mode, TrainConfig, checkpoint dict)`` from a training checkpoint."""
+def load_model(path: str | os.PathLike, device="cpu", *, raw: bool = False):
+    """``(model in eval mode, TrainConfig, checkpoint dict)`` from a training checkpoint: the weight
+    average when the run kept one (``ema`` > 0, what it evaluated), unless ``raw``."""
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["config"])
     model = build_arch(state, cfg.width)
-    load_weights(model, state["model"], str(path))
+    average = None if raw else state.get("ema")
+    load_weights(model, state["model"] if average is None else average["model"], str(path))
     return model.to(device).eval(), cfg, state
