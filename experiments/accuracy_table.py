@@ -52,6 +52,8 @@ CONFIGS = [  # (row label, TrainConfig overrides)
     ("InstaHide cross k=6 (2+4), |x| first", dict(mode="instahide", k=6, public="POOL", **ABS)),
     ("Mixup k=4, short recipe", dict(mode="mixup", k=4, recipe="short")),
     ("InstaHide inside k=4, |x| first, short recipe", dict(mode="instahide", k=4, recipe="short", **ABS)),
+    ("InstaHide cross k=6 (2+4), |x| first, short recipe",
+     dict(mode="instahide", k=6, public="POOL", recipe="short", **ABS)),
 ]
 SCALES = {
     "cpu": {

@@ -72,12 +72,14 @@ def inference_accuracy(cfg: FedConfig, run_dir: Path, seed: int) -> dict:
     return {"T": INFER_T, "own_min": 0.5, "accuracy": res["accuracy"][-1]}
 
 
-def run_one(scale: str, mode: str, parties: int, partition: str, seed: int, inference: bool = False) -> dict:
+def run_one(scale: str, mode: str, parties: int, partition: str, seed: int, inference: bool = False,
+            local_epochs: int | None = None) -> dict:
     from instahide.federated.simulation import run_federated
 
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = FedConfig.make(**SCALES[scale], **MODES[mode], **PARTITIONS[partition], num_parties=parties,
-                        research_seed=seed, partition_seed=seed, out=tmp)
+        scale_cfg = {**SCALES[scale], **({"local_epochs": local_epochs} if local_epochs else {})}
+        cfg = FedConfig.make(**scale_cfg, **MODES[mode], **PARTITIONS[partition], num_parties=parties,
+                             research_seed=seed, partition_seed=seed, out=tmp)
         t0 = time.perf_counter()
         final = run_federated(cfg, backend="inprocess", log=None)
         wall = time.perf_counter() - t0
@@ -85,6 +87,7 @@ def run_one(scale: str, mode: str, parties: int, partition: str, seed: int, infe
                  if inference and cfg.scheme.mode == "instahide" else None)
     h = final["history"]
     return {"scale": scale, "mode": mode, "parties": parties, "partition": partition, "seed": seed,
+            "local_epochs": cfg.local_epochs,
             **({"inference": infer} if infer else {}),
             "final_test_acc": h[-1]["test_acc"], "acc_per_round": [r["test_acc"] for r in h],
             "round_seconds_mean": statistics.mean(r["round_seconds"] for r in h),
@@ -136,6 +139,8 @@ def main() -> None:
     ap.add_argument("--parties", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--partitions", nargs="+", default=list(PARTITIONS), choices=list(PARTITIONS))
+    ap.add_argument("--local-epochs", type=int, default=None,
+                    help="local epochs per round instead of the scale's (use with its own --out)")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--inference", action="store_true",
@@ -156,7 +161,7 @@ def main() -> None:
                     key = (args.scale, mode, n, partition, seed)
                     if key in done:
                         continue
-                    r = run_one(args.scale, mode, n, partition, seed, args.inference)
+                    r = run_one(args.scale, mode, n, partition, seed, args.inference, args.local_epochs)
                     clear_cache()
                     append_jsonl(out, r)
                     print(f"{mode:22s} {partition:16s} N={n} seed={seed}: acc {r['final_test_acc']:.3f} "
