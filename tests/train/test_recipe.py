@@ -160,3 +160,24 @@ def test_sign_invariant_training_learns_clearly_above_raw_encryptions(tmp_path, 
     acc = {si: train(TrainConfig.make(**FAST, epochs=4, sign_invariant=si, research_seed=0, out=str(tmp_path / si)),
                      data=digits)["final_test_acc"] for si in ("off", "on")}
     assert acc["on"] > acc["off"] + 0.1
+
+
+def test_instahide_with_abs_first_trains_exactly_as_mixup_with_abs_first(tmp_path, digits):
+    # |sigma * m| == |m| for every mask sigma: with |x| as its first operation, a model trained on
+    # InstaHide encryptions sees exactly what one trained on the same keys' Mixup sees, so the two
+    # runs end with the same weights, bit for bit (docs/accuracy.md, "The demo": the gap to Mixup is
+    # the cost of |.|, not of the mask)
+    runs = {mode: TrainConfig.make(**FAST, mode=mode, k=4, epochs=2, sign_invariant="on", research_seed=0,
+                                   out=str(tmp_path / mode)) for mode in ("instahide", "mixup")}
+    finals = {mode: train(cfg, data=digits) for mode, cfg in runs.items()}
+    weights = {mode: load_checkpoint(tmp_path / mode / "checkpoint.pt")["model"] for mode in runs}
+    assert weights["instahide"].keys() == weights["mixup"].keys()
+    for name, w in weights["instahide"].items():
+        assert torch.equal(w, weights["mixup"][name]), name
+    assert finals["instahide"]["final_test_acc"] == finals["mixup"]["final_test_acc"]
+    train(TrainConfig.make(**FAST, mode="instahide", k=4, epochs=2, sign_invariant="off", research_seed=0,
+                           out=str(tmp_path / "raw")), data=digits)
+    raw = load_checkpoint(tmp_path / "raw" / "checkpoint.pt")["model"]  # without the stage they differ
+    stripped = {name.removeprefix("model."): w for name, w in weights["mixup"].items()}
+    assert stripped.keys() == raw.keys()
+    assert not all(torch.equal(raw[name], w) for name, w in stripped.items())
