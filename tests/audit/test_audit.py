@@ -146,6 +146,21 @@ def test_cli_attack_and_audit(tmp_path, capsys):
     assert (tmp_path / "au" / "report.md").is_file() and not (tmp_path / "au" / "report.html").exists()
 
 
+def test_cli_seed_attack_recovers_a_legacy_challenge_and_its_public_window(tmp_path, capsys):
+    """`challenge make --legacy` then `attack seed` over a range holding the seed: every private image comes
+    back (the window's public images are solved for alongside), with the search's progress on stderr."""
+    ch = tmp_path / "legacy"
+    assert main(["challenge", "make", "--dataset", "digits", "--n-private", "10", "--T", "6", "--legacy",
+                 "--public-size", "200", "--research-seed", "2000123", "--out", str(ch)]) == 0
+    capsys.readouterr()
+    assert main(["attack", "seed", "--challenge", str(ch), "--seed-range", "1000000:3097152",
+                 "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr()
+    assert "seed: search" in out.err and "Max_SSIM 1.0000" in out.out
+    outcome = json.loads((tmp_path / "s" / "outcome.json").read_text())
+    assert outcome["info"]["seed_found"] == 2000123
+
+
 def test_audit_runs_the_carlini_pipeline_on_disjoint_attacker_data(tmp_path):
     cfg = AuditConfig.make(n_private=10, T=10, public_size=300, attacks=("carlini",), research_seed=2,
                       carlini={"preset": "tiny"})

@@ -28,7 +28,7 @@ import numpy as np
 
 _SCAN = None   # the compiled stages; False when numba is missing
 LANES = 128    # seeds initialised together in one vector loop
-FAST_WORDS = 64  # outputs read per seed by the vectorised first stage
+FAST_WORDS = (64, 227)  # outputs read per seed by the vectorised stages, in turn
 BITMAP_CELLS = 1 << 18  # cells of [0, 1] in the label bitmaps (32 KB each)
 MAX_WORDS = 227  # outputs of the first twist that depend on the initial state only
 
@@ -467,14 +467,15 @@ def scan_seeds(start: int, count: int, *, k: int, num_private: int, upper: float
             int(len(single_totals)), float(atol))
     seeds = np.arange(int(start), int(start) + int(count), dtype=np.int64)
     out = np.empty(count, np.uint8)
-    fns["fast"](seeds, FAST_WORDS, *args, out)
+    fns["fast"](seeds, FAST_WORDS[0], *args, out)
     again = np.flatnonzero(out == 2)
-    for stage in ("fast", "exact"):  # the undecided: all 227 words, vectorised, then one by one with libm's log
+    # the undecided: more words, vectorised, then one by one with libm's log
+    for words in FAST_WORDS[1:] + (0,):
         if not len(again):
             break
         sub = np.empty(len(again), np.uint8)
-        if stage == "fast":
-            fns["fast"](seeds[again], MAX_WORDS, *args, sub)
+        if words:
+            fns["fast"](seeds[again], words, *args, sub)
         else:
             fns["exact"](seeds[again], *args, sub)
         out[again] = sub

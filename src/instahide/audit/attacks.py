@@ -99,16 +99,21 @@ def _run_oracle(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
     return AttackOutcome("oracle", res.decryption, res.recovered, time.perf_counter() - t0, info, uses)
 
 
-def _run_seed(enc, lab, meta, truth=None, seed_range=(0, 2 ** 16), **opt) -> AttackOutcome:
+def _run_seed(enc, lab, meta, truth=None, seed_range=(0, 2 ** 16), show_progress: bool = False,
+              **opt) -> AttackOutcome:
     k, num_private = _meta_int(meta, "k"), _meta_int(meta, "num_private")
     start, stop = (int(v) for v in seed_range)
     if not 0 <= start < stop <= 2 ** 32:
         raise ValueError(f"seed range [{start}, {stop}) must lie in [0, 2^32) and be non-empty")
+    batch = 2 ** 20  # seeds per filter task: progress comes in these steps
+    bar = Progress(stop - start, "seed: search", enabled=show_progress, unit=" seeds",
+                   every=batch * max(1, (stop - start) // batch // 50))
     t0 = time.perf_counter()
     found = recover_seed(enc, lab, n_private=_meta_int(meta, "n_private"), k=k, num_private=num_private,
                          upper=float(meta.get("upper", UPPER)),
                          dom=float(meta["dom"]) if meta.get("dom") is not None and num_private < k else None,
-                         seed_range=(start, stop), masked=meta.get("mode", "instahide") == "instahide", **opt)
+                         seed_range=(start, stop), masked=meta.get("mode", "instahide") == "instahide",
+                         batch=batch, progress=lambda done, total: bar.update(done - bar.done), **opt)
     seconds = time.perf_counter() - t0
     info = {"seed_range": [start, stop], "seeds_searched": stop - start,
             "seed_found": None if found is None else int(found.seed),
