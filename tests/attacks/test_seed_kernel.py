@@ -123,3 +123,16 @@ def test_match_rows_finds_the_shuffle():
     other = legacy_key(50, 6, (1, 2, 2), upper=0.65, dom=0.3, num_private=2, pool_size=50, masked=False,
                        generator=LegacyGenerator(78))
     assert match_rows(other.coefficients.numpy(), shuffled, 2) is None
+
+
+def test_without_numba_the_numpy_filter_scans(monkeypatch):
+    """The scan falls back to the numpy filter where the compiled one is missing, with the same candidates."""
+    rng = np.random.default_rng(3)
+    label = labels_of([120_456], 20, 6, 2, 0.65, 0.3, 10, rng)[rng.permutation(20)]
+    kw = dict(k=6, num_private=2, upper=0.65, dom=0.3, row_order="any", batch=4096)
+    fast = scan_seeds(118_000, 122_000, label, **kw)
+    monkeypatch.setattr(_seed_kernel, "available", lambda: False)
+    seen = []
+    slow = scan_seeds(118_000, 122_000, label, progress=lambda done, total: seen.append(done), **kw)
+    assert 120_456 in fast and 120_456 in slow and set(fast) <= set(slow)
+    assert seen == [4000]

@@ -245,7 +245,7 @@ def seed_candidates(seeds, label: np.ndarray, *, k: int, num_private: int, upper
         raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
     seeds = np.asarray(seeds, dtype=np.int64)
     label = np.asarray(label, dtype=np.float64)
-    n_lab = label.shape[0] if row_order == "epoch-major" else 10 ** 9
+    n_lab = label.shape[0]  # any order: the first N blocks of k normals are all draws of some row
     rows1 = max(1, min(3, n_lab, 24 // k))
     rows2 = max(1, min(check_rows, n_lab, 64 // k))  # 64 normals: ~32 of the 56 attempts
     out = []
@@ -301,6 +301,8 @@ def scan_seeds(start: int, stop: int, label: np.ndarray, *, k: int, num_private:
     if row_order not in ROW_ORDERS:
         raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
     lab = np.asarray(label, dtype=np.float64)
+    # only the first len(label) blocks of k normals are rows of these labels (epoch-major: pass epoch 0's)
+    check_rows = max(1, min(int(check_rows), lab.shape[0]))
     total = stop - start
     starts = list(range(start, stop, batch))
     if not _seed_kernel.available():

@@ -119,8 +119,11 @@ def _run_seed(enc, lab, meta, truth=None, seed_range=(0, 2 ** 16), show_progress
             "seed_found": None if found is None else int(found.seed),
             "seeds_per_second": round((stop - start) / max(seconds, 1e-9))}
     if found is None:
+        whole = "" if (start, stop) == (0, 2 ** 32) else (
+            "; legacy keys hide their seed anywhere in [0, 2^32): --seed-range 0:4294967296 searches it all, "
+            "about 13 min on 2 cores with numba, docs/benchmarks.md")
         info["result"] = (f"no seed in [{start}, {stop}) replays these encryptions: nothing recovered "
-                          "(default keys come from a 256-bit keystream, not a 32-bit seed)")
+                          f"(default keys come from a 256-bit keystream, not a 32-bit seed{whole})")
         return AttackOutcome("seed", None, None, seconds, info)
     return AttackOutcome("seed", found.decryption, found.recovered, seconds, info)
 
