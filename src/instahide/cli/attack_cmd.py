@@ -66,7 +66,7 @@ def add_parser(sub) -> None:
     g = p.add_argument_group("seed")
     g.add_argument("--seed-range", default="0:65536", metavar="A:B",
                    help="seeds to search, [A, B) (default 0:65536; the reference's are below 2^32: 0:4294967296 "
-                        "is the whole space, about 12 minutes on 2 cores here with numba, docs/attacks.md)")
+                        "is the whole space, about 13 minutes on 2 cores here with numba, docs/attacks.md)")
     g = p.add_argument_group("carlini")
     g.add_argument("--attacker-dataset", default=None, metavar="NAME",
                    help="the attacker's own images, disjoint from the attacked ones (default: the "
