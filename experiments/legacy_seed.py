@@ -24,6 +24,7 @@ import argparse
 import datetime as _dt
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -90,7 +91,6 @@ def main() -> int:
                                      legacy=True, research_seed=seed, num_classes=10)
     perm = np.random.default_rng(args.shuffle_seed).permutation(len(enc))
     enc, lab = enc[perm], lab[perm]
-    from dataclasses import replace
     truth = replace(truth, indices=truth.indices[perm], coefficients=truth.coefficients[perm])
 
     last = [time.perf_counter()]

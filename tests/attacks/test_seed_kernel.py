@@ -136,3 +136,15 @@ def test_without_numba_the_numpy_filter_scans(monkeypatch):
     slow = scan_seeds(118_000, 122_000, label, progress=lambda done, total: seen.append(done), **kw)
     assert 120_456 in fast and 120_456 in slow and set(fast) <= set(slow)
     assert seen == [4000]
+
+
+def test_the_vectorised_log_agrees_with_numpys():
+    """The fast stage's branch-free log (the polar method's ln r2, r2 in (0, 1)) against numpy's, over the
+    whole range the filter feeds it (measured 3.8e-16 relative at most on 10^6 uniforms)."""
+    x = np.concatenate([np.random.default_rng(4).random(200_000), np.geomspace(1e-30, 1 - 1e-16, 10_000)])
+    x = x[x > 0]
+    out = np.empty_like(x)
+    _seed_kernel._scan()["ln"](x, out)
+    want = np.log(x)
+    rel = np.abs(out - want) / np.maximum(np.abs(want), 1e-300)
+    assert rel.max() < 1e-14

@@ -22,9 +22,9 @@ kernel does (:mod:`instahide.scheme.kernel`).
 """
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
+
+from ..scheme.kernel import load_compiled
 
 _SCAN = None   # the compiled stages; False when numba is missing
 LANES = 128    # seeds initialised together in one vector loop
@@ -41,14 +41,7 @@ def available() -> bool:
 def _scan():
     global _SCAN
     if _SCAN is None:
-        try:
-            _SCAN = _compile()
-        except ImportError:
-            _SCAN = False
-        except Exception as exc:  # a numba that imports but cannot compile: the numpy filter still works
-            warnings.warn(f"instahide: the compiled seed filter is unavailable ({type(exc).__name__}: {exc}); "
-                          "using the numpy filter", RuntimeWarning, stacklevel=3)
-            _SCAN = False
+        _SCAN = load_compiled(_compile, "the compiled seed filter", "using the numpy filter")
     return _SCAN or None
 
 
@@ -202,11 +195,15 @@ def _compile() -> dict:
         return consistent(lam, 0, r, num_private, ordered, label_vals, label_count, tab, bits, atol)
 
     @njit(inline="always", boundscheck=False)
-    def chain(x, lo, hi, words):
-        """Every lane's initialisation (``init_genrand``), keeping state words ``0..words`` in ``lo``
-        and ``397..396+words`` in ``hi``; split where the kept words begin and end (no branch inside)."""
+    def chain(seeds, base, x, lo, hi, words):
+        """The initialisation (``init_genrand``) of the lanes' seeds ``seeds[base:base + LANES]`` (lanes
+        past the end repeat the last seed), keeping state words ``0..words`` in ``lo`` and
+        ``397..396+words`` in ``hi``; split where the kept words begin and end (no branch inside).
+        Returns the number of real lanes."""
         lanes = x.shape[0]
+        real = min(lanes, seeds.shape[0] - base)
         for lane in range(lanes):
+            x[lane] = np.uint32(seeds[base + min(lane, real - 1)] & 0xFFFFFFFF)
             lo[0, lane] = x[lane]
         for i in range(1, words + 1):
             ii = np.uint32(i)
@@ -224,6 +221,7 @@ def _compile() -> dict:
                 v = init_step(x[lane], ii)
                 x[lane] = v
                 hi[i - 397, lane] = v
+        return real
 
     @njit(nogil=True, boundscheck=False, cache=True, error_model="numpy")
     def scan_fast(seeds, words, rows, k, num_private, upper, dom, ordered, label_vals, label_count, tab, bits,
@@ -258,10 +256,7 @@ def _compile() -> dict:
         lam = np.empty((k, LANES), np.float64)
         status = np.empty(LANES, np.int64)
         for base in range(0, count, LANES):
-            lanes = min(LANES, count - base)
-            for lane in range(LANES):
-                x[lane] = np.uint32(seeds[base + min(lane, lanes - 1)] & 0xFFFFFFFF)
-            chain(x, lo, hi, words)
+            lanes = chain(seeds, base, x, lo, hi, words)
             for j in range(words):
                 for lane in range(LANES):
                     w[j, lane] = temper(lo[j, lane], lo[j + 1, lane], hi[j, lane])
@@ -376,10 +371,7 @@ def _compile() -> dict:
         lam = np.empty((k, 1), np.float64)
         count = seeds.shape[0]
         for base in range(0, count, LANES):
-            lanes = min(LANES, count - base)
-            for lane in range(LANES):
-                x[lane] = np.uint32(seeds[base + min(lane, lanes - 1)] & 0xFFFFFFFF)
-            chain(x, lo, hi, words)
+            lanes = chain(seeds, base, x, lo, hi, words)
             for lane in range(lanes):
                 j = 0
                 cached = False
@@ -427,7 +419,14 @@ def _compile() -> dict:
                 out[base + lane] = verdict
         return 0
 
-    return {"fast": scan_fast, "exact": scan_exact}
+    @njit(nogil=True, boundscheck=False, cache=True, error_model="numpy")
+    def ln_array(x, out):
+        """``out[i] = ln(x[i])`` with the stage's log (for its test against numpy's)."""
+        for i in range(x.shape[0]):
+            out[i] = ln(x[i])
+        return 0
+
+    return {"fast": scan_fast, "exact": scan_exact, "ln": ln_array}
 
 
 def _bitmap(sorted_vals: np.ndarray, tol: float) -> np.ndarray:

@@ -134,17 +134,23 @@ def _compiled(name: str):
     return _KERNEL[name]
 
 
+def load_compiled(build, what: str, fallback: str):
+    """``build()`` (numba code, compiled or loaded from its cache), or False when numba is missing or
+    cannot compile it; the second case warns, naming ``what`` is unavailable and the ``fallback`` used."""
+    try:
+        return build()
+    except ImportError:
+        return False
+    except Exception as exc:  # a numba that imports but cannot compile: the slower path still works
+        warnings.warn(f"instahide: {what} is unavailable ({type(exc).__name__}: {exc}); {fallback}",
+                      RuntimeWarning, stacklevel=4)
+        return False
+
+
 def _kernel():
     global _KERNEL
     if _KERNEL is None:
-        try:
-            _KERNEL = _compile()
-        except ImportError:
-            _KERNEL = False
-        except Exception as exc:  # a numba that imports but cannot compile: the torch path still works
-            warnings.warn(f"instahide: the fused numba kernel is unavailable ({type(exc).__name__}: {exc}); "
-                          "encrypting on the chunked torch path", RuntimeWarning, stacklevel=3)
-            _KERNEL = False
+        _KERNEL = load_compiled(_compile, "the fused numba kernel", "encrypting on the chunked torch path")
     return _KERNEL["kernel"] if _KERNEL else None
 
 
