@@ -10,13 +10,15 @@ Example (three lines added to an existing loop)::
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
 from .scheme import kernel
 from .scheme.defaults import DOM, K_INSIDE, UPPER
-from .scheme.encrypt import MODES, check_centred, check_images, check_labels, check_scheme, encrypt
+from .scheme.encrypt import (MODES, check_centred, check_images, check_labels, check_num_classes, check_scheme,
+                             encrypt)
 from .scheme.legacy import LegacyGenerator
 from .scheme.rng import KeyGenerator, resolve_generator
 
@@ -31,8 +33,7 @@ class _SchemeOptions:
         if public is not None:
             public = check_images(public, "public")
         check_scheme(k, upper, num_private, dom, public is not None)
-        if num_classes is not None and (type(num_classes) is not int or num_classes < 1):
-            raise ValueError(f"num_classes must be a positive integer or None, got {num_classes!r}")
+        num_classes = check_num_classes(num_classes)  # Python or numpy integers, as encrypt takes
         self.k, self.upper, self.mode, self.num_private, self.dom = k, upper, mode, num_private, dom
         self.num_classes, self.legacy, self.allow_uncentred = num_classes, legacy, allow_uncentred
         if legacy:
@@ -70,7 +71,10 @@ class InstaHide(nn.Module, _SchemeOptions):
     Shapes: ``x`` ``(B, C, H, W)`` float, centred; ``y`` ``(B,)`` class indices or
     ``(B, num_classes)``; returns ``(B, C, H, W)`` and ``(B, num_classes)`` (None if ``y`` is None).
     Options are checked when the module is built. Labels need ``num_classes``: a batch need not hold
-    every class, so a width taken from the batch would change from batch to batch.
+    every class, so a width taken from the batch would change from batch to batch. With
+    ``legacy=True`` the module draws from one pair of Mersenne-Twister streams that cannot be split:
+    called in any process other than the one that built it (a ``DataLoader`` worker's ``collate_fn``),
+    it raises a RuntimeError rather than give every worker the same keys.
 
     Example:
         >>> hide = InstaHide(k=4, num_classes=10, seed=0)
@@ -136,13 +140,14 @@ class InstaHideLoader(_SchemeOptions):
         self.images = check_images(images, "images")
         if labels is None:
             raise ValueError("InstaHideLoader needs labels (N,) or (N, num_classes)")
-        self.labels = torch.as_tensor(labels, device=self.images.device)
-        if self.labels.shape[0] != self.images.shape[0]:
-            raise ValueError(f"{self.images.shape[0]} images but {self.labels.shape[0]} labels")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
+            raise TypeError(f"batch_size must be an integer, got {batch_size!r} ({type(batch_size).__name__})")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if num_classes is None and self.labels.ndim == 1:
-            num_classes = int(self.labels.max()) + 1  # from the whole set, not a batch
+        batch_size = int(batch_size)
+        # checked once for the whole set (the width comes from it, not from a batch)
+        self.labels, num_classes = check_labels(labels, self.images.shape[0], num_classes, self.images.device,
+                                                one_hot=False)
         self.public = self._init_scheme(k, upper, mode, public, num_private, dom, num_classes, seed,
                                         generator, legacy, allow_uncentred)
         self.batch_size, self.shuffle, self.drop_last, self.augment = batch_size, shuffle, drop_last, augment

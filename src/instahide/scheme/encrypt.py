@@ -21,17 +21,22 @@ from .keys import Key
 from .legacy import LegacyGenerator, legacy_key
 from .masks import apply_mask_, sample_mask_bits
 from .partners import check_rows, sample_partners
-from .rng import KeyGenerator, resolve_generator
+from .rng import KeyGenerator, fixed_generator, resolve_generator
 
 MODES = ("instahide", "mixup")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-# Share of negative MIXED values under which inputs count as "not centred": the mask hides only signs
-# not already known; on non-negative mixtures |e| is the Mixup (docs/scheme.md, "Pixel scaling").
-CENTRED_MIN_NEGATIVE = 0.10
+# Share of MIXED values of the rarer sign under which inputs count as "not centred": the mask hides
+# only signs not already known; on non-negative mixtures |e| is the Mixup, on non-positive ones -|e|
+# is (docs/scheme.md, "Pixel scaling"). So both the negative and the positive share must reach it.
+CENTRED_MIN_SHARE = 0.10
+CENTRED_MIN_NEGATIVE = CENTRED_MIN_SHARE  # its former name
+# Widest soft labels: (N, num_classes) float32 is allocated for every encryption (10**6 classes is
+# 4 MB per row); label values or num_classes beyond it are a mistake, not a dataset.
+MAX_CLASSES = 10 ** 6
 
 
 class UncentredInputError(ValueError):
-    """InstaHide was asked to mask images whose pixels are (almost) all non-negative."""
+    """InstaHide was asked to mask images whose mixtures are (almost) all of one sign."""
 
 
 @dataclass
@@ -101,8 +106,8 @@ def encrypt(
         return_key: also return the keys (secrets: store them apart from the encryptions).
         legacy: the reference code's key sampling with its defects (docs/scheme.md; ``seed`` a 32-bit
             integer, from OS entropy if None), for replaying the published challenge and attacks only.
-        allow_uncentred: mask images whose mixtures are (almost) all non-negative anyway (the mask then
-            hides nearly nothing: ``|e|`` equals the Mixup). Without it such input is refused.
+        allow_uncentred: mask images whose mixtures are (almost) all of one sign anyway (the mask then
+            hides nearly nothing: ``|e|`` or ``-|e|`` equals the Mixup). Without it such input is refused.
         out: optional preallocated output ``(N, C, H, W)`` (``(len(rows), C, H, W)`` with ``rows``) of
             the images' dtype and device, sharing no memory with ``images`` or ``public``.
         rows: optional indices of the images to encrypt (e.g. one batch of a DataLoader); partners
@@ -344,27 +349,54 @@ def check_images(images, name: str = "images") -> torch.Tensor:
         raise TypeError(f"{name} must be floating point, got dtype {images.dtype}{hint}")
     if images.shape[0] == 0:
         raise ValueError(f"too few images: {name} is empty")
+    if 0 in images.shape[1:]:
+        raise ValueError(f"{name} of shape {tuple(images.shape)} hold no values: every image needs C, H "
+                         "and W of at least 1")
     if not images.is_contiguous():
         images = images.contiguous()
     return images
 
 
+def check_num_classes(num_classes) -> int | None:
+    """``num_classes`` as an int (Python or numpy integers, 1 to :data:`MAX_CLASSES`), or None."""
+    if num_classes is None:
+        return None
+    if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, (int, np.integer)):
+        raise TypeError(f"num_classes must be a positive integer or None, got {num_classes!r} "
+                        f"({type(num_classes).__name__})")
+    if not 1 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be a positive integer of at most {MAX_CLASSES:,} (the soft labels "
+                         f"are N x num_classes floats), got {int(num_classes)}")
+    return int(num_classes)
+
+
 def check_labels(labels, n: int, num_classes: int | None, device, one_hot: bool = True) -> tuple[torch.Tensor, int]:
     """Labels as a float ``(N, num_classes)`` tensor on ``device`` (class indices as an int64 ``(N,)``
     tensor if not ``one_hot``), and ``num_classes``."""
+    num_classes = check_num_classes(num_classes)
     if isinstance(labels, np.ndarray):
         labels = torch.from_numpy(labels)
     if not isinstance(labels, torch.Tensor):
-        labels = torch.as_tensor(labels)
+        try:
+            labels = torch.as_tensor(labels)
+        except (TypeError, ValueError, RuntimeError) as exc:
+            raise TypeError(f"labels must be a tensor or array of shape (N,) or (N, num_classes), got "
+                            f"{type(labels).__name__}: {exc}") from None
+    if labels.ndim == 0:
+        raise ValueError(f"labels must have shape (N,) or (N, num_classes), one per image; got a scalar "
+                         f"(0-d) {labels.dtype} for {n} images")
     if labels.shape[0] != n:
         raise ValueError(f"{n} images but {labels.shape[0]} labels")
     labels = labels.to(device)
     if labels.ndim == 1:
-        if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
             raise TypeError(f"class-index labels must be integers, got dtype {labels.dtype}")
         lo, hi = int(labels.min()), int(labels.max())
         if num_classes is None:
-            num_classes = hi + 1
+            if hi >= MAX_CLASSES:
+                raise ValueError(f"labels go up to {hi}, which would make num_classes={hi + 1}, above the "
+                                 f"limit of {MAX_CLASSES:,}; labels must be class indices in [0, num_classes)")
+            num_classes = max(hi, 0) + 1
         if lo < 0 or hi >= num_classes:
             raise ValueError(f"labels must be in [0, num_classes={num_classes}), got range [{lo}, {hi}]")
         if not one_hot:
@@ -382,23 +414,27 @@ def check_labels(labels, n: int, num_classes: int | None, device, one_hot: bool 
 
 
 def check_centred(x: torch.Tensor, k: int, name: str = "images") -> float:
-    """The share of negative values in 256 random ``k``-image mixtures of rows of ``x`` (the signs the
-    mask hides); :class:`UncentredInputError` below :data:`CENTRED_MIN_NEGATIVE`. Fixed seed (not key
-    material): a verdict is reproducible."""
-    g = KeyGenerator.from_seed("instahide/centring-check")
+    """The share of mixed values whose sign the mask hides, in 256 random ``k``-image mixtures of rows
+    of ``x``: the smaller of the shares of negative and of positive values (on mixtures all of one sign
+    the sign is known without the key, and ``|e|`` or ``-|e|`` is the Mixup).
+    :class:`UncentredInputError` below :data:`CENTRED_MIN_SHARE`. Fixed seed (not key material): a
+    verdict is reproducible."""
+    g = fixed_generator("instahide/centring-check")
     rows = torch.from_numpy(g.integers(x.shape[0], (256, k))).to(x.device)
     z = g.half_normal((256, k))
     lam = torch.from_numpy(z / z.sum(axis=1, keepdims=True)).to(device=x.device, dtype=x.dtype)
     mixed = F.embedding_bag(rows, x.reshape(x.shape[0], -1), per_sample_weights=lam, mode="sum")
     negative = float((mixed < 0).float().mean())
-    if negative < CENTRED_MIN_NEGATIVE:
+    positive = float((mixed > 0).float().mean())
+    share, rarer = (negative, "negative") if negative <= positive else (positive, "positive")
+    if share < CENTRED_MIN_SHARE:
         raise UncentredInputError(
-            f"{name} are not centred: only {negative:.2%} of mixed values are negative (k={k}; at least "
-            f"{CENTRED_MIN_NEGATIVE:.0%} needed): the sign mask hides almost nothing. Normalise them "
-            "(instahide.data.normalize_images, the dataset's mean/std), or pass allow_uncentred=True "
+            f"{name} are not centred: only {share:.2%} of mixed values are {rarer} (k={k}; at least "
+            f"{CENTRED_MIN_SHARE:.0%} of each sign needed): the sign mask hides almost nothing. Normalise "
+            "them (instahide.data.normalize_images, the dataset's mean/std), or pass allow_uncentred=True "
             "(CLI: --allow-uncentred) if this is what you want to measure."
         )
-    return negative
+    return share
 
 
 def _raise_nonfinite(images: torch.Tensor, public: torch.Tensor | None) -> None:

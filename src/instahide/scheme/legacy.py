@@ -40,6 +40,10 @@ class LegacyGenerator:
     ``numpy``: a ``numpy.random.RandomState`` (coefficients); ``torch``: a CPU ``torch.Generator``
     (permutations, masks). Both Mersenne Twister, both seeded with ``seed`` (in ``[0, 2**32)``, drawn
     from OS entropy if None). Successive calls continue the streams, as the reference's globals did.
+
+    The streams cannot be split: a copy in another process (a forked or spawned ``DataLoader``
+    worker, ``os.fork``) would replay the same keys as every other copy, so drawing from one there is
+    refused (:meth:`check_process`).
     """
 
     def __init__(self, seed: int | None = None) -> None:
@@ -49,6 +53,16 @@ class LegacyGenerator:
         self.seed = seed
         self.numpy = np.random.RandomState(seed)
         self.torch = torch.Generator().manual_seed(seed)
+        self.pid = os.getpid()
+
+    def check_process(self) -> None:
+        """Raise a RuntimeError in any process other than the one that made the generator."""
+        if self.pid != os.getpid():
+            raise RuntimeError(
+                f"{self!r} (legacy=True, e.g. InstaHide(legacy=True)) was made in process {self.pid} and copied "
+                f"into process {os.getpid()} (a DataLoader worker or another fork), where every copy replays "
+                "the same Mersenne-Twister keys: encrypt with legacy=True in the process that made it "
+                "(num_workers=0; InstaHideDataset has no legacy mode for this reason), or use legacy=False")
 
     def __repr__(self) -> str:
         return f"LegacyGenerator(seed={self.seed})"
@@ -96,6 +110,7 @@ def legacy_key(
         )
     if n < 1:
         raise ValueError("too few images: legacy encryption needs at least one image")
+    generator.check_process()
     rs, tg = generator.numpy, generator.torch
     lams = legacy_coefficients(n, k, upper, dom if cross else None, rs)
     idx = torch.empty((n, k), dtype=torch.int64)

@@ -14,15 +14,19 @@ with numpy, vectorised.
 A generator never emits one stream in two processes: a copy in a forked child (DataLoader worker,
 ``os.fork``) rekeys at its first draw, from OS entropy, or for a research seed from the key, the fork
 count and the DataLoader worker id (reproducible; outside a DataLoader worker it raises instead).
+Nor twice in one process: a lock makes each draw take its own draw number, so threads sharing a
+generator never receive the same block (single-threaded output is unchanged by it).
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import struct
+import threading
 import weakref
 
 import numpy as np
+import torch.distributed as dist
 from torch.utils.data import get_worker_info
 
 _DOMAIN = b"instahide/keystream/v1\x00"
@@ -33,7 +37,30 @@ _CHACHA_DOMAIN = b"instahide/chacha20-key/v1\x00"
 STREAMS = ("shake256", "chacha20")
 KEY_BYTES = 32  # 256-bit keys: well above the 128 bits of entropy docs/scheme.md (defect 3) asks for
 _LIVE = weakref.WeakSet()  # every generator: each counts the forks of its process (see _forked)
-os.register_at_fork(after_in_parent=lambda: [setattr(g, "_forks", g._forks + 1) for g in list(_LIVE)])
+_LIVE_LOCK = threading.Lock()  # guards _LIVE against threads adding generators while another forks
+
+
+def _before_fork() -> None:
+    _LIVE_LOCK.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    for g in list(_LIVE):
+        g._forks += 1
+    _LIVE_LOCK.release()
+
+
+def _after_fork_in_child() -> None:
+    # the child has one thread: a lock that another parent thread held at the fork would never be
+    # released, so every generator gets a fresh one (its stream is rekeyed at the first draw anyway)
+    global _LIVE_LOCK
+    _LIVE_LOCK = threading.Lock()
+    for g in list(_LIVE):
+        g._lock = threading.Lock()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
 
 
 class KeyGenerator:
@@ -53,7 +80,8 @@ class KeyGenerator:
         (4,)
     """
 
-    __slots__ = ("_key", "_counter", "_pid", "_forks", "_chacha", "origin", "seed", "stream", "__weakref__")
+    __slots__ = ("_key", "_counter", "_pid", "_forks", "_chacha", "_lock", "origin", "seed", "stream",
+                 "__weakref__")
 
     def __init__(self, key: bytes, *, origin: str = "os-entropy", seed=None, stream: str = "shake256") -> None:
         if not isinstance(key, (bytes, bytearray)) or len(key) != KEY_BYTES:
@@ -64,9 +92,11 @@ class KeyGenerator:
         if stream == "chacha20" and _chacha20() is None:
             raise ImportError("stream='chacha20' needs the cryptography package (pip install cryptography)")
         self._counter, self._pid, self._forks = 0, os.getpid(), 0
+        self._lock = threading.Lock()  # one draw number per draw, also when threads share the generator
         self.origin, self.seed, self.stream = origin, seed, stream
         self._rekey(bytes(key))
-        _LIVE.add(self)
+        with _LIVE_LOCK:
+            _LIVE.add(self)
 
     def _rekey(self, key: bytes) -> None:
         self._key = key
@@ -87,19 +117,17 @@ class KeyGenerator:
 
         Every key it produces can be recomputed by anyone who knows (or guesses) the seed; a small
         integer seed is exactly what broke the InstaHide challenge. Never use it for data you want to
-        keep private. In a distributed job (``WORLD_SIZE > 1``, as torchrun sets) the rank (``RANK``)
-        is folded in, so the ranks never share a stream: the same seed gives each rank its own.
+        keep private. In a distributed job the rank is folded in, so the ranks never share a stream:
+        the same seed gives each rank its own. The rank comes from the ``torch.distributed`` process
+        group when one is initialised (``torch.multiprocessing.spawn`` with
+        ``init_process_group(rank=, world_size=)``), else from ``RANK`` when ``WORLD_SIZE > 1`` (as
+        torchrun sets); a world size above 1 with no rank known is refused. Make the generator after
+        ``init_process_group``: before it a spawned rank cannot know that it is one.
         """
-        if isinstance(seed, bool) or not isinstance(seed, (int, str, bytes, np.integer)):
-            raise TypeError(f"seed must be an int, str or bytes, got {type(seed).__name__}")
-        if isinstance(seed, (int, np.integer)):
-            material = b"i" + str(int(seed)).encode()
-        elif isinstance(seed, str):
-            material = b"s" + seed.encode()
-        else:
-            material = b"b" + bytes(seed)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            material += b"/rank" + os.environ.get("RANK", "0").encode()
+        material = _seed_material(seed)
+        rank, world = distributed_rank()
+        if world > 1:
+            material += b"/rank" + str(rank).encode()
         key = hashlib.shake_256(_SEED_DOMAIN + material).digest(KEY_BYTES)
         return cls(key, origin="research-seed", seed=seed if not isinstance(seed, np.integer) else int(seed))
 
@@ -109,10 +137,17 @@ class KeyGenerator:
         return self.origin == "os-entropy"
 
     def spawn(self, index: int) -> "KeyGenerator":
-        """An independent child generator (e.g. one per distributed rank or per worker)."""
-        if self._pid != os.getpid():
-            self._forked()
-        key = hashlib.shake_256(_SPAWN_DOMAIN + self._key + struct.pack("<Q", int(index))).digest(KEY_BYTES)
+        """An independent child generator (e.g. one per distributed rank or per worker); ``index`` is an
+        integer in ``[0, 2**64)``, and each index gives another child."""
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"spawn(index): index must be an integer, got {index!r} ({type(index).__name__})")
+        if not 0 <= int(index) < 2 ** 64:
+            raise ValueError(f"spawn(index): index must be in [0, 2**64), got {int(index)}")
+        with self._lock:
+            if self._pid != os.getpid():
+                self._forked()
+            parent = self._key
+        key = hashlib.shake_256(_SPAWN_DOMAIN + parent + struct.pack("<Q", int(index))).digest(KEY_BYTES)
         return KeyGenerator(key, origin=self.origin, seed=self.seed, stream=self.stream)
 
     def __repr__(self) -> str:  # never print the key
@@ -129,19 +164,22 @@ class KeyGenerator:
         n = int(n)
         if n < 0:
             raise ValueError(f"number of bytes must be >= 0, got {n}")
-        if self._pid != os.getpid():
-            self._forked()
-        block = struct.pack("<Q", self._counter)
-        self._counter += 1
+        with self._lock:  # the draw number, and the key it goes with, are taken as one step
+            if self._pid != os.getpid():
+                self._forked()
+            block = struct.pack("<Q", self._counter)
+            self._counter += 1
+            key, chacha = self._key, self._chacha
         if n == 0:
             return np.empty(0, dtype=np.uint8)
-        if self._chacha is not None:  # nonce: 8 zero bytes (block counter from 0), then the draw number
-            return _chacha20()(self._chacha, bytes(8) + block, n)
-        data = hashlib.shake_256(_DOMAIN + self._key + block).digest(n)
+        if chacha is not None:  # nonce: 8 zero bytes (block counter from 0), then the draw number
+            return _chacha20()(chacha, bytes(8) + block, n)
+        data = hashlib.shake_256(_DOMAIN + key + block).digest(n)
         return np.frombuffer(bytearray(data), dtype=np.uint8)  # writable, no second copy
 
     def _forked(self) -> None:
-        """In a forked child: rekey, so that parent and children never share a stream."""
+        """In a forked child: rekey, so that parent and children never share a stream (called with
+        ``_lock`` held)."""
         worker = get_worker_info()
         if self.origin == "os-entropy":
             self._rekey(os.urandom(KEY_BYTES))
@@ -150,7 +188,7 @@ class KeyGenerator:
                                "DataLoader worker, where it would repeat the parent's keys; spawn() one "
                                "generator per process before forking, or use KeyGenerator.from_entropy()")
         else:  # reproducible, and distinct per worker, per fork (epoch) and per rank
-            who = struct.pack("<QQQQ", self._forks, worker.id, int(os.environ.get("RANK", "0")), self._counter)
+            who = struct.pack("<QQQQ", self._forks, worker.id, distributed_rank()[0], self._counter)
             self._rekey(hashlib.shake_256(_FORK_DOMAIN + self._key + who).digest(KEY_BYTES))
         self._counter, self._pid, self._forks = 0, os.getpid(), 0
 
@@ -194,6 +232,55 @@ class KeyGenerator:
         u = self.uniform(shape)
         out = np.floor(u * high_arr).astype(np.int64)
         return np.minimum(out, high_arr - 1)
+
+
+def _seed_material(seed) -> bytes:
+    if isinstance(seed, bool) or not isinstance(seed, (int, str, bytes, np.integer)):
+        raise TypeError(f"seed must be an int, str or bytes, got {type(seed).__name__}")
+    if isinstance(seed, (int, np.integer)):
+        return b"i" + str(int(seed)).encode()
+    if isinstance(seed, str):
+        return b"s" + seed.encode()
+    return b"b" + bytes(seed)
+
+
+def fixed_generator(label: str) -> KeyGenerator:
+    """The same stream in every process and on every rank, for sampling that is not key material
+    (e.g. the centring check's mixtures, whose verdict must not depend on the rank): equal to
+    ``KeyGenerator.from_seed(label)`` outside a distributed job."""
+    key = hashlib.shake_256(_SEED_DOMAIN + _seed_material(label)).digest(KEY_BYTES)
+    return KeyGenerator(key, origin="research-seed", seed=label)
+
+
+def distributed_rank() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process in a distributed job, ``(0, 1)`` outside one.
+
+    From the ``torch.distributed`` process group when one is initialised (also under
+    ``torch.multiprocessing.spawn``, where no environment variable names the rank), else from
+    ``RANK`` / ``WORLD_SIZE`` (torchrun). A world size above 1 without a readable rank is refused:
+    every rank would otherwise derive the same research-seeded keys.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return int(dist.get_rank()), int(dist.get_world_size())
+    world_env, rank_env = os.environ.get("WORLD_SIZE"), os.environ.get("RANK")
+    try:
+        world = int(world_env) if world_env not in (None, "") else 1
+    except ValueError:
+        raise RuntimeError(f"cannot read WORLD_SIZE={world_env!r} as an integer: the ranks of a distributed "
+                           "job must be known to give each its own research-seeded keys") from None
+    if world <= 1:
+        return 0, 1
+    try:
+        rank = int(rank_env)
+    except (TypeError, ValueError):
+        rank = -1
+    if not 0 <= rank < world:
+        raise RuntimeError(
+            f"WORLD_SIZE={world} but the rank is unknown (RANK={rank_env!r}, no torch.distributed process "
+            "group initialised): every rank would draw the same research-seeded keys. Call "
+            "torch.distributed.init_process_group(...) before making the generator, set RANK, or use "
+            "KeyGenerator.from_entropy()")
+    return rank, world
 
 
 def _chacha20():
