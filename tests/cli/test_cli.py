@@ -174,3 +174,21 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o666 & ~mask
+
+
+@pytest.mark.parametrize("argv", [["attack", "carlini", "--challenge", "{tmp}/no-challenge"],
+                                  ["attack", "gradient-inversion"],
+                                  ["audit"]])
+def test_device_is_checked_before_any_work(tmp_path, capsys, argv):
+    argv = [a.format(tmp=tmp_path) for a in argv] + ["--out", str(tmp_path / "out")]
+    assert main(argv + ["--device", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown device: --device gpu" in err and "Traceback" not in err
+    if not torch.cuda.is_available():  # was an AssertionError (the audit's after building its challenge) or a CPU run
+        assert main(argv + ["--device", "cuda"]) == 2
+        err = capsys.readouterr().err
+        assert "--device cuda asked for, but this machine has no CUDA device" in err and "Traceback" not in err
+    elif argv[1] == "gradient-inversion":
+        assert main(argv + ["--device", "cuda"]) == 2
+        assert "runs on the CPU only" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

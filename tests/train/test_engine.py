@@ -186,6 +186,42 @@ def test_a_checkpoint_with_wrong_weights_names_the_problem(tmp_path, digits):
             load_model(tmp_path / "broken.pt")
 
 
+def test_a_checkpoint_with_a_bad_record_is_refused_naming_the_file_before_allocating(tmp_path, digits, capsys):
+    train(TrainConfig.make(**FAST, epochs=1, out=str(tmp_path / "run")), data=digits)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    cases = [({k: v for k, v in state.items() if k != "config"}, "no 'config'"),
+             ({**state, "config": 5}, "'config' must be a mapping"),
+             ({**state, "num_classes": "10"}, "num_classes must be an integer"),
+             ({**state, "num_classes": 10 ** 12}, "need num_classes >= 1 and at most"),
+             ({**state, "config": {**state["config"], "width": 1e9}}, "at most 1,073,741,824"),
+             ({**state, "config": {**state["config"], "width": 3000.0}}, "at most 1,073,741,824"),
+             ({k: v for k, v in state.items() if k != "model_name"}, "no 'model_name'"),
+             ({**state, "model": 3}, "holds no weights"),
+             ({k: v for k, v in state.items() if k != "epoch"}, "records no epoch")]
+    for i, (broken, match) in enumerate(cases):
+        path = tmp_path / f"broken{i}.pt"
+        torch.save(broken, path)
+        with pytest.raises(ValueError, match=match) as err:
+            load_model(path)
+        assert str(path) in str(err.value)
+        assert main(["evaluate", "--checkpoint", str(path), "--T", "1"]) == 2
+        out = capsys.readouterr().err
+        assert match.split()[0] in out and str(path) in out and "Traceback" not in out
+    # --resume of a run folder whose checkpoint lost its configuration
+    torch.save(cases[0][0], tmp_path / "run" / "checkpoint.pt")
+    with pytest.raises(ValueError, match="no 'config'"):
+        RunFolder(tmp_path / "run", state["format"]).start(state["config"], resume=True)
+
+
+def test_load_model_checks_its_device_argument(tmp_path, digits):
+    train(TrainConfig.make(**FAST, epochs=1, out=str(tmp_path)), data=digits)
+    with pytest.raises(ValueError, match="unknown device: device='gpu'"):
+        load_model(tmp_path / "checkpoint.pt", device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="device='cuda' asked for, but this machine has no CUDA device"):
+            load_model(tmp_path / "checkpoint.pt", device="cuda")
+
+
 def test_an_unusable_out_fails_before_the_first_epoch(tmp_path, digits):
     (tmp_path / "file").write_text("not a folder")
     epochs = []

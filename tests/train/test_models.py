@@ -122,6 +122,32 @@ def test_registry_and_build_model_errors():
     assert count_parameters(narrow) == preact_resnet18_params(10, 3, 16)
 
 
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(num_classes="10"), TypeError, "num_classes must be an integer, got str"),
+    (dict(in_channels=1.5), TypeError, "in_channels must be an integer"),
+    (dict(num_classes=True), TypeError, "num_classes must be an integer"),
+    (dict(width="2"), TypeError, "width must be a number"),
+    (dict(width=float("nan")), ValueError, "width > 0 and finite"),
+    (dict(width=float("inf")), ValueError, "width > 0 and finite"),
+    (dict(num_classes=10 ** 12), ValueError, "num_classes >= 1 and at most"),
+    (dict(width=1e9), ValueError, "would be far larger; at most 1,073,741,824 parameters"),
+    (dict(width=500.0), ValueError, "would have [0-9,]+ parameters; at most"),
+    (dict(num_classes=2 ** 24), ValueError, "parameters; at most"),
+])
+def test_build_model_refuses_bad_types_and_huge_models_before_allocating(kwargs, error, match):
+    args = dict(name="preact_resnet18", num_classes=10, in_channels=3, width=1.0) | kwargs
+    with pytest.raises(error, match=match):
+        build_model(**args)
+
+
+def test_the_size_check_draws_no_random_numbers():
+    torch.manual_seed(0)
+    a = build_model("fastnet", 10, 3)
+    torch.manual_seed(0)
+    b = FastNet(10, 3)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
 def test_count_parameters_trainable_only():
     model = MnistNet()
     model.classifier.requires_grad_(False)
@@ -161,3 +187,6 @@ def test_sign_invariant_wraps_any_model_once_and_keeps_its_weights():
     x = torch.randn(5, 3, 2, 2)
     assert torch.equal(wrapped(x), user(x.abs())) and torch.equal(wrapped(x), wrapped(-x))
     assert set(wrapped.state_dict()) == {f"model.{k}" for k in user.state_dict()}
+    for bad in (None, user.state_dict(), lambda x: x):
+        with pytest.raises(TypeError, match="model must be a torch.nn.Module"):
+            sign_invariant(bad)

@@ -18,6 +18,7 @@ from ..data import load_dataset, load_public_pool
 from ..data.scaling import to_unit_range
 from ..report import encryption_grid, to_display
 from ..report.audit_report import recovered_png
+from ..train.ddp import resolve_device
 from ._common import CLIError, refuse_overwrite
 
 HELP = ("run an attack (demix, carlini, seed, oracle) on a challenge, or gradient inversion of a training "
@@ -105,12 +106,23 @@ def _parse_range(text: str) -> tuple[int, int]:
         raise CLIError(f"--seed-range must be A:B with integers, got {text!r}") from None
 
 
+def check_device(text: str) -> str:
+    """``--device`` checked before any work (one rule, :func:`instahide.train.ddp.resolve_device`):
+    CUDA asked for on a machine without it is a one-line error; ``auto`` becomes cpu or cuda."""
+    try:
+        return str(resolve_device(text, option="--device"))
+    except (ValueError, TypeError) as exc:
+        raise CLIError(str(exc)) from None
+
+
 def run(args) -> int:
     if args.name == "list":
         for name, spec in ATTACKS.items():
             print(f"{name:<18} {spec['title']}" + ("  [needs the ground truth]" if spec["needs_truth"] else ""))
         print(f"{'gradient-inversion':<18} gradient inversion of a training step (no --challenge; docs/attacks.md)")
         return 0
+    if args.name in ("carlini", "gradient-inversion"):
+        args.device = check_device(args.device)
     if args.name == "gradient-inversion":
         return _gradient_inversion(args)
     if not args.challenge or not args.out:
@@ -166,6 +178,8 @@ def run(args) -> int:
 def _gradient_inversion(args) -> int:
     if not args.out:
         raise CLIError("give --out DIR")
+    if args.device != "cpu":
+        raise CLIError(f"gradient-inversion runs on the CPU only (--device {args.device} is for carlini)")
     out = Path(args.out)
     refuse_overwrite([out / "recovered.npy", out / "scores.json"], args.force)
     try:

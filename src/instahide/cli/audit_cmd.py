@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..audit import DEFAULT_ATTACKS, AuditConfig, attack_names, run_audit
 from ._common import CLIError, add_key_options, add_scheme_options, scheme_from_args
-from .attack_cmd import _parse_range
+from .attack_cmd import _parse_range, check_device
 
 HELP = "measure what a configuration leaks: challenge from your images, attacks, report (md/html)"
 DESCRIPTION = """\
@@ -76,7 +76,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     carlini = {"attacker_dataset": args.attacker_dataset, "attacker_root": args.attacker_root,
-               "attacker_split": args.attacker_split, "preset": args.preset, "device": args.device,
+               "attacker_split": args.attacker_split, "preset": args.preset, "device": check_device(args.device),
                "log": lambda msg: print(msg, file=sys.stderr, flush=True)}
     cfg = AuditConfig(
         dataset=args.dataset, root=args.root, split=args.split, n_private=args.n_private,

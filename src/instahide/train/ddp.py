@@ -47,21 +47,49 @@ class DistInfo:
         return self.rank == 0
 
 
-def _pick_device(device: str) -> torch.device:
-    if device == "auto":
+def resolve_device(device, *, option: str = "device") -> torch.device:
+    """The torch device that ``device`` names, checked before any work: ``"auto"`` (CUDA if there is
+    one, else the CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a ``torch.device``.
+
+    Every command and function that takes a device checks it here, so that asking for CUDA on a
+    machine without it is one clear ``ValueError`` instead of torch's ``AssertionError`` deep in the
+    work (or a silent run on the CPU). ``option`` is how the caller names it in the message:
+    ``"device"`` for the Python API (the default), ``"--device"`` on the command line.
+
+    >>> resolve_device("cpu")
+    device(type='cpu')
+    >>> resolve_device("gpu")
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown device: device='gpu'; expected 'auto', 'cpu', 'cuda' or 'cuda:N'
+    """
+    cli = option.startswith("-")
+    shown = f"{option} {device}" if cli else f"{option}={str(device)!r}"
+    choices = "auto, cpu, cuda or cuda:N" if cli else "'auto', 'cpu', 'cuda' or 'cuda:N'"
+    if isinstance(device, torch.device):
+        dev = device
+    elif not isinstance(device, str):
+        raise TypeError(f"{option} must be a string such as 'cpu' or 'cuda' (or a torch.device), got "
+                        f"{type(device).__name__}")
+    elif device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"unknown device {device!r}: expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but this machine has no CUDA device (torch "
-                         f"{torch.__version__}); use --device cpu or auto")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise ValueError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown device: {shown}; expected {choices}") from None
     if dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r} is not supported: expected auto, cpu, cuda or cuda:N")
+        raise ValueError(f"{shown} is not supported: expected {choices}")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        use = f"{option} cpu or auto" if cli else f"{option}='cpu' or 'auto'"
+        raise ValueError(f"{shown} asked for, but this machine has no CUDA device (torch "
+                         f"{torch.__version__}); use {use}")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ValueError(f"{shown} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return dev
+
+
+_pick_device = resolve_device
 
 
 def init_distributed(device: str = "auto") -> DistInfo:

@@ -77,11 +77,37 @@ def sign_invariant_for(setting: str, modes) -> bool:
     return setting == "on" or (setting == "auto" and "instahide" in modes)
 
 
-def build_arch(arch: dict, width: float) -> torch.nn.Module:
+def build_arch(arch: dict, width: float, what: str | None = None) -> torch.nn.Module:
     """The model a checkpoint's ``arch`` record describes (``model_name``, ``num_classes``,
-    ``in_channels``, ``sign_invariant``; checkpoints written before the last field have none)."""
-    return build_model(arch["model_name"], arch["num_classes"], arch["in_channels"], width=width,
-                       sign_invariant=bool(arch.get("sign_invariant", False)))
+    ``in_channels``, ``sign_invariant``; checkpoints written before the last field have none).
+
+    ``what`` names where ``arch`` and ``width`` come from (a checkpoint file): then a missing field,
+    a value of the wrong type (a string ``num_classes``) or a model too large to build (``width``
+    1e9) is a ``ValueError`` naming it, raised before anything is allocated."""
+    try:
+        missing = [key for key in ("model_name", "num_classes", "in_channels") if key not in arch]
+        if missing:
+            raise ValueError(f"no {', '.join(repr(m) for m in missing)} (the model's record)")
+        flag = arch.get("sign_invariant", False)
+        if not isinstance(flag, bool):
+            raise TypeError(f"sign_invariant must be true or false, got {flag!r}")
+        return build_model(arch["model_name"], arch["num_classes"], arch["in_channels"], width=width,
+                           sign_invariant=flag)
+    except (TypeError, ValueError) as exc:
+        if what is None:
+            raise
+        raise ValueError(f"{what}: {exc}") from None
+
+
+def checkpoint_config(state: dict, what) -> dict:
+    """The ``config`` dict of a loaded checkpoint; a ``ValueError`` naming ``what`` (the file) when
+    it has none or it is not a dict (a checkpoint of another program, or edited by hand)."""
+    config = state.get("config")
+    if config is None:
+        raise ValueError(f"{what} has no 'config' (the run's configuration): it was not written by this trainer")
+    if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
+        raise ValueError(f"{what}: 'config' must be a mapping of option names to values, got {type(config).__name__}")
+    return config
 
 
 def augment_for(setting: str, shape, mean, std) -> Augment | None:
@@ -306,7 +332,11 @@ class RunFolder:
         if not self.checkpoint.exists():
             raise FileNotFoundError(f"nothing to resume: {self.checkpoint} does not exist")
         state = load_torch_checkpoint(self.checkpoint, self.fmt)
-        saved, length = state["config"], config[self.length]
+        saved, length = checkpoint_config(state, self.checkpoint), config[self.length]
+        if isinstance(state.get(self.unit), bool) or not isinstance(state.get(self.unit), int) \
+                or not isinstance(saved.get(self.length), int):
+            raise ValueError(f"cannot resume {self.checkpoint}: it records no whole number of {self.length} "
+                             f"done ({self.unit!r}) and planned ({self.length!r})")
         skip = (*RUN_ONLY, self.length)
         diff = {k: (v, config.get(k)) for k, v in saved.items() if k not in skip and config.get(k) != v}
         if diff:

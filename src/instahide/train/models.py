@@ -14,6 +14,8 @@ Example::
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
@@ -262,7 +264,39 @@ class SignInvariant(nn.Module):
 
 def sign_invariant(model: nn.Module) -> SignInvariant:
     """``model`` with the sign-invariant input stage (:class:`SignInvariant`); unchanged if it has one."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     return model if isinstance(model, SignInvariant) else SignInvariant(model)
+
+
+# The largest model build_model makes: 2^30 parameters (4 GiB of float32 weights, as much again for
+# SGD's momentum). The registered models are 0.15-11.2 M at width 1; preact_resnet18 at width 8 is 0.7 G.
+MAX_PARAMETERS = 2 ** 30
+_MAX_SIZE = 2 ** 24  # num_classes, in_channels and width * 64 beyond this cannot fit MAX_PARAMETERS
+
+
+def _check_build(name, num_classes, in_channels, width) -> None:
+    """Types and ranges of :func:`build_model`'s arguments, then its size counted on torch's meta
+    device (no memory allocated, no random numbers drawn) against :data:`MAX_PARAMETERS`."""
+    if not isinstance(name, str) or name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
+    for arg, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{arg} must be an integer, got {type(value).__name__} {value!r}")
+        if not 1 <= value <= _MAX_SIZE:
+            raise ValueError(f"need {arg} >= 1 and at most {_MAX_SIZE}, got {value}")
+    if isinstance(width, bool) or not isinstance(width, numbers.Real):
+        raise TypeError(f"width must be a number, got {type(width).__name__} {width!r}")
+    if not (math.isfinite(width) and width > 0):
+        raise ValueError(f"need width > 0 and finite, got {width}")
+    size = None
+    if width * 64 <= _MAX_SIZE:
+        with torch.device("meta"):
+            size = count_parameters(MODELS[name][0](int(num_classes), int(in_channels), float(width)))
+    if size is None or size > MAX_PARAMETERS:
+        told = f"have {size:,} parameters" if size is not None else "be far larger"
+        raise ValueError(f"{name} with width={width}, num_classes={num_classes}, in_channels={in_channels} would "
+                         f"{told}; at most {MAX_PARAMETERS:,} parameters (4 GiB of float32 weights) are built")
 
 
 def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.0, *,
@@ -270,14 +304,11 @@ def build_model(name: str, num_classes: int, in_channels: int, width: float = 1.
     """The model registered as ``name`` in :data:`MODELS`, ``(B, in_channels, H, W) -> (B, num_classes)``.
 
     ``width`` multiplies every layer width (``preact_resnet18``: base width ``64 * width``);
-    ``sign_invariant`` puts ``|x|`` first (:class:`SignInvariant`).
+    ``sign_invariant`` puts ``|x|`` first (:class:`SignInvariant`). A model of more than
+    :data:`MAX_PARAMETERS` is refused before anything is allocated (a checkpoint's ``width`` of 1e9).
     """
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; known models: {', '.join(sorted(MODELS))}")
-    if num_classes < 1 or in_channels < 1 or width <= 0:
-        raise ValueError(f"need num_classes >= 1, in_channels >= 1 and width > 0; got {num_classes}, "
-                         f"{in_channels}, {width}")
-    model = MODELS[name][0](num_classes, in_channels, width)
+    _check_build(name, num_classes, in_channels, width)
+    model = MODELS[name][0](int(num_classes), int(in_channels), float(width))
     return SignInvariant(model) if sign_invariant else model
 
 

@@ -27,10 +27,10 @@ from .._io import load_torch_checkpoint
 from ..data import load_dataset, load_public_pool
 from ..scheme import KeyGenerator, encrypt
 from .config import TrainConfig
-from .ddp import DistInfo, all_agree, all_reduce_sum, cleanup, init_distributed
-from .engine import (Progress, RunFolder, WeightAverage, augment_for, build_arch, derive_seed, index_batches,
-                     load_weights, make_optimizer, model_for, reschedule, seeded, sign_invariant_for, summary,
-                     train_epoch)
+from .ddp import DistInfo, all_agree, all_reduce_sum, cleanup, init_distributed, resolve_device
+from .engine import (Progress, RunFolder, WeightAverage, augment_for, build_arch, checkpoint_config, derive_seed,
+                     index_batches, load_weights, make_optimizer, model_for, reschedule, seeded, sign_invariant_for,
+                     summary, train_epoch)
 from .evaluate import evaluate
 
 FORMAT = "instahide-checkpoint/1"
@@ -258,9 +258,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def load_model(path: str | os.PathLike, device="cpu", *, raw: bool = False):
     """``(model in eval mode, TrainConfig, checkpoint dict)`` from a training checkpoint: the weight
     average when the run kept one (``ema`` > 0, what it evaluated), unless ``raw``."""
+    device = resolve_device(device)
     state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["config"])
-    model = build_arch(state, cfg.width)
+    try:
+        cfg = TrainConfig.from_dict(checkpoint_config(state, path)).validate()
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: its configuration: {exc}" if str(path) not in str(exc) else str(exc)) from None
+    if isinstance(state.get("epoch"), bool) or not isinstance(state.get("epoch"), int):
+        raise ValueError(f"{path} records no epoch (a whole number): not a checkpoint of this trainer")
+    model = build_arch(state, cfg.width, str(path))
     average = None if raw else state.get("ema")
-    load_weights(model, state["model"] if average is None else average["model"], str(path))
+    weights = state.get("model") if average is None else (average.get("model") if isinstance(average, dict) else None)
+    if not isinstance(weights, dict):
+        raise ValueError(f"{path} holds no weights ('model' {'in ema ' if average is not None else ''}is not a dict)")
+    load_weights(model, weights, str(path))
     return model.to(device).eval(), cfg, state
