@@ -2,8 +2,11 @@
 
 Every runner takes a challenge (``encryption (N, C, H, W)``, ``label (N, classes)``) and its PUBLIC
 ``meta`` (what ``meta.json`` holds) and returns an :class:`AttackOutcome`. The truth is used only where
-the attack is defined by it (the oracle, an upper bound) or, as ``truth``, to score afterwards; it never
-steers an attack. Gradient inversion attacks a training step instead: :mod:`instahide.audit.gradient`.
+the attack is defined by it (the oracle: the least-squares family's reconstruction given the true keys,
+not an attack and not a bound on every attack) or, as ``truth``, to score afterwards; it never steers
+an attack. Luo et al.'s fusion decodes the groups of rows another attack found (``groups=``: Carlini
+et al.'s clusters, :attr:`AttackOutcome.groups`). Gradient inversion attacks a training step instead:
+:mod:`instahide.audit.gradient`.
 
 Example::
 
@@ -19,12 +22,17 @@ import numpy as np
 
 from ..attacks import demix, oracle_decode, recover_seed
 from ..attacks.carlini import CarliniConfig, carlini_attack, load_pair_network
+from ..attacks.fusion import fusion_attack, train_fusion_network
 from ..challenge import score
 from ..data import load_dataset, load_public_pool
 from ..scheme.defaults import DOM, UPPER
 from ..train import Progress
 
-__all__ = ["AttackOutcome", "ATTACKS", "run_attack", "attack_names", "load_attacker_images"]
+__all__ = ["AttackOutcome", "ATTACKS", "run_attack", "attack_names", "load_attacker_images", "load_attacker_public",
+           "FUSION_STEPS", "FUSION_TIME_S"]
+
+FUSION_STEPS = 800    # the fusion network's training steps at most (docs/fusion.md's networks)
+FUSION_TIME_S = 300.0  # ...and its training budget in seconds (fewer steps where a step is slower)
 
 
 @dataclass
@@ -41,6 +49,8 @@ class AttackOutcome:
         uses_truth: what of the ground truth the attack used (``""``: nothing).
         score: the :class:`~instahide.challenge.ScoreResult` when a truth was given and a decryption made.
         recognition: the audit's identification and label measures (:mod:`instahide.audit.recognition`).
+        groups: per recovered image, the rows the attack grouped as holding it (Carlini et al.'s
+            clusters; what Luo et al.'s fusion decodes), int64 arrays, or None.
     """
 
     name: str
@@ -51,6 +61,7 @@ class AttackOutcome:
     uses_truth: str = ""
     score: object | None = None
     recognition: dict | None = None
+    groups: list | None = None
 
 
 def _meta_int(meta: dict, key: str) -> int:
@@ -84,8 +95,8 @@ def _run_demix(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
 
 def _run_oracle(enc, lab, meta, truth=None, **opt) -> AttackOutcome:
     if truth is None:
-        raise ValueError("the oracle decoder needs the ground truth (the true keys): it is the upper bound "
-                         "of attacks of the Carlini et al. family, not an attack (pass --truth)")
+        raise ValueError("the oracle decoder needs the ground truth (the true keys): it is the least-squares "
+                         "reconstruction given the true keys, the bound of that family, not an attack (pass --truth)")
     t0 = time.perf_counter()
     pixel_range = "unit" if meta.get("scaling") == "unit" else "pm1"
     masked = meta.get("mode", "instahide") == "instahide"
@@ -181,16 +192,42 @@ def _carlini_progress(log, config: CarliniConfig):
     return show
 
 
+def load_attacker_public(meta: dict, source=None, shape=None, *, resize: int | None = None,
+                         seed: int = 1) -> tuple[np.ndarray | None, str | None]:
+    """The attacker's own public pool for a cross-dataset challenge (None, None inside-dataset).
+
+    ``source``: the public dataset the attacker assumes (the scheme publishes it), as the ``--public``
+    options take it: ``"builtin"`` (the default: the photographs that ship with scikit-image and
+    scikit-learn), a folder of photographs, a ``.npy``/``.npz`` file, or the images themselves, uint8
+    ``(P, C, H, W)``. Patches are cut at ``seed`` (1: other patches than the challenge's pool, seed 0),
+    as many as the challenge's pool holds (``meta["public_pool_size"]``, default 4000), of ``shape``
+    ``(C, H, W)`` (default the challenge's). Returns ``(pool uint8 (P, C, H, W), description)``."""
+    if int(meta["num_private"]) >= int(meta["k"]):
+        return None, None
+    if source is None:
+        source = "builtin"
+    if not isinstance(source, (str, bytes)) and not hasattr(source, "__fspath__"):
+        pool = np.asarray(source)
+        return pool, f"given images, {len(pool)}"
+    if shape is None:
+        h, w, c = meta["image_shape_hwc"]
+        shape = (c, h, w)
+    pool = load_public_pool(source, n=int(meta.get("public_pool_size") or 4000), size=tuple(shape[1:]),
+                            channels=int(shape[0]), seed=seed, resize=resize).images
+    name = "builtin photographs" if str(source) == "builtin" else str(source)
+    return pool, f"{name}, {len(pool)} patches, seed {seed}" + (f", resize {resize}" if resize else "")
+
+
 def _run_carlini(enc, lab, meta, truth=None, *, attacker_dataset=None, attacker_root=None, attacker_split=None,
-                 network=None, preset: str = "cpu", log=None, checkpoint_dir=None, **opt) -> AttackOutcome:
+                 attacker_public=None, attacker_public_note=None, network=None, preset: str = "cpu", log=None,
+                 checkpoint_dir=None, **opt) -> AttackOutcome:
+    """``attacker_public``: the public dataset the attacker assumes (:func:`load_attacker_public`'s
+    ``source``; default the built-in photographs), ``attacker_public_note`` its description when given
+    as images."""
     config = CarliniConfig.preset(preset, **opt)  # opt: CarliniConfig fields (device, train_steps, ...)
     ds, split = load_attacker_images(meta, attacker_dataset, attacker_root, attacker_split, config.attacker_images)
-    pool = None
-    if int(meta["num_private"]) < int(meta["k"]):  # its own public pool: photograph patches at another seed
-        pool = load_public_pool("builtin", n=int(meta.get("public_pool_size") or 4000), size=ds.shape[1:],
-                                channels=ds.shape[0], seed=1).images
-    attacker = {"dataset": ds.name, "split": split, "images": len(ds),
-                "public": None if pool is None else f"builtin photographs, {len(pool)} patches, seed 1"}
+    pool, note = load_attacker_public(meta, attacker_public, ds.shape)
+    attacker = {"dataset": ds.name, "split": split, "images": len(ds), "public": attacker_public_note or note}
     if isinstance(network, (str, bytes)) or hasattr(network, "__fspath__"):
         network = load_pair_network(network)
     progress = None if log is None else _carlini_progress(log, config)
@@ -205,14 +242,82 @@ def _run_carlini(enc, lab, meta, truth=None, *, attacker_dataset=None, attacker_
     seconds = time.perf_counter() - t0
     info = {"preset": preset, "attacker": attacker, "steps_seconds": res.timings,
             "per_step": res.metrics, "sign": res.sign}
-    return AttackOutcome("carlini", res.decryption, res.recovered, seconds, info)
+    # the rows of each cluster (its core when nothing was assigned to it): what fusion decodes
+    groups = [np.asarray(rows if len(rows) else core, dtype=np.int64) for rows, core in zip(res.clusters, res.cores)]
+    return AttackOutcome("carlini", res.decryption, res.recovered, seconds, info,
+                         groups=[g for g in groups if len(g)])
+
+
+def _fusion_steps(train, steps: int, time_s: float | None) -> tuple[int, float | None]:
+    """How many training steps fit ``time_s`` seconds: a short timed run of ``train(steps=8)`` (its
+    start-up included, so the estimate errs long), at least 50, at most ``steps``."""
+    if time_s is None:
+        return steps, None
+    probe = 8
+    t0 = time.perf_counter()
+    train(steps=probe)
+    per_step = (time.perf_counter() - t0) / probe
+    left = max(0.0, float(time_s) - probe * per_step)
+    return int(min(steps, max(50, left // per_step))), per_step
+
+
+def _run_fusion(enc, lab, meta, truth=None, *, groups=None, groups_from: str = "carlini", attacker_dataset=None,
+                attacker_root=None, attacker_split=None, attacker_public=None, attacker_public_note=None,
+                attacker_images: int | None = 20000, steps: int = FUSION_STEPS, time_s: float | None = FUSION_TIME_S,
+                seed: int = 1, log=None, **opt) -> AttackOutcome:
+    """Luo et al.'s fusion (docs/fusion.md): a :class:`~instahide.attacks.fusion.FusionNet` trained on the
+    attacker's OWN images (and its own public pool, as Carlini's) decodes each group of ``groups``
+    (Carlini et al.'s clusters: :attr:`AttackOutcome.groups` of the carlini runner). Training takes at
+    most ``steps`` steps and about ``time_s`` seconds (None: no time limit). ``opt``: other arguments of
+    :func:`~instahide.attacks.fusion.train_fusion_network` (``width``, ``batch_images``, ...)."""
+    if not groups:
+        raise ValueError("fusion decodes the groups of rows another attack found (Carlini et al.'s clusters): "
+                         "run carlini first, on the same challenge")
+    if meta.get("mode", "instahide") != "instahide":
+        raise ValueError(f"mode {meta.get('mode')!r}: fusion decodes |e| of masked InstaHide encryptions")
+    ds, split = load_attacker_images(meta, attacker_dataset, attacker_root, attacker_split, attacker_images)
+    pool, note = load_attacker_public(meta, attacker_public, ds.shape)
+    augment = (meta.get("augment") or {}).get("crop_padding")
+    say = log or (lambda msg: None)
+
+    def train(steps: int, progress=None):
+        return train_fusion_network(
+            ds.images, ds.labels, pool, T=_meta_int(meta, "T"), k=_meta_int(meta, "k"),
+            num_private=_meta_int(meta, "num_private"), upper=float(meta.get("upper", UPPER)),
+            dom=float(meta.get("dom") or DOM), scaling=meta.get("scaling", "pm1"), augment_padding=augment,
+            steps=steps, num_classes=max(lab.shape[1], int(ds.labels.max()) + 1), seed=seed, progress=progress,
+            **opt)
+
+    t0 = time.perf_counter()
+    n_steps, per_step = _fusion_steps(train, int(steps), time_s)
+    say(f"fusion: training {n_steps} steps" + (f" (about {per_step:.2f} s a step, budget {time_s:.0f} s)"
+                                               if per_step else ""))
+    bar = Progress(n_steps, "fusion: train", enabled=log is not None, every=50)
+    net, train_log = train(n_steps, progress=lambda _, entry: bar.update(entry["step"] - bar.done,
+                                                                          f"loss {entry['loss']:.3f}"))
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    res = fusion_attack(enc, lab, groups, net)
+    info = {"groups_from": groups_from, "groups": len(groups), "attacker": {
+                "dataset": ds.name, "split": split, "images": len(ds), "public": attacker_public_note or note},
+            "train": {"steps": n_steps, "max_steps": int(steps), "budget_s": time_s, "seconds": train_s,
+                      "loss_first": train_log[0]["loss"] if train_log else None,
+                      "loss_last": train_log[-1]["loss"] if train_log else None, "seed": seed,
+                      "augment_padding": augment, "parameters": sum(p.numel() for p in net.parameters())},
+            "decode_seconds": time.perf_counter() - t1, "group_sizes": res.info.get("group_sizes"),
+            "group_class": res.group_class.tolist()}
+    return AttackOutcome("fusion", res.decryption, res.recovered, time.perf_counter() - t0, info,
+                         groups=[np.asarray(g, np.int64) for g in groups])
 
 
 ATTACKS = {
     "demix": {"run": _run_demix, "title": "Mixup demixing", "needs_truth": False},
     "carlini": {"run": _run_carlini, "title": "Carlini et al.", "needs_truth": False},
+    "fusion": {"run": _run_fusion, "title": "Luo et al.'s fusion, on Carlini et al.'s clusters (--groups)",
+               "needs_truth": False},
     "seed": {"run": _run_seed, "title": "generator-seed recovery", "needs_truth": False},
-    "oracle": {"run": _run_oracle, "title": "oracle decoder, true keys (upper bound)", "needs_truth": True},
+    "oracle": {"run": _run_oracle, "title": "oracle decoder: least squares given the TRUE keys (that family's "
+                                            "bound, not every attack's)", "needs_truth": True},
 }
 
 

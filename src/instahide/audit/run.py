@@ -1,7 +1,9 @@
 """``instahide audit`` (docs/audit.md): build a challenge from a configuration and the user's own images
 (``OUT/challenge/``, truth in ``OUT/challenge-truth.npz``), run the attacks that apply
-(``OUT/attacks/<name>/``) and write the report (``OUT/report.md``, ``OUT/report.html``). Each result is
-written as soon as it exists, so ``resume=True`` picks up after an interruption.
+(``OUT/attacks/<name>/``; Luo et al.'s fusion after Carlini et al.'s attack, on its clusters) and write
+the report (``OUT/report.md``, ``OUT/report.html``): per attack and, per private image, the best
+recovery over all the attacks run. Each result is written as soon as it exists, so ``resume=True``
+picks up after an interruption.
 
 Example::
 
@@ -18,20 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import __version__
 from .._config import Config
-from .._io import atomic_save_npy, atomic_write_text, check_file_destination
+from .._io import atomic_save_npy, atomic_savez, atomic_write_text, check_file_destination, load_plain_npz
 from ..challenge import load_challenge, load_truth, make_challenge, score, write_challenge
 from ..data import load_dataset, load_public_pool
 from ..scheme.config import SchemeConfig
 from ..report import write_audit_report, write_score_report
-from .attacks import ATTACKS, AttackOutcome, run_attack
+from ..data.scaling import scale_images
+from .attacks import (ATTACKS, FUSION_STEPS, FUSION_TIME_S, AttackOutcome, load_attacker_images, load_attacker_public,
+                      run_attack)
 from .recognition import Recognition
 
 __all__ = ["AuditConfig", "AuditResult", "run_audit", "save_outcome", "DEFAULT_ATTACKS"]
 
-DEFAULT_ATTACKS = ("demix", "seed", "oracle", "carlini")
+DEFAULT_ATTACKS = ("demix", "seed", "oracle", "carlini", "fusion")
 # The fields that make the challenge: a resumed audit must have the same ones.
 _CHALLENGE_FIELDS = ("dataset", "root", "split", "n_private", "T", *SchemeConfig().to_dict(), "scaling",
                      "public_seed", "augment_padding", "research_seed")
@@ -57,7 +62,8 @@ class AuditConfig(Config):
     # -- the attacks -------------------------------------------------------------------------------
     attacks: tuple[str, ...] = DEFAULT_ATTACKS
     seed_range: tuple[int, ...] = (0, 2 ** 16)  # seeds searched by the seed attack
-    carlini: dict = field(default_factory=dict)  # options of the Carlini et al. pipeline
+    carlini: dict = field(default_factory=dict)  # options of the Carlini et al. pipeline (attacker_* too)
+    fusion: dict = field(default_factory=lambda: {"steps": FUSION_STEPS, "time_s": FUSION_TIME_S})  # Luo et al.'s
     threshold: float = 0.8               # SSIM counted as "recovered"
     distractors: int = 1000              # other images of the dataset among the identification candidates
 
@@ -151,10 +157,25 @@ def save_outcome(folder: Path, outcome: AttackOutcome, truth, meta_id: str | Non
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 write_score_report(outcome.score, folder, outcome.decryption, truth)
+    groups = None
+    if outcome.groups is not None:  # the rows grouped per recovered image (what fusion decodes)
+        groups = "groups.npz"
+        sizes = np.array([len(g) for g in outcome.groups], dtype=np.int64)
+        atomic_savez(folder / groups, {"rows": np.concatenate([np.asarray(g, np.int64) for g in outcome.groups]
+                                                              + [np.zeros(0, np.int64)]), "sizes": sizes})
     record = {"attack": outcome.name, "seconds": outcome.seconds, "info": outcome.info,
               "uses_truth": outcome.uses_truth, "challenge_id": meta_id, "recognition": outcome.recognition,
-              "decryption": "decryption.npy" if outcome.decryption is not None else None}
+              "decryption": "decryption.npy" if outcome.decryption is not None else None, "groups": groups}
     atomic_write_text(folder / "outcome.json", json.dumps(record, indent=2, default=str) + "\n")
+
+
+def load_groups(folder) -> list[np.ndarray] | None:
+    """The row groups ``save_outcome`` wrote to ``folder/groups.npz`` (None when there are none)."""
+    path = Path(folder) / "groups.npz"
+    if not path.is_file():
+        return None
+    z = load_plain_npz(path, "the attack's row groups")
+    return [np.asarray(g, np.int64) for g in np.split(z["rows"], np.cumsum(z["sizes"])[:-1])]
 
 
 def _load_outcome(folder: Path, truth, meta_id: str, threshold: float) -> AttackOutcome | None:
@@ -168,10 +189,41 @@ def _load_outcome(folder: Path, truth, meta_id: str, threshold: float) -> Attack
     if record.get("decryption"):
         dec = np.load(folder / record["decryption"], allow_pickle=False).transpose(0, 3, 1, 2)
     outcome = AttackOutcome(record["attack"], dec, None, float(record["seconds"]), record.get("info", {}),
-                            record.get("uses_truth", ""))
+                            record.get("uses_truth", ""), groups=load_groups(folder))
     if dec is not None:
         outcome.score = score(dec, truth, threshold=threshold)
     return outcome
+
+
+def _mean_image_control(meta: dict, truth, attacker: dict, threshold: float) -> AttackOutcome:
+    """A decryption that knows nothing, for scale: every row is the mean of the attacker's own images
+    (its first 5,000, in the challenge's pixel units)."""
+    ds, split = load_attacker_images(meta, attacker.get("attacker_dataset"), attacker.get("attacker_root"),
+                                     attacker.get("attacker_split"), 5000)
+    mean = scale_images(torch.as_tensor(ds.images), truth.scaling, truth.params.get("private_mean"),
+                        truth.params.get("private_std")).double().mean(0).float().numpy()
+    dec = np.repeat(mean[None], truth.N, axis=0)
+    outcome = AttackOutcome("attacker's mean image", dec, None, 0.0,
+                            {"what": f"every row the mean of the attacker's {len(ds)} {ds.name} {split} images"})
+    outcome.score = score(dec, truth, threshold=threshold)
+    return outcome
+
+
+class _AttackerPublic:
+    """The public pool the attacker assumes (``cfg.carlini["attacker_public"]``, default the challenge's
+    own public source: the scheme publishes it), loaded once, when an attack first needs it."""
+
+    def __init__(self, cfg: AuditConfig, meta: dict):
+        given = cfg.carlini.get("attacker_public")
+        self.source = given if given is not None else (cfg.scheme.public or "builtin")
+        self.resize = cfg.scheme.public_resize
+        self.meta, self.loaded, self.pool, self.note = meta, False, None, None
+
+    def options(self) -> dict:
+        if not self.loaded:
+            self.pool, self.note = load_attacker_public(self.meta, self.source, resize=self.resize)
+            self.loaded = True
+        return {"attacker_public": self.pool, "attacker_public_note": self.note}
 
 
 def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "html"), log=print) -> AuditResult:
@@ -187,16 +239,17 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
     attacker = {k: v for k, v in cfg.carlini.items() if k.startswith("attacker_")}  # its own images
     if attacker.get("attacker_root") is None and attacker.get("attacker_dataset") in (None, cfg.dataset):
         attacker["attacker_root"] = cfg.root  # meta.json names no local path
+    public = _AttackerPublic(cfg, meta)
     t1 = time.perf_counter()
     try:
         recognition = Recognition.build(cfg.dataset, cfg.root, cfg.split, truth, meta, distractors=cfg.distractors,
-                                        attacker=attacker)
+                                        attacker={k: v for k, v in attacker.items() if k != "attacker_public"})
         log(f"identification: {len(recognition.gallery)} candidates; labels: {recognition.classifier_note} "
             f"({time.perf_counter() - t1:.1f} s)")
     except (ValueError, FileNotFoundError) as exc:
         recognition = None
         notes.append(f"identification and labels not measured: {exc}")
-    for name in cfg.attacks:
+    for name in sorted(cfg.attacks, key=lambda a: a == "fusion"):  # fusion decodes Carlini's clusters: last
         folder = out / "attacks" / name
         outcome = _load_outcome(folder, truth, meta["challenge_id"], cfg.threshold) if resume else None
         fresh = outcome is None
@@ -204,15 +257,25 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
             log(f"{name}: reused the result in {folder}")
         else:
             options = {}
-            if name == "seed":
-                options["seed_range"] = tuple(cfg.seed_range)
-            if name == "carlini":
-                options.update({**cfg.carlini, **attacker})
-                options.setdefault("checkpoint_dir", str(folder / "work"))
-            log(f"{name}: running ...")
             try:
+                if name == "seed":
+                    options["seed_range"] = tuple(cfg.seed_range)
+                if name == "carlini":
+                    options.update({**cfg.carlini, **attacker, **public.options()})
+                    options.setdefault("checkpoint_dir", str(folder / "work"))
+                if name == "fusion":
+                    carlini = next((o for o in outcomes if o.name == "carlini"), None)
+                    if carlini is None or not carlini.groups:
+                        raise ValueError("it decodes the rows Carlini et al.'s attack grouped per image; carlini "
+                                         + ("found no groups" if carlini is not None else
+                                            "was not run (add it to --attacks)"))
+                    options.update({**attacker, **public.options(), **cfg.fusion, "groups": carlini.groups,
+                                    "groups_from": "carlini"})
+                    if "log" in cfg.carlini:
+                        options["log"] = cfg.carlini["log"]
+                log(f"{name}: running ...")
                 outcome = run_attack(name, enc, lab, meta, truth=truth, threshold=cfg.threshold, **options)
-            except (ValueError, ImportError) as exc:
+            except (ValueError, ImportError, FileNotFoundError) as exc:
                 notes.append(f"{name} not run: {exc}")
                 log(f"{name}: not run: {exc}")
                 continue
@@ -228,9 +291,16 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
                            if s is not None else "recovered nothing")
             + (f", rows identified {ident['rate']:.1%} (chance {max(ident['chance'], ident['shuffled']):.1%})"
                if ident else "") + f" ({outcome.seconds:.1f} s)")
+    controls = []
+    if any(o.score is not None for o in outcomes):
+        try:
+            controls.append(_mean_image_control(meta, truth, attacker, cfg.threshold))
+        except (ValueError, FileNotFoundError) as exc:
+            notes.append(f"the attacker's-mean-image control not measured: {exc}")
     # the values the audit used, not the defaults' None
     config = {**cfg.to_dict(), "k": truth.k, "num_private": truth.num_private,
-              "carlini": {k: v for k, v in cfg.carlini.items() if not callable(v)}}
+              "carlini": {k: v for k, v in cfg.carlini.items() if not callable(v)},
+              "attacker_public": public.note if public.loaded else public.source}
     paths = write_audit_report(out, config, meta, outcomes, truth, enc, formats=formats,
-                               threshold=cfg.threshold, notes=notes)
+                               threshold=cfg.threshold, notes=notes, controls=controls)
     return AuditResult(cfg, meta, truth, outcomes, paths)
