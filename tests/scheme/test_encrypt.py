@@ -7,7 +7,7 @@ import torch
 
 import instahide
 from instahide.scheme import Key, LegacyGenerator, UncentredInputError, apply_key, encrypt
-from instahide.scheme.encrypt import CENTRED_MIN_NEGATIVE, check_centred
+from instahide.scheme.encrypt import CENTRED_MIN_NEGATIVE, CENTRED_MIN_SHARE, MAX_CLASSES, check_centred
 
 
 def centred(n, c=3, h=8, w=8, seed=0):
@@ -156,6 +156,9 @@ def test_uncentred_images_are_refused_unless_allowed():
     (torch.zeros(4, 3, 8, 8, dtype=torch.uint8), r"must be floating point, got dtype torch.uint8; convert", TypeError),
     ([[1.0]], r"must be a torch.Tensor", TypeError),
     (torch.randn(0, 3, 8, 8), r"too few images: images is empty", ValueError),
+    (torch.randn(4, 0, 8, 8), r"images of shape \(4, 0, 8, 8\) hold no values: every image needs C, H", ValueError),
+    (torch.randn(4, 3, 0, 8), r"images of shape \(4, 3, 0, 8\) hold no values", ValueError),
+    (torch.randn(4, 3, 8, 0), r"images of shape \(4, 3, 8, 0\) hold no values", ValueError),
 ])
 def test_bad_images(bad, match, exc):
     with pytest.raises(exc, match=match):
@@ -358,6 +361,61 @@ def test_centring_accepts_a_half_centred_set():
     encrypt(x, k=4)
 
 
+def reference_mixed_sign_shares(x, k, draws=2000, seed=3):
+    """Plain loop: the shares of negative and of positive values in random k-image mixtures."""
+    g = torch.Generator().manual_seed(seed)
+    neg = pos = 0.0
+    for _ in range(draws):
+        rows = torch.randint(len(x), (k,), generator=g)
+        lam = torch.randn(k, generator=g).abs()
+        m = ((lam / lam.sum()).view(k, 1, 1, 1) * x[rows]).sum(0)
+        neg += float(m.lt(0).float().mean())
+        pos += float(m.gt(0).float().mean())
+    return neg / draws, pos / draws
+
+
+@pytest.mark.parametrize("make", [
+    lambda: torch.rand(64, 3, 8, 8) - 1,                      # all negative: -|e| is the exact Mixup
+    lambda: -uniform(1000),
+    lambda: centred(200) - 2.5,                               # ~99% negative
+])
+def test_centring_refuses_inputs_whose_mixtures_are_all_or_mostly_negative(make):
+    x = make()
+    neg, pos = reference_mixed_sign_shares(x, 4, draws=300)
+    assert pos < 0.05 < neg  # the mask hides the sign of almost no mixed value
+    with pytest.raises(UncentredInputError, match=r"images are not centred: only \d\.\d\d% of mixed values are "
+                                                  r"positive .*of each sign needed"):
+        encrypt(x, k=4)
+    with pytest.raises(UncentredInputError, match="public are not centred: .* positive"):
+        encrypt(centred(10), k=6, public=x[:10])
+    with pytest.raises(UncentredInputError, match="positive"):
+        instahide.InstaHideDataset(x, torch.arange(len(x)) % 2, k=4)
+    enc = encrypt(x, k=4, allow_uncentred=True, seed=0)  # still possible when asked for
+    assert (enc.images > 0).any()
+
+
+def test_centring_refuses_dark_uint8_images_normalised_with_imagenet_statistics():
+    """The CLI case of the report: dark pixels (0-40 of 255) normalised with ImageNet's mean/std come
+    out 100% negative, and were encrypted as a success."""
+    from instahide.data import normalize_images
+
+    dark = torch.randint(0, 41, (200, 3, 8, 8), generator=torch.Generator().manual_seed(0)).float() / 255
+    x = normalize_images(dark, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert float((x < 0).float().mean()) == 1.0
+    with pytest.raises(UncentredInputError, match=r"only 0\.00% of mixed values are positive"):
+        encrypt(x, k=4)
+
+
+def test_centring_judges_the_rarer_sign_in_both_directions():
+    for sign in (1, -1):
+        x = sign * torch.cat([centred(767), uniform(256)])  # 3/4 centred, 1/4 of one sign
+        share = check_centred(x, 4)
+        neg, pos = reference_mixed_sign_shares(x, 4)
+        assert abs(share - min(neg, pos)) < 0.04 and share > CENTRED_MIN_SHARE
+        assert check_centred(x, 4) == check_centred(-x, 4)  # the verdict does not depend on the sign
+    assert CENTRED_MIN_NEGATIVE == CENTRED_MIN_SHARE == 0.10  # the former name stays
+
+
 def test_centring_accepts_normalised_cifar10(cifar10_root):
     from instahide.data import load_cifar10
 
@@ -374,3 +432,32 @@ def test_a_npy_or_junk_key_file_gives_one_line_naming_it(tmp_path):
         with pytest.raises(ValueError, match=f"cannot read key file .*{name}: it is not an .npz archive") as err:
             Key.load(tmp_path / name)
         assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("labels,num_classes,exc,match", [
+    (torch.tensor(3), None, ValueError, r"labels must have shape \(N,\) or \(N, num_classes\), one per image; got a scalar"),
+    (3, 10, ValueError, r"got a scalar \(0-d\)"),
+    (np.int64(3), 10, ValueError, r"got a scalar \(0-d\)"),
+    (torch.full((10,), 2 ** 40), None, ValueError, r"labels go up to 1099511627776, .*above the limit of 1,000,000"),
+    (torch.full((10,), 2 ** 40), 10, ValueError, r"num_classes=10\)"),
+    (torch.arange(10), 10 ** 12, ValueError, r"num_classes must be a positive integer of at most 1,000,000.*got 1000000000000"),
+    (torch.arange(10), MAX_CLASSES + 1, ValueError, r"num_classes must be a positive integer of at most"),
+    (torch.arange(10), "10", TypeError, r"num_classes must be a positive integer or None, got '10' \(str\)"),
+    (torch.arange(10), 10.0, TypeError, r"num_classes must be a positive integer or None, got 10.0 \(float\)"),
+    (torch.arange(10), True, TypeError, r"num_classes must be a positive integer or None, got True \(bool\)"),
+    (torch.arange(10), np.bool_(True), TypeError, r"num_classes must be a positive integer"),
+    (None, "10", TypeError, r"num_classes must be a positive integer"),  # refused with or without labels
+    (torch.arange(10).view(10, 1, 1).float(), 10, ValueError, r"Invalid labels shape"),
+])
+def test_bad_labels_and_num_classes_are_refused_before_any_allocation(labels, num_classes, exc, match):
+    with pytest.raises(exc, match=match) as err:
+        encrypt(centred(10), labels, k=2, num_classes=num_classes)
+    assert "\n" not in str(err.value)
+
+
+def test_numpy_integer_num_classes_and_labels_are_accepted():
+    x, y = centred(10), torch.arange(10) % 4
+    a = encrypt(x, y, k=2, num_classes=np.int64(6), seed=0)
+    b = encrypt(x, y.numpy().astype(np.int32), k=2, num_classes=6, seed=0)
+    assert a.soft_labels.shape == (10, 6) and torch.equal(a.soft_labels, b.soft_labels)
+    assert encrypt(x, torch.full((10,), MAX_CLASSES - 1), k=2, seed=0).soft_labels.shape == (10, MAX_CLASSES)

@@ -104,3 +104,42 @@ def test_module_label_width_is_fixed():
         hide(torch.randn(4, 3, 4, 4), torch.eye(5)[:4])
     xe, none = InstaHide(k=2)(torch.randn(4, 3, 4, 4))  # no labels: no num_classes needed
     assert xe.shape == (4, 3, 4, 4) and none is None
+
+
+def test_num_classes_takes_numpy_integers_as_encrypt_does_and_refuses_other_types():
+    import numpy as np
+
+    x, y = torch.randn(8, 3, 4, 4), torch.arange(8) % 3
+    hide = InstaHide(k=2, num_classes=np.int64(10), seed=1)  # refused before, while encrypt took it
+    assert hide.num_classes == 10 and type(hide.num_classes) is int
+    assert torch.equal(hide(x, y)[1], InstaHide(k=2, num_classes=10, seed=1)(x, y)[1])
+    loader = InstaHideLoader(x, y, batch_size=np.int64(4), num_classes=np.int32(5), k=2, seed=0)
+    assert [tuple(b.shape) for _, b in loader] == [(4, 5), (4, 5)]
+    for bad, exc in (("10", TypeError), (True, TypeError), (10.0, TypeError), (10 ** 12, ValueError)):
+        with pytest.raises(exc, match="num_classes must be a positive integer"):
+            InstaHide(k=2, num_classes=bad)
+        with pytest.raises(exc, match="num_classes must be a positive integer"):
+            InstaHideLoader(x, y, k=2, num_classes=bad)
+        with pytest.raises(exc, match="num_classes must be a positive integer"):
+            instahide.InstaHideDataset(x, y, k=2, num_classes=bad)
+
+
+@pytest.mark.parametrize("batch_size,exc,match", [
+    (True, TypeError, r"batch_size must be an integer, got True \(bool\)"),
+    (4.0, TypeError, r"batch_size must be an integer, got 4.0 \(float\)"),
+    ("4", TypeError, r"batch_size must be an integer"),
+    (-2, ValueError, r"batch_size must be >= 1, got -2"),
+])
+def test_loader_refuses_a_batch_size_that_is_not_a_positive_integer(batch_size, exc, match):
+    with pytest.raises(exc, match=match):  # True was taken as a batch size of 1
+        InstaHideLoader(torch.randn(10, 3, 4, 4), torch.arange(10), batch_size=batch_size)
+
+
+def test_loader_checks_its_labels_when_built():
+    x = torch.randn(10, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"got a scalar \(0-d\)"):
+        InstaHideLoader(x, torch.tensor(3))  # was an IndexError
+    with pytest.raises(ValueError, match=r"labels go up to 1099511627776"):
+        InstaHideLoader(x, torch.full((10,), 2 ** 40))  # was a 10 TB one-hot matrix per epoch
+    with pytest.raises(TypeError, match=r"class-index labels must be integers"):
+        InstaHideLoader(x, torch.rand(10))

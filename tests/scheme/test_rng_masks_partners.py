@@ -188,3 +188,22 @@ def test_without_cryptography_entropy_keys_fall_back_to_shake(monkeypatch):
         KeyGenerator(bytes(32), stream="chacha20")
     with pytest.raises(ValueError, match="stream must be one of"):
         KeyGenerator(bytes(32), stream="aes")
+
+
+@pytest.mark.parametrize("index,exc,match", [
+    (5.9, TypeError, r"spawn\(index\): index must be an integer, got 5.9 \(float\)"),  # was spawn(5), silently
+    (True, TypeError, r"index must be an integer, got True \(bool\)"),
+    ("5", TypeError, r"index must be an integer"),
+    (-1, ValueError, r"index must be in \[0, 2\*\*64\), got -1"),                 # was a struct.error
+    (2 ** 64, ValueError, r"index must be in \[0, 2\*\*64\)"),
+])
+def test_spawn_refuses_an_index_that_is_not_a_non_negative_64_bit_integer(index, exc, match):
+    for g in (KeyGenerator.from_seed(0), KeyGenerator.from_entropy()):
+        with pytest.raises(exc, match=match):
+            g.spawn(index)
+
+
+def test_spawn_takes_numpy_integers_and_the_whole_64_bit_range():
+    g = KeyGenerator.from_seed(0)
+    assert np.array_equal(g.spawn(np.int64(5)).random_bytes(16), g.spawn(5).random_bytes(16))
+    assert not np.array_equal(g.spawn(2 ** 64 - 1).random_bytes(16), g.spawn(0).random_bytes(16))

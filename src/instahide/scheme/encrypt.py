@@ -142,6 +142,7 @@ def encrypt(
             raise ValueError(f"public pool is {public.dtype} on {public.device}, images are {images.dtype} "
                              f"on {images.device}; move/cast the pool once (public.to(images))")
     num_private = check_scheme(k, upper, num_private, dom, public is not None)
+    num_classes = check_num_classes(num_classes)
     if mode == "instahide" and not allow_uncentred:
         check_centred(images, k, "images")
         if public is not None:
