@@ -186,6 +186,28 @@ def test_odd_batches_are_named_errors(tmp_path, cifar10_writer, py2_pickle, file
         load_cifar10(tmp_path, "test")
 
 
+def test_self_referencing_or_deep_batch_is_a_value_error_naming_the_file(tmp_path, cifar10_writer, py2_pickle):
+    cifar10_writer(tmp_path, rows=2)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    batch = {b"data": _ROWS2, b"labels": [0, 1]}
+    batch[b"batch_label"] = batch
+    path.write_bytes(py2_pickle(batch))
+    with pytest.raises(ValueError, match=r"batches-py/test_batch: the pickle holds a dict that contains itself"):
+        load_cifar10(tmp_path, "test")  # was a RecursionError
+    deep = b"\x80\x02" + (b"}" + b"X\x01\x00\x00\x00a") * 50_000 + b"}" + b"s" * 50_000 + b"."
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(deep)
+    _tar(tmp_path, "cifar-10-batches-py", tmp_path / "c.tar.gz")
+    with pytest.raises(ValueError, match=r"c.tar.gz:cifar-10-batches-py/(test_batch|batches.meta): the pickle"):
+        load_cifar10(tmp_path / "c.tar.gz", "test")
+
+
+def test_batches_with_keys_of_mixed_types_are_named_errors(tmp_path, cifar10_writer, py2_pickle):
+    cifar10_writer(tmp_path, rows=2)
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(py2_pickle({1: 2, b"x": 3}))
+    with pytest.raises(ValueError, match=r"test_batch: expected keys 'data' and 'labels', found 'x', 1"):
+        load_cifar10(tmp_path, "test")  # was a TypeError from sorting the keys
+
+
 def test_not_found_advises_download_for_api_and_cli(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"pass download=True \(--download\)"):
         load_dataset("cifar10", root=tmp_path)

@@ -117,3 +117,62 @@ def test_garbage_is_a_clear_error(tmp_path):
     path.write_bytes(b"hello world, definitely not a pickle")
     with pytest.raises(ValueError, match="not_a_pickle: truncated or corrupt pickle"):
         safe_load_pickle(path)
+
+
+def _text(key: str) -> bytes:  # BINUNICODE
+    return b"X" + len(key.encode()).to_bytes(4, "little") + key.encode()
+
+
+def _deep_dict(depth: int) -> bytes:
+    """{"a": {"a": ... {} ...}} ``depth`` levels deep, written opcode by opcode (pickle.dumps recurses)."""
+    return b"\x80\x02" + (b"}" + _text("a")) * depth + b"}" + b"s" * depth + b"."
+
+
+def _deep_list(depth: int) -> bytes:
+    return b"\x80\x02" + b"]" * (depth + 1) + b"a" * depth + b"."
+
+
+def _self_dict():
+    d = {b"data": np.zeros((1, 3072), np.uint8)}
+    d[b"self"] = d
+    return d
+
+
+def _self_list():
+    labels = [0]
+    labels.append(labels)
+    return {b"labels": labels}
+
+
+def _self_array():
+    a = np.empty(2, dtype=object)
+    a[0], a[1] = 1, [a]
+    return {b"data": a}
+
+
+@pytest.mark.parametrize("blob,message", [
+    (lambda: pickle.dumps(_self_dict(), protocol=2), "a dict that contains itself"),
+    (lambda: pickle.dumps(_self_list(), protocol=2), "a list that contains itself"),
+    (lambda: pickle.dumps(_self_array(), protocol=2), "contains itself"),
+    (lambda: _deep_dict(100_000), "more than 32 levels deep"),
+    (lambda: _deep_list(100_000), "more than 32 levels deep"),
+    (lambda: _deep_dict(33), "more than 32 levels deep"),
+])
+def test_self_referencing_or_very_deep_pickles_are_value_errors_naming_the_file(tmp_path, blob, message):
+    # was a RecursionError (decoding dict keys recursed over the structure)
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(blob())
+    with pytest.raises(ValueError, match=f"data_batch_1: the pickle (holds|nests) .*{message}"):
+        safe_load_pickle(path)
+
+
+def test_shared_containers_are_walked_once_and_nesting_to_the_limit_loads(tmp_path):
+    shared: dict = {}
+    for _ in range(31):  # 31 levels of {"a": x, "b": x}: 2^31 paths, 31 distinct dicts
+        shared = {"a": shared, "b": shared}
+    path = tmp_path / "shared"
+    path.write_bytes(pickle.dumps(shared, protocol=2))
+    obj = safe_load_pickle(path)  # was exponential: each path rebuilt
+    assert obj["a"] is obj["b"]
+    path.write_bytes(_deep_dict(31))
+    assert isinstance(safe_load_pickle(path), dict)

@@ -65,11 +65,60 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return _ALLOWED[(module, name)]
 
 
-def _str_keys(obj: Any) -> Any:
-    """Dict keys (Python-2 ``str`` read as ``bytes``) decoded to ``str``, recursively for dicts."""
+# How deeply containers (dicts, lists, tuples, sets, object arrays) may nest in a loaded pickle. A CIFAR
+# batch is 2 deep (a dict of lists and arrays); a deeper one, or one holding itself, is refused before
+# anything recurses over it (Python's recursion limit is about 1,000).
+MAX_DEPTH = 32
+
+
+def _children(obj: Any) -> Any:
+    """What a container holds (None for anything else)."""
     if isinstance(obj, dict):
-        return {(k.decode("latin1") if isinstance(k, bytes) else k): _str_keys(v) for k, v in obj.items()}
-    return obj
+        return [*obj.keys(), *obj.values()]
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return obj
+    if isinstance(obj, np.ndarray) and obj.dtype == object:
+        return obj.ravel().tolist() if obj.ndim else [obj.item()]
+    return None
+
+
+def _check_structure(obj: Any, source: str) -> None:
+    """Refuse a container that holds itself (at any distance) or nesting deeper than
+    :data:`MAX_DEPTH`, walking without recursion and visiting each container once (shared ones
+    too, so a pickle of 40 levels of ``[a, a]`` takes 40 steps, not 2^40)."""
+    done: set[int] = set()
+    path: set[int] = set()
+    stack: list[tuple[Any, int, bool]] = [(obj, 0, False)]
+    while stack:
+        item, depth, leaving = stack.pop()
+        if leaving:
+            path.discard(id(item))
+            done.add(id(item))
+            continue
+        children = _children(item)
+        if children is None or id(item) in done:
+            continue
+        if id(item) in path:
+            raise ValueError(f"{source}: the pickle holds a {type(item).__name__} that contains itself; a CIFAR "
+                             f"batch file is a dict of arrays and lists")
+        if depth >= MAX_DEPTH:
+            raise ValueError(f"{source}: the pickle nests containers more than {MAX_DEPTH} levels deep; a CIFAR "
+                             f"batch file is a dict of arrays and lists")
+        path.add(id(item))
+        stack.append((item, depth, True))
+        stack.extend((child, depth + 1, False) for child in children)
+
+
+def _str_keys(obj: Any, memo: dict[int, Any] | None = None) -> Any:
+    """Dict keys (Python-2 ``str`` read as ``bytes``) decoded to ``str``, recursively for dicts
+    (after :func:`_check_structure`: no cycles, bounded depth; a dict shared by several is rebuilt once)."""
+    if not isinstance(obj, dict):
+        return obj
+    memo = {} if memo is None else memo
+    if id(obj) not in memo:
+        memo[id(obj)] = {(k.decode("latin1") if isinstance(k, bytes) else k): _str_keys(v, memo)
+                         for k, v in obj.items()}
+    return memo[id(obj)]
 
 
 def safe_load_pickle(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: str | None = None) -> Any:
@@ -85,7 +134,8 @@ def safe_load_pickle(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: st
     Raises:
         UntrustedPickleError: the pickle refers to any other global, or calls an allowed one
             with other arguments (nothing else is called).
-        ValueError: the file is truncated or not a pickle; the message names the file.
+        ValueError: the file is truncated or not a pickle, or holds a container that contains
+            itself or containers nested more than :data:`MAX_DEPTH` deep; the message names the file.
 
     Example: ``batch = safe_load_pickle("cifar-10-batches-py/data_batch_1")``
     """
@@ -101,4 +151,5 @@ def safe_load_pickle(fileobj_or_path: str | os.PathLike | IO[bytes], *, name: st
     except Exception as exc:  # EOFError, UnpicklingError, struct/index errors, numpy setstate errors
         raise ValueError(f"{source}: truncated or corrupt pickle ({type(exc).__name__}: {exc}); "
                          f"the file is {len(data)} bytes") from exc
+    _check_structure(obj, source)
     return _str_keys(obj)

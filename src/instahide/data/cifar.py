@@ -119,7 +119,8 @@ def _read_archive(path: Path, folder: str, wanted: list[str]) -> dict[str, Any]:
 
 def _names(meta: dict, key: str, source: str) -> list[str]:
     if key not in meta:
-        raise ValueError(f"{source}: the meta file has no {key!r} entry (keys: {sorted(meta)})")
+        keys = ", ".join(sorted(map(repr, meta))) or "none"
+        raise ValueError(f"{source}: the meta file has no {key!r} entry (keys: {keys})")
     if not isinstance(meta[key], (list, tuple)) or not meta[key]:
         raise ValueError(f"{source}: the meta file's {key!r} must be a non-empty list, got {meta[key]!r:.60}")
     return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in meta[key]]
@@ -130,7 +131,8 @@ def _stack(files: list[tuple[str, dict]], label_key: str, num_classes: int):
     for name, batch in files:
         data, lab = batch.get("data"), batch.get(label_key)
         if data is None or lab is None:
-            raise ValueError(f"{name}: expected keys 'data' and {label_key!r}, found {sorted(batch)}")
+            keys = ", ".join(sorted(map(repr, batch))) or "none"
+            raise ValueError(f"{name}: expected keys 'data' and {label_key!r}, found {keys}")
         if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.shape[1:] != (3072,) or not len(data):
             raise ValueError(
                 f"{name}: 'data' must be a (N, 3072) uint8 array, N >= 1, got "
