@@ -10,7 +10,7 @@ import torch
 
 import instahide
 from instahide.attacks import mt19937_outputs, recover_seed, seed_candidates, seed_rate
-from instahide.attacks.seed import _legacy_normals
+from instahide.attacks.seed import _legacy_normals, scan_seeds
 
 skimage_metrics = pytest.importorskip("skimage.metrics")
 
@@ -119,3 +119,39 @@ def test_bad_inputs(private_images):
         recover_seed(e[..., 0], lab, n_private=10, k=6, num_private=2)
     with pytest.raises(ValueError, match="count must be"):
         mt19937_outputs(np.arange(3), 300)
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(batch=-1), ValueError, "batch must be an integer >= 1, got -1"),  # searched nothing, returned None
+    (dict(batch=0), ValueError, "batch must be an integer >= 1"),
+    (dict(batch=2.5), ValueError, "batch must be an integer"),
+    (dict(seed_range=(0.5, 10.7)), TypeError, "seed_range must be two integers, got float 0.5"),  # was cut to (0, 10)
+    (dict(seed_range=(0, 100, 2)), ValueError, r"seed_range must be \(start, stop\), two integers"),  # step ignored
+    (dict(seed_range=(5,)), ValueError, r"seed_range must be \(start, stop\)"),
+    (dict(seed_range=(True, 10)), TypeError, "seed_range must be two integers"),
+    (dict(seed_range=(-1, 10)), ValueError, r"0 <= start < stop <= 2\*\*32"),
+    (dict(seed_range=(10, 10)), ValueError, r"0 <= start < stop"),
+    (dict(threads=0), ValueError, "threads must be an integer >= 1"),
+    (dict(check_rows=0), ValueError, "check_rows must be an integer >= 1"),
+    (dict(k=6.0), ValueError, "k must be an integer"),
+])
+def test_recover_seed_refuses_bad_search_arguments(private_images, kwargs, error, match):
+    ch = challenge(private_images, n=10, epochs=2, legacy_seed=5)
+    with pytest.raises(error, match=match):
+        recover_seed(ch["encryption"], ch["label"], n_private=10, **{"k": 6, "num_private": 2, **kwargs})
+
+
+@pytest.mark.parametrize("start,stop", [(-5, 10), (0, 2 ** 32 + 1), (2 ** 32, 2 ** 32 + 10), (10, 5), (0.0, 10)])
+def test_scan_seeds_refuses_ranges_outside_the_seed_space(private_images, start, stop):
+    ch = challenge(private_images, n=10, epochs=2, legacy_seed=5)
+    kw = dict(k=6, num_private=2, upper=0.65, dom=0.3)
+    with pytest.raises((ValueError, TypeError), match="start, stop must"):  # the compiled filter returned []
+        scan_seeds(start, stop, ch["label"], **kw)
+    assert scan_seeds(7, 7, ch["label"], **kw).tolist() == []
+    for bad in (dict(batch=-1), dict(threads=0), dict(check_rows=0)):
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            scan_seeds(0, 10, ch["label"], **kw, **bad)
+    with pytest.raises(TypeError, match="seeds must be integers"):
+        seed_candidates(np.array([0.5, 3.7]), ch["label"], **kw)
+    with pytest.raises(ValueError, match=r"seeds must be in \[0, 2\*\*32\)"):
+        seed_candidates(np.array([-1, 3]), ch["label"], **kw)

@@ -10,8 +10,8 @@ import torch
 
 from ..metrics import refuse_channels_last
 
-__all__ = ["as_array", "check_count", "check_encryption", "check_label", "check_key_arrays", "check_images",
-           "check_attacker_data", "check_batch", "check_gradients", "check_labels_tensor"]
+__all__ = ["as_array", "check_count", "check_seed_range", "check_encryption", "check_label", "check_key_arrays",
+           "check_images", "check_attacker_data", "check_batch", "check_gradients", "check_labels_tensor"]
 
 
 def as_array(x, name: str) -> np.ndarray:
@@ -31,6 +31,34 @@ def check_count(value, name: str, *, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def check_seed_range(seed_range, name: str = "seed_range", *, bits: int = 32, empty: bool = False) -> tuple[int, int]:
+    """``[start, stop)`` of generator seeds: exactly two integers with ``0 <= start < stop <= 2**bits``
+    (``start == stop`` too when ``empty``); floats, booleans and other lengths are refused, not cut.
+
+    >>> check_seed_range((0, 2 ** 16))
+    (0, 65536)
+    >>> check_seed_range((0, 10, 2))
+    Traceback (most recent call last):
+    ...
+    ValueError: seed_range must be (start, stop), two integers, got (0, 10, 2)
+    """
+    if isinstance(seed_range, (str, bytes)) or not isinstance(seed_range, Sequence) or len(seed_range) != 2:
+        raise ValueError(f"{name} must be (start, stop), two integers, got {seed_range!r}")
+    lo, hi = seed_range
+    if not (_is_int(lo) and _is_int(hi)):
+        raise TypeError(f"{name} must be two integers, got {type(lo).__name__} {lo!r} and {type(hi).__name__} {hi!r}")
+    lo, hi = int(lo), int(hi)
+    if not (0 <= lo <= hi <= 2 ** bits) or (lo == hi and not empty):
+        rule = "<=" if empty else "<"
+        raise ValueError(f"{name} must satisfy 0 <= start {rule} stop <= 2**{bits} (the generator's seeds), "
+                         f"got ({lo}, {hi})")
+    return lo, hi
 
 
 def check_encryption(x, name: str = "encryption", *, min_rows: int = 1) -> np.ndarray:

@@ -34,7 +34,7 @@ from ..scheme.defaults import DOM, UPPER
 from ..scheme.keys import Key
 from ..scheme.legacy import LEGACY_SEED_BITS, LegacyGenerator, legacy_coefficients, legacy_key
 from . import _seed_kernel
-from .inputs import check_count, check_encryption, check_label
+from .inputs import check_count, check_encryption, check_label, check_seed_range
 
 __all__ = ["SeedRecovery", "recover_seed", "mt19937_outputs", "seed_candidates", "scan_seeds", "seed_rate",
            "replay_keys", "match_rows"]
@@ -243,7 +243,14 @@ def seed_candidates(seeds, label: np.ndarray, *, k: int, num_private: int, upper
     """
     if row_order not in ROW_ORDERS:
         raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
-    seeds = np.asarray(seeds, dtype=np.int64)
+    seeds = np.asarray(seeds)
+    if seeds.size and not np.issubdtype(seeds.dtype, np.integer):
+        raise TypeError(f"seeds must be integers, got dtype {seeds.dtype}")
+    seeds = seeds.astype(np.int64)
+    if seeds.size and (seeds.min() < 0 or seeds.max() >= 2 ** LEGACY_SEED_BITS):
+        raise ValueError(f"seeds must be in [0, 2**{LEGACY_SEED_BITS}), got {seeds.min()}..{seeds.max()}")
+    check_rows = check_count(check_rows, "check_rows")
+    chunk = check_count(chunk, "chunk")
     label = np.asarray(label, dtype=np.float64)
     n_lab = label.shape[0]  # any order: the first N blocks of k normals are all draws of some row
     rows1 = max(1, min(3, n_lab, 24 // k))
@@ -300,9 +307,13 @@ def scan_seeds(start: int, stop: int, label: np.ndarray, *, k: int, num_private:
     """
     if row_order not in ROW_ORDERS:
         raise ValueError(f"row_order must be one of {ROW_ORDERS}, got {row_order!r}")
+    start, stop = check_seed_range((start, stop), "start, stop", bits=LEGACY_SEED_BITS, empty=True)
+    batch = check_count(batch, "batch")
+    if threads is not None:
+        threads = check_count(threads, "threads")
     lab = np.asarray(label, dtype=np.float64)
     # only the first len(label) blocks of k normals are rows of these labels (epoch-major: pass epoch 0's)
-    check_rows = max(1, min(int(check_rows), lab.shape[0]))
+    check_rows = max(1, min(check_count(check_rows, "check_rows"), lab.shape[0]))
     total = stop - start
     starts = list(range(start, stop, batch))
     if not _seed_kernel.available():
@@ -325,7 +336,7 @@ def scan_seeds(start: int, stop: int, label: np.ndarray, *, k: int, num_private:
                                           **tables)
         return a + np.flatnonzero(verdict).astype(np.int64)
 
-    threads = _default_threads() if threads is None else max(1, int(threads))
+    threads = _default_threads() if threads is None else threads
     found = []
     with ThreadPoolExecutor(threads) as pool:
         window = 2 * threads  # tasks in flight; results are read in seed order
@@ -466,6 +477,11 @@ def recover_seed(
     lab = check_label(label, enc.shape[0])
     n_rows = enc.shape[0]
     n_private = check_count(n_private, "n_private")
+    k, num_private = check_count(k, "k"), check_count(num_private, "num_private")
+    lo, hi = check_seed_range(seed_range, bits=LEGACY_SEED_BITS)
+    batch, check_rows = check_count(batch, "batch"), check_count(check_rows, "check_rows")
+    if threads is not None:
+        threads = check_count(threads, "threads")
     if n_rows % n_private:
         raise ValueError(f"{n_rows} rows are not a whole number of epochs of n_private={n_private} images")
     if k < 2:
@@ -477,9 +493,6 @@ def recover_seed(
     cross = num_private < k
     dom_used = dom if cross else None
     check_bounds(k, upper, dom_used, num_private if cross else 1)
-    lo, hi = int(seed_range[0]), int(seed_range[1])
-    if not 0 <= lo < hi <= 2 ** LEGACY_SEED_BITS:
-        raise ValueError(f"seed_range must satisfy 0 <= start < stop <= 2**32, got {seed_range}")
     epochs = n_rows // n_private
     lab64 = np.asarray(lab, dtype=np.float64)
     # epoch-major: only epoch 0's rows are first draws of generated rows 0..n-1
