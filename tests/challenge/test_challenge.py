@@ -2,6 +2,7 @@
 import argparse
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -286,6 +287,55 @@ def test_cli_errors(tmp_path):
     np.save(tmp_path / "short.npy", np.zeros((5, 8, 8, 1), np.float32))
     with pytest.raises(CLIError, match="mismatched ground truth: the decryption has 5 rows"):
         cli(["challenge", "score", "--challenge", str(tmp_path / "c"), "--decryption", str(tmp_path / "short.npy")])
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"T": T + 1}, r"'n_private' x 'T' = 20 x 5 = 100 rows, but encryption.npy has 80"),
+    ({"rows": 81}, "'rows' is 81 but encryption.npy has 80 rows"),
+    ({"k": "six"}, "'k' must be a whole number >= 1, got 'six'"),
+    ({"T": 2.5}, "'T' must be a whole number"),
+    ({"n_private": True}, "'n_private' must be a whole number"),
+    ({"n_private": 0}, "'n_private' must be a whole number >= 1, got 0"),
+    ({"n_private": 30, "T": None}, "encryption.npy's 80 rows are not a whole number of epochs of 'n_private' = 30"),
+    ({"num_private": 7}, r"'num_private' \(7\) is more than 'k' \(6\)"),
+    ({"num_classes": 3}, "'num_classes' is 3 but label.npy has 10 columns"),
+    ({"mode": "secret"}, "'mode' must be one of"),
+    ({"upper": "high"}, "'upper' must be a finite number"),
+    ({"image_shape_hwc": [9, 9, 1]}, "'image_shape_hwc' is"),
+])
+def test_a_meta_json_that_contradicts_itself_or_the_arrays_names_the_file_and_field(tmp_path, capsys, challenge, change,
+                                                                                    message):
+    from instahide.cli.main import main
+
+    enc, lab, truth = challenge
+    out = tmp_path / "chal"
+    write_challenge(out, enc, lab, truth)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, **change}))
+    with pytest.raises(ValueError, match=f"chal/meta.json: {message}"):  # was accepted, and the attacks ran on it
+        load_challenge(out)
+    assert main(["attack", "demix", "--challenge", str(out), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert re.search(f"chal/meta.json: {message}", err) and "Traceback" not in err and not (tmp_path / "d").exists()
+
+
+def test_meta_json_whole_floats_are_read_as_counts_and_other_shapes_are_refused(tmp_path, challenge):
+    enc, lab, truth = challenge
+    out = tmp_path / "chal"
+    write_challenge(out, enc, lab, truth)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "T": float(T)}))
+    assert load_challenge(out)[2]["T"] == T and isinstance(load_challenge(out)[2]["T"], int)
+    (out / "meta.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="meta.json: expected a JSON object"):
+        load_challenge(out)
+    (out / "meta.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ValueError, match="cannot read .*meta.json"):
+        load_challenge(out)
+    (out / "meta.json").write_text(json.dumps(meta))
+    np.save(out / "label.npy", lab[:-1])
+    with pytest.raises(ValueError, match=r"label.npy has shape \(79, 10\), expected \(80, classes\)"):
+        load_challenge(out)
 
 
 def test_save_truth_round_trip_without_optional_fields(tmp_path, digits):

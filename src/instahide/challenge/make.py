@@ -399,21 +399,86 @@ def read_npy(path: str | os.PathLike, what: str) -> np.ndarray:
         raise ValueError(f"cannot read {what} {path}: {exc}") from exc
 
 
+# meta.json's whole-number fields and the least each may be (checked when present and not null)
+_META_COUNTS = {"n_private": 1, "T": 1, "rows": 1, "k": 1, "num_private": 1, "num_public": 0, "num_classes": 1}
+_MODES = ("vanilla", "mixup", "instahide")
+
+
+def check_challenge_meta(meta, enc_shape: tuple[int, ...], label_shape: tuple[int, ...], source="meta.json") -> dict:
+    """``meta`` (a challenge's parsed ``meta.json``) checked against itself and against the arrays
+    it describes: ``encryption.npy`` of shape ``enc_shape`` ``(N, H, W, C)`` and ``label.npy`` of
+    ``label_shape`` ``(N, classes)``. Counts (``n_private``, ``T``, ``rows``, ``k``, ``num_private``,
+    ...) must be whole numbers (``50.0`` is read as 50, ``"six"`` is refused), ``rows`` and
+    ``n_private * T`` the encryptions' rows, ``num_private <= k``. A ``ValueError`` names ``source``
+    (the file) and the field. Returns ``meta`` with the counts as ints."""
+    if not isinstance(meta, dict):
+        raise ValueError(f"{source}: expected a JSON object of the challenge's parameters, got {type(meta).__name__}")
+    meta = dict(meta)
+    for key, least in _META_COUNTS.items():
+        value = meta.get(key)
+        if value is None:
+            continue
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise ValueError(f"{source}: {key!r} must be a whole number >= {least}, got {value!r}")
+        meta[key] = value
+    n_rows = enc_shape[0]
+    if len(label_shape) != 2 or label_shape[0] != n_rows:
+        raise ValueError(f"{source}: label.npy has shape {tuple(label_shape)}, expected ({n_rows}, classes): one "
+                         f"soft label per row of encryption.npy")
+    get = meta.get
+    if get("rows") is not None and get("rows") != n_rows:
+        raise ValueError(f"{source}: 'rows' is {get('rows')} but encryption.npy has {n_rows} rows")
+    if get("n_private") is not None:
+        if get("T") is not None and get("n_private") * get("T") != n_rows:
+            raise ValueError(f"{source}: 'n_private' x 'T' = {get('n_private')} x {get('T')} = "
+                             f"{get('n_private') * get('T')} rows, but encryption.npy has {n_rows}")
+        if n_rows % get("n_private"):
+            raise ValueError(f"{source}: encryption.npy's {n_rows} rows are not a whole number of epochs of "
+                             f"'n_private' = {get('n_private')} images")
+    if get("k") is not None and get("num_private") is not None:
+        if get("num_private") > get("k"):
+            raise ValueError(f"{source}: 'num_private' ({get('num_private')}) is more than 'k' ({get('k')})")
+        if get("num_public") is not None and get("num_public") != get("k") - get("num_private"):
+            raise ValueError(f"{source}: 'num_public' ({get('num_public')}) is not 'k' - 'num_private' "
+                             f"({get('k')} - {get('num_private')})")
+    if get("num_classes") is not None and get("num_classes") != label_shape[1]:
+        raise ValueError(f"{source}: 'num_classes' is {get('num_classes')} but label.npy has {label_shape[1]} columns")
+    if get("mode") is not None and get("mode") not in _MODES:
+        raise ValueError(f"{source}: 'mode' must be one of {', '.join(_MODES)}, got {get('mode')!r}")
+    if get("scaling") is not None and not isinstance(get("scaling"), str):
+        raise ValueError(f"{source}: 'scaling' must be a name such as 'pm1', got {get('scaling')!r}")
+    for key in ("upper", "dom", "data_range"):
+        value = get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not np.isfinite(value) or value < 0):
+            raise ValueError(f"{source}: {key!r} must be a finite number >= 0, got {value!r}")
+    shape = get("image_shape_hwc")
+    if shape is not None and (not isinstance(shape, list) or [*shape] != [*enc_shape[1:]]):
+        raise ValueError(f"{source}: 'image_shape_hwc' is {shape!r} but encryption.npy's images are "
+                         f"{list(enc_shape[1:])} (H, W, C)")
+    return meta
+
+
 def load_challenge(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(encryption (N, C, H, W), label (N, classes), meta)`` of a challenge folder in the published
-    format (``encryption.npy`` channels last, ``label.npy``, ``meta.json``)."""
+    format (``encryption.npy`` channels last, ``label.npy``, ``meta.json``); ``meta`` is checked
+    against the arrays (:func:`check_challenge_meta`)."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder} has no meta.json: the attacks need the challenge's public parameters")
     try:
         meta = json.loads(meta_path.read_text())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {meta_path}: {exc}") from exc
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise ValueError(f"cannot read {meta_path}: {type(exc).__name__}: {exc}") from None
     enc = read_npy(folder / "encryption.npy", "encryption")
     if enc.ndim != 4:
         raise ValueError(f"{folder / 'encryption.npy'} must be (N, H, W, C), got shape {enc.shape}")
-    return _nchw(enc), read_npy(folder / "label.npy", "label"), meta
+    label = read_npy(folder / "label.npy", "label")
+    meta = check_challenge_meta(meta, enc.shape, label.shape, meta_path)
+    return _nchw(enc), label, meta
 
 
 def save_truth(path: str | os.PathLike, truth: ChallengeTruth) -> Path:
