@@ -129,6 +129,16 @@ def test_class_folders(tmp_path):
     assert gray.images.shape == (4, 1, 6, 5) and len(gray.mean) == 1
 
 
+def test_folder_dataset_name_does_not_carry_the_folder_name(tmp_path):
+    root = tmp_path / "Jane Doe scans"
+    _save(root / "tumour" / "0.png", np.zeros((4, 4, 3), dtype=np.uint8))
+    ds = load_image_folder(root)
+    assert ds.name == "folder" and "Jane" not in ds.name       # was "folder-Jane Doe scans"
+    assert load_dataset("folder", root=root).name == "folder"
+    assert ds.meta["source"] == str(root)                         # the path stays on this machine
+    assert load_image_folder(root, name="mine").name == "mine"
+
+
 def test_flat_folder_resize_and_mismatch(tmp_path):
     _save(tmp_path / "a.png", np.zeros((10, 12, 3), np.uint8))
     _save(tmp_path / "b.jpg", np.full((20, 20, 3), 200, np.uint8))

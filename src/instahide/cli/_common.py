@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .._config import add_arguments, from_args
+from .._config import add_arguments, from_args, parse_bool
 from ..data import load_dataset, load_public_pool
 from ..scheme import KeyGenerator, LegacyGenerator
 from ..scheme.config import SchemeConfig
@@ -61,12 +61,59 @@ def add_pool_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--public-cache", default=None, metavar="NPZ", help="reuse/build the pool in this .npz")
 
 
+def add_progress_option(p: argparse.ArgumentParser) -> None:
+    """``--progress [BOOL]``, read as ``instahide train`` reads it (true/false, yes/no, on/off, 1/0)."""
+    def parse(text: str) -> bool:
+        try:
+            return parse_bool(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = "progress"
+    p.add_argument("--progress", type=parse, nargs="?", const=True, default=True, metavar="BOOL",
+                   help="progress line on stderr (default: true; the option alone means true)")
+
+
+LOCAL_DATASETS = ("folder", "arrays")  # the user's own files: their names stay on this machine
+
+
+def add_class_names_option(p: argparse.ArgumentParser) -> None:
+    """``--publish-class-names``: hand out a local dataset's class names (off: opaque ids)."""
+    p.add_argument("--publish-class-names", action="store_true",
+                   help="write the class names of a --dataset folder or arrays (its sub-folder names) into "
+                        "the handed-out meta.json; by default they are replaced by opaque ids class-0, "
+                        "class-1, ... (the built-in datasets' public class names are always written)")
+
+
+def handed_out_name(ds, kind: str) -> str:
+    """The dataset's name as handed out: the kind for local data (not the folder's or file's name)."""
+    return kind if kind in LOCAL_DATASETS else ds.name
+
+
+def handed_out_classes(ds, kind: str, publish: bool):
+    """The class names as handed out: a local dataset's only with ``publish``, else opaque ids."""
+    if ds.classes is None or publish or kind not in LOCAL_DATASETS:
+        return ds.classes
+    return [f"class-{i}" for i in range(len(ds.classes))]
+
+
 def scheme_from_args(args) -> SchemeConfig:
-    """The validated :class:`~instahide.scheme.SchemeConfig` of the parsed options."""
+    """The validated :class:`~instahide.scheme.SchemeConfig` of the parsed options (and, for commands
+    with keys, ``--research-seed``'s range)."""
     try:
-        return from_args(args, SchemeConfig).validate()
+        scheme = from_args(args, SchemeConfig).validate()
     except ValueError as exc:  # the message names fields; on the command line they are options
         raise CLIError(_OPTION_NAMES.sub(lambda m: "--" + (m.group(1) or m.group(2)).replace("_", "-"), str(exc))) from exc
+    if scheme.mode != "vanilla" and scheme.k == 1:
+        raise CLIError("--k 1 mixes each image with nothing: its encryption is the image itself with random "
+                       "pixel signs, which |x| undoes; use --k 2 or more")
+    seed = getattr(args, "research_seed", None)
+    if seed is not None:
+        if seed < 0:
+            raise CLIError(f"--research-seed must be >= 0, got {seed}")
+        if scheme.legacy and seed >= 2 ** 32:
+            raise CLIError(f"--research-seed {seed} is out of range for --legacy: legacy seeds are 32-bit, "
+                           "in [0, 4294967295]")
+    return scheme
 
 
 _OPTION_NAMES = re.compile(r"\b(num_private|public_size|public_resize|upper|dom|legacy)\b(?=[ :,)]|$)"
@@ -103,12 +150,22 @@ def make_generator(seed, legacy: bool):
     return KeyGenerator.from_seed(seed) if seed is not None else KeyGenerator.from_entropy()
 
 
+_API_ARGUMENT = re.compile(r"\b([a-z][a-z_]*)=(?:True\b|(?=[\s,;)]|$))")
+
+
+def cli_message(text: str) -> str:
+    """A library message in the command line's words: ``pass download=True`` -> ``pass --download``,
+    ``pass root=`` -> ``pass --root`` (the library names its arguments, the command its options)."""
+    text = _API_ARGUMENT.sub(lambda m: "--" + m.group(1).replace("_", "-"), text)
+    return re.sub(r"(--[a-z][a-z-]*) \(\1\)", r"\1", text)  # "--root (--root)" -> "--root"
+
+
 def load_private(args):
     """The private dataset: ``(ImageDataset, float images (N, C, H, W), labels (N,))``."""
     try:
         ds = load_dataset(args.dataset, root=args.root, split=args.split, download=args.download)
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(cli_message(str(exc))) from exc
     if args.subset is not None:
         if not 1 <= args.subset <= len(ds):
             raise CLIError(f"--subset {args.subset} is out of range: {ds.name} has {len(ds)} images")

@@ -14,7 +14,8 @@ from ..challenge import (default_truth_path, load_challenge, load_truth, make_ch
                          write_challenge)
 from ..data import load_dataset, load_public_pool
 from ..report import write_score_report
-from ._common import CLIError, add_key_options, add_scheme_options, refuse_overwrite, scheme_from_args
+from ._common import (CLIError, add_class_names_option, add_key_options, add_scheme_options, cli_message,
+                      handed_out_classes, handed_out_name, refuse_overwrite, scheme_from_args)
 
 HELP = "generate an InstaHide challenge (make) or score a decryption of one (score)"
 MAKE_DESCRIPTION = """\
@@ -24,7 +25,8 @@ each image, fresh keys every time), cross-dataset InstaHide with --k 6 = --num-p
 4 public slots, public partners drawn from a pool of --public-size photograph patches. Writes
   OUT/encryption.npy  float32 (n*T, H, W, C), channels last; row t*n + i encrypts image i in epoch t
   OUT/label.npy       float32 (n*T, classes): lambda_1 e_y1 + lambda_2 e_y2
-  OUT/meta.json       the public parameters (no secrets, no local paths)
+  OUT/meta.json       the public parameters (no secrets, no local paths; a folder's or array file's
+                      class names only with --publish-class-names, opaque ids otherwise)
 and the ground truth (private images, keys, seeds) to --truth, by default <OUT>-truth.npz NEXT TO
 OUT, never inside it, readable by you only: OUT is what you hand to the attacker. OUT is replaced
 as a whole: an interrupted run leaves the old challenge or the new one.
@@ -92,6 +94,7 @@ def _add_make(csub) -> None:
     g.add_argument("--public-min-keypoints", type=int, default=None, metavar="K",
                    help="keep only patches with more than K SIFT keypoints (slow)")
     add_key_options(p, uncentred=False)
+    add_class_names_option(p)
     p.set_defaults(func=run_make)
 
 
@@ -113,20 +116,21 @@ def _add_score(csub) -> None:
 def run_make(args) -> int:
     out = Path(args.out)
     truth_path = Path(args.truth) if args.truth else default_truth_path(out)
-    refuse_overwrite([out / "encryption.npy", out / "label.npy", out / "meta.json", truth_path], args.force)
+    # every argument first (scheme, --research-seed, sizes), then the destinations
+    scheme = scheme_from_args(args)
+    if scheme.mode == "vanilla":
+        raise CLIError("--mode vanilla encrypts nothing: pick instahide or mixup")
     if args.dataset != "digits" and args.root is None:
         raise CLIError(f"--dataset {args.dataset} needs --root PATH (e.g. the cifar-10-batches-py folder or "
                        "cifar-10-python.tar.gz; nothing is downloaded), or use --dataset digits (built in)")
     for flag, value in (("--n-private", args.n_private), ("--T", args.T)):
         if value < 1:
             raise CLIError(f"{flag} must be >= 1, got {value}")
-    scheme = scheme_from_args(args)
-    if scheme.mode == "vanilla":
-        raise CLIError("--mode vanilla encrypts nothing: pick instahide or mixup")
+    refuse_overwrite([out / "encryption.npy", out / "label.npy", out / "meta.json", truth_path], args.force)
     try:
         ds = load_dataset(args.dataset, root=args.root, split=args.split)
     except (ValueError, FileNotFoundError, ImportError) as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(cli_message(str(exc))) from exc
     if ds.labels is None:
         raise CLIError(f"{ds.name} has no labels; the challenge needs labelled private images")
     if args.n_private > len(ds):
@@ -144,13 +148,12 @@ def run_make(args) -> int:
         public_info = {"source": pool.meta.get("source"), "size": len(pool), "seed": args.public_seed,
                        "resize": scheme.public_resize, "min_keypoints": args.public_min_keypoints}
     info = {
-        "private_source": {"dataset": ds.name, "split": args.split, "selection": f"first {args.n_private}",
-                           "root": args.root, "classes": ds.classes},
+        "private_source": {"dataset": handed_out_name(ds, args.dataset), "split": args.split,
+                           "selection": f"first {args.n_private}", "root": args.root,
+                           "classes": handed_out_classes(ds, args.dataset, args.publish_class_names)},
         "public_source": public_info,
         "instahide_version": __version__,
     }
-    if args.research_seed is not None and args.research_seed < 0:
-        raise CLIError(f"--research-seed must be >= 0, got {args.research_seed}")
     t0 = time.perf_counter()
     try:
         enc, lab, truth = make_challenge(

@@ -11,11 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from .._io import atomic_open, check_file_destination, output_folder, sha256_file
+from .._io import atomic_open, check_file_destination, output_set, require_free_space
 from ..distributed.encrypted import ENCRYPTION, LABEL, META, write_meta
 from ..scheme import Key, encrypt
-from ._common import (CLIError, Progress, add_encryption_options, load_private, load_public,
-                      make_generator, refuse_overwrite, scheme_kwargs)
+from ._common import (CLIError, Progress, add_class_names_option, add_encryption_options, add_progress_option,
+                      handed_out_classes, handed_out_name, load_private, load_public, make_generator,
+                      refuse_overwrite, scheme_kwargs)
 
 HELP = "encrypt a dataset: writes encryption.npy (N*T, H, W, C) and label.npy (N*T, classes)"
 DESCRIPTION = """\
@@ -24,13 +25,19 @@ Encrypt every image of a dataset T times (--epochs), each time under fresh one-t
                       e*N + i is the encryption of image i in epoch e
   OUT/label.npy       float32 (N*T, classes), the mixed soft labels; not written for unlabelled
                       data (a flat image folder, arrays without labels): meta.json says labelled: false
-  OUT/meta.json       the configuration (no secrets): dataset, scheme, mean/std to undo normalisation,
-                      and the size and SHA-256 of each array (readers refuse a folder that differs)
-The files are written into a temporary folder that replaces OUT in one step when all are complete:
-an interrupted run leaves the previous OUT as it was. OUT must be new, empty, or (with --force) a
-folder this command wrote.
-Keys are secrets (whoever holds one can undo the mask): none is written unless --key-out is given;
-the key file is readable by you only (mode 0600) and belongs somewhere else than the encryptions.
+  OUT/meta.json       the configuration (no secrets: no research seed, nothing computed from a key, no
+                      local path; a folder's or array file's class names only with
+                      --publish-class-names), mean/std to undo normalisation, and the size and
+                      SHA-256 of each array (readers refuse a folder that differs)
+OUT is what you hand to trainers. The files are written into a temporary folder that replaces OUT in
+one step when all are complete: an interrupted run (a kill, SIGTERM, an error) leaves the previous
+OUT as it was. OUT must be new, empty, or (with --force) a folder this command wrote; of two runs to
+the same OUT the one that finishes second fails instead of replacing the other's work.
+Keys are secrets (whoever holds one can undo the mask): none is written unless --key-out is given,
+outside OUT; the key file is readable by you only (mode 0600) and also records the research seed,
+if any. The key file and OUT are replaced together (--force): the old pair or the new pair, never
+one of each (a kill between the two renames is completed by the next run writing beside OUT);
+meta.json's keys.key_id (random) names the key file that belongs to it.
 
 examples:
   instahide encrypt --out runs/enc                             # digits, inside-dataset k=4
@@ -44,15 +51,16 @@ OUTPUTS = (ENCRYPTION, LABEL, META)
 def add_parser(sub) -> None:
     p = sub.add_parser("encrypt", help=HELP, description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (what you hand out)")
     p.add_argument("--epochs", type=int, default=1, metavar="T",
                    help="encryptions per image, each epoch with fresh keys (default 1)")
     p.add_argument("--key-out", default=None, metavar="PATH",
-                   help="also write the keys (.npz) here, readable by you only (mode 0600); keep it apart "
-                        "from the encryptions")
+                   help="also write the keys (.npz) here, readable by you only (mode 0600); outside --out")
     p.add_argument("--force", action="store_true",
                    help="replace an earlier output folder (and key file) of this command")
+    add_progress_option(p)
     add_encryption_options(p)
+    add_class_names_option(p)
     p.set_defaults(func=run)
 
 
@@ -68,26 +76,34 @@ def load_images(args):
 def run(args) -> int:
     out = Path(args.out)
     key_out = Path(args.key_out) if args.key_out else None
+    # every argument first, then every destination, before anything is read or written
     if args.epochs < 1:
         raise CLIError(f"--epochs must be >= 1, got {args.epochs}")
-    key_inside = False
-    if key_out is not None:  # every destination is checked before anything is written
-        key_inside = key_out.resolve().parent == out.resolve()
-        if key_inside and key_out.name in OUTPUTS:
-            raise CLIError(f"--key-out {key_out} would replace one of the encryption files")
-        if not key_inside and out.resolve() in key_out.resolve().parents:
-            raise CLIError(f"--key-out {key_out} lies in a subfolder of --out {out}, which is replaced as a whole")
-        check_file_destination(key_out)
-    refuse_overwrite([out / name for name in OUTPUTS] + ([key_out] if key_out else []), args.force)
     kw = scheme_kwargs(args)
-    owned = OUTPUTS + ((key_out.name,) if key_inside else ())
-    with output_folder(out, args.force, owned=owned) as tmp:
-        done = _encrypt_into(tmp, args, kw, key_out if not key_inside else tmp / key_out.name)
+    if key_out is not None:
+        if key_out.resolve() == out.resolve() or out.resolve() in key_out.resolve().parents:
+            raise CLIError(f"--key-out {key_out} lies inside --out {out}, which is handed out: anyone given the "
+                           "folder could undo the mask; put the key elsewhere")
+        try:
+            check_file_destination(key_out)
+        except OSError as exc:
+            raise CLIError(f"--key-out: {exc}") from exc
+    refuse_overwrite([out / name for name in OUTPUTS] + ([key_out] if key_out else []), args.force)
+    with output_set(out, args.force, owned=OUTPUTS, secret=key_out) as (tmp, key_tmp):
+        done = _encrypt_into(tmp, args, kw, key_tmp)
     print(done)
     if kw["seed"] is not None:
         print(f"note: keys derive from research seed {kw['seed']}: anyone who knows it can undo the mask",
               file=sys.stderr)
     return 0
+
+
+def _sizes(rows: int, shape, num_classes, key_rows: int, k: int, masked: bool) -> tuple[int, int]:
+    """Bytes of the arrays (encryption and labels) and of the key file a run writes (upper bounds)."""
+    h, w, c = shape
+    arrays = 256 + rows * h * w * c * 4 + (256 + rows * num_classes * 4 if num_classes else 0)
+    key = 4096 + key_rows * (k * (4 + 8) + (-(-(c * h * w) // 8) if masked else 0))
+    return arrays, key
 
 
 def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
@@ -98,16 +114,19 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     n, (c, h, w) = x.shape[0], x.shape[1:]
     labelled = y is not None  # labelled datasets name their classes
     num_classes = ds.num_classes if labelled else None
-    if key_path is not None and key_path.parent == tmp:
-        print(f"warning: the key file {args.key_out} sits next to the encryptions; anyone given the "
-              "folder can undo the mask", file=sys.stderr)
+    rows = n * args.epochs
+    arrays, key_bytes = _sizes(rows, (h, w, c), num_classes, rows, kw["k"], kw["mode"] == "instahide")
+    try:  # before anything is written: --epochs 100000000 is refused here, not after filling the disk
+        require_free_space({tmp: arrays, **({key_path: key_bytes} if key_path is not None else {})})
+    except OSError as exc:
+        raise CLIError(f"{exc.strerror} (--epochs {args.epochs} x {n} images)") from exc
     kw = dict(kw)
     seed = kw.pop("seed")
     generator = make_generator(seed, kw["legacy"])
     keys = []
     # one progress line per chunk of ~1/20 of an epoch (images/s and ETA), fed by encrypt's progress
-    progress = Progress(n * args.epochs, f"encrypting {n} {ds.name} images x {args.epochs} epoch(s)",
-                        unit=" img", every=1)
+    progress = Progress(rows, f"encrypting {n} {ds.name} images x {args.epochs} epoch(s)",
+                        enabled=args.progress, unit=" img", every=1)
     step, shown = -(-n // 20), [0]
 
     def report(done: int) -> None:
@@ -119,11 +138,11 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     try:
         with atomic_open(tmp / ENCRYPTION) as fe, \
                 atomic_open(tmp / LABEL) if labelled else contextlib.nullcontext() as fl:
-            enc_rows = _npy_writer(fe, (n * args.epochs, h, w, c))
-            lab_rows = _npy_writer(fl, (n * args.epochs, num_classes)) if labelled else None
+            enc_rows = _npy_writer(fe, (rows, h, w, c))
+            lab_rows = _npy_writer(fl, (rows, num_classes)) if labelled else None
             for epoch in range(args.epochs):
                 enc = encrypt(x, y, public=public, num_classes=num_classes, generator=generator,
-                              return_key=key_path is not None, progress=lambda rows, e=epoch: report(e * n + rows),
+                              return_key=key_path is not None, progress=lambda done, e=epoch: report(e * n + done),
                               **kw)
                 enc_rows(enc.images.permute(0, 2, 3, 1).numpy())
                 if labelled:
@@ -133,30 +152,27 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     except (ValueError, TypeError) as exc:  # bad data or bounds: the scheme's message says which
         raise CLIError(str(exc)) from exc
     seconds = time.perf_counter() - t0
-    rows = n * args.epochs
+    # meta.json is handed out with the encryptions: no seed, nothing computed from key material, no path
     meta = {
-        "dataset": ds.name, "split": args.split, "num_images": n,
+        "dataset": handed_out_name(ds, args.dataset), "split": args.split, "num_images": n,
         "epochs": args.epochs, "rows": rows, "row_order": "epoch-major: row = epoch * N + i",
-        "image_shape_hwc": [h, w, c], "labelled": labelled, "num_classes": num_classes, "classes": ds.classes,
+        "image_shape_hwc": [h, w, c], "labelled": labelled, "num_classes": num_classes,
+        "classes": handed_out_classes(ds, args.dataset, args.publish_class_names) if labelled else None,
         "normalized": args.normalize, "mean": list(ds.mean) if args.normalize else None,
         "std": list(ds.std) if args.normalize else None,
         "public": None if pool is None else {"source": args.public if args.public == "builtin" else "local files",
                                              "size": len(pool),
                                              "mean": list(pool.mean), "std": list(pool.std)},
         "scheme": {**kw, "num_private": kw.get("num_private", kw["k"])},
-        "keys": {"origin": "legacy-seed" if kw["legacy"] else generator.origin,
-                 "research_seed": seed, "written": key_path is not None},
+        "keys": {"origin": "legacy-seed" if kw["legacy"] else generator.origin, "written": key_path is not None},
         "subset": args.subset, "seconds": round(seconds, 3), "instahide_version": __version__,
     }
     if key_path is not None:
+        key_id = os.urandom(8).hex()  # random: pairs the key file with this folder, tells nothing of the key
         key = Key.cat(keys)
-        key.meta.update(epochs=args.epochs, row_order=meta["row_order"])
-        mask = os.umask(0o077)  # the key is secret: 0600 (and any folder made for it 0700)
-        try:
-            key.save(key_path)
-        finally:
-            os.umask(mask)
-        meta["keys"]["sha256"] = sha256_file(key_path)  # which key file belongs to these encryptions
+        key.meta.update(epochs=args.epochs, row_order=meta["row_order"], key_id=key_id, research_seed=seed)
+        key.save(key_path)  # mode 0600; output_set moves it to --key-out together with the folder
+        meta["keys"]["key_id"] = key_id
     write_meta(tmp, meta)  # last: the sizes and checksums of the arrays above
     return (f"wrote {out / ENCRYPTION} {(rows, h, w, c)}, "
             + (f"{out / LABEL} {(rows, num_classes)}" if labelled else "no label.npy (unlabelled images)")

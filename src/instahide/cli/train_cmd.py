@@ -13,7 +13,7 @@ from ..distributed import load_encrypted, load_shared_model, load_test_set
 from ..scheme import KeyGenerator
 from ..scheme.defaults import DOM, UPPER
 from ..train import TrainConfig, evaluate, evaluate_instahide, load_model, load_train_data, train
-from ._common import CLIError, report_run
+from ._common import CLIError, cli_message, report_run
 
 TRAIN_HELP = "train a model on InstaHide encryptions (re-encrypted every epoch), Mixup or plain images"
 TRAIN_DESCRIPTION = """\
@@ -81,7 +81,7 @@ def run_train(args) -> int:
         cfg = from_args(args, TrainConfig).validate()
         final = train(cfg, resume=args.resume)
     except (ValueError, ImportError, RuntimeError, OSError, FloatingPointError) as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(cli_message(str(exc))) from exc  # the library's resume=True is --resume here
     report_run(f"{cfg.scheme.mode} {final['model']} on {final['dataset']} ({final['train_images']} images)",
                final, "epoch", cfg)
     return 0

@@ -92,7 +92,11 @@ def load_image_folder(
 
     With sub-folders, every image must sit in one (searched recursively); loose images next to
     class folders are an error. Without ``size=(H, W)`` all images must share one size. Mean/std
-    default to the ImageNet values (their one-channel average for ``channels=1``).
+    default to the ImageNet values (their one-channel average for ``channels=1``). The dataset's
+    ``name`` is ``"folder"`` unless given: a folder's name can be private (a patient's), and the
+    name goes into reports; ``meta["source"]`` keeps the path, on this machine only. The class names
+    (sub-folder names) are as private: what is handed out (``instahide encrypt``, ``challenge
+    make``) holds opaque ids instead unless asked (``--publish-class-names``).
 
     Example: ``ds = load_image_folder("my_photos", size=(32, 32))``
     """
@@ -130,6 +134,6 @@ def load_image_folder(
     if mean is None or std is None:
         mean, std = default_stats(channels)
     return ImageDataset(
-        images, label_array, classes, name or f"folder-{root.name}", tuple(mean), tuple(std),
+        images, label_array, classes, name or "folder", tuple(mean), tuple(std),
         meta={"source": str(root), "files": [str(f.relative_to(root)) for f in files]},
     )
