@@ -204,7 +204,8 @@ def test_attack_list_names_exactly_the_commands_attack_offers(capsys):
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["attack"]
     choices = next(a.choices for a in sub._actions if a.dest == "name")
-    assert listed == [c for c in choices if c != "list"] == ["demix", "carlini", "seed", "oracle", "gradient-inversion"]
+    assert listed == [c for c in choices if c != "list"] == ["demix", "carlini", "fusion", "seed", "oracle",
+                                                             "gradient-inversion"]
     described = sub.description.split("attacks:")[1]
     for name in listed:  # each is described under "attacks:" in --help
         assert f"\n  {name}" in described

@@ -72,7 +72,7 @@ def check_page(page: Page, res) -> None:
     main = page.tables[0]
     oracle = next(r for r in main if r[0] == "oracle")
     assert "|e|" in oracle[-1]  # the literal stays inside its cell
-    assert main[0][1].startswith("rows identified") and main[0][3] == "Max_SSIM"
+    assert main[0][1].startswith("rows identified") and main[0][3] == "Max_SSIM (per row, mean)"
     head = next(p for p in page.paragraphs if p.startswith("Measured leakage"))
     assert "threshold:" in head and ("identified" in head or "label" in head or "SSIM >" in head)
     assert any("Max_SSIM" in p for p in page.paragraphs)  # SSIM stays beside the lead
@@ -86,7 +86,8 @@ def test_report_html_tables_pictures_headline_and_configuration(audit):
     page = Page()
     page.feed((out / "report.html").read_text())
     check_page(page, res)
-    assert len(page.images) == 1 + len(res.outcomes)  # the SSIM distribution + one per scored attack
+    # the SSIM distribution, the best of all attacks per image, one per scored attack
+    assert len(page.images) == 2 + len(res.outcomes)
     for src in page.images:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"

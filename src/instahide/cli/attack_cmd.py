@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .._io import atomic_open, atomic_save_npy, atomic_write_text
-from ..audit import ATTACKS, run_attack, save_outcome
+from ..audit import ATTACKS, FUSION_STEPS, FUSION_TIME_S, load_groups, run_attack, save_outcome
 from ..audit.gradient import gradient_inversion_audit
 from ..challenge import default_truth_path, load_challenge, load_truth
 from ..data import load_dataset, load_public_pool
@@ -21,8 +21,8 @@ from ..report.audit_report import recovered_png
 from ..train.ddp import resolve_device
 from ._common import CLIError, refuse_overwrite
 
-HELP = ("run an attack (demix, carlini, seed, oracle) on a challenge, or gradient inversion of a training "
-        "step; writes the recovered images, scores and pictures")
+HELP = ("run an attack (demix, carlini, fusion, seed, oracle) on a challenge, or gradient inversion of a "
+        "training step; writes the recovered images, scores and pictures")
 DESCRIPTION = """\
 Run one attack on a challenge folder (encryption.npy, label.npy, meta.json, as written by
 `instahide challenge make` or any challenge in the published format with a meta.json giving
@@ -36,9 +36,14 @@ and, when the ground truth is at hand (<CHALLENGE>-truth.npz next to the folder,
 attacks:
   demix     clustering + least squares on raw pixels (Mixup; shows what the mask stops)
   carlini   Carlini et al.: pair network trained on your own encryptions of DISJOINT images
-            (--attacker-dataset/--attacker-root), graph, clusters, assignment, reconstruction
+            (--attacker-dataset/--attacker-root) and your own pool of the public dataset the scheme
+            publishes (--attacker-public), graph, clusters, assignment, reconstruction; writes
+            groups.npz, the rows of each cluster
+  fusion    Luo et al.: a network trained on your own images fuses each group of rows a carlini
+            run found (--groups DIR, that run's --out) into one image
   seed      brute force of the reference code's 32-bit generator seed (legacy keys)
-  oracle    reconstruction from the TRUE keys (needs the truth): an upper bound, not an attack
+  oracle    least squares given the TRUE keys (needs the truth): the bound of that family of
+            reconstructions, not an attack, and not a bound on every attack
   gradient-inversion
             a client encrypts --dataset's first images and takes training steps of --batch-size;
             the eavesdropper inverts each step's gradient (no --challenge; writes
@@ -50,6 +55,7 @@ examples:
   instahide attack demix --challenge runs/ch --out runs/ch-demix
   instahide attack seed --challenge runs/legacy --seed-range 0:4294967296 --out runs/legacy-seed
   instahide attack carlini --challenge runs/c10 --attacker-dataset cifar10 --attacker-root data/cifar-10-batches-py --out runs/c10-carlini
+  instahide attack fusion --challenge runs/c10 --groups runs/c10-carlini --attacker-dataset cifar10 --attacker-root data/cifar-10-batches-py --out runs/c10-fusion
   instahide attack gradient-inversion --mode instahide --k 4 --n 4 --out runs/gi      # digits
 """
 
@@ -57,8 +63,8 @@ examples:
 def add_parser(sub) -> None:
     p = sub.add_parser("attack", help=HELP, description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("name", choices=["demix", "carlini", "seed", "oracle", "gradient-inversion", "list"],
-                   metavar="NAME", help="demix, carlini, seed, oracle, gradient-inversion (or list)")
+    p.add_argument("name", choices=["demix", "carlini", "fusion", "seed", "oracle", "gradient-inversion", "list"],
+                   metavar="NAME", help="demix, carlini, fusion, seed, oracle, gradient-inversion (or list)")
     p.add_argument("--challenge", metavar="DIR", help="challenge folder (encryption.npy, label.npy, meta.json)")
     p.add_argument("--truth", default=None, metavar="FILE",
                    help="ground truth for scoring (default <DIR>-truth.npz if it exists; the oracle needs it)")
@@ -68,7 +74,11 @@ def add_parser(sub) -> None:
     g.add_argument("--seed-range", default="0:65536", metavar="A:B",
                    help="seeds to search, [A, B) (default 0:65536; the reference's are below 2^32: 0:4294967296 "
                         "is the whole space, about 13 minutes on 2 cores here with numba, docs/attacks.md)")
-    g = p.add_argument_group("carlini")
+    g = p.add_argument_group("carlini and fusion")
+    g.add_argument("--attacker-public", default=None, metavar="SOURCE",
+                   help="the public dataset the attacker assumes (the scheme publishes it), cut into its own pool "
+                        "(cross-dataset): builtin (the built-in photographs, default), a folder of images (e.g. "
+                        "tiny-imagenet test images) or a .npy/.npz file, as --public takes them")
     g.add_argument("--attacker-dataset", default=None, metavar="NAME",
                    help="the attacker's own images, disjoint from the attacked ones (default: the "
                         "challenge's dataset, other split)")
@@ -80,6 +90,14 @@ def add_parser(sub) -> None:
     g.add_argument("--preset", default="cpu", choices=["tiny", "cpu", "full"],
                    help="budget of the pipeline: tiny (tests), cpu (minutes on 2 cores), full (GPU)")
     g.add_argument("--device", default="cpu", help="torch device for the networks (cpu, cuda)")
+    g = p.add_argument_group("fusion")
+    g.add_argument("--groups", default=None, metavar="DIR",
+                   help="the --out of `instahide attack carlini` on the same challenge: its groups.npz (the rows "
+                        "of each cluster) are what the fusion network decodes")
+    g.add_argument("--fusion-steps", type=int, default=FUSION_STEPS, metavar="N",
+                   help=f"training steps of the fusion network, at most (default {FUSION_STEPS})")
+    g.add_argument("--fusion-time", type=float, default=FUSION_TIME_S, metavar="S",
+                   help=f"its training budget in seconds (default {FUSION_TIME_S:.0f}; 0: no limit)")
     g = p.add_argument_group("gradient-inversion (the client's data and scheme; no --challenge)")
     g.add_argument("--dataset", default="digits", metavar="NAME", help="the client's images (default digits)")
     g.add_argument("--root", default=None, metavar="PATH")
@@ -115,6 +133,24 @@ def check_device(text: str) -> str:
         raise CLIError(str(exc)) from None
 
 
+def _carlini_groups(folder, meta: dict) -> list:
+    """The row groups a carlini run on this challenge wrote to ``folder`` (``--groups``)."""
+    if not folder:
+        raise CLIError("fusion decodes the groups of rows Carlini et al.'s attack found: run `instahide attack "
+                       "carlini --challenge DIR --out RUN` first and pass --groups RUN")
+    record = Path(folder) / "outcome.json"
+    if not record.is_file():
+        raise CLIError(f"--groups {folder}: no outcome.json there (the --out of `instahide attack carlini`)")
+    made_on = json.loads(record.read_text()).get("challenge_id")
+    if meta.get("challenge_id") and made_on != meta["challenge_id"]:
+        raise CLIError(f"--groups {folder} was found on another challenge ({made_on}, this one is "
+                       f"{meta['challenge_id']})")
+    groups = load_groups(folder)
+    if not groups:
+        raise CLIError(f"--groups {folder} holds no groups.npz (a carlini run of this version writes it)")
+    return groups
+
+
 def run(args) -> int:
     if args.name == "list":
         for name, spec in ATTACKS.items():
@@ -147,10 +183,15 @@ def run(args) -> int:
     options = {}
     if args.name == "seed":
         options.update(seed_range=_parse_range(args.seed_range), show_progress=True)
-    if args.name == "carlini":
+    if args.name in ("carlini", "fusion"):
         options.update(attacker_dataset=args.attacker_dataset, attacker_root=args.attacker_root,
-                       attacker_split=args.attacker_split, network=args.network, preset=args.preset,
-                       device=args.device, log=lambda msg: print(msg, file=sys.stderr, flush=True))
+                       attacker_split=args.attacker_split, attacker_public=args.attacker_public,
+                       log=lambda msg: print(msg, file=sys.stderr, flush=True))
+    if args.name == "carlini":
+        options.update(network=args.network, preset=args.preset, device=args.device)
+    if args.name == "fusion":
+        options.update(groups=_carlini_groups(args.groups, meta), steps=args.fusion_steps,
+                       time_s=args.fusion_time or None)
     try:
         outcome = run_attack(args.name, enc, lab, meta, truth=truth, **options)
     except (ValueError, TypeError, FileNotFoundError) as exc:

@@ -108,9 +108,11 @@ def best_rows_per_image(score) -> tuple[np.ndarray, np.ndarray]:
     return rows, best
 
 
-def ssim_distribution_png(outcomes, path: str | os.PathLike, threshold: float = 0.8, best=None) -> Path | None:
+def ssim_distribution_png(outcomes, path: str | os.PathLike, threshold: float = 0.8, best=None,
+                          controls=()) -> Path | None:
     """Histograms of each private image's best SSIM and each row's Max_SSIM, one colour per attack;
-    ``best`` (:func:`best_over_attacks`) adds the best over the attacks that used no secret (black)."""
+    ``best`` (:func:`best_over_attacks`) adds the best over the attacks that used no secret (black),
+    ``controls`` the decryptions that know nothing (grey, dotted)."""
     scored = [o for o in outcomes if o.score is not None]
     if not scored:
         return None
@@ -123,6 +125,11 @@ def ssim_distribution_png(outcomes, path: str | os.PathLike, threshold: float = 
                      linewidth=1.6, label=o.name)
         axes[1].hist(np.clip(o.score.row_max_ssim, -0.2, 1.0), bins=bins, histtype="step", linewidth=1.6,
                      label=o.name)
+    for c in controls:
+        per_image = c.score.per_private_best_ssim
+        for ax, v in ((axes[0], per_image[np.isfinite(per_image)]), (axes[1], c.score.row_max_ssim)):
+            ax.hist(np.clip(v, -0.2, 1.0), bins=bins, histtype="step", linewidth=1.2, color="0.55",
+                    linestyle=":", label=f"control: {c.name}")
     if best is not None:
         b = np.array([np.nan if v is None else v for v in best["per_image"]["ssim"]], dtype=np.float64)
         axes[0].hist(np.clip(b[np.isfinite(b)], -0.2, 1.0), bins=bins, histtype="step", linewidth=2.2,
@@ -394,7 +401,8 @@ def write_audit_report(out: str | os.PathLike, config: dict, meta: dict, outcome
     pictures: list[tuple[str, Path]] = []
     picture_note = None
     try:
-        p = ssim_distribution_png(outcomes, out / "ssim_distribution.png", threshold, best)
+        p = ssim_distribution_png(outcomes, out / "ssim_distribution.png", threshold, best,
+                                  [c for c in controls if c.score is not None])
         if p:
             paths["ssim_distribution"] = p
             pictures.append(("SSIM distribution", p))
@@ -427,9 +435,14 @@ def write_audit_report(out: str | os.PathLike, config: dict, meta: dict, outcome
         best["text"] = _best_text(best, n, t, rows_per_image)
         for c in scored_controls:
             sp = spread(c.score.per_private_best_ssim, thresholds)
+            b = np.array([np.nan if v is None else v for v in best["per_image"]["ssim"]], dtype=np.float64)
+            above = int(np.sum(np.nan_to_num(b, nan=-np.inf) > np.nan_to_num(c.score.per_private_best_ssim,
+                                                                             nan=np.inf)))
+            best.setdefault("above_control", {})[c.name] = above
             best["text"] += (f" For scale, a decryption that knows nothing ({c.info.get('what', c.name)}) scores "
                              f"a median image SSIM of {_fmt(sp['median'])}, {_pct(sp['above']['0.5'], n)} images "
-                             f"above 0.5, and Max_SSIM {c.score.max_ssim:.3f} per row.")
+                             f"above 0.5, and Max_SSIM {c.score.max_ssim:.3f} per row; the best recovery beats "
+                             f"it on {above} of the {n} images.")
         lines += [best["text"], ""]
     leads = _leads(outcomes, n, t)
     headline = None
