@@ -431,8 +431,9 @@ def check_centred(x: torch.Tensor, k: int, name: str = "images") -> float:
     if share < CENTRED_MIN_SHARE:
         raise UncentredInputError(
             f"{name} are not centred: only {share:.2%} of mixed values are {rarer} (k={k}; at least "
-            f"{CENTRED_MIN_SHARE:.0%} of each sign needed): the sign mask hides almost nothing. Normalise "
-            "them (instahide.data.normalize_images, the dataset's mean/std), or pass allow_uncentred=True "
+            f"{CENTRED_MIN_SHARE:.0%} of each sign needed): the sign mask hides almost nothing. Centre "
+            "them (instahide.data.normalize_images with their own mean/std: another dataset's statistics "
+            "can leave nearly every value of one sign), or pass allow_uncentred=True "
             "(CLI: --allow-uncentred) if this is what you want to measure."
         )
     return share
