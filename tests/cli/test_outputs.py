@@ -2,6 +2,7 @@
 unlabelled data, and one-line errors for destinations it cannot write."""
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -257,6 +258,10 @@ def unprofiled(f):  # loading and encrypting write nothing: one kill point each,
 for name in ("load_private", "load_public", "encrypt", "make_generator", "Progress"):
     setattr(encrypt_cmd, name, unprofiled(getattr(encrypt_cmd, name)))
 
+import torch  # compile the kernel here once, not in every child
+from instahide.scheme import encrypt
+encrypt(torch.rand(16, 1, 8, 8) - 0.5, torch.arange(16) % 10, num_classes=10, k=4)
+
 def run(target, trace):
     names = []
 
@@ -341,3 +346,311 @@ def test_a_kill_at_any_moment_leaves_a_complete_set(tmp_path):
         server.stdin.close()
         server.wait(timeout=60)
     assert sorted(p.name for p in root.iterdir()) == ["enc"]
+
+
+# -- second round (issue 22): nothing secret handed out, key and folder move together ----------------
+def _arrays_and_key(out, key):
+    """The arrays of a folder and the key file's arrays (the key file's bytes differ run to run: key_id)."""
+    k = Key.load(key)
+    return ({a: (out / a).read_bytes() for a in ("encryption.npy", "label.npy")},
+            (k.coefficients.numpy().tobytes(), k.indices.numpy().tobytes(), k.mask_bits.numpy().tobytes()))
+
+
+def _paired(out, key) -> bool:
+    return json.loads((out / "meta.json").read_text())["keys"]["key_id"] == Key.load(key).meta["key_id"]
+
+
+def _hidden(*folders):
+    return sorted(p.name for f in folders for p in Path(f).iterdir() if p.name.startswith("."))
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_the_research_seed_and_key_digests_are_not_handed_out(tmp_path, capsys, legacy):
+    seed = "3141592653"
+    out, key = tmp_path / "enc", tmp_path / "private" / "k.npz"
+    argv = ["encrypt", "--out", str(out), "--subset", "30", "--research-seed", seed, "--key-out", str(key)]
+    assert main(argv + (["--legacy"] if legacy else [])) == 0
+    assert sorted(p.name for p in out.iterdir()) == OUTPUTS         # every file handed out, audited below
+    for name in OUTPUTS:
+        assert seed.encode() not in (out / name).read_bytes(), name
+    meta = json.loads((out / "meta.json").read_text())
+    assert "research_seed" not in json.dumps(meta) and "sha256" not in meta["keys"]    # were there before
+    assert _io.sha256_file(key) not in json.dumps(meta)
+    assert meta["keys"]["origin"] == ("legacy-seed" if legacy else "research-seed")    # the warning stays
+    assert Key.load(key).meta["research_seed"] == int(seed) and _mode(key) == 0o600     # kept for its owner
+    assert "anyone who knows it can undo the mask" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+@pytest.mark.parametrize("fault", ["write-meta", "folder-swap", "key-rename"])
+def test_an_error_after_the_key_is_written_keeps_the_old_pair(tmp_path, capsys, monkeypatch, fault, exchange):
+    out, key = tmp_path / "enc", tmp_path / "keys" / "k.npz"
+    assert main(["encrypt", "--out", str(out), "--subset", "40", "--key-out", str(key)]) == 0
+    before, key_before = _files(out), key.read_bytes()
+    if not exchange:
+        monkeypatch.setattr(_io, "_exchange", lambda a, b: False)
+
+    def boom(*args, **kwargs):
+        raise OSError(28, "No space left on device (injected)")
+
+    if fault == "write-meta":                                     # the key file is complete by then
+        monkeypatch.setattr(encrypt_cmd, "write_meta", boom)
+    elif fault == "folder-swap":
+        monkeypatch.setattr(_io, "_exchange", boom) if exchange else monkeypatch.setattr(_io.os, "rename", boom)
+    else:
+        real = os.replace
+        monkeypatch.setattr(_io.os, "replace",
+                            lambda a, b, **kw: boom() if Path(b) == key.resolve() else real(a, b, **kw))
+    capsys.readouterr()
+    assert main(["encrypt", "--out", str(out), "--subset", "40", "--key-out", str(key), "--force",
+                 "--progress", "false"]) == 2
+    assert "injected" in _one_line_error(capsys, "encrypt")
+    assert _files(out) == before and key.read_bytes() == key_before and _paired(out, key)
+    assert _hidden(tmp_path, tmp_path / "keys") == []               # no journal, temporary or pending key
+
+
+@pytest.mark.filterwarnings("ignore:.*derive from a seed")
+def test_a_kill_during_a_forced_rewrite_with_a_key_never_separates_them(tmp_path):
+    root, keys = tmp_path / "runs", tmp_path / "keys"
+    root.mkdir()
+    out, key = root / "enc", keys / "k.npz"
+    args = ["encrypt", "--subset", "50", "--epochs", "3"]
+    assert main([*args, "--out", str(out), "--key-out", str(key), "--research-seed", "1"]) == 0
+    assert main([*args, "--out", str(tmp_path / "new"), "--key-out", str(tmp_path / "new.npz"),
+                 "--research-seed", "2"]) == 0
+    old_dir, old_key = _files(out), key.read_bytes()
+    old, new = _arrays_and_key(out, key), _arrays_and_key(tmp_path / "new", tmp_path / "new.npz")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
+    server = subprocess.Popen([sys.executable, "-c", SERVER, *args, "--out", str(out), "--key-out", str(key),
+                               "--force", "--research-seed", "2"], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+
+    def child(kill_at, trace=""):
+        server.stdin.write(f"{kill_at} {trace}\n")
+        server.stdin.flush()
+        return int(server.stdout.readline())
+
+    try:
+        trace = tmp_path / "trace.json"
+        assert child(0, trace) == 0
+        names = json.loads(trace.read_text())
+        assert _arrays_and_key(out, key) == new and _paired(out, key)
+        # each step from writing the key to the end: the commit journal, the folder swap, the key's rename
+        steps = ("save", "replace", "write_meta", "_write_journal", "_fsync", "flock", "_swap_in", "_exchange",
+                 "_place", "unlink", "rmtree", "print")
+        points = [i + 1 for i, name in enumerate(names) if i >= names.index("save") and name in steps]
+        seen, windows = set(), 0
+        for kill_at in points:
+            _io.sweep(root), _io.sweep(keys)
+            shutil.rmtree(out)
+            out.mkdir()
+            for name, data in old_dir.items():
+                (out / name).write_bytes(data)
+            key.write_bytes(old_key)
+            status = child(kill_at)
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == 9 or status == 0
+            now = _arrays_and_key(out, key)
+            if now not in (old, new):       # only between the two renames, and then the journal says so
+                assert any(n.endswith(".journal") for n in _hidden(root)), (kill_at, names[kill_at - 1])
+                windows += 1
+            _io.sweep(root), _io.sweep(keys)  # what the next run with this --out and --key-out does first
+            now = _arrays_and_key(out, key)
+            assert now in (old, new) and _paired(out, key), f"killed at call {kill_at} ({names[kill_at - 1]})"
+            seen.add("old" if now == old else "new")
+            assert _hidden(root) == [] and _hidden(keys) == [], (kill_at, _hidden(root), _hidden(keys))
+        assert seen == {"old", "new"} and windows >= 1
+    finally:
+        server.stdin.close()
+        server.wait(timeout=60)
+
+
+def test_two_runs_to_one_new_out_do_not_both_succeed(tmp_path, capsys, monkeypatch):
+    """The second run commits while the first is still encrypting: the first must fail, not replace it."""
+    out = tmp_path / "enc"
+    real, calls = encrypt_cmd.load_images, []
+
+    def load_then_let_another_run_finish(args):
+        calls.append(1)
+        if len(calls) == 1:      # the other run, start to end, while this one holds its temporary folder
+            assert main(["encrypt", "--out", str(out), "--subset", "30", "--progress", "false"]) == 0
+        return real(args)
+
+    monkeypatch.setattr(encrypt_cmd, "load_images", load_then_let_another_run_finish)
+    capsys.readouterr()
+    assert main(["encrypt", "--out", str(out), "--subset", "20", "--progress", "false"]) == 2
+    err = capsys.readouterr().err
+    assert "was written by another run while this one ran; nothing was replaced" in err, err
+    assert np.load(out / "encryption.npy").shape[0] == 30 and load_encrypted(out)   # the other run's, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc"]
+
+
+def test_two_processes_racing_to_one_out(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
+    out = tmp_path / "enc"
+    cmd = [sys.executable, "-m", "instahide", "encrypt", "--out", str(out), "--subset", "200", "--epochs", "20",
+           "--progress", "false"]
+    runs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    results = [(r.wait(timeout=300), r.stderr.read()) for r in runs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results     # exactly one wins, in every timing
+    loser = next(err for rc, err in results if rc == 2)
+    assert "another run" in loser or "refusing to overwrite" in loser, loser
+    load_encrypted(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["enc"]
+
+
+SLOW_ENCRYPT = r"""
+import sys, time
+from instahide.cli import encrypt_cmd
+from instahide.cli.main import main
+real = encrypt_cmd.encrypt
+def slow(*args, **kwargs):
+    time.sleep(0.2)
+    return real(*args, **kwargs)
+encrypt_cmd.encrypt = slow
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _start_slow_encrypt(tmp_path, out, key):
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_ENCRYPT, "encrypt", "--out", str(out), "--subset", "20",
+                             "--epochs", "300", "--key-out", str(key), "--progress", "false"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    for _ in range(600):  # until its temporary folder exists
+        if any(p.name.endswith(".tmp") for p in out.parent.iterdir()):
+            return proc
+        assert proc.poll() is None, proc.stderr.read()
+        import time
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("the run made no temporary folder")
+
+
+def test_sigterm_removes_the_temporaries(tmp_path):
+    runs, keys = tmp_path / "runs", tmp_path / "keys"
+    runs.mkdir()
+    proc = _start_slow_encrypt(tmp_path, runs / "enc", keys / "k.npz")
+    proc.send_signal(15)
+    assert proc.wait(timeout=60) == 143, proc.stderr.read()       # was -15, with the folders left behind
+    assert list(runs.iterdir()) == [] and not keys.exists()
+
+
+def test_a_killed_runs_leftovers_go_at_the_next_start_beside_them(tmp_path, capsys):
+    runs, keys = tmp_path / "runs", tmp_path / "keys"
+    runs.mkdir()
+    proc = _start_slow_encrypt(tmp_path, runs / "enc", keys / "k.npz")
+    proc.kill()
+    proc.wait(timeout=60)
+    assert _hidden(runs)                                              # a temporary folder and the journal
+    # the next run writes another folder beside it (was: only a run to the same --out swept)
+    assert main(["encrypt", "--out", str(runs / "other"), "--subset", "20", "--progress", "false",
+                 "--key-out", str(keys / "other.npz")]) == 0
+    assert sorted(p.name for p in runs.iterdir()) == ["other"] and sorted(p.name for p in keys.iterdir()) == ["other.npz"]
+
+
+def test_free_space_is_checked_before_writing(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "enc"
+    monkeypatch.setattr(_io.shutil, "disk_usage", lambda p: SimpleNamespace(total=10 ** 6, used=0, free=50_000))
+    assert main(["encrypt", "--out", str(out), "--subset", "100", "--epochs", "20"]) == 2   # 100*20*(256+40) bytes
+    line = _one_line_error(capsys, "encrypt")
+    assert f"this run writes 592.5 KB but the file system of {tmp_path} has 50.0 KB free" in line, line
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert main(["encrypt", "--out", str(out), "--epochs", "100000000"]) == 2
+    line = _one_line_error(capsys, "encrypt")
+    assert re.search(r"this run writes [\d.]+ TB but the file system of \S+ has [\d.]+ [KMGT]B free; nothing was "
+                     r"written \(--epochs 100000000 x 1438 images\)$", line), line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "socket"])
+def test_a_key_path_that_is_not_a_regular_file_is_refused(tmp_path, capsys, kind):
+    node = tmp_path / "k.npz"
+    if kind == "fifo":
+        os.mkfifo(node)
+    else:
+        import socket
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(node))
+    assert main(["encrypt", "--out", str(tmp_path / "enc"), "--subset", "20", "--key-out", str(node), "--force"]) == 2
+    assert "is not a regular file" in _one_line_error(capsys, "encrypt")
+    assert (stat.S_ISFIFO if kind == "fifo" else stat.S_ISSOCK)(os.lstat(node).st_mode)   # was replaced
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["k.npz"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--legacy", "--research-seed", "4294967296"], "--research-seed 4294967296 is out of range for --legacy"),
+    (["--research-seed", "-1"], "--research-seed must be >= 0, got -1"),
+    (["--k", "1"], "--k 1 mixes each image with nothing"),
+    (["--mode", "instahyde"], "unknown mode 'instahyde'"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--progress", "maybe"], "argument --progress"),
+    (["--key-out", "{out}/k.npz"], "lies inside --out"),
+    (["--key-out", "{out}"], "lies inside --out"),
+])
+def test_arguments_are_checked_before_the_output_folder(tmp_path, capsys, argv, message):
+    out = tmp_path / "enc"
+    assert main(["encrypt", "--out", str(out), "--subset", "20", "--progress", "false"]) == 0
+    before = _files(out)
+    capsys.readouterr()
+    try:
+        rc = main(["encrypt", "--out", str(out), *[a.replace("{out}", str(out)) for a in argv]])  # no --force
+    except SystemExit as e:   # argparse's own errors
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "refusing to overwrite" not in err and "Traceback" not in err, err
+    assert _files(out) == before
+
+
+def test_progress_option_reads_like_trains(tmp_path, capsys):
+    for value in ("false", "no", "0", "off"):
+        assert main(["encrypt", "--out", str(tmp_path / value), "--subset", "20", "--progress", value]) == 0
+        assert "encrypting" not in capsys.readouterr().err
+    assert main(["encrypt", "--out", str(tmp_path / "on"), "--subset", "20", "--progress"]) == 0
+    assert "encrypting 20 digits images" in capsys.readouterr().err
+
+
+def test_messages_name_options_on_the_command_line(tmp_path, capsys):
+    assert main(["encrypt", "--out", str(tmp_path / "enc"), "--dataset", "cifar10", "--root", str(tmp_path)]) == 2
+    line = _one_line_error(capsys, "encrypt")
+    assert "pass --download" in line and "download=True" not in line, line
+    assert main(["encrypt", "--out", str(tmp_path / "enc"), "--dataset", "cifar10"]) == 2
+    line = _one_line_error(capsys, "encrypt")
+    assert "pass --root or --download" in line and "root=" not in line, line
+
+
+def _private_folder(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (12, 8, 8, 3), dtype=np.uint8)
+    if kind == "folder":
+        PIL = pytest.importorskip("PIL.Image")
+        root = tmp_path / "Jane Doe 1970-01-01"
+        for i, im in enumerate(images):
+            folder = root / ("tumour" if i % 2 else "healthy")
+            folder.mkdir(parents=True, exist_ok=True)
+            PIL.fromarray(im).save(folder / f"{i:02d}.png")
+        return root, ("Jane", "tumour", "healthy")
+    root = tmp_path / "Jane Doe 1970-01-01.npz"
+    np.savez(root, images=images, labels=np.arange(12) % 2)
+    return root, ("Jane",)
+
+
+@pytest.mark.parametrize("kind", ["folder", "arrays"])
+def test_local_folder_and_class_names_are_not_handed_out(tmp_path, kind):
+    root, private = _private_folder(tmp_path, kind)
+    argv = ["encrypt", "--dataset", kind, "--root", str(root), "--progress", "false"]
+    assert main([*argv, "--out", str(tmp_path / "enc")]) == 0
+    text = (tmp_path / "enc" / "meta.json").read_text()
+    for word in private:
+        assert word not in text, word                              # was "folder-Jane Doe...", ["healthy", ...]
+    meta = json.loads(text)
+    assert meta["dataset"] == kind and meta["classes"] == ["class-0", "class-1"]
+    assert main([*argv, "--out", str(tmp_path / "pub"), "--publish-class-names"]) == 0
+    meta = json.loads((tmp_path / "pub" / "meta.json").read_text())
+    assert meta["classes"] == (["healthy", "tumour"] if kind == "folder" else ["0", "1"])
+    assert "Jane" not in json.dumps(meta)
+    load_encrypted(tmp_path / "enc")

@@ -117,7 +117,7 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     rows = n * args.epochs
     arrays, key_bytes = _sizes(rows, (h, w, c), num_classes, rows, kw["k"], kw["mode"] == "instahide")
     try:  # before anything is written: --epochs 100000000 is refused here, not after filling the disk
-        require_free_space({tmp: arrays, **({key_path: key_bytes} if key_path is not None else {})})
+        require_free_space({out: arrays, **({Path(args.key_out): key_bytes} if key_path is not None else {})})
     except OSError as exc:
         raise CLIError(f"{exc.strerror} (--epochs {args.epochs} x {n} images)") from exc
     kw = dict(kw)
