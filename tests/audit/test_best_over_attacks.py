@@ -208,10 +208,10 @@ def test_fusion_training_fits_its_time_budget():
         import time
         time.sleep(0.01 * steps)
 
-    steps, per_step = _fusion_steps(train, 800, 1.0)
-    assert calls == [8] and 0.009 < per_step < 0.05
-    assert 50 <= steps <= 100  # (1 s - the probe) / ~0.01 s a step, at least 50
-    assert _fusion_steps(train, 800, None) == (800, None) and calls == [8]
+    steps, per_step = _fusion_steps(train, 800, 1.5)
+    assert calls == [4, 8] and 0.009 < per_step < 0.05  # a warm-up, then the timed probe
+    assert 50 <= steps <= 138  # (1.5 s - the probes' 0.12 s) / ~0.01 s a step, at least 50
+    assert _fusion_steps(train, 800, None) == (800, None) and calls == [4, 8]
     assert _fusion_steps(train, 60, 100.0)[0] == 60  # never more than asked
 
 

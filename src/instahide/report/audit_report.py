@@ -135,7 +135,7 @@ def ssim_distribution_png(outcomes, path: str | os.PathLike, threshold: float = 
         axes[0].hist(np.clip(b[np.isfinite(b)], -0.2, 1.0), bins=bins, histtype="step", linewidth=2.2,
                      color="k", linestyle="--", label="best over attacks")
     for ax, title in zip(axes, ("per private image: its best SSIM (best row)",
-                                "per row (encryption): Max_SSIM, the closer of its 2 private images")):
+                                "per row: Max_SSIM (vs the closer of its 2 private images)")):
         ax.axvline(threshold, color="k", linestyle=":", linewidth=1)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("SSIM")
