@@ -442,3 +442,68 @@ def test_legacy_cli_at_the_published_size(tmp_path):
     assert sorted(counts) == list(range(100)) and set(counts.values()) == {200}
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
     assert meta["legacy"] and "first 100 rows" in meta["public_window"]
+
+
+# -- second round (issue 22) -----------------------------------------------------------------------
+def test_cli_make_hands_out_no_folder_or_class_names(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    root = tmp_path / "Jane Doe 1970-01-01"
+    for i in range(12):
+        folder = root / ("tumour" if i % 2 else "healthy")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).save(folder / f"{i:02d}.png")
+    make = ["challenge", "make", "--dataset", "folder", "--root", str(root), "--split", "train", "--n-private", "12",
+            "--T", "2", "--public", "none", "--k", "2", "--research-seed", "3"]
+    assert cli(make + ["--out", str(tmp_path / "c")]) == 0
+    text = (tmp_path / "c" / "meta.json").read_text()
+    for private in ("Jane", "tumour", "healthy"):   # was "dataset": "folder-Jane Doe ...", "classes": [...]
+        assert private not in text, private
+    source = json.loads(text)["private_source"]
+    assert source["dataset"] == "folder" and source["classes"] == ["class-0", "class-1"]
+    assert cli(make + ["--out", str(tmp_path / "p"), "--publish-class-names"]) == 0
+    source = json.loads((tmp_path / "p" / "meta.json").read_text())["private_source"]
+    assert source["classes"] == ["healthy", "tumour"] and "Jane" not in json.dumps(source)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--mode", "instahyde"], "unknown mode 'instahyde'"),
+    (["--k", "1", "--public", "none"], "--k 1 mixes each image with nothing"),
+    (["--legacy", "--research-seed", "4294967296"], "--research-seed 4294967296 is out of range for --legacy"),
+    (["--research-seed", "-3"], "--research-seed must be >= 0"),
+    (["--T", "0"], "--T must be >= 1"),
+])
+def test_cli_make_checks_arguments_before_the_output(tmp_path, argv, message):
+    make = ["challenge", "make", "--dataset", "digits", "--n-private", "10", "--T", "2", "--public-size", "100",
+            "--out", str(tmp_path / "c")]
+    assert cli(make) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()}
+    with pytest.raises(CLIError, match=re.escape(message)):   # was "refusing to overwrite" for a bad --mode
+        cli(make + argv)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "c").iterdir()} == before
+
+
+@pytest.mark.parametrize("fault", ["folder-swap", "truth-rename"])
+def test_a_failure_after_the_truth_is_written_keeps_the_old_pair(tmp_path, challenge, monkeypatch, fault):
+    from instahide import _io
+
+    enc, lab, truth = challenge
+    out = tmp_path / "c"
+    write_challenge(out, enc, lab, truth)
+    old, old_truth = {p.name: p.read_bytes() for p in out.iterdir()}, (tmp_path / "c-truth.npz").read_bytes()
+
+    def boom(*args, **kwargs):
+        raise OSError("injected")
+
+    if fault == "folder-swap":
+        monkeypatch.setattr(_io, "_exchange", boom)
+    else:
+        real = os.replace
+        monkeypatch.setattr(_io.os, "replace",
+                            lambda a, b, **kw: boom() if str(b).endswith("c-truth.npz") else real(a, b, **kw))
+    other = ChallengeTruth(**{**truth.__dict__, "params": {**truth.params, "challenge_id": "new"}})
+    with pytest.raises(OSError, match="injected"):
+        write_challenge(out, -enc, lab, other, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == old          # was: the new truth, the old folder
+    assert (tmp_path / "c-truth.npz").read_bytes() == old_truth
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c", "c-truth.npz"]

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import atomic_save_npy, atomic_savez, atomic_write_text, load_plain_npz, output_folder
+from .._io import atomic_save_npy, atomic_savez, atomic_write_text, load_plain_npz, output_set
 from ..data.arrays import default_stats
 from ..data.augment import Augment
 from ..data.scaling import SCALINGS, private_stats, scale_images, scaling_data_range
@@ -365,8 +365,8 @@ def write_challenge(out: str | os.PathLike, encryption: np.ndarray, label: np.nd
                     *, truth_path: str | os.PathLike | None = None, force: bool = False) -> dict[str, Path]:
     """Write ``OUT/encryption.npy`` (``encryption`` ``(N, C, H, W)``, stored channels last),
     ``OUT/label.npy``, ``OUT/meta.json`` and the truth file (default :func:`default_truth_path`).
-    ``OUT`` is replaced as a whole (:func:`instahide._io.output_folder`): a failure or a kill leaves
-    the old complete challenge or the new one. Refuses a truth path inside ``OUT``, an ``OUT`` with
+    ``OUT`` and the truth file are replaced together (:func:`instahide._io.output_set`): a failure
+    or a kill leaves the old challenge and its truth or the new pair. Refuses a truth path inside ``OUT``, an ``OUT`` with
     files of its own and, without ``force``, existing files. Returns the paths written."""
     out = Path(out)
     truth_path = default_truth_path(out) if truth_path is None else Path(truth_path)
@@ -381,11 +381,11 @@ def write_challenge(out: str | os.PathLike, encryption: np.ndarray, label: np.nd
     existing = [str(p) for p in paths.values() if p.exists()]
     if existing and not force:
         raise FileExistsError(f"refusing to overwrite {', '.join(existing)} (force=True / --force)")
-    with output_folder(out, force, owned=CHALLENGE_FILES) as tmp:
+    with output_set(out, force, owned=CHALLENGE_FILES, secret=truth_path) as (tmp, truth_tmp):
         atomic_save_npy(tmp / "encryption.npy", _nhwc(encryption.astype(np.float32, copy=False)))
         atomic_save_npy(tmp / "label.npy", np.ascontiguousarray(label, dtype=np.float32))
         atomic_write_text(tmp / "meta.json", json.dumps(challenge_meta(truth), indent=2, default=str) + "\n")
-        save_truth(truth_path, truth)
+        save_truth(truth_tmp, truth)  # moved to truth_path together with the folder
     return paths
 
 
