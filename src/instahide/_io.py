@@ -183,7 +183,7 @@ def check_file_destination(path: str | os.PathLike) -> None:
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"{path} is a folder, not a file name")
-    with contextlib.suppress(FileNotFoundError):
+    with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # absent (_check_parent tells why)
         if not stat.S_ISREG(os.stat(path).st_mode):
             raise OSError(errno.EINVAL, f"{path} exists and is not a regular file (a device, FIFO or socket); "
                                         "refusing to replace it")
