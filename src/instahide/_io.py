@@ -267,6 +267,14 @@ def _dead(entry: Path, match) -> bool:
     return False
 
 
+def _ours(entry: Path) -> bool:
+    """Whether this user owns ``entry`` (a sweep never acts on another user's files)."""
+    try:
+        return not hasattr(os, "getuid") or entry.lstat().st_uid == os.getuid()
+    except OSError:
+        return False
+
+
 def sweep(folder: str | os.PathLike) -> None:
     """Finish or undo the commits that killed runs left half-done in ``folder`` (their journals),
     then remove the temporary files and folders they left there. Entries of running processes stay."""
@@ -275,7 +283,7 @@ def sweep(folder: str | os.PathLike) -> None:
         entries = [(e, _TAGGED.fullmatch(e.name)) for e in folder.iterdir() if e.name.startswith(".")]
     except OSError:
         return
-    stale = [(e, m) for e, m in entries if m is not None and _dead(e, m)]
+    stale = [(e, m) for e, m in entries if m is not None and _ours(e) and _dead(e, m)]
     blocked = set()
     journals = [(e, m) for e, m in stale if m["rest"].endswith(".journal")]
     if journals:
@@ -306,6 +314,14 @@ def _recover(journal: Path) -> None:
         return  # another sweep finished it
     except (ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"unreadable commit journal {journal}: {exc}") from exc
+    # act only on the paths a journal of this name may name (a planted one cannot point elsewhere)
+    m = _TAGGED.fullmatch(journal.name)
+    tag, rand = f"{m['pid']}-{m['host']}", m["rest"][:-len(".journal")]
+    here = journal.parent.resolve()
+    expected = (here / m["name"], here / f".{m['name']}.{tag}.{rand}.tmp", here / f".{m['name']}.{tag}.{rand}.old.tmp")
+    if (out, tmp, old) != expected or (secret is not None and (
+            secret_tmp.parent != secret.parent or secret_tmp.name != f".{secret.name}.{tag}.{rand}.pending")):
+        raise ValueError(f"commit journal {journal} names paths it cannot have written; left as it is")
     new = list(plan.get("new") or [])
     if phase == "commit" and _identity(out) != new and _identity(tmp) != new:
         phase = "obsolete"  # the folder it committed is gone (replaced or deleted since): nothing to pair
@@ -329,7 +345,7 @@ def _recover(journal: Path) -> None:
 
 
 def _write_journal(path: Path, plan: dict) -> None:
-    atomic_write_text(path, json.dumps(plan) + "\n")
+    atomic_write_text(path, json.dumps(plan) + "\n", secret=True)
     _fsync(path.parent)
 
 

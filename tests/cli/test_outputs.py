@@ -654,3 +654,33 @@ def test_local_folder_and_class_names_are_not_handed_out(tmp_path, kind):
     assert meta["classes"] == (["healthy", "tumour"] if kind == "folder" else ["0", "1"])
     assert "Jane" not in json.dumps(meta)
     load_encrypted(tmp_path / "enc")
+
+
+def _dead_pid(pid: int = 4_000_000) -> int:
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+
+
+def test_a_sweep_acts_only_on_what_a_dead_run_of_this_user_can_have_written(tmp_path):
+    victim = tmp_path / "important"
+    victim.mkdir()
+    (victim / "data").write_text("keep")
+    tag = f"{_dead_pid()}-{_io._HOST}"
+    planted = tmp_path / f".enc.{tag}.abcdefgh.journal"      # names paths no run of ours would write
+    planted.write_text(json.dumps({"out": str(tmp_path / "enc"), "tmp": str(victim), "old": str(victim),
+                                   "secret": None, "phase": "prepare"}))
+    stale = tmp_path / f".enc.{_dead_pid(3_000_000)}-{_io._HOST}.zzzzzzzz.tmp"   # a killed run's
+    stale.mkdir()
+    alive = tmp_path / f".enc.{os.getppid()}-{_io._HOST}.yyyyyyyy.tmp"   # a running process's
+    alive.mkdir()
+    other_host = tmp_path / f".enc.{_dead_pid()}-000000.xxxxxxxx.tmp"
+    other_host.mkdir()
+    _io.sweep(tmp_path)
+    assert (victim / "data").read_text() == "keep" and planted.exists()
+    assert not stale.exists() and alive.exists() and other_host.exists()
