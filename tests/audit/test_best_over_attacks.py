@@ -323,3 +323,20 @@ def test_cli_fusion_decodes_the_groups_of_a_carlini_run(tmp_path, capsys):
     assert main(["attack", "fusion", "--challenge", str(other), "--groups", str(tmp_path / "c"),
                  "--out", str(tmp_path / "g")]) == 2
     assert "another challenge" in capsys.readouterr().err
+
+
+def test_a_refused_training_batch_of_the_fusion_network_is_named_as_the_attackers(tmp_path, monkeypatch):
+    """The fusion network encrypts 8 of the attacker's own images per step; when the scheme's centring
+    check refuses such a batch, the error says whose images they were (not the audited ones)."""
+    from instahide.scheme import UncentredInputError
+    assert main(["challenge", "make", "--dataset", "digits", "--n-private", "8", "--T", "4", "--public-size", "300",
+                 "--research-seed", "1", "--out", str(tmp_path / "ch")]) == 0
+    enc, lab, meta = load_challenge(tmp_path / "ch")
+
+    def refuse(*args, **kwargs):
+        raise UncentredInputError("images are not centred: only 6.95% of mixed values are positive (k=6). Centre them")
+
+    monkeypatch.setattr(audit_attacks, "train_fusion_network", refuse)
+    with pytest.raises(ValueError, match="ATTACKER's own training images .images are not centred") as info:
+        run_attack("fusion", enc, lab, meta, groups=[np.arange(4)], time_s=None)
+    assert "allow-uncentred" not in str(info.value) and "not at fault" in str(info.value)

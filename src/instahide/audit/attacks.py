@@ -25,6 +25,7 @@ from ..attacks.carlini import CarliniConfig, carlini_attack, load_pair_network
 from ..attacks.fusion import fusion_attack, train_fusion_network
 from ..challenge import score
 from ..data import load_dataset, load_public_pool
+from ..scheme import UncentredInputError
 from ..scheme.defaults import DOM, UPPER
 from ..train import Progress
 
@@ -291,12 +292,21 @@ def _run_fusion(enc, lab, meta, truth=None, *, groups=None, groups_from: str = "
             **opt)
 
     t0 = time.perf_counter()
-    n_steps, per_step = _fusion_steps(train, int(steps), time_s)
-    say(f"fusion: training {n_steps} steps" + (f" (about {per_step:.2f} s a step, budget {time_s:.0f} s)"
-                                               if per_step else ""))
-    bar = Progress(n_steps, "fusion: train", enabled=log is not None, every=50)
-    net, train_log = train(n_steps, progress=lambda _, entry: bar.update(entry["step"] - bar.done,
-                                                                          f"loss {entry['loss']:.3f}"))
+    bar = None
+    try:
+        n_steps, per_step = _fusion_steps(train, int(steps), time_s)
+        say(f"fusion: training {n_steps} steps" + (f" (about {per_step:.2f} s a step, budget {time_s:.0f} s)"
+                                                   if per_step else ""))
+        bar = Progress(n_steps, "fusion: train", enabled=log is not None, every=50)
+        net, train_log = train(n_steps, progress=lambda _, entry: bar.update(entry["step"] - bar.done,
+                                                                              f"loss {entry['loss']:.3f}"))
+    except UncentredInputError as exc:
+        # the network trains on the attacker's OWN encryptions of 8 of its images per step; the scheme's
+        # centring check refuses a batch of dark images (seen on CIFAR-10 about once in 500 steps)
+        raise ValueError(f"its training stopped after {0 if bar is None else bar.done}+ steps: the scheme refused to "
+                         f"encrypt one batch of 8 of the ATTACKER's own training images ({str(exc).split('. ')[0]}); "
+                         f"the audited images are not at fault. A known limit of "
+                         f"train_fusion_network's batches; another fusion seed draws other batches") from exc
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     res = fusion_attack(enc, lab, groups, net)
