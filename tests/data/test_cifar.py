@@ -209,5 +209,5 @@ def test_batches_with_keys_of_mixed_types_are_named_errors(tmp_path, cifar10_wri
 
 
 def test_not_found_advises_download_for_api_and_cli(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"pass download=True \(--download\)"):
+    with pytest.raises(FileNotFoundError, match=r"pass download=True to fetch it$"):
         load_dataset("cifar10", root=tmp_path)

@@ -83,7 +83,7 @@ def _read_files(kind: str, root, split: str) -> tuple[list[tuple[str, dict]], di
             loaded, source = _read_archive(root / archive, folder, wanted), str(root / archive)
         elif directory is None:
             raise FileNotFoundError(f"no {kind} files in {root}: expected {folder}/{wanted[0]} (or {archive}); "
-                                    f"pass the folder that holds {folder}/, or pass download=True (--download) "
+                                    f"pass the folder that holds {folder}/, or pass download=True "
                                     f"to fetch it")
         else:
             loaded, source = {}, str(directory)

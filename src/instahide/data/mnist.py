@@ -59,7 +59,7 @@ def load_mnist(root: str | os.PathLike, split: str = "train", name: str = "mnist
     folder = next((d for d in folders if _find(d, image_file)), None)
     if folder is None:
         raise FileNotFoundError(f"no {image_file}[.gz] in {root} (also looked in {root / name}); pass the folder "
-                                f"that holds the idx files, or pass download=True (--download) to fetch them")
+                                f"that holds the idx files, or pass download=True to fetch them")
     image_path, label_path = _find(folder, image_file), _find(folder, label_file)
     if label_path is None:
         raise FileNotFoundError(f"{folder / label_file}[.gz] is missing (next to {image_path.name})")

@@ -54,8 +54,8 @@ def load_dataset(
         return load_digits(split, **kw)
     if root is None:
         if not (download and name in _NEEDS_DOWNLOAD):
-            hint = " or download=True (--download)" if name in _NEEDS_DOWNLOAD else ""
-            raise ValueError(f"dataset {name!r} needs a root: pass root= (--root){hint}")
+            hint = " or download=True" if name in _NEEDS_DOWNLOAD else ""
+            raise ValueError(f"dataset {name!r} needs a root: pass root={hint}")
         root = default_data_root()
     root = Path(root).expanduser()
     if name in ("folder", "arrays"):

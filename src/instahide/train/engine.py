@@ -326,7 +326,7 @@ class RunFolder:
         check_file_destination(self.checkpoint)  # an unusable out fails now, not after the first epoch
         if not resume:
             if self.checkpoint.exists():
-                raise FileExistsError(f"{self.checkpoint} exists: pass resume=True (--resume) to continue it, "
+                raise FileExistsError(f"{self.checkpoint} exists: pass resume=True to continue it, "
                                       "or use another out")
             return None
         if not self.checkpoint.exists():
