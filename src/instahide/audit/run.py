@@ -268,6 +268,7 @@ def run_audit(cfg: AuditConfig, out, *, resume: bool = False, formats=("md", "ht
                     if carlini is None or not carlini.groups:
                         raise ValueError("it decodes the rows Carlini et al.'s attack grouped per image; carlini "
                                          + ("found no groups" if carlini is not None else
+                                            "did not run (its note says why)" if "carlini" in cfg.attacks else
                                             "was not run (add it to --attacks)"))
                     options.update({**attacker, **public.options(), **cfg.fusion, "groups": carlini.groups,
                                     "groups_from": "carlini"})
