@@ -130,3 +130,19 @@ def test_trained_network_decodes_better_than_the_mean_magnitude(digits_challenge
     c = np.array([[corr(r, p) for p in truth.private] for r in res.recovered])
     own, others = np.diag(c).mean(), c[~np.eye(len(c), dtype=bool)].mean()
     assert own > others + 0.05, (own, others)
+
+
+def test_training_batches_of_dark_attacker_images_are_not_refused():
+    """The attacker's own small training batches skip the centring guard that protects a user's data:
+    8 dark images (every mixed value negative on [-1, 1] pixels) would fail it."""
+    from instahide.challenge import make_challenge
+
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 40, size=(40, 1, 8, 8), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=40)
+    with pytest.raises(ValueError, match="positive"):
+        make_challenge(dark[:8], labels[:8], None, T=2, k=4, num_classes=10)
+    enc, _, _ = make_challenge(dark[:8], labels[:8], None, T=2, k=4, num_classes=10, allow_uncentred=True)
+    assert enc.shape == (16, 1, 8, 8)
+    net, log = train_fusion_network(dark, labels, None, T=4, k=4, num_private=4, steps=3, batch_images=8)
+    assert len(log) >= 1 or net is not None

@@ -252,7 +252,8 @@ def train_fusion_network(
         enc, lab, truth = make_challenge(
             a_img[sel], a_lab[sel], a_pub, T=(s + 1) // 2 + 1, k=k, num_private=num_private if a_pub is not None
             else None, upper=upper, dom=dom, scaling=scaling, generator=gen, num_classes=num_classes,
-            augment_padding=augment_padding, augment_seed=None if augment_padding is None else int(rng.integers(2**62)))
+            augment_padding=augment_padding, augment_seed=None if augment_padding is None else int(rng.integers(2**62)),
+            allow_uncentred=True)  # the attacker's own small batches: no centring guard (make_challenge)
         mag = np.abs(enc)
         rows = [rng.choice(g, s, replace=len(g) < s) for g in true_groups(truth.indices, truth.num_private, len(sel))]
         lam = np.stack([_group_inputs(lab, r)[0] for r in rows])

@@ -180,6 +180,7 @@ def make_challenge(
     info: dict | None = None,
     augment_padding: int | None = None,
     augment_seed: int | None = None,
+    allow_uncentred: bool | None = None,
 ) -> tuple[np.ndarray, np.ndarray, ChallengeTruth]:
     """Encrypt ``n`` private images ``T`` times each (epoch-major), the InstaHide challenge's way.
 
@@ -210,6 +211,9 @@ def make_challenge(
             flip before every epoch's encryption, per image and epoch; None (default, the published
             setting): no augmentation. The truth keeps the UN-augmented images.
         augment_seed: seed of the augmentation draws (not key material); default OS entropy.
+        allow_uncentred: skip the check that the mask hides signs (default: skipped on ``"unit"``
+            pixels only). An attacker simulating challenges on small batches of its own images passes
+            True: a batch of 8 dark images can fail the check that protects a user's data.
 
     Returns:
         ``(encryption, label, truth)``: float32 ``(n*T, C, H, W)``, float32 ``(n*T, classes)`` and a
@@ -283,7 +287,7 @@ def make_challenge(
         xt = x if aug is None else aug(x, generator=aug_gen)
         enc = encrypt(xt, labels, k=k, upper=upper, mode=mode, public=pub, num_private=num_private, dom=dom,
                       num_classes=num_classes, generator=gen, return_key=True, legacy=legacy,
-                      allow_uncentred=scaling == "unit")
+                      allow_uncentred=scaling == "unit" if allow_uncentred is None else bool(allow_uncentred))
         encryption[t * n:(t + 1) * n] = enc.images.numpy()
         label[t * n:(t + 1) * n] = enc.soft_labels.numpy()
         keys.append(enc.key)

@@ -163,6 +163,14 @@ def _reconstruct(enc, mag, assignment, coefs, label, cluster_class, *, m, k, num
     pub = R.public_mass(label, num_private, k)
     info = {}
     if config.reconstruction in ("oracle", "oracle+gd"):
+        if public_prior and config.public_variance == "likelihood":
+            var, tried = R.likelihood_variance(
+                enc, assignment, coefs, label, k=k, num_private=num_private, n_clusters=m,
+                square_ratio=public_prior["square_ratio"], base=public_prior["public_variance"],
+                grid=config.variance_grid, iterations=config.variance_iterations)
+            public_prior = {**public_prior, "public_variance": var}
+            info["public_variance_nll"] = tried
+            info["public_variance_level"] = float(np.mean(var))
         rec, pmean = R.reconstruct_oracle(enc, assignment, coefs, label, k=k, num_private=num_private, n_clusters=m,
                                           pixel_range=pixel_range, iterations=config.oracle_iterations,
                                           **(public_prior or {}))
@@ -434,7 +442,7 @@ def carlini_attack(
         network, train_log = _pair_network(network, cache, params, config, lambda: train_pair_network(
             EncryptionSampler(x_att, torch.from_numpy(a_lab), p_att, k=k, num_private=num_private, upper=upper,
                               dom=dom, mode=mode, num_classes=max(lab.shape[1], int(a_lab.max()) + 1),
-                              allow_uncentred=scaling == "unit", seed=config.seed),
+                              allow_uncentred=True, seed=config.seed),  # the attacker's own batches
             config, scheme=params, progress=progress))
     with _timed(timings, "train_sign_network"):
         prior_mu = None if p_att is None or config.sign_rule == "sign-network" else p_att.mean(0).double().numpy()
@@ -442,8 +450,11 @@ def carlini_attack(
         sign_net = train_sign_network(x_att, steps=config.sign_steps, seed=config.seed) if use_net else None
     public_prior = None
     if config.public_prior and p_att is not None and pixel_range == "pm1":
+        var = p_att.double().var(0).numpy()  # per position; "likelihood" starts from its per-channel level
+        if config.public_variance == "likelihood":
+            var = np.broadcast_to(var.mean(axis=(1, 2), keepdims=True), var.shape).copy()
         public_prior = {"square_ratio": R.public_square_ratio(k, num_private, upper, dom, seed=config.seed),
-                        "public_variance": p_att.double().var(0).numpy()}
+                        "public_variance": var}
     common = dict(n_private=n_private, k=k, num_private=num_private, pixel_range=pixel_range, upper=upper,
                   config=config, prior_mu=prior_mu, sign_net=sign_net, public_prior=public_prior)
     steps = run_steps(enc, lab, network, **common, cache=cache, timings=timings, progress=progress)
@@ -506,7 +517,8 @@ def _colour_net(a_img, a_lab, a_pub, network, *, T, lab_width, scaling, mean, st
         enc, lab, truth = make_challenge(
             a_img[sel], a_lab[sel], a_pub, T=T, k=common["k"], num_private=common["num_private"] if a_pub is not None
             else None, upper=common["upper"], dom=dom, scaling=scaling, mean=mean, std=std, num_classes=lab_width,
-            generator=KeyGenerator.from_seed(f"carlini-attacker-own-{config.seed}" + (f"-{c}" if c else "")))
+            generator=KeyGenerator.from_seed(f"carlini-attacker-own-{config.seed}" + (f"-{c}" if c else "")),
+            allow_uncentred=True)
         own = run_steps(enc.astype(np.float64), lab.astype(np.float64), network, **{**common, "n_private": truth.n})
         scores = score_steps(own, lab, G.true_member_sets(truth.indices, truth.num_private, truth.n))
         recs.append(own.solution.recovered)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-__all__ = ["CarliniConfig", "PRESETS", "RECONSTRUCTIONS", "SIGN_RULES"]
+__all__ = ["CarliniConfig", "PRESETS", "RECONSTRUCTIONS", "SIGN_RULES", "PUBLIC_VARIANCES"]
 
 RECONSTRUCTIONS = ("oracle", "gd", "oracle+gd")
+PUBLIC_VARIANCES = ("likelihood", "pool")
 SIGN_RULES = ("auto", "sign-network")
 
 
@@ -36,6 +37,10 @@ class CarliniConfig:
     gd_steps: int = 1000                # gradient-descent steps
     oracle_iterations: int = 150        # sign / least-squares steps of the oracle solver
     public_prior: bool = True           # oracle: public variance of the attacker's pool, shares' squares of the law
+    public_variance: str = "pool"       # "pool": the attacker's pool's, per position; "likelihood": the level
+                                        # chosen on the encryptions (docs/attacks_protocol.md: no gain measured)
+    variance_grid: tuple = (0.5, 0.7, 1.0, 1.4, 2.0)  # multiples of the pool's per-channel variance tried
+    variance_iterations: int = 40       # solver steps of each try
     sign_rule: str = "auto"             # "auto": public-mean prior cross-dataset, else the sign net
     sign_steps: int = 300               # training steps of the sign network (0: none)
     # step 7, colour correction on an attacker-made challenge of its own images
@@ -47,15 +52,21 @@ class CarliniConfig:
     device: str = "cpu"                 # where the pair network trains and scores ("cuda")
 
     def __post_init__(self):
-        for name, allowed in (("reconstruction", RECONSTRUCTIONS), ("sign_rule", SIGN_RULES)):
+        for name, allowed in (("reconstruction", RECONSTRUCTIONS), ("sign_rule", SIGN_RULES),
+                              ("public_variance", PUBLIC_VARIANCES)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of {allowed}")
         for name in ("train_steps", "batch_images", "batch_epochs", "width_mult", "depth", "refine_rounds",
-                     "fit_rounds", "gd_steps", "oracle_iterations", "sign_steps", "colour_steps", "colour_challenges",
+                     "fit_rounds", "gd_steps", "oracle_iterations", "variance_iterations", "sign_steps", "colour_steps", "colour_challenges",
                      "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        grid = tuple(self.variance_grid)
+        if not grid or not all(isinstance(g, (int, float)) and not isinstance(g, bool) and 0 < g < float("inf")
+                               for g in grid):
+            raise ValueError(f"variance_grid must be a non-empty sequence of positive numbers, got {self.variance_grid!r}")
+        object.__setattr__(self, "variance_grid", tuple(float(g) for g in grid))
         if not 0 < self.core_fraction <= 1 or not 0 <= self.max_overlap <= 1:
             raise ValueError(f"core_fraction must be in (0, 1] and max_overlap in [0, 1], got "
                              f"{self.core_fraction} and {self.max_overlap}")

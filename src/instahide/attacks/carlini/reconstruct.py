@@ -18,7 +18,8 @@ from ...scheme import KeyGenerator, sample_coefficients
 from ...scheme.defaults import UPPER
 from ..oracle import align_signs, oracle_decode
 
-__all__ = ["public_mass", "public_square_ratio", "estimated_keys", "reconstruct_oracle", "reconstruct_gd", "choose_sign", "fit_loss",
+__all__ = ["public_mass", "public_square_ratio", "estimated_keys", "reconstruct_oracle", "folded_nll",
+           "likelihood_variance", "reconstruct_gd", "choose_sign", "fit_loss",
            "ColourNet", "fit_colour_correction", "apply_colour_correction", "PIXEL_BOUNDS", "assign_by_fit",
            "align_solution", "public_sign_field"]
 
@@ -84,6 +85,51 @@ def reconstruct_oracle(encryption: np.ndarray, assignment: np.ndarray, coefficie
     out = np.zeros((n_clusters, *encryption.shape[1:]), dtype=np.float32)
     out[used] = res.recovered
     return out, res.public_mean
+
+
+def folded_nll(magnitude: np.ndarray, recovered: np.ndarray, public_mean, assignment: np.ndarray,
+               coefficients: np.ndarray, pub: np.ndarray, variance, square_ratio: float, trim: float = 0.0) -> float:
+    """Mean negative log-likelihood of ``|e|`` under the solver's model: per value, a folded normal of
+    mean ``m_r = sum_s lam_rs x_{a_rs} + p_r mu`` and variance ``c p_r^2 v + floor`` (the public part's
+    spread; ``floor`` = the solver's ``1e-3 * mean(|e|^2)``). No ground truth: it compares solutions
+    and public variances ``v`` (a number or ``(C, H, W)``) on the encryptions alone. ``trim``: leave out
+    this share of the rows that fit worst (rows assigned to a wrong cluster would otherwise pull ``v`` up)."""
+    n_rows = len(magnitude)
+    mag = magnitude.reshape(n_rows, -1).astype(np.float64)
+    x = recovered.reshape(len(recovered), -1).astype(np.float64)
+    m = np.einsum("rs,rsd->rd", coefficients, x[assignment])
+    if public_mean is not None:
+        m = m + pub[:, None] * np.asarray(public_mean, np.float64).reshape(1, -1)
+    v = np.broadcast_to(np.asarray(variance, np.float64).reshape(-1) if np.ndim(variance) else variance,
+                        (mag.shape[1],))
+    s2 = square_ratio * pub[:, None] ** 2 * v[None, :] + 1e-3 * np.mean(mag ** 2)
+    ll = -0.5 * np.log(2 * np.pi * s2) + np.logaddexp(-(mag - m) ** 2 / (2 * s2), -(mag + m) ** 2 / (2 * s2))
+    per_row = np.sort(-ll.mean(1))
+    return float(per_row[:max(1, int(round((1.0 - trim) * n_rows)))].mean())
+
+
+def likelihood_variance(encryption: np.ndarray, assignment: np.ndarray, coefficients: np.ndarray,
+                        label: np.ndarray, *, k: int, num_private: int, n_clusters: int, square_ratio: float,
+                        base, grid=(0.5, 0.7, 1.0, 1.4, 2.0), iterations: int = 40, trim: float = 0.3):
+    """The public variance ``g * base`` (``base``: a number or ``(C, H, W)``) whose solution explains the
+    encryptions best: for every ``g`` of ``grid``, a short solve (``iterations``) and its
+    :func:`folded_nll` over the best-fitting ``1 - trim`` of the rows; the smallest wins. Returns
+    ``(variance, {g: nll})``.
+
+    Why: the solver's soft signs are only as good as the public variance it is given; a pool of
+    another source than the challenge's (or none) gives the wrong level, and a too confident (small)
+    or too timid (large) variance both cost SSIM (docs/attacks_protocol.md)."""
+    pub = public_mass(label, num_private, k)
+    base = np.asarray(base, np.float64)
+    scores = {}
+    for g in grid:
+        rec, pmean = reconstruct_oracle(encryption, assignment, coefficients, label, k=k, num_private=num_private,
+                                        n_clusters=n_clusters, iterations=iterations, square_ratio=square_ratio,
+                                        public_variance=g * base)
+        scores[float(g)] = folded_nll(np.abs(encryption), rec, pmean, assignment, coefficients, pub, g * base,
+                                      square_ratio, trim=trim)
+    best = min(scores, key=scores.get)
+    return best * base, scores
 
 
 def fit_loss(magnitude: np.ndarray, recovered: np.ndarray, public_mean, assignment: np.ndarray,
