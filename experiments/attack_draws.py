@@ -137,6 +137,9 @@ def run(args) -> None:
             over = {"train_steps": args.train_steps} if args.train_steps else {}
             if args.public_variance:
                 over["public_variance"] = args.public_variance
+            for item in args.set:
+                key, _, value = item.partition("=")
+                over[key] = json.loads(value)
             configs[preset] = CarliniConfig.preset(preset, **over)
             net_path = net_dir / (f"{preset}_{args.setting}_k{args.k}_{args.attacker_public}_{pool_name}_"
                                   f"{configs[preset].train_steps}.pt")
@@ -194,6 +197,13 @@ def write_row(args, out, rev, draw, pool_name, a_desc, preset, config, enc, lab,
 
 def summary(path: Path, tag: str | None) -> None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    same_draw = {}  # the oracle of a draw is computed once; rows run with --no-oracle borrow it
+    for r in rows:
+        if r.get("oracle"):
+            same_draw[(r["draw"], r["pool_source"], r["setting"], r["k"], r["T"], r["n"], r["pool"])] = r["oracle"]
+    for r in rows:
+        if not r.get("oracle"):
+            r["oracle"] = same_draw.get((r["draw"], r["pool_source"], r["setting"], r["k"], r["T"], r["n"], r["pool"]))
     if tag:
         rows = [r for r in rows if r["tag"] == tag]
     groups: dict = {}
@@ -234,6 +244,8 @@ def main() -> None:
     p.add_argument("--presets", nargs="+", choices=("tiny", "cpu", "full"), default=["cpu"],
                    help="attack presets, each run on every draw (side by side)")
     p.add_argument("--train-steps", type=int, default=None, help="override the preset's pair-network steps")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=JSON",
+                   help="CarliniConfig fields over the presets, e.g. fit_rounds=1 oracle_iterations=40")
     p.add_argument("--n", type=int, default=20)
     p.add_argument("--T", type=int, default=50)
     p.add_argument("--k", type=int, default=6)

@@ -99,3 +99,18 @@ def test_public_variance_by_likelihood_prefers_the_true_level(cifar):
                                        base=true_var, grid=(0.25, 1.0, 4.0), iterations=30)
     assert min(tried, key=tried.get) == 1.0, tried
     assert float(np.mean(var)) == pytest.approx(true_var)
+
+
+def test_public_mean_vote_keeps_aligned_positions_where_the_field_scatters_them():
+    """Where a pool's mean is close to 0 at many positions (ImageNet's red channel on [-1, 1]), the
+    per-position field flips the positions whose noisy estimate crosses 0; the global vote keeps the
+    solver's aligned solution and gets its one global sign right."""
+    rng = np.random.default_rng(0)
+    shape = (3, 16, 16)
+    mu = np.broadcast_to(np.array([-0.03, -0.1, -0.2])[:, None, None], shape)   # the pool's mean
+    estimate = mu + rng.normal(0, 0.05, shape)                                   # the solver's, noisy
+    for sign in (1, -1):
+        assert R.public_sign_vote(sign * estimate, mu) == sign
+        field = R.public_sign_field(sign * estimate, mu)
+        wrong = np.mean(field * sign < 0)      # positions the field would flip against the true sign
+        assert wrong > 0.1, wrong

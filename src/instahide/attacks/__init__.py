@@ -3,8 +3,8 @@
 
 Inputs are the challenge's arrays channels-first (encryptions ``(N, C, H, W)``, epoch-major rows;
 labels ``(N, classes)``; checks in :mod:`instahide.attacks.inputs`); each attack returns one recovered
-image per row (``decryption``). :func:`oracle_decode` (TRUE keys: an upper bound), :func:`demix`,
-:mod:`instahide.attacks.carlini` (:class:`CarliniConfig`), :func:`recover_seed` (``legacy`` keys),
+image per row (``decryption``). :func:`oracle_decode` (TRUE keys: the bound of the least-squares
+family, not of every attack), :func:`demix`, :mod:`instahide.attacks.carlini` (:class:`CarliniConfig`), :func:`recover_seed` (``legacy`` keys),
 :func:`invert_gradients` (a shared gradient), :func:`fusion_attack` (Luo et al.'s learned fusion of a
 cluster's encryptions).
 

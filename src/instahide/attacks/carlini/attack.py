@@ -48,8 +48,9 @@ class CarliniResult:
         clusters: per cluster, the rows assigned to it; ``cores``: the grown cores (step 4).
         cluster_class: int ``(m,)``; assignment: int ``(N, num_private)``; coefficients: ``(N, num_private)``.
         public_mean: ``(C, H, W)`` estimated public mean (cross-dataset) or None.
-        sign, sign_confidence: the sign network's global sign and its vote per image (+1, and the share
-            of positions kept minus those flipped, with the public-mean prior; +1 on unit pixels).
+        sign, sign_confidence: the global sign and its margin (the sign network: its vote per image; the
+            public-mean vote: the share of positions that agree with it minus those that do not; the
+            public-mean field: +1 and the share kept minus flipped; +1 on unit pixels).
         metrics: per-step accuracies against ``truth`` (empty without it), fit losses and the sign rule.
         timings: seconds per step. ``train_log``: the pair network's training log.
         network: the pair network (reuse it with ``network=`` on challenges of the same configuration).
@@ -208,15 +209,20 @@ def solve_images(enc: np.ndarray, label: np.ndarray, clusters: Clusters, first: 
     return Solution(rec.astype(np.float32), pmean, a, coefs, history, info)
 
 
-def fix_signs(solution: Solution, *, pixel_range: str, prior_mu: np.ndarray | None, sign_net) -> Solution:
-    """The signs ``|e|`` cannot give (centred pixels), from the attacker's own data only: every
-    position's sign from its own public pool's mean (``prior_mu (C, H, W)``, cross-dataset), or one
-    global sign from its sign network's vote; nothing on unit pixels."""
+def fix_signs(solution: Solution, *, pixel_range: str, prior_mu: np.ndarray | None, sign_net,
+              field: bool = False) -> Solution:
+    """The signs ``|e|`` cannot give (centred pixels), from the attacker's own data only: one global
+    sign voted by its own public pool's mean (``prior_mu (C, H, W)``, cross-dataset; ``field``: every
+    position's sign from it instead), or by its sign network; nothing on unit pixels."""
     rec, pmean, sign, conf = solution.recovered, solution.public_mean, 1, 0.0
     rule = "none (unit pixels)" if pixel_range == "unit" else "none"
-    if pixel_range == "pm1" and pmean is not None and prior_mu is not None:
+    if pixel_range == "pm1" and pmean is not None and prior_mu is not None and field:
         flip = R.public_sign_field(pmean, prior_mu.reshape(pmean.shape))
-        rec, pmean, conf, rule = rec * flip[None], pmean * flip, float(flip.mean()), "public-mean prior"
+        rec, pmean, conf, rule = rec * flip[None], pmean * flip, float(flip.mean()), "public-mean field"
+    elif pixel_range == "pm1" and pmean is not None and prior_mu is not None:
+        sign = R.public_sign_vote(pmean, prior_mu.reshape(pmean.shape))
+        f = np.asarray(pmean, np.float64) * prior_mu.reshape(pmean.shape) * sign
+        rec, pmean, conf, rule = rec * sign, pmean * sign, float(np.mean(f >= 0) - np.mean(f < 0)), "public-mean vote"
     elif pixel_range == "pm1" and sign_net is not None:
         sign, conf = R.choose_sign(rec, sign_net)
         rec, pmean, rule = rec * sign, None if pmean is None else pmean * sign, "sign-network vote"
@@ -247,7 +253,8 @@ def run_steps(enc: np.ndarray, label: np.ndarray, network: PairNet, *, n_private
         solution = cache.step("solution", Solution, lambda: solve_images(
             enc, label, clusters, first, k=k, num_private=num_private, pixel_range=pixel_range, upper=upper,
             config=config, progress=progress, public_prior=public_prior))
-        solution = fix_signs(solution, pixel_range=pixel_range, prior_mu=prior_mu, sign_net=sign_net)
+        solution = fix_signs(solution, pixel_range=pixel_range, prior_mu=prior_mu, sign_net=sign_net,
+                             field=config.sign_rule == "public-mean-field")
     return Steps(graph, clusters, first, solution, decrypt_rows(graph, solution.assignment, clusters.cores))
 
 

@@ -10,7 +10,7 @@ __all__ = ["CarliniConfig", "PRESETS", "RECONSTRUCTIONS", "SIGN_RULES", "PUBLIC_
 
 RECONSTRUCTIONS = ("oracle", "gd", "oracle+gd")
 PUBLIC_VARIANCES = ("likelihood", "pool")
-SIGN_RULES = ("auto", "sign-network")
+SIGN_RULES = ("auto", "public-mean-field", "sign-network")
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,8 @@ class CarliniConfig:
                                         # chosen on the encryptions (docs/attacks_protocol.md: no gain measured)
     variance_grid: tuple = (0.5, 0.7, 1.0, 1.4, 2.0)  # multiples of the pool's per-channel variance tried
     variance_iterations: int = 40       # solver steps of each try
-    sign_rule: str = "auto"             # "auto": public-mean prior cross-dataset, else the sign net
+    sign_rule: str = "auto"             # "auto": one global sign voted by the public mean cross-dataset, else the
+                                        # sign net; "public-mean-field": every position's sign from the pool's mean
     sign_steps: int = 300               # training steps of the sign network (0: none)
     # step 7, colour correction on an attacker-made challenge of its own images
     colour_correction: bool = False
