@@ -192,3 +192,27 @@ def test_device_is_checked_before_any_work(tmp_path, capsys, argv):
         assert main(argv + ["--device", "cuda"]) == 2
         assert "runs on the CPU only" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_train_refuses_k1_and_names_the_device_option(tmp_path, capsys):
+    """``train --k 1`` is refused as ``encrypt --k 1`` is; a device it cannot have is named as the
+    option, before any epoch."""
+    out = tmp_path / "run"
+    assert main(["train", "--mode", "instahide", "--k", "1", "--epochs", "1", "--out", str(out)]) == 2
+    assert "--k 1 mixes each image with nothing" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["train", "--epochs", "1", "--device", "cuda", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--device cuda asked for" in err and "device='cuda'" not in err
+    assert not (out / "checkpoint.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without CUDA")
+def test_carlini_attack_from_python_refuses_cuda_it_has_not():
+    from instahide.attacks.carlini import carlini_attack
+
+    enc = np.zeros((8, 1, 8, 8), np.float32)
+    with pytest.raises(ValueError, match="device='cuda' asked for"):
+        carlini_attack(enc, np.zeros((8, 10), np.float32), n_private=2, k=4, num_private=4,
+                       attacker_images=np.zeros((4, 1, 8, 8), np.uint8), attacker_labels=np.zeros(4, np.int64),
+                       device="cuda")

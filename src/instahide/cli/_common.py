@@ -96,6 +96,13 @@ def handed_out_classes(ds, kind: str, publish: bool):
     return [f"class-{i}" for i in range(len(ds.classes))]
 
 
+def refuse_k1(scheme: SchemeConfig) -> None:
+    """``--k 1`` mixes nothing: every command that encrypts refuses it (the library allows it)."""
+    if scheme.mode != "vanilla" and scheme.k == 1:
+        raise CLIError("--k 1 mixes each image with nothing: its encryption is the image itself with random "
+                       "pixel signs, which |x| undoes; use --k 2 or more")
+
+
 def scheme_from_args(args) -> SchemeConfig:
     """The validated :class:`~instahide.scheme.SchemeConfig` of the parsed options (and, for commands
     with keys, ``--research-seed``'s range)."""
@@ -103,9 +110,7 @@ def scheme_from_args(args) -> SchemeConfig:
         scheme = from_args(args, SchemeConfig).validate()
     except ValueError as exc:  # the message names fields; on the command line they are options
         raise CLIError(_OPTION_NAMES.sub(lambda m: "--" + (m.group(1) or m.group(2)).replace("_", "-"), str(exc))) from exc
-    if scheme.mode != "vanilla" and scheme.k == 1:
-        raise CLIError("--k 1 mixes each image with nothing: its encryption is the image itself with random "
-                       "pixel signs, which |x| undoes; use --k 2 or more")
+    refuse_k1(scheme)
     seed = getattr(args, "research_seed", None)
     if seed is not None:
         if seed < 0:

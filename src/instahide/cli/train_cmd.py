@@ -13,7 +13,8 @@ from ..distributed import load_encrypted, load_shared_model, load_test_set
 from ..scheme import KeyGenerator
 from ..scheme.defaults import DOM, UPPER
 from ..train import TrainConfig, evaluate, evaluate_instahide, load_model, load_train_data, train
-from ._common import CLIError, cli_message, report_run
+from ..train.ddp import resolve_device
+from ._common import CLIError, cli_message, refuse_k1, report_run
 
 TRAIN_HELP = "train a model on InstaHide encryptions (re-encrypted every epoch), Mixup or plain images"
 TRAIN_DESCRIPTION = """\
@@ -79,6 +80,8 @@ def add_parsers(sub) -> None:
 def run_train(args) -> int:
     try:
         cfg = from_args(args, TrainConfig).validate()
+        refuse_k1(cfg.scheme)
+        resolve_device(cfg.device, option="--device")
         final = train(cfg, resume=args.resume)
     except (ValueError, ImportError, RuntimeError, OSError, FloatingPointError) as exc:
         raise CLIError(cli_message(str(exc))) from exc  # the library's resume=True is --resume here

@@ -25,6 +25,7 @@ from ...data.scaling import SCALINGS, private_stats, scale_images
 from ...metrics import ssim
 from ...scheme import KeyGenerator
 from ...scheme.defaults import DOM, UPPER
+from ...train.ddp import resolve_device
 from ..inputs import check_attacker_data, check_count, check_encryption, check_label
 from . import graph as G
 from . import reconstruct as R
@@ -413,6 +414,7 @@ def carlini_attack(
         :class:`CarliniResult`.
     """
     config = replace(config or CarliniConfig(), **options)
+    resolve_device(config.device)  # CUDA asked for and absent: one clear error before any work
     enc = check_encryption(encryption, "encryption")
     n_rows = enc.shape[0]
     lab = check_label(label, n_rows)
