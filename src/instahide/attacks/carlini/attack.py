@@ -50,8 +50,8 @@ class CarliniResult:
         cluster_class: int ``(m,)``; assignment: int ``(N, num_private)``; coefficients: ``(N, num_private)``.
         public_mean: ``(C, H, W)`` estimated public mean (cross-dataset) or None.
         sign, sign_confidence: the global sign and its margin (the sign network: its vote per image; the
-            public-mean vote: the share of positions that agree with it minus those that do not; the
-            public-mean field: +1 and the share kept minus flipped; +1 on unit pixels).
+            public-mean prior: +1 and the share of positions kept minus flipped; the public-mean vote:
+            the share of positions that agree with it minus those that do not; +1 on unit pixels).
         metrics: per-step accuracies against ``truth`` (empty without it), fit losses and the sign rule.
         timings: seconds per step. ``train_log``: the pair network's training log.
         network: the pair network (reuse it with ``network=`` on challenges of the same configuration).
@@ -211,15 +211,16 @@ def solve_images(enc: np.ndarray, label: np.ndarray, clusters: Clusters, first: 
 
 
 def fix_signs(solution: Solution, *, pixel_range: str, prior_mu: np.ndarray | None, sign_net,
-              field: bool = False) -> Solution:
-    """The signs ``|e|`` cannot give (centred pixels), from the attacker's own data only: one global
-    sign voted by its own public pool's mean (``prior_mu (C, H, W)``, cross-dataset; ``field``: every
-    position's sign from it instead), or by its sign network; nothing on unit pixels."""
+              vote: bool = False) -> Solution:
+    """The signs ``|e|`` cannot give (centred pixels), from the attacker's own data only: every
+    position's sign from its own public pool's mean (``prior_mu (C, H, W)``, cross-dataset; ``vote``:
+    one global sign voted by it instead), or one global sign from its sign network's vote; nothing on
+    unit pixels."""
     rec, pmean, sign, conf = solution.recovered, solution.public_mean, 1, 0.0
     rule = "none (unit pixels)" if pixel_range == "unit" else "none"
-    if pixel_range == "pm1" and pmean is not None and prior_mu is not None and field:
+    if pixel_range == "pm1" and pmean is not None and prior_mu is not None and not vote:
         flip = R.public_sign_field(pmean, prior_mu.reshape(pmean.shape))
-        rec, pmean, conf, rule = rec * flip[None], pmean * flip, float(flip.mean()), "public-mean field"
+        rec, pmean, conf, rule = rec * flip[None], pmean * flip, float(flip.mean()), "public-mean prior"
     elif pixel_range == "pm1" and pmean is not None and prior_mu is not None:
         sign = R.public_sign_vote(pmean, prior_mu.reshape(pmean.shape))
         f = np.asarray(pmean, np.float64) * prior_mu.reshape(pmean.shape) * sign
@@ -255,7 +256,7 @@ def run_steps(enc: np.ndarray, label: np.ndarray, network: PairNet, *, n_private
             enc, label, clusters, first, k=k, num_private=num_private, pixel_range=pixel_range, upper=upper,
             config=config, progress=progress, public_prior=public_prior))
         solution = fix_signs(solution, pixel_range=pixel_range, prior_mu=prior_mu, sign_net=sign_net,
-                             field=config.sign_rule == "public-mean-field")
+                             vote=config.sign_rule == "public-mean-vote")
     return Steps(graph, clusters, first, solution, decrypt_rows(graph, solution.assignment, clusters.cores))
 
 
