@@ -291,6 +291,21 @@ for line in sys.stdin:
 """
 
 
+def _kill_server(argv):
+    """A child process that runs ``encrypt argv`` on request, killed at the call named by the caller:
+    ``(server, child)``; ``child(kill_at, trace)`` returns the run's exit code."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
+    server = subprocess.Popen([sys.executable, "-c", SERVER, *argv], env=env, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+
+    def child(kill_at, trace=""):
+        server.stdin.write(f"{kill_at} {trace}\n")
+        server.stdin.flush()
+        return int(server.stdout.readline())
+    return server, child
+
+
 def _files(folder):
     return {p.name: p.read_bytes() for p in folder.iterdir()}
 
@@ -305,16 +320,7 @@ def test_a_kill_at_any_moment_leaves_a_complete_set(tmp_path):
     assert main([*args, "--out", str(tmp_path / "new"), "--research-seed", "2"]) == 0
     old, new = _files(out), _files(tmp_path / "new")
     arrays = ("encryption.npy", "label.npy")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
-    server = subprocess.Popen([sys.executable, "-c", SERVER, *args, "--out", str(out), "--force",
-                               "--research-seed", "2"], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-
-    def child(kill_at, trace=""):
-        server.stdin.write(f"{kill_at} {trace}\n")
-        server.stdin.flush()
-        return int(server.stdout.readline())
+    server, child = _kill_server([*args, "--out", str(out), "--force", "--research-seed", "2"])
 
     try:
         trace = tmp_path / "trace.json"
@@ -421,16 +427,7 @@ def test_a_kill_during_a_forced_rewrite_with_a_key_never_separates_them(tmp_path
                  "--research-seed", "2"]) == 0
     old_dir, old_key = _files(out), key.read_bytes()
     old, new = _arrays_and_key(out, key), _arrays_and_key(tmp_path / "new", tmp_path / "new.npz")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [SRC, os.environ.get("PYTHONPATH")]))}
-    server = subprocess.Popen([sys.executable, "-c", SERVER, *args, "--out", str(out), "--key-out", str(key),
-                               "--force", "--research-seed", "2"], env=env, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-
-    def child(kill_at, trace=""):
-        server.stdin.write(f"{kill_at} {trace}\n")
-        server.stdin.flush()
-        return int(server.stdout.readline())
+    server, child = _kill_server([*args, "--out", str(out), "--key-out", str(key), "--force", "--research-seed", "2"])
 
     try:
         trace = tmp_path / "trace.json"
