@@ -57,7 +57,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path, parties):
     cut = SharedConfig(encrypted=parties, **FAST, epochs=3, research_seed=1, out=str(tmp_path / "cut"))
     with pytest.raises(KeyboardInterrupt):
         train_shared(cut, on_epoch_end=stop)
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(FileExistsError, match="resume=True"):
         train_shared(cut)
     final = train_shared(cut, resume=True)
     assert final["epochs_run"] == 3
