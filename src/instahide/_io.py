@@ -303,6 +303,23 @@ def sweep(folder: str | os.PathLike) -> None:
                 e.unlink()
 
 
+def finish_commits(path: str | os.PathLike) -> None:
+    """Before ``path`` (an output folder) is read: finish or undo the commits of ``path`` that killed
+    runs left half-done (their journals next to it), so that a reader never sees a new folder beside
+    its old key. A failure leaves the journal for a later sweep; nothing else is touched."""
+    path = Path(path)
+    try:
+        entries = [e for e in path.parent.iterdir() if e.name.startswith(f".{path.name}.") and e.name.endswith(".journal")]
+    except OSError:
+        return
+    for e in entries:
+        m = _TAGGED.fullmatch(e.name)
+        if m is None or m["name"] != path.name or not _ours(e) or not _dead(e, m):
+            continue
+        with contextlib.suppress(OSError, ValueError), _locked(path.parent):
+            _recover(e)
+
+
 def _recover(journal: Path) -> None:
     """Complete (phase "commit") or undo (phase "prepare") the commit ``journal`` describes."""
     try:

@@ -59,7 +59,8 @@ def _attack(cifar, enc, lab, network, truth=None, **options):
 
 def test_step_accuracies_on_a_shuffled_centred_challenge(cifar, network):
     enc, lab, truth, _ = draw(cifar, 11)
-    res = _attack(cifar, enc, lab, network, truth=truth, public_variance="likelihood")
+    res = _attack(cifar, enc, lab, network, truth=truth, public_variance="likelihood", variance_grid=(0.7, 1.4),
+                  variance_iterations=10)
     m = res.metrics
     assert m["pairs"]["auc"] > 0.55                      # class-compatible pairs; chance 0.5
     assert m["clusters"]["core_purity"] > 0.8 and m["clusters"]["core_coverage"] >= 0.8
@@ -73,7 +74,7 @@ def test_step_accuracies_on_a_shuffled_centred_challenge(cifar, network):
     two_classes = right & (truth.private_labels[true[:, 0]] != truth.private_labels[true[:, 1]])
     np.testing.assert_allclose(res.coefficients[two_classes], truth.coefficients[two_classes, :2], atol=1e-5)
     assert m["sign_correct"]                             # the global sign, from the attacker's pool only
-    assert m["public_variance_level"] > 0 and len(m["public_variance_nll"]) == len(CarliniConfig().variance_grid)
+    assert m["public_variance_level"] > 0 and set(m["public_variance_nll"]) == {0.7, 1.4}
 
 
 @pytest.mark.parametrize("seed", [21, 22])

@@ -452,6 +452,8 @@ def test_a_kill_during_a_forced_rewrite_with_a_key_never_separates_them(tmp_path
             if now not in (old, new):       # only between the two renames, and then the journal says so
                 assert any(n.endswith(".journal") for n in _hidden(root)), (kill_at, names[kill_at - 1])
                 windows += 1
+                load_encrypted(out)             # opening the folder finishes the commit
+                assert _arrays_and_key(out, key) == new and _paired(out, key)
             _io.sweep(root), _io.sweep(keys)  # what the next run with this --out and --key-out does first
             now = _arrays_and_key(out, key)
             assert now in (old, new) and _paired(out, key), f"killed at call {kill_at} ({names[kill_at - 1]})"

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .._io import atomic_write_text, sha256_file
+from .._io import atomic_write_text, finish_commits, sha256_file
 
 ENCRYPTION, LABEL, META = "encryption.npy", "label.npy", "meta.json"
 _KEY_FORMAT = b"instahide-key/1"
@@ -145,6 +145,7 @@ def load_encrypted(paths, *, check_keys: bool = True) -> EncryptedUnion:
         raise ValueError("no encryption folder given")
     seen = {}
     for p in paths:
+        finish_commits(p)  # a killed `encrypt --force` left its commit half-done: finish it before reading
         r = p.resolve()
         if r in seen:
             raise ValueError(f"{p} is given twice (as {seen[r]}): its rows would count double")
