@@ -116,9 +116,10 @@ def likelihood_variance(encryption: np.ndarray, assignment: np.ndarray, coeffici
     :func:`folded_nll` over the best-fitting ``1 - trim`` of the rows; the smallest wins. Returns
     ``(variance, {g: nll})``.
 
-    Why: the solver's soft signs are only as good as the public variance it is given; a pool of
-    another source than the challenge's (or none) gives the wrong level, and a too confident (small)
-    or too timid (large) variance both cost SSIM (docs/attacks_protocol.md)."""
+    Why: the solver's soft signs are only as good as the public variance it is given, and an attacker
+    whose pool is not the challenge's source has the wrong level. Measured (docs/attacks_protocol.md):
+    this likelihood does not track SSIM (it picked levels that scored 0.02-0.06 lower on 2 of 3 draws),
+    so ``CarliniConfig(public_variance="likelihood")`` is off by default."""
     pub = public_mass(label, num_private, k)
     base = np.asarray(base, np.float64)
     scores = {}
