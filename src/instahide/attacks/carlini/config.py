@@ -83,9 +83,9 @@ class CarliniConfig:
 PRESETS = {
     "tiny": CarliniConfig(train_steps=60, width_mult=8, oracle_iterations=40, gd_steps=150, sign_steps=60,
                           attacker_images=2000),
-    # 600 steps: over the 16 tuning draws of docs/attacks_protocol.md, pair AUC +0.02-0.03 on every draw and
-    # Max_SSIM +0.04 (ImageNet-photograph pools) / +0.07 (built-in photographs) against 100 steps (100 had
-    # been chosen on one draw, where training barely moved the hand-made start); fit_rounds=0: a fit round
+    # 600 steps: over the 16 tuning draws of docs/attacks_protocol.md, pair AUC +0.02 and mean Max_SSIM +0.04
+    # on both pool sources against 100 steps (100 had been chosen on one draw, where training barely moved
+    # the hand-made start); 113 s end to end on 2 cores, 96 s of it training; fit_rounds=0: a fit round
     # measured worse on that draw and +0.02 (not significant) over 4 random ones
     "cpu": CarliniConfig(train_steps=600, width_mult=16, attacker_images=20000, fit_rounds=0),
     "full": CarliniConfig(train_steps=3000, width_mult=32, attacker_images=50000, fit_rounds=0),
