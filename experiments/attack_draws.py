@@ -31,6 +31,9 @@ spread (mean, standard deviation, minimum, worst ratio to the oracle) per pool s
   OMP_NUM_THREADS=2 .venv/bin/python experiments/attack_draws.py --T 10 --tag T10
   OMP_NUM_THREADS=2 .venv/bin/python experiments/attack_draws.py --setting inside --k 4 --pools builtin --tag inside-k4
   OMP_NUM_THREADS=2 .venv/bin/python experiments/attack_draws.py --pools imagenet --attacker-public builtin --tag mismatched
+  # DIAGNOSTIC: the solver alone, on the TRUE private keys, sign rules side by side (own output file):
+  OMP_NUM_THREADS=2 .venv/bin/python experiments/attack_draws.py --true-key-checks --draw-ids 0 2 4 6 --pools imagenet \
+      --out experiments/results/attack_draws_truekeys.jsonl --tag true-keys
   # the table:
   .venv/bin/python experiments/attack_draws.py --summary experiments/results/attack_draws.jsonl
 """
@@ -113,6 +116,42 @@ def step_accuracy(res, truth) -> dict:
             "sign_agreement": agree}
 
 
+def true_key_checks(args, test, out: Path, rev: str) -> None:
+    """DIAGNOSTIC (reads the truth): per draw, the solver of the attack on the TRUE private keys with the
+    attack's public model (public shares' squares from the coefficient law, the attacker's pool
+    variance), its signs by the per-position public-mean field, by the global public-mean vote and by
+    the truth; beside the oracle on every true key. Separates the solver from the clustering."""
+    from instahide.attacks.carlini import reconstruct as R
+
+    ratio = R.public_square_ratio(args.k, 2, 0.65, 0.3)
+    for pool_name in args.pools:
+        a_pub, _ = attacker_pool(args.attacker_public, pool_name, args.pool)
+        pa = a_pub.astype(np.float64) / 127.5 - 1  # the attacker's pool in [-1, 1] pixels
+        mu = pa.mean(0)
+        for draw in (args.draw_ids or list(range(args.draws))):
+            enc, lab, truth, _ = make_draw(draw, pool_name, test, n=args.n, T=args.T, k=args.k, setting="cross",
+                                           pool_size=args.pool)
+            idx = truth.indices[:, :2]
+            rec, pm = R.reconstruct_oracle(enc.astype(np.float64), idx, truth.coefficients[:, :2].astype(np.float64),
+                                           lab, k=args.k, num_private=2, n_clusters=args.n, square_ratio=ratio,
+                                           public_variance=pa.var(0))
+
+            def max_ssim(x):
+                return score(x[idx[:, 0]].astype(np.float32), truth).max_ssim
+
+            row = {"tag": args.tag, "diagnostic": "true private keys, the attack's public model", "draw": draw,
+                   "pool_source": pool_name, "attacker_public": args.attacker_public, "n": args.n, "T": args.T,
+                   "k": args.k, "sign_field": max_ssim(rec * R.public_sign_field(pm, mu)[None]),
+                   "sign_vote": max_ssim(rec * R.public_sign_vote(pm, mu)),
+                   "sign_truth": max(max_ssim(rec), max_ssim(-rec)), "oracle": oracle_score(enc, truth),
+                   "commit": rev, "date": time.strftime("%Y-%m-%d %H:%M")}
+            with out.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(f"{pool_name} draw {draw}: true private keys, signs by field {row['sign_field']:.3f} vote "
+                  f"{row['sign_vote']:.3f} truth {row['sign_truth']:.3f}; oracle {row['oracle']['Max_SSIM']:.3f}",
+                  flush=True)
+
+
 def attacker_pool(kind: str, pool_name: str, size: int):
     src = POOLS[pool_name] if kind == "same" else "builtin"
     return (load_public_pool(src, n=size, size=(32, 32), channels=3, seed=1).images,
@@ -132,6 +171,9 @@ def run(args) -> None:
     net_dir = Path(args.net_dir)
     net_dir.mkdir(parents=True, exist_ok=True)
     rev = commit()
+    if args.true_key_checks:
+        true_key_checks(args, test, out, rev)
+        return
     for pool_name in args.pools:
         a_pub, a_desc = attacker_pool(args.attacker_public, pool_name, args.pool) if args.setting == "cross" else (None, None)
         configs, networks = {}, {}
@@ -255,6 +297,8 @@ def main() -> None:
     p.add_argument("--pool", type=int, default=4000, help="public pool size")
     p.add_argument("--train-images", type=int, default=20000)
     p.add_argument("--no-oracle", action="store_true")
+    p.add_argument("--true-key-checks", action="store_true",
+                   help="DIAGNOSTIC: the solver on the TRUE private keys (sign rules side by side) instead of the attack")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "attack_draws.jsonl"))
     p.add_argument("--net-dir", default=str(ROOT / "experiments" / "results" / "attack_draws_nets"))
