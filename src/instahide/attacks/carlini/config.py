@@ -86,7 +86,7 @@ PRESETS = {
     # 600 steps: over the 16 tuning draws of docs/attacks_protocol.md, pair AUC +0.02 and mean Max_SSIM +0.04
     # on both pool sources against 100 steps (100 had been chosen on one draw, where training barely moved
     # the hand-made start); 113 s end to end on 2 cores, 96 s of it training; fit_rounds=0: a fit round
-    # measured worse on that draw and +0.02 (not significant) over 4 random ones
+    # measured worse on that draw and +0.03 (not significant) over 5 random ones
     "cpu": CarliniConfig(train_steps=600, width_mult=16, attacker_images=20000, fit_rounds=0),
     "full": CarliniConfig(train_steps=3000, width_mult=32, attacker_images=50000, fit_rounds=0),
 }
