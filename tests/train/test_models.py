@@ -110,9 +110,9 @@ def test_stem_bn_option_and_wrong_input():
 
 
 def test_registry_and_build_model_errors():
-    assert set(MODELS) == {"preact_resnet18", "fastnet", "mnistnet"}
+    assert set(MODELS) == {"preact_resnet18", "fastnet", "mnistnet", "resnet10_224"}
     assert all(callable(ctor) and isinstance(desc, str) and desc for ctor, desc in MODELS.values())
-    with pytest.raises(ValueError, match="unknown model 'resnet50'; known models: fastnet, mnistnet, preact_resnet18"):
+    with pytest.raises(ValueError, match="unknown model 'resnet50'; known models: fastnet, mnistnet, preact_resnet18, resnet10_224"):
         build_model("resnet50", 10, 3)
     with pytest.raises(ValueError, match="width > 0"):
         build_model("fastnet", 10, 3, width=0)

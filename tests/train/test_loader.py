@@ -1,0 +1,154 @@
+"""Training from uint8 (memory-mapped) private sets: in-worker encryption against the in-memory reference."""
+import numpy as np
+import pytest
+import torch
+
+from instahide.data import normalize_images
+from instahide.scheme import KeyGenerator, encrypt
+from instahide.train.loader import (EncryptedBatches, PixelSource, batch_loader, encrypt_rows, evaluate_source,
+                                    is_memory_mapped, resolve_workers)
+from instahide.train.evaluate import evaluate
+
+MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+
+
+@pytest.fixture
+def nhwc_map(tmp_path):
+    """A read-only (N, C, H, W) memmap VIEW of an NHWC uint8 .npy (not contiguous), and its labels."""
+    path = tmp_path / "private.npy"
+    rng = np.random.default_rng(0)
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(40, 6, 5, 3))
+    arr[:] = rng.integers(0, 256, arr.shape, dtype=np.uint8)
+    arr.flush()
+    del arr
+    view = np.load(path, mmap_mode="r").transpose(0, 3, 1, 2)
+    return view, torch.from_numpy(rng.integers(0, 10, 40))
+
+
+def in_memory(view, mean=MEAN, std=STD):
+    """The in-memory path's float set: ImageDataset.to_tensor's operations on a contiguous copy."""
+    return normalize_images(torch.from_numpy(np.ascontiguousarray(view)).to(torch.float32).div_(255.0), mean, std)
+
+
+def test_the_fixture_is_a_non_contiguous_read_only_memory_map(nhwc_map):
+    view, _ = nhwc_map
+    assert is_memory_mapped(view) and not view.flags.c_contiguous and not view.flags.writeable
+    assert not is_memory_mapped(np.ascontiguousarray(view))
+
+
+def test_gather_equals_the_in_memory_normalisation(nhwc_map):
+    view, _ = nhwc_map
+    rows = np.array([7, 3, 3, 39, 0])
+    assert torch.equal(PixelSource(view, MEAN, STD).gather(rows), in_memory(view)[rows])
+    sub = PixelSource(view, MEAN, STD, index=np.arange(10, 40))
+    assert len(sub) == 30 and torch.equal(sub.gather([0, 5]), in_memory(view)[[10, 15]])
+    assert torch.equal(PixelSource(torch.from_numpy(np.ascontiguousarray(view)), MEAN, STD).gather(rows),
+                       in_memory(view)[rows])
+
+
+@pytest.mark.parametrize("fused", [None, False])
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 26])
+@pytest.mark.parametrize("mode", ["instahide", "mixup"])
+def test_in_worker_encryption_equals_encrypt_on_the_in_memory_set(nhwc_map, fused, chunk_bytes, mode):
+    view, y = nhwc_map
+    rows = np.array([5, 17, 2, 33, 20, 11, 0])
+    ref = encrypt(in_memory(view), y, k=4, mode=mode, num_classes=10, rows=rows,
+                  generator=KeyGenerator.from_seed("loader"), return_key=True, fused=fused)
+    got = encrypt_rows(PixelSource(view, MEAN, STD), y, rows, k=4, upper=0.65, mode=mode, num_classes=10,
+                       generator=KeyGenerator.from_seed("loader"), fused=fused, chunk_bytes=chunk_bytes,
+                       return_key=True)
+    assert torch.equal(got.key.indices, ref.key.indices) and torch.equal(got.key.coefficients, ref.key.coefficients)
+    assert torch.equal(got.images, ref.images)
+    assert torch.equal(got.soft_labels, ref.soft_labels)
+
+
+def test_cross_dataset_encryption_equals_encrypt_with_the_in_memory_pool(nhwc_map, tmp_path):
+    view, y = nhwc_map
+    pool = np.random.default_rng(1).integers(0, 256, (25, 3, 6, 5), dtype=np.uint8)
+    pmean, pstd = (0.4, 0.4, 0.4), (0.3, 0.3, 0.3)
+    rows = np.arange(0, 40, 3)
+    ref = encrypt(in_memory(view), y, k=6, num_private=2, dom=0.3, public=in_memory(pool, pmean, pstd),
+                  num_classes=10, rows=rows, generator=KeyGenerator.from_seed(3))
+    got = encrypt_rows(PixelSource(view, MEAN, STD), y, rows, k=6, upper=0.65, num_private=2, dom=0.3,
+                       public=PixelSource(pool, pmean, pstd), num_classes=10, generator=KeyGenerator.from_seed(3),
+                       chunk_bytes=1)
+    assert torch.equal(got.images, ref.images) and torch.equal(got.soft_labels, ref.soft_labels)
+
+
+def _epoch_keys(view, y, workers, keys, batches=None):
+    batches = batches or list(torch.arange(40).split(5))
+    ds = EncryptedBatches(PixelSource(view, MEAN, STD), y, batches, 10, keys=keys, return_key=True,
+                          scheme=dict(k=4, upper=0.65, mode="instahide"))
+    return [key for _, _, key in batch_loader(ds, workers)]
+
+
+def _material(keys):
+    """Every row's coefficients and mask bits, as bytes."""
+    return [bytes(c.numpy().tobytes()) for key in keys for c in key.coefficients] + \
+           [bytes(m.numpy().tobytes()) for key in keys for m in key.mask_bits]
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_workers_never_repeat_key_material(nhwc_map):
+    view, y = nhwc_map
+    # OS entropy: a root generator made in every worker, and a generator copied into forked workers
+    runs = [_epoch_keys(view, y, 3, KeyGenerator.from_entropy) for _ in range(2)]
+    runs.append(_epoch_keys(view, y, 3, KeyGenerator.from_entropy()))
+    runs.append(_epoch_keys(view, y, 0, KeyGenerator.from_entropy()))
+    material = [m for keys in runs for m in _material(keys)]
+    assert len(material) == 4 * 2 * 40 and len(set(material)) == len(material)
+    # a research seed: every batch its own stream, the same keys for any number of workers
+    seeded = lambda: KeyGenerator.from_seed("epoch-root")  # noqa: E731
+    one, three = _epoch_keys(view, y, 0, seeded), _epoch_keys(view, y, 3, seeded)
+    assert all(torch.equal(a.mask_bits, b.mask_bits) and torch.equal(a.indices, b.indices) for a, b in zip(one, three))
+    assert len(set(_material(three))) == 2 * 40
+    # a seeded generator copied into forked workers is rekeyed per worker: nothing repeats either
+    copied = _epoch_keys(view, y, 3, KeyGenerator.from_seed("copied"))
+    assert len(set(_material(copied) + _material(three))) == 4 * 40
+
+
+def test_partners_cover_the_whole_set(nhwc_map):
+    view, y = nhwc_map
+    batch = torch.arange(8)                                          # the batch holds rows 0..7 only
+    keys = _epoch_keys(view, y, 2, KeyGenerator.from_entropy, batches=[batch] * 150)
+    partners = torch.cat([key.indices[:, 1:].flatten() for key in keys])
+    counts = torch.bincount(partners, minlength=40)
+    assert all(torch.equal(key.indices[:, 0], batch) for key in keys)
+    # 3600 draws, 90 expected per image (fewer for the batch's own rows, never their own partner)
+    assert counts.min() > 40 and counts[8:].sum() > 0.75 * len(partners)
+
+
+def test_epoch_batches_match_the_batches_asked_for(nhwc_map):
+    view, y = nhwc_map
+    batches = list(torch.randperm(40, generator=torch.Generator().manual_seed(0)).split(16))
+    ds = EncryptedBatches(PixelSource(view, MEAN, STD), y, batches, 10, scheme=None)
+    got = list(batch_loader(ds, 2))
+    x = in_memory(view)
+    assert [len(b[0]) for b in got] == [16, 16, 8]
+    for (xb, yb), rows in zip(got, batches):
+        assert torch.equal(xb, x[rows]) and torch.equal(yb.argmax(1), y[rows])
+
+
+def test_evaluate_source_matches_evaluate(nhwc_map):
+    view, y = nhwc_map
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(90, 10))
+    ref = evaluate(model, in_memory(view), y, batch_size=8)
+    got = evaluate_source(model, PixelSource(view, MEAN, STD), y, device="cpu", batch_size=8, chunk_rows=16)
+    assert got["accuracy"] == pytest.approx(ref["accuracy"]) and got["loss"] == pytest.approx(ref["loss"], rel=1e-5)
+
+
+def test_bad_sources_and_workers_are_refused(nhwc_map):
+    view, _ = nhwc_map
+    with pytest.raises(TypeError, match="must be uint8"):
+        PixelSource(np.zeros((2, 3, 4, 4), np.float32), MEAN, STD)
+    with pytest.raises(ValueError, match=r"must be \(N, C, H, W\)"):
+        PixelSource(np.zeros((2, 4, 4), np.uint8), MEAN, STD)
+    with pytest.raises(ValueError, match="3 channel statistics for 1-channel"):
+        PixelSource(np.zeros((2, 1, 4, 4), np.uint8), MEAN, STD)
+    with pytest.raises(ValueError, match="workers must be 'auto' or an integer >= 0"):
+        resolve_workers(-1, [view], 0)
+    assert resolve_workers("auto", [view], 10) == 0                      # small: the whole-set path
+    assert resolve_workers("auto", [np.ascontiguousarray(view)], 1 << 40) == 0   # in memory: whole-set path
+    assert resolve_workers("auto", [view], 1 << 40) >= 1                 # large and mapped: streamed
+    assert resolve_workers(2, [view], 0) == 2
