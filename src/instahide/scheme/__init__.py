@@ -7,10 +7,11 @@ from .legacy import LegacyGenerator, legacy_coefficients, legacy_key
 from .masks import apply_mask_, pack_signs, sample_mask_bits, unpack_signs
 from .partners import sample_partners
 from .rng import KeyGenerator, resolve_generator
+from .stored import Uint8Images
 
 __all__ = [
     "MODES", "Encryption", "Key", "KeyGenerator", "LegacyGenerator", "UncentredInputError",
     "apply_key", "apply_mask_", "check_bounds", "check_images", "encrypt",
     "legacy_coefficients", "legacy_key", "mix_labels", "pack_signs", "resolve_generator",
-    "sample_coefficients", "sample_key", "sample_mask_bits", "sample_partners", "unpack_signs",
+    "sample_coefficients", "sample_key", "sample_mask_bits", "sample_partners", "unpack_signs", "Uint8Images",
 ]

@@ -22,6 +22,7 @@ from .legacy import LegacyGenerator, legacy_key
 from .masks import apply_mask_, sample_mask_bits
 from .partners import check_rows, sample_partners
 from .rng import KeyGenerator, fixed_generator, resolve_generator
+from .stored import Uint8Images
 
 MODES = ("instahide", "mixup")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
@@ -88,12 +89,16 @@ def encrypt(
     Args:
         images: private images ``(N, C, H, W)``, float (16, bf16, 32 or 64 bits), CPU or CUDA;
             partners are drawn from this tensor (pass the whole private set or one batch). Should be
-            centred (e.g. normalised with :func:`instahide.data.normalize_images`).
+            centred (e.g. normalised with :func:`instahide.data.normalize_images`). Or a
+            :class:`~instahide.scheme.stored.Uint8Images` (uint8 images, e.g. memory-mapped, with their
+            mean/std): rows are normalised as they are gathered, the same keys give the same bits as
+            its float tensor, and memory is bounded by the output (use ``rows`` for chunks of it).
         labels: ``(N,)`` class indices or ``(N, num_classes)`` one-hot/soft labels, or None.
         k: images mixed into one encryption (the paper: 4 inside-dataset, 6 cross-dataset).
         upper: c1, the largest coefficient (reference 0.65).
         mode: ``"instahide"`` (mix and mask) or ``"mixup"`` (mix only; no privacy from the mask).
-        public: public pool ``(M, C, H, W)`` for cross-dataset InstaHide, or None (inside-dataset).
+        public: public pool ``(M, C, H, W)`` for cross-dataset InstaHide (float, or a
+            :class:`~instahide.scheme.stored.Uint8Images`), or None (inside-dataset).
         num_private: private slots; default ``k`` inside-dataset, 2 with a public pool.
         dom: c2, the smallest sum of the private coefficients; cross-dataset mode only (ref. 0.3).
         num_classes: width of the soft labels; default ``labels.max() + 1`` (pass it for batches).
@@ -135,7 +140,7 @@ def encrypt(
         raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
     if public is not None:
         public = check_images(public, "public")
-        if public.shape[1:] != images.shape[1:]:
+        if tuple(public.shape[1:]) != tuple(images.shape[1:]):
             raise ValueError(f"public images have shape {tuple(public.shape[1:])} per image, private images "
                              f"{tuple(images.shape[1:])}; they must match")
         if public.device != images.device or public.dtype != images.dtype:
@@ -222,7 +227,10 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
     :mod:`instahide.scheme.kernel` (one pass); anything else, or ``fused=False``, runs cache-sized
     chunks of torch operations (``chunk_rows`` rows each; differentiable: images that require grad
     always take it). They agree to rounding (the multiply-adds run in another order) and apply the
-    same mask. ``fused=True`` raises where the kernel cannot run.
+    same mask. ``fused=True`` raises where the kernel cannot run. ``images`` and ``public`` may be
+    :class:`~instahide.scheme.stored.Uint8Images` stores (``(N, C, H, W)`` uint8 + mean/std): the
+    kernel normalises each gathered row, the torch path gathers each chunk's rows; on either path
+    the result equals that of the store's float tensor bit for bit.
     """
     n, k = len(key), key.k
     d = int(np.prod(key.image_shape))
@@ -231,23 +239,23 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
     if key.num_private < k and public is None:
         raise ValueError(f"key has {k - key.num_private} public slot(s): pass the public pool")
     dev, dtype = images.device, images.dtype
-    x = images.reshape(images.shape[0], d)
-    pub = None if public is None else public.reshape(public.shape[0], d)
+    x = _rows_of(images, d)
+    pub = None if public is None else _rows_of(public, d)
     fresh = out is None
     if fresh:
         out = torch.empty((n, *key.image_shape), dtype=dtype, device=dev)
     elif out.shape != (n, *key.image_shape) or out.dtype != dtype or out.device != dev or not out.is_contiguous():
         raise ValueError(f"out must be a contiguous {dtype} tensor of shape {(n, *key.image_shape)} on {dev}")
-    elif any(t is not None and _overlaps(out, t) for t in (images, public)):
+    elif any(isinstance(t, torch.Tensor) and _overlaps(out, t) for t in (images, public)):
         raise ValueError("out overlaps images or public: rows would be overwritten before they are read; "
                          "pass a separate buffer")
     flat = out.view(n, d)
     p = key.num_private
     lam = key.coefficients.to(device=dev, dtype=dtype)
     idx = key.indices.to(dev)
-    _check_indices(idx[:, :p], x.shape[0], "private")
+    _check_indices(idx[:, :p], len(x), "private")
     if p < k:
-        _check_indices(idx[:, p:], pub.shape[0], "public")
+        _check_indices(idx[:, p:], len(pub), "public")
     bits = None if key.mask_bits is None else key.mask_bits.to(dev)
     grad = torch.is_grad_enabled() and (images.requires_grad or (public is not None and public.requires_grad))
     if fused is None:
@@ -270,9 +278,9 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
         e = min(n, s + chunk_rows)
         # embedding_bag(mode="sum", per_sample_weights) is a fused weighted gather-sum:
         # row i = sum_j lam[i, j] * x[idx[i, j]], one pass over the chunk.
-        a = F.embedding_bag(idx[s:e, :p], x, per_sample_weights=lam[s:e, :p], mode="sum")
+        a = _weighted_sum(x, idx[s:e, :p], lam[s:e, :p], d)
         if p < k:
-            a += F.embedding_bag(idx[s:e, p:], pub, per_sample_weights=lam[s:e, p:], mode="sum")
+            a += _weighted_sum(pub, idx[s:e, p:], lam[s:e, p:], d)
         sums.append(a.sum(dtype=torch.float32))  # NaN/Inf anywhere makes the sum non-finite
         if bits is not None:  # the mask's XOR writes the chunk to out: each output row is written once
             apply_mask_(a, bits[s:e], out=flat[s:e])
@@ -285,6 +293,22 @@ def apply_key(images: torch.Tensor, key: Key, *, public: torch.Tensor | None = N
     if sums and not bool(torch.isfinite(torch.stack(sums)).all()) and not bool(torch.isfinite(out).all()):
         _raise_nonfinite(images, public)
     return out
+
+
+def _rows_of(images, d: int):
+    """Float images as ``(N, d)`` rows; a :class:`Uint8Images` store as it is (rows read on demand)."""
+    return images if isinstance(images, Uint8Images) else images.reshape(images.shape[0], d)
+
+
+def _weighted_sum(src, idx: torch.Tensor, lam: torch.Tensor, d: int) -> torch.Tensor:
+    """``(m, d)`` rows ``sum_j lam[i, j] * src[idx[i, j]]``: one fused gather-sum over float rows, or
+    over the chunk's rows gathered from a uint8 store and normalised (the same sums, in the same order)."""
+    if not isinstance(src, Uint8Images):
+        return F.embedding_bag(idx, src, per_sample_weights=lam, mode="sum")
+    m, j = idx.shape
+    rows = src.rows(idx.reshape(-1)).reshape(m * j, d)
+    return F.embedding_bag(torch.arange(m * j, device=rows.device).view(m, j), rows, per_sample_weights=lam,
+                           mode="sum")
 
 
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -337,6 +361,8 @@ def check_scheme(k: int, upper: float, num_private: int | None, dom: float, cros
 
 def check_images(images, name: str = "images") -> torch.Tensor:
     """A float tensor ``(N, C, H, W)`` or a clear TypeError/ValueError saying what is wrong."""
+    if isinstance(images, Uint8Images):  # checked when it was made
+        return images
     if isinstance(images, np.ndarray):
         images = torch.from_numpy(images)
     if not isinstance(images, torch.Tensor):
@@ -346,7 +372,8 @@ def check_images(images, name: str = "images") -> torch.Tensor:
         raise ValueError(f"Invalid {name} shape, expected (N, C, H, W). Got: {tuple(images.shape)}{hint}")
     if images.dtype not in _FLOAT_DTYPES:
         hint = ("; convert to float and normalise, e.g. instahide.data.normalize_images(x.float() / 255, "
-                "mean, std)") if images.dtype == torch.uint8 else ""
+                "mean, std), or wrap them with their mean/std: instahide.scheme.Uint8Images(x, mean, std) "
+                "(normalised row by row, never expanded as a whole)") if images.dtype == torch.uint8 else ""
         raise TypeError(f"{name} must be floating point, got dtype {images.dtype}{hint}")
     if images.shape[0] == 0:
         raise ValueError(f"too few images: {name} is empty")
@@ -424,7 +451,7 @@ def check_centred(x: torch.Tensor, k: int, name: str = "images") -> float:
     rows = torch.from_numpy(g.integers(x.shape[0], (256, k))).to(x.device)
     z = g.half_normal((256, k))
     lam = torch.from_numpy(z / z.sum(axis=1, keepdims=True)).to(device=x.device, dtype=x.dtype)
-    mixed = F.embedding_bag(rows, x.reshape(x.shape[0], -1), per_sample_weights=lam, mode="sum")
+    mixed = _weighted_sum(_rows_of(x, int(np.prod(x.shape[1:]))), rows, lam, int(np.prod(x.shape[1:])))
     negative = float((mixed < 0).float().mean())
     positive = float((mixed > 0).float().mean())
     share, rarer = (negative, "negative") if negative <= positive else (positive, "positive")
@@ -441,7 +468,7 @@ def check_centred(x: torch.Tensor, k: int, name: str = "images") -> float:
 
 def _raise_nonfinite(images: torch.Tensor, public: torch.Tensor | None) -> None:
     for name, t in (("images", images), ("public", public)):
-        if t is None:
+        if not isinstance(t, torch.Tensor):  # None, or uint8 rows: finite by construction
             continue
         bad = (~torch.isfinite(t.reshape(t.shape[0], -1))).any(dim=1).nonzero().flatten()
         if len(bad):

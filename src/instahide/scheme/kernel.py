@@ -47,8 +47,9 @@ def warm() -> bool:
     if kernel is None:
         return False
     x = np.zeros((1, 8), np.float32)
-    kernel(x, x, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32), 1, np.zeros((1, 1), np.uint8), True,
-           False, np.empty_like(x), np.zeros(1, np.uint32), 0, 1)
+    u, lut = np.zeros((1, 8), np.uint8), np.zeros((1, 256), np.float32)
+    kernel(x, u, 0, lut, x, u, 0, lut, np.zeros((1, 1), np.int64), np.ones((1, 1), np.float32), 1,
+           np.zeros((1, 1), np.uint8), True, False, np.empty_like(x), np.zeros(1, np.uint32), 0, 1)
     coefficient_rows(np.full(8, 1 << 62, np.uint64), 2, 1.0, None, 2, None, np.empty((1, 2)), 0)
     return True
 
@@ -80,8 +81,11 @@ def mix_and_mask(x: torch.Tensor, pub: torch.Tensor | None, idx: torch.Tensor, l
     output value is NaN or infinite.
 
     Args:
-        x: private images ``(N, d)`` float32, contiguous; slots ``j < p`` index it.
-        pub: public images ``(M, d)`` like ``x`` for slots ``j >= p``, or None when ``p == k``.
+        x: private images ``(N, d)`` float32, contiguous, or a
+            :class:`~instahide.scheme.stored.Uint8Images` (its uint8 rows are normalised inside the
+            kernel through its per-channel table of the 256 values, channels-last rows read in
+            ``(C, H, W)`` value order); slots ``j < p`` index it.
+        pub: public images ``(M, d)`` like ``x`` (either kind) for slots ``j >= p``, or None when ``p == k``.
         idx: ``(n, k)`` int64 partner indices, already checked to be in range.
         lam: ``(n, k)`` float32 coefficients.
         bits: packed masks ``(n, ceil(d / 8))`` uint8 (see :mod:`instahide.scheme.masks`), or None
@@ -93,8 +97,8 @@ def mix_and_mask(x: torch.Tensor, pub: torch.Tensor | None, idx: torch.Tensor, l
     """
     kernel = _kernel()
     n = out.shape[0]
-    xs = x.numpy()
-    ps = xs if pub is None else pub.numpy()
+    xs, xu, xk, xl = _source(x)
+    ps, pu, pk, pl = (xs, xu, xk, xl) if pub is None else _source(pub)
     ids, lams = idx.contiguous().numpy(), lam.contiguous().numpy()
     masked = bits is not None
     bs = bits.contiguous().numpy() if masked else np.zeros((1, 1), np.uint8)
@@ -107,16 +111,30 @@ def mix_and_mask(x: torch.Tensor, pub: torch.Tensor | None, idx: torch.Tensor, l
     for s in range(0, n, step_rows):
         e = min(n, s + step_rows)
         if pool is None:
-            kernel(xs, ps, ids, lams, p, bs, masked, stream, os_, flags, s, e)
+            kernel(xs, xu, xk, xl, ps, pu, pk, pl, ids, lams, p, bs, masked, stream, os_, flags, s, e)
         else:
             cut = np.linspace(s, e, threads + 1).astype(int)
-            futures = [pool.submit(kernel, xs, ps, ids, lams, p, bs, masked, stream, os_, flags, a, b)
+            futures = [pool.submit(kernel, xs, xu, xk, xl, ps, pu, pk, pl, ids, lams, p, bs, masked, stream, os_,
+                                   flags, a, b)
                        for a, b in zip(cut[:-1], cut[1:]) if b > a]
             for f in futures:
                 f.result()
         if progress is not None:
             progress(e)
     return not bool((flags == 0x7F800000).any())
+
+
+_NO_FLOAT = np.zeros((1, 1), np.float32)
+_NO_UINT8 = np.zeros((1, 1), np.uint8)
+_NO_TABLE = np.zeros((1, 256), np.float32)
+
+
+def _source(src):
+    """The kernel's four arguments for one source: ``(float rows, uint8 rows, kind, table)``; kind 0 =
+    float32 rows, 1 = uint8 rows in ``(C, H, W)`` order, 2 = uint8 rows in ``(H, W, C)`` order."""
+    if isinstance(src, torch.Tensor):
+        return src.numpy(), _NO_UINT8, 0, _NO_TABLE
+    return _NO_FLOAT, src.raw, 1 if src.layout == "chw" else 2, src.lut
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
@@ -221,20 +239,51 @@ def _compile() -> dict:
             for v in range(d):
                 acc[v] += la * a[v] + lb * b[v] + lc * c[v] + le * e[v]
 
+    @njit(inline="always", boundscheck=False)
+    def fetch(r, f, u, kind, lut, buf):
+        """Row ``r`` of a source as float32 values in ``(C, H, W)`` order: the float row itself
+        (``kind`` 0), or the uint8 row normalised into ``buf`` through the per-channel table ``lut``
+        (``kind`` 1: stored ``(C, H, W)``, 2: stored ``(H, W, C)``)."""
+        if kind == 0:
+            return f[r]
+        src = u[r]
+        channels = lut.shape[0]
+        plane = buf.size // channels
+        if kind == 1:
+            for c in range(channels):
+                t = lut[c]
+                for q in range(plane):
+                    buf[c * plane + q] = t[src[c * plane + q]]
+        else:
+            for q in range(plane):
+                for c in range(channels):
+                    buf[c * plane + q] = lut[c, src[q * channels + c]]
+        return buf
+
     @njit(nogil=True, boundscheck=False, cache=True)
-    def kernel(x, pub, idx, lam, p, bits, masked, stream, out, flags, start, stop):
+    def kernel(x, xu, xk, xl, pub, pu, pk, pl, idx, lam, p, bits, masked, stream, out, flags, start, stop):
         d = out.shape[1]
         k = idx.shape[1]
         acc = np.empty(d, np.float32)
         accu = acc.view(np.uint32)
+        bufs = np.empty((4, d if xk or pk else 1), np.float32)  # normalised uint8 rows of one pass
         for i in range(start, stop):
             j = 0
             while j < k:  # up to four partner rows stream through one pass
                 g = min(4, k - j)
-                a = x[idx[i, j]] if j < p else pub[idx[i, j]]
-                b = a if g < 2 else (x[idx[i, j + 1]] if j + 1 < p else pub[idx[i, j + 1]])
-                c = a if g < 3 else (x[idx[i, j + 2]] if j + 2 < p else pub[idx[i, j + 2]])
-                e = a if g < 4 else (x[idx[i, j + 3]] if j + 3 < p else pub[idx[i, j + 3]])
+                a = fetch(idx[i, j], x, xu, xk, xl, bufs[0]) if j < p else fetch(idx[i, j], pub, pu, pk, pl, bufs[0])
+                b = a
+                if g >= 2:
+                    b = (fetch(idx[i, j + 1], x, xu, xk, xl, bufs[1]) if j + 1 < p
+                         else fetch(idx[i, j + 1], pub, pu, pk, pl, bufs[1]))
+                c = a
+                if g >= 3:
+                    c = (fetch(idx[i, j + 2], x, xu, xk, xl, bufs[2]) if j + 2 < p
+                         else fetch(idx[i, j + 2], pub, pu, pk, pl, bufs[2]))
+                e = a
+                if g >= 4:
+                    e = (fetch(idx[i, j + 3], x, xu, xk, xl, bufs[3]) if j + 3 < p
+                         else fetch(idx[i, j + 3], pub, pu, pk, pl, bufs[3]))
                 mix(acc, j == 0, g, a, lam[i, j], b, lam[i, min(j + 1, k - 1)], c, lam[i, min(j + 2, k - 1)],
                     e, lam[i, min(j + 3, k - 1)])
                 j += g
