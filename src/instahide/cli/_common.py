@@ -5,11 +5,12 @@ import argparse
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._config import add_arguments, from_args, parse_bool
-from ..data import load_dataset, load_public_pool
-from ..scheme import KeyGenerator, LegacyGenerator
+from ..data import load_arrays, load_dataset, load_public_pool
+from ..scheme import KeyGenerator, LegacyGenerator, Uint8Images
 from ..scheme.config import SchemeConfig
 from ..train.engine import Progress  # noqa: F401  (the one progress line; commands import it from here)
 
@@ -166,7 +167,10 @@ def cli_message(text: str) -> str:
 
 
 def load_private(args):
-    """The private dataset: ``(ImageDataset, float images (N, C, H, W), labels (N,))``."""
+    """The private dataset: ``(ImageDataset, images (N, C, H, W), labels (N,))``. The images are a
+    float tensor (normalised unless ``--no-normalize``), or, for a command that streams (``args.stored``,
+    set by ``encrypt``), a :class:`~instahide.scheme.Uint8Images` over the dataset's uint8 images (a
+    read-only memory map for a uint8 ``.npy``), normalised row by row as they are used."""
     try:
         ds = load_dataset(args.dataset, root=args.root, split=args.split, download=args.download)
     except (ValueError, FileNotFoundError, ImportError) as exc:
@@ -176,23 +180,52 @@ def load_private(args):
             raise CLIError(f"--subset {args.subset} is out of range: {ds.name} has {len(ds)} images")
         order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(0))[: args.subset]
         ds = ds.subset(order.sort().values.numpy())
+    if getattr(args, "stored", False):
+        x = Uint8Images(ds.images, ds.mean, ds.std, normalize=args.normalize)
+        return ds, x, None if ds.labels is None else torch.from_numpy(ds.labels)
     x, y = ds.to_tensor(normalize=args.normalize)
     return ds, x, y
 
 
 def load_public(args, shape):
-    """The public pool as float images matching the private ``shape`` ``(C, H, W)``, or None."""
+    """The public pool matching the private ``shape`` ``(C, H, W)``: ``(ImageDataset, images)``, or
+    ``(None, None)`` without ``--public``. Images as :func:`load_private` gives them (float, or a
+    :class:`~instahide.scheme.Uint8Images` with ``args.stored``). With ``args.stored``, a uint8 ``.npy``
+    of ready patches of exactly ``shape`` (``(M, H, W, C)`` or ``(M, C, H, W)``, as ``instahide``'s pool
+    builder writes them) is memory-mapped and used whole, every patch a candidate partner
+    (``--public-size`` applies where patches are cut from photographs)."""
     if args.public is None:
         return None, None
     c, h, w = shape
+    if getattr(args, "stored", False):
+        pool = _patch_file(args.public, shape)
+        if pool is not None:
+            return pool, Uint8Images(pool.images, pool.mean, pool.std, normalize=args.normalize)
     try:
         pool = load_public_pool(args.public, n=args.public_size, size=(h, w), channels=c,
                                 min_keypoints=args.public_min_keypoints, resize=args.public_resize,
                                 cache=args.public_cache)
     except (ValueError, FileNotFoundError, ImportError, RuntimeError) as exc:
         raise CLIError(f"public pool: {exc}") from exc
+    if getattr(args, "stored", False):
+        return pool, Uint8Images(pool.images, pool.mean, pool.std, normalize=args.normalize)
     px, _ = pool.to_tensor(normalize=args.normalize)
     return pool, px
+
+
+def _patch_file(source: str, shape):
+    """A uint8 ``.npy`` pool whose images are ``shape`` ``(C, H, W)``, memory-mapped (an ImageDataset,
+    ImageNet mean/std unless its ``.json`` sidecar has others), or None for any other source."""
+    path = Path(source).expanduser()
+    if path.suffix != ".npy" or not path.is_file():
+        return None
+    try:
+        pool = load_arrays(path, labels_key=None)
+    except ValueError as exc:
+        raise CLIError(f"public pool: {exc}") from exc
+    if not isinstance(pool.images, np.memmap) or pool.shape != tuple(shape):
+        return None  # other sizes or dtypes: patches are cut from it as from photographs
+    return pool
 
 
 def report_run(what: str, final: dict, unit: str, cfg) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .. import __version__
 from .._io import atomic_open, check_file_destination, output_set, require_free_space
@@ -61,13 +62,13 @@ def add_parser(sub) -> None:
     add_progress_option(p)
     add_encryption_options(p)
     add_class_names_option(p)
-    p.set_defaults(func=run)
+    p.set_defaults(func=run, stored=True)  # images stay uint8 (memory-mapped where they can), normalised per chunk
 
 
 def load_images(args):
     """:func:`load_private`, refusing image shapes the scheme cannot encrypt (a zero C, H or W)."""
     ds, x, y = load_private(args)
-    if x.ndim != 4 or 0 in x.shape[1:]:
+    if len(x.shape) != 4 or 0 in x.shape[1:]:
         raise CLIError(f"{ds.name} images have shape (C, H, W) = {tuple(x.shape[1:])}: every image needs "
                        "at least one channel, row and column")
     return ds, x, y
@@ -134,6 +135,10 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
             progress.update(done - shown[0])
             shown[0] = done
 
+    # chunks of rows, each encrypted into one buffer and appended to the file: memory is bounded by a
+    # chunk, not by N (partners are still drawn from all N); --legacy keys are drawn for a whole epoch
+    chunk = n if kw["legacy"] else chunk_rows(c * h * w, n)
+    buf = torch.empty((chunk, c, h, w)) if chunk < n else None
     t0 = time.perf_counter()
     try:
         with atomic_open(tmp / ENCRYPTION) as fe, \
@@ -141,14 +146,18 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
             enc_rows = _npy_writer(fe, (rows, h, w, c))
             lab_rows = _npy_writer(fl, (rows, num_classes)) if labelled else None
             for epoch in range(args.epochs):
-                enc = encrypt(x, y, public=public, num_classes=num_classes, generator=generator,
-                              return_key=key_path is not None, progress=lambda done, e=epoch: report(e * n + done),
-                              **kw)
-                enc_rows(enc.images.permute(0, 2, 3, 1).numpy())
-                if labelled:
-                    lab_rows(enc.soft_labels.numpy())
-                if enc.key is not None:
-                    keys.append(enc.key)
+                for s in range(0, n, chunk):
+                    e = min(n, s + chunk)
+                    enc = encrypt(x, y, public=public, num_classes=num_classes, generator=generator,
+                                  return_key=key_path is not None, rows=None if chunk >= n else np.arange(s, e),
+                                  out=None if buf is None else buf[:e - s],
+                                  progress=lambda done, at=epoch * n + s: report(at + done),
+                                  **{**kw, **({"allow_uncentred": True} if epoch or s else {})})  # checked once
+                    enc_rows(enc.images.permute(0, 2, 3, 1).numpy())
+                    if labelled:
+                        lab_rows(enc.soft_labels.numpy())
+                    if enc.key is not None:
+                        keys.append(enc.key)
     except (ValueError, TypeError) as exc:  # bad data or bounds: the scheme's message says which
         raise CLIError(str(exc)) from exc
     seconds = time.perf_counter() - t0
@@ -177,6 +186,14 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     return (f"wrote {out / ENCRYPTION} {(rows, h, w, c)}, "
             + (f"{out / LABEL} {(rows, num_classes)}" if labelled else "no label.npy (unlabelled images)")
             + f" in {seconds:.1f} s" + (f"; keys in {args.key_out}" if key_path is not None else "; no key written"))
+
+
+CHUNK_BYTES = 32 << 20  # float32 output per chunk of rows (and about as much gathered input)
+
+
+def chunk_rows(values_per_image: int, n: int) -> int:
+    """Rows per chunk: :data:`CHUNK_BYTES` of float32 output, at least 64 rows, at most ``n``."""
+    return max(1, min(n, max(64, CHUNK_BYTES // (4 * values_per_image))))
 
 
 def _npy_writer(fh, shape):
