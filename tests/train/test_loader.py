@@ -1,4 +1,6 @@
 """Training from uint8 (memory-mapped) private sets: in-worker encryption against the in-memory reference."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -152,3 +154,40 @@ def test_bad_sources_and_workers_are_refused(nhwc_map):
     assert resolve_workers("auto", [np.ascontiguousarray(view)], 1 << 40) == 0   # in memory: whole-set path
     assert resolve_workers("auto", [view], 1 << 40) >= 1                 # large and mapped: streamed
     assert resolve_workers(2, [view], 0) == 2
+
+
+# -- the recipe: instahide train with workers -------------------------------------------------------
+FAST = dict(epochs=2, batch_size=64, width=0.25, research_seed=0, progress=False)
+
+
+def test_streamed_training_is_reproducible_for_any_number_of_workers(tmp_path):
+    from instahide.train import TrainConfig, load_checkpoint, load_stream_data, train
+
+    cfg = lambda name: TrainConfig.make(**FAST, out=str(tmp_path / name))  # noqa: E731
+    one = train(cfg("one"), workers=1)
+    two = train(cfg("two"), data=load_stream_data(cfg("two")), workers=2)
+    assert one["workers"] == 1 and two["workers"] == 2 and one["private_set"].startswith("streamed")
+    a, b = (load_checkpoint(tmp_path / n / "checkpoint.pt")["model"] for n in ("one", "two"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["train_loss"] for m in one["history"]] == [m["train_loss"] for m in two["history"]]
+    whole = train(cfg("whole"), workers=0)
+    assert whole["workers"] == 0 and whole["private_set"].startswith("in memory")
+    assert whole["train_images"] == one["train_images"] and whole["test_images"] == one["test_images"]
+
+
+def test_train_cli_takes_workers_and_the_library_refuses_mismatches(tmp_path, capsys):
+    from instahide.cli.main import main
+    from instahide.train import TrainConfig, load_train_data, train
+
+    assert main(["train", "--epochs", "1", "--width", "0.25", "--subset", "200", "--progress", "false",
+                 "--workers", "1", "--out", str(tmp_path / "c")]) == 0
+    final = json.loads((tmp_path / "c" / "final.json").read_text())
+    assert final["workers"] == 1 and final["train_images"] == 200
+    with pytest.raises(SystemExit):
+        main(["train", "--workers", "-1", "--out", str(tmp_path / "d")])
+    assert "--workers: must be 'auto' or an integer >= 0, got '-1'" in capsys.readouterr().err
+    cfg = TrainConfig.make(**FAST, out=str(tmp_path / "e"))
+    with pytest.raises(ValueError, match="a preloaded TrainData is trained in memory"):
+        train(cfg, data=load_train_data(cfg, "cpu"), workers=2)
+    with pytest.raises(ValueError, match="legacy keys .* cannot be drawn batch by batch"):
+        train(TrainConfig.make(**FAST, legacy=True, out=str(tmp_path / "f")), workers=1)

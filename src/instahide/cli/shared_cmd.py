@@ -7,6 +7,7 @@ import os
 from .._config import add_arguments, from_args
 from ..distributed import KeyMaterialError, SharedConfig, train_shared
 from ._common import CLIError, report_run
+from .train_cmd import add_workers_argument
 
 HELP = "train on the union of several parties' encryption folders (no keys), one process or torchrun/DDP"
 DESCRIPTION = """\
@@ -28,6 +29,11 @@ examples:
       --model preact_resnet18 --epochs 200 --out runs/c10                                # 8 GPUs (nccl)
 --batch-size is the global batch over all ranks. See docs/distributed.md (multi-node: --nnodes,
 --rdzv-endpoint).
+
+Folders larger than memory (--workers): with --workers N >= 1 the rows are read batch by batch from the
+memory-mapped folders by N DataLoader worker processes (memory bounded by a few batches; the same
+batches, so the same training); 0 reads each epoch's rows at once. auto (the default) streams when an
+epoch's rows would take more than 1 GiB as float32. See docs/outofcore_training.md.
 """
 
 
@@ -38,6 +44,9 @@ def add_parser(sub) -> None:
                    help="encryption folders written by `instahide encrypt`, one per party")
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
     add_arguments(p, SharedConfig, skip=("encrypted",))
+    add_workers_argument(p, "read the rows batch by batch in N DataLoader worker processes (memory bounded by "
+                            "a few batches); 0: each epoch's rows at once; auto (default): N = min(4, CPUs - 1) "
+                            "when an epoch's rows exceed 1 GiB as float32, else 0")
     p.set_defaults(func=run)
 
 
@@ -46,7 +55,7 @@ def run(args) -> int:
         cfg = from_args(args, SharedConfig, skip=("encrypted",))
         cfg.encrypted = tuple(args.encrypted)
         cfg.validate()
-        final = train_shared(cfg, resume=args.resume)
+        final = train_shared(cfg, resume=args.resume, workers=args.workers)
     except KeyMaterialError as exc:
         raise CLIError(f"refused: {exc}") from exc
     except (ValueError, ImportError, OSError, FloatingPointError) as exc:

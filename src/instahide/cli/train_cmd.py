@@ -14,6 +14,7 @@ from ..scheme import KeyGenerator
 from ..scheme.defaults import DOM, UPPER
 from ..train import TrainConfig, evaluate, evaluate_instahide, load_model, load_train_data, train
 from ..train.ddp import resolve_device
+from ..train.loader import parse_workers
 from ._common import CLIError, cli_message, refuse_k1, report_run
 
 TRAIN_HELP = "train a model on InstaHide encryptions (re-encrypted every epoch), Mixup or plain images"
@@ -34,6 +35,17 @@ examples:
   instahide train --dataset cifar10 --root data/cifar-10-batches-py --subset 5000 --width 0.5 \\
       --epochs 10 --out runs/c10-small                                     # a CPU-sized run
   instahide train --dataset cifar10 --root ... --public builtin --k 6 --out runs/c10-cross
+  instahide train --dataset arrays --root scans/ --model resnet10_224 --workers 4 --out runs/scans
+                                                                  # 224 x 224 uint8 .npy, streamed
+
+Data larger than memory (--workers): by default the private set is held whole as float32 on the
+device and re-encrypted at once every epoch (--workers 0). With --workers N >= 1 it stays uint8 where
+it is (a memory-mapped .npy) and every batch is encrypted in one of N DataLoader worker processes,
+partners still drawn from the whole set: memory is bounded by a few batches, not by the set's size
+(docs/outofcore_training.md). --workers auto (the default) streams memory-mapped sets whose float32
+copy would exceed 1 GiB with min(4, CPUs - 1) workers and keeps every other set in memory. With a
+research seed, streamed keys differ from the in-memory path's but not with N; --workers is not part of
+the configuration (a run may resume with another N; final.json records it).
 """
 EVAL_HELP = "test accuracy of a checkpoint, clean and with inference-time InstaHide (accuracy vs T)"
 EVAL_DESCRIPTION = """\
@@ -58,6 +70,10 @@ def add_parsers(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--resume", action="store_true", help="continue OUT/checkpoint.pt")
     add_arguments(p, TrainConfig)
+    add_workers_argument(p, "encrypt batches of the private set in N DataLoader worker processes, reading it "
+                            "as uint8 (memory bounded by a few batches); 0: the whole set in memory as float32, "
+                            "re-encrypted at once every epoch; auto (default): N = min(4, CPUs - 1) for a "
+                            "memory-mapped set over 1 GiB as float32, else 0")
     p.set_defaults(func=run_train)
 
     e = sub.add_parser("evaluate", help=EVAL_HELP, description=EVAL_DESCRIPTION,
@@ -77,12 +93,24 @@ def add_parsers(sub) -> None:
     e.set_defaults(func=run_evaluate)
 
 
+def add_workers_argument(p, help: str) -> None:
+    """``--workers auto|N`` (``instahide train`` and ``train-shared``)."""
+    p.add_argument("--workers", type=_workers, default="auto", metavar="N", help=help)
+
+
+def _workers(text: str):
+    try:
+        return parse_workers(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--workers ")) from None
+
+
 def run_train(args) -> int:
     try:
         cfg = from_args(args, TrainConfig).validate()
         refuse_k1(cfg.scheme)
         resolve_device(cfg.device, option="--device")
-        final = train(cfg, resume=args.resume)
+        final = train(cfg, resume=args.resume, workers=args.workers)
     except (ValueError, ImportError, RuntimeError, OSError, FloatingPointError) as exc:
         raise CLIError(cli_message(str(exc))) from exc  # the library's resume=True is --resume here
     report_run(f"{cfg.scheme.mode} {final['model']} on {final['dataset']} ({final['train_images']} images)",

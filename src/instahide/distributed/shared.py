@@ -8,6 +8,11 @@ DDP's gradient average is the global batch's mean (docs/distributed.md, "The tra
 
     cfg = SharedConfig(encrypted=("runs/alice", "runs/bob"), test_dataset="digits", epochs=20, out="runs/s")
     final = train_shared(cfg)
+
+Folders larger than memory are read batch by batch (``workers >= 1``, chosen automatically when one
+epoch's rows would take more than 1 GiB as float32): each batch's rows are read from the memory maps
+by a ``DataLoader`` worker, so memory is bounded by a few batches; the batches, and so the training,
+are the same as reading the whole epoch at once (docs/outofcore_training.md).
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from ..train.config import validate_training
 from ..train.engine import (Progress, RunFolder, build_arch, derive_seed, load_weights, make_optimizer, model_for,
                             reschedule, sign_invariant_for, summary, train_epoch)
 from ..train.evaluate import evaluate
+from ..train.loader import FolderBatches, Waited, batch_loader, resolve_workers
 from ..train.recipe import pick_subset
 from .encrypted import EncryptedUnion, load_encrypted
 
@@ -117,7 +123,8 @@ def rank_slice(batch: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 
 
 # -- training -------------------------------------------------------------------------------------
-def train_shared(cfg: SharedConfig, *, resume: bool = False, on_epoch_end=None, return_model: bool = False):
+def train_shared(cfg: SharedConfig, *, resume: bool = False, on_epoch_end=None, return_model: bool = False,
+                 workers: int | str | None = "auto"):
     """Train on the union of the parties' encryptions; returns the final summary (``final.json``).
 
     Runs as one process, or as one rank of a ``torchrun`` job (joins the process group itself).
@@ -128,37 +135,46 @@ def train_shared(cfg: SharedConfig, *, resume: bool = False, on_epoch_end=None, 
             ``epochs`` extends a finished run).
         on_epoch_end: optional ``f(epoch, metrics)`` called on every rank after each epoch.
         return_model: return ``(final, model)`` (this rank's unwrapped model) instead of ``final``.
+        workers: 0 reads each epoch's rows (this rank's slices) at once, into memory; N >= 1 reads
+            them batch by batch in N ``DataLoader`` worker processes (memory bounded by a few batches;
+            the same batches, so the same training). ``"auto"`` (or None): N =
+            :func:`~instahide.train.loader.auto_workers` when an epoch's rows would take more than
+            1 GiB as float32, else 0. Not part of the configuration (final.json records it).
     """
     cfg.validate()
     info = init_distributed(cfg.device)
     try:
-        final, model = _train(cfg, info, resume, on_epoch_end)
+        final, model = _train(cfg, info, resume, on_epoch_end, workers)
         return (final, model) if return_model else final
     finally:
         cleanup(info)
 
 
-def _setup(cfg: SharedConfig, info: DistInfo, run: RunFolder, resume: bool):
-    """Rank 0 reads/validates the checkpoint; every rank reads the encryptions and test set."""
+def _setup(cfg: SharedConfig, info: DistInfo, run: RunFolder, resume: bool, workers="auto"):
+    """Rank 0 reads/validates the checkpoint; every rank maps the encryptions, reads the test set and
+    decides how many workers read the rows."""
     state = run.start_all(cfg.to_dict(), resume, info)
     if cfg.sync_bn and not (info.distributed and info.device.type == "cuda"):
         raise ValueError("sync_bn needs DDP on CUDA (SyncBatchNorm has no CPU implementation)")
-    err, union, test = None, None, None
+    err, union, test, use = None, None, None, 0
     try:
         union = load_encrypted(cfg.encrypted)
         test = load_test_set(cfg, union, info.device)
         if union.rows_per_epoch < info.world_size:
             raise ValueError(f"{union.rows_per_epoch} rows per epoch cannot feed {info.world_size} ranks")
+        row_bytes = 4 * union.image_shape[0] * union.image_shape[1] * union.image_shape[2]
+        use = resolve_workers(workers, [p.encryption for p in union.parties],
+                              union.rows_per_epoch // info.world_size * row_bytes)
     except (ValueError, FileNotFoundError, ImportError) as exc:
         err = exc
     all_agree(info, err)
-    return state, union, test
+    return state, union, test, use
 
 
-def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dict:
+def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end, workers="auto") -> dict:
     device, W, rank = info.device, info.world_size, info.rank
     run = RunFolder(cfg.out, FORMAT, main=info.is_main)
-    state, union, test = _setup(cfg, info, run, resume)
+    state, union, test, use = _setup(cfg, info, run, resume, workers)
     c = union.image_shape[0]
     modes = [(d.get("scheme") or {}).get("mode", "instahide") for d in union.describe()]
     arch = {"model_name": model_for(cfg.model, c), "num_classes": union.num_classes, "in_channels": c,
@@ -193,14 +209,21 @@ def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dic
         t0 = time.perf_counter()
         batches = epoch_batches(rows, cfg.batch_size, epoch, order_seed, W)
         mine = [rank_slice(b, rank, W) for b in batches]
-        xs, ys = union.take(epoch, torch.cat(mine).numpy())
-        xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
-        t_data = time.perf_counter() - t0
-        bounds = torch.tensor([0] + [len(m) for m in mine]).cumsum(0).tolist()
-        # DDP averages over W ranks: W * sum(local) / |global batch| averages to the global mean
-        steps = ((xs[a:b], ys[a:b], W / len(g)) for a, b, g in zip(bounds, bounds[1:], batches))
+        if use:  # batch by batch, read in workers
+            feed = Waited(batch_loader(FolderBatches(union, epoch, mine), use, pin_memory=device.type == "cuda"))
+            steps = ((x.to(device, non_blocking=True), y.to(device, non_blocking=True), W / len(g))
+                     for (x, y), g in zip(feed, batches))
+        else:
+            xs, ys = union.take(epoch, torch.cat(mine).numpy())
+            xs, ys = xs.to(device, non_blocking=True), ys.to(device, non_blocking=True)
+            t_data = time.perf_counter() - t0
+            bounds = torch.tensor([0] + [len(m) for m in mine]).cumsum(0).tolist()
+            # DDP averages over W ranks: W * sum(local) / |global batch| averages to the global mean
+            steps = ((xs[a:b], ys[a:b], W / len(g)) for a, b, g in zip(bounds, bounds[1:], batches))
         bar = Progress(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress and info.is_main)
         res = train_epoch(net, opt, steps, amp=amp, progress=bar)
+        if use:
+            t_data = feed.seconds  # the time the loop waited for batches
         loss_sum, correct, seen = all_reduce_sum([res["loss_sum"], res["correct"], res["seen"]], info)
         metrics = {"epoch": epoch + 1, "lr": sched.get_last_lr()[0], "train_loss": loss_sum / seen,
                    "train_acc": correct / seen, "rows": int(seen),
@@ -219,7 +242,7 @@ def _train(cfg: SharedConfig, info: DistInfo, resume: bool, on_epoch_end) -> dic
              "parties": union.describe(), "rows_per_epoch": rows, "fresh_epochs": union.fresh_epochs,
              "reused_encryptions": cfg.epochs > union.fresh_epochs,
              "test_images": None if test is None else len(test[1]),
-             "keys": "none: the trainer sees encryptions and mixed labels only",
+             "keys": "none: the trainer sees encryptions and mixed labels only", "workers": use,
              **summary(history, state, t_run)}
     return run.finish(final), model
 

@@ -247,9 +247,12 @@ def _gathered(source: PixelSource, idx: np.ndarray, augment, generator):
     return x.contiguous(), inverse.reshape(idx.shape).astype(np.int64)
 
 
-def check_centred_sample(source: PixelSource, k: int, name: str = "images", rows: int = 4096) -> float:
-    """:func:`~instahide.scheme.encrypt.check_centred` on up to ``rows`` evenly spaced images of
-    ``source`` (the whole set is never loaded): refuses a set whose mixtures are almost all of one sign."""
+def check_centred_sample(source: PixelSource, k: int, name: str = "images", rows: int | None = None) -> float:
+    """:func:`~instahide.scheme.encrypt.check_centred` on ``rows`` evenly spaced images of ``source``
+    (default: as many as :data:`CHUNK_BYTES` holds twice, 256 to 4,096; the whole set is never loaded):
+    refuses a set whose mixtures are almost all of one sign."""
+    if rows is None:
+        rows = min(4096, max(256, 2 * CHUNK_BYTES // (4 * int(np.prod(source.shape)))))
     pick = np.unique(np.linspace(0, len(source) - 1, min(rows, len(source))).astype(np.int64))
     return check_centred(source.gather(pick), k, name)
 
