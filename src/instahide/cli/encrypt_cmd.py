@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .. import __version__
-from .._io import atomic_open, check_file_destination, output_set, require_free_space
-from ..distributed.encrypted import ENCRYPTION, LABEL, META, write_meta
+from .._io import atomic_open, atomic_write_text, check_file_destination, output_set, require_free_space, sha256_file
+from ..distributed.encrypted import ENCRYPTION, LABEL, MANIFEST, MANIFEST_FORMAT, META, SHARD_PREFIX, write_meta
 from ..scheme import Key, encrypt
+from ..train.ddp import all_agree, cleanup, init_distributed
 from ._common import (CLIError, Progress, add_class_names_option, add_encryption_options, add_progress_option,
                       handed_out_classes, handed_out_name, load_private, load_public, make_generator,
                       refuse_overwrite, scheme_kwargs)
@@ -89,6 +93,8 @@ def run(args) -> int:
             check_file_destination(key_out)
         except OSError as exc:
             raise CLIError(f"--key-out: {exc}") from exc
+    if world_size() > 1:
+        return _run_sharded(args, kw, out, key_out)
     refuse_overwrite([out / name for name in OUTPUTS] + ([key_out] if key_out else []), args.force)
     with output_set(out, args.force, owned=OUTPUTS, secret=key_out) as (tmp, key_tmp):
         done = _encrypt_into(tmp, args, kw, key_tmp)
@@ -107,12 +113,18 @@ def _sizes(rows: int, shape, num_classes, key_rows: int, k: int, masked: bool) -
     return arrays, key
 
 
-def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
-    """Encrypt the dataset into the (temporary) folder ``tmp`` and the key into ``key_path``."""
-    out = Path(args.out)
+def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None, shard=None, out: Path | None = None) -> str:
+    """Encrypt the dataset into the (temporary) folder ``tmp`` and the key into ``key_path``; with
+    ``shard = (rank, world_size)`` only that rank's contiguous share of the images (their partners
+    still drawn from the whole set), the folder's ``meta.json`` saying which."""
+    out = Path(args.out) if out is None else out
     ds, x, y = load_images(args)
     pool, public = load_public(args, tuple(x.shape[1:]))
-    n, (c, h, w) = x.shape[0], x.shape[1:]
+    total, (c, h, w) = x.shape[0], x.shape[1:]
+    first, stop = (0, total) if shard is None else shard_rows(total, *shard)
+    n = stop - first
+    if n < 1:
+        raise CLIError(f"{shard[1]} ranks for {total} images: rank {shard[0]} has none; use fewer ranks")
     labelled = y is not None  # labelled datasets name their classes
     num_classes = ds.num_classes if labelled else None
     rows = n * args.epochs
@@ -127,7 +139,7 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     keys = []
     # one progress line per chunk of ~1/20 of an epoch (images/s and ETA), fed by encrypt's progress
     progress = Progress(rows, f"encrypting {n} {ds.name} images x {args.epochs} epoch(s)",
-                        enabled=args.progress, unit=" img", every=1)
+                        enabled=args.progress and (shard is None or shard[0] == 0), unit=" img", every=1)
     step, shown = -(-n // 20), [0]
 
     def report(done: int) -> None:
@@ -138,7 +150,7 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     # chunks of rows, each encrypted into one buffer and appended to the file: memory is bounded by a
     # chunk, not by N (partners are still drawn from all N); --legacy keys are drawn for a whole epoch
     chunk = n if kw["legacy"] else chunk_rows(c * h * w, n)
-    buf = torch.empty((chunk, c, h, w)) if chunk < n else None
+    buf = torch.empty((chunk, c, h, w)) if chunk < n or shard is not None else None
     t0 = time.perf_counter()
     try:
         with atomic_open(tmp / ENCRYPTION) as fe, \
@@ -148,8 +160,10 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
             for epoch in range(args.epochs):
                 for s in range(0, n, chunk):
                     e = min(n, s + chunk)
+                    whole = chunk >= n and shard is None
                     enc = encrypt(x, y, public=public, num_classes=num_classes, generator=generator,
-                                  return_key=key_path is not None, rows=None if chunk >= n else np.arange(s, e),
+                                  return_key=key_path is not None,
+                                  rows=None if whole else np.arange(first + s, first + e),
                                   out=None if buf is None else buf[:e - s],
                                   progress=lambda done, at=epoch * n + s: report(at + done),
                                   **{**kw, **({"allow_uncentred": True} if epoch or s else {})})  # checked once
@@ -176,6 +190,8 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
         "keys": {"origin": "legacy-seed" if kw["legacy"] else generator.origin, "written": key_path is not None},
         "subset": args.subset, "seconds": round(seconds, 3), "instahide_version": __version__,
     }
+    if shard is not None:  # which images: rows first..stop-1 of the private set (partners from all of it)
+        meta["shard"] = {"rank": shard[0], "world_size": shard[1], "first": first, "stop": stop, "of": total}
     if key_path is not None:
         key_id = os.urandom(8).hex()  # random: pairs the key file with this folder, tells nothing of the key
         key = Key.cat(keys)
@@ -186,6 +202,94 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None) -> str:
     return (f"wrote {out / ENCRYPTION} {(rows, h, w, c)}, "
             + (f"{out / LABEL} {(rows, num_classes)}" if labelled else "no label.npy (unlabelled images)")
             + f" in {seconds:.1f} s" + (f"; keys in {args.key_out}" if key_path is not None else "; no key written"))
+
+
+def world_size() -> int:
+    """``WORLD_SIZE`` as torchrun sets it (1 outside torchrun)."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        raise CLIError(f"cannot read WORLD_SIZE={os.environ.get('WORLD_SIZE')!r} as an integer") from None
+
+
+def shard_rows(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous share ``[first, stop)`` of ``n`` images (sizes differ by at most 1)."""
+    return rank * n // world, (rank + 1) * n // world
+
+
+def shard_folder(out: Path, rank: int) -> Path:
+    return out / f"{SHARD_PREFIX}{rank:05d}"
+
+
+def shard_key(key_out: Path | None, rank: int) -> Path | None:
+    """Rank ``rank``'s key file: ``--key-out`` with ``.rank00001`` before the suffix."""
+    return None if key_out is None else key_out.with_name(f"{key_out.stem}.rank{rank:05d}{key_out.suffix}")
+
+
+def _run_sharded(args, kw: dict, out: Path, key_out: Path | None) -> int:
+    """``encrypt`` as one rank of ``torchrun``: each rank encrypts its contiguous share of the images
+    under its own keys (a research seed is folded with the rank: scheme/rng.py) into
+    ``OUT/rank-NNNNN`` (a complete folder, written as the single-process command writes ``OUT``),
+    partners drawn from the whole set; when every rank has committed, rank 0 writes
+    ``OUT/manifest.json`` (each shard's rows and the SHA-256 of its ``meta.json``), which
+    :func:`~instahide.distributed.load_encrypted` (so ``train-shared``) reads as one folder."""
+    if kw["legacy"]:
+        raise CLIError("--legacy keys (one Mersenne-Twister stream from the seed) would repeat on every rank: "
+                       "run --legacy without torchrun")
+    info = init_distributed("cpu")
+    try:
+        rank, world = info.rank, info.world_size
+        folder, key_path = shard_folder(out, rank), shard_key(key_out, rank)
+        error = None
+        try:
+            if (out / META).exists():
+                raise CLIError(f"{out} holds a single-process encryption ({META}); give another --out for a "
+                               "sharded run")
+            foreign = [p.name for p in out.iterdir() if not (p.name == MANIFEST or p.name.startswith(SHARD_PREFIX)
+                                                              or p.name.startswith("."))] if out.is_dir() else []
+            if foreign:
+                raise CLIError(f"{out} holds files a sharded encrypt did not write ({', '.join(sorted(foreign)[:5])})")
+            refuse_overwrite([out / MANIFEST, folder] + ([key_path] if key_path else []), args.force)
+            out.mkdir(parents=True, exist_ok=True)
+        except (CLIError, OSError) as exc:
+            error = exc
+        _agree(info, error)
+        error, done = None, ""
+        try:
+            with output_set(folder, args.force, owned=OUTPUTS, secret=key_path) as (tmp, key_tmp):
+                done = _encrypt_into(tmp, args, kw, key_tmp, shard=(rank, world), out=folder)
+        except Exception as exc:  # noqa: BLE001  every rank must hear of it before the manifest
+            error = exc
+        _agree(info, error)
+        metas = [None] * world
+        dist.all_gather_object(metas, sha256_file(folder / META))
+        if rank == 0:
+            n = json.loads((folder / META).read_text())["shard"]["of"]
+            manifest = {"format": MANIFEST_FORMAT, "world_size": world, "num_images": n, "epochs": args.epochs,
+                        "shards": [{"folder": shard_folder(Path("."), r).name, "first": shard_rows(n, r, world)[0],
+                                    "stop": shard_rows(n, r, world)[1], "meta_sha256": metas[r]}
+                                   for r in range(world)]}
+            atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2) + "\n")
+            for stale in sorted(out.glob(f"{SHARD_PREFIX}*")):  # a --force run with fewer ranks than before
+                if stale.is_dir() and stale.name not in {s["folder"] for s in manifest["shards"]}:
+                    shutil.rmtree(stale)
+        print(f"rank {rank}/{world}: {done}")
+    finally:
+        cleanup(info)
+    if kw["seed"] is not None and rank == 0:
+        print(f"note: keys derive from research seed {kw['seed']} (folded with each rank): anyone who knows it "
+              "can undo the mask", file=sys.stderr)
+    return 0
+
+
+def _agree(info, error) -> None:
+    """:func:`all_agree`: this rank's own error as it is, another rank's as a one-line CLIError."""
+    try:
+        all_agree(info, error)
+    except RuntimeError as exc:
+        if exc is error:
+            raise
+        raise CLIError(str(exc)) from None
 
 
 CHUNK_BYTES = 32 << 20  # float32 output per chunk of rows (and about as much gathered input)

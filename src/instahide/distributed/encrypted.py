@@ -28,6 +28,9 @@ import torch
 from .._io import atomic_write_text, finish_commits, sha256_file
 
 ENCRYPTION, LABEL, META = "encryption.npy", "label.npy", "meta.json"
+# A sharded run (`torchrun ... -m instahide encrypt`): OUT/rank-NNNNN/ per rank (each a complete folder
+# of the three files above) and OUT/manifest.json, written by rank 0 once every rank has committed.
+MANIFEST, MANIFEST_FORMAT, SHARD_PREFIX = "manifest.json", "instahide-encrypt-shards/1", "rank-"
 _KEY_FORMAT = b"instahide-key/1"
 
 
@@ -128,7 +131,9 @@ def load_encrypted(paths, *, check_keys: bool = True) -> EncryptedUnion:
 
     Args:
         paths: a folder or a list of folders, each with ``encryption.npy``, ``label.npy``, ``meta.json``
-            (as :func:`write_meta` writes it).
+            (as :func:`write_meta` writes it), or the output of a sharded run (``torchrun ... -m
+            instahide encrypt``: ``manifest.json`` and one such folder per rank), read as its ranks'
+            folders in rank order (each checked against the SHA-256 the manifest records).
         check_keys: refuse folders that hold key material (default; leave it on).
 
     Raises:
@@ -143,6 +148,7 @@ def load_encrypted(paths, *, check_keys: bool = True) -> EncryptedUnion:
     paths = [Path(p) for p in paths]
     if not paths:
         raise ValueError("no encryption folder given")
+    paths = [shard for p in paths for shard in shard_folders(p, check_keys)]
     seen = {}
     for p in paths:
         finish_commits(p)  # a killed `encrypt --force` left its commit half-done: finish it before reading
@@ -176,6 +182,50 @@ def load_encrypted(paths, *, check_keys: bool = True) -> EncryptedUnion:
     return EncryptedUnion(parties, (c, h, w), ref["num_classes"], ref["classes"], ref["normalized"],
                           None if ref["mean"] is None else tuple(ref["mean"]),
                           None if ref["std"] is None else tuple(ref["std"]))
+
+
+def shard_folders(folder: Path, check_keys: bool = True) -> list[Path]:
+    """The folders a path stands for: itself, or, for a sharded run's output (``manifest.json`` and no
+    ``meta.json``), its ranks' folders in rank order, after checking that the manifest is complete
+    (the shards tile the images ``[0, num_images)`` in order) and that each shard's ``meta.json`` is
+    the one the manifest records (a shard replaced by another run's is refused)."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file() or (folder / META).exists():
+        return [folder]
+    finish_commits(folder)
+    if check_keys:
+        keys = [k for k in find_key_files(folder) if k.parent == folder]
+        if keys:
+            raise KeyMaterialError(f"{folder} holds key material ({', '.join(str(k) for k in keys)}): the trainer "
+                                   "must never receive keys; move them out of the folder")
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if manifest.get("format") != MANIFEST_FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+        shards, n = manifest["shards"], int(manifest["num_images"])
+        if not isinstance(shards, list) or len(shards) != int(manifest["world_size"]) or not shards:
+            raise ValueError(f"{len(shards) if isinstance(shards, list) else shards!r} shards for world size "
+                             f"{manifest['world_size']}")
+        at = 0
+        for s in shards:
+            if int(s["first"]) != at or int(s["stop"]) <= at:
+                raise ValueError(f"shard {s.get('folder')!r} covers rows {s['first']}..{s['stop']}, expected to start at {at}")
+            at = int(s["stop"])
+        if at != n:
+            raise ValueError(f"the shards cover {at} of {n} images")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{folder / MANIFEST}: not a complete manifest of a sharded encrypt ({exc})") from exc
+    out = []
+    for s in shards:
+        name = str(s["folder"])
+        sub = folder / name
+        if not name.startswith(SHARD_PREFIX) or "/" in name or not sub.is_dir():
+            raise FileNotFoundError(f"{folder / MANIFEST} lists shard {name!r}, which is not a folder in {folder}")
+        if not (sub / META).is_file() or sha256_file(sub / META) != s.get("meta_sha256"):
+            raise ValueError(f"{sub / META} is not the one {folder / MANIFEST} records: the shards come from "
+                             "different runs; re-run the sharded encrypt")
+        out.append(sub)
+    return out
 
 
 def _summary(p: Party) -> dict:
