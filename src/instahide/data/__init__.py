@@ -34,8 +34,10 @@ from .downloads import (
     download_fashion_mnist,
     download_mnist,
 )
+from .flatness import dog_keypoint_count, fast_keep
 from .folders import list_image_files, load_image_folder, read_image
 from .mnist import FASHION_MNIST_MEAN, FASHION_MNIST_STD, load_mnist
+from .pool import build_pool, load_pool
 from .public import load_public_pool, random_patches, sift_keypoint_count
 from .registry import DATASETS, load_dataset
 
@@ -47,6 +49,7 @@ __all__ = [
     "load_cifar10", "load_cifar100", "load_mnist", "load_image_folder", "load_arrays",
     "load_digits", "builtin_photographs", "BUILTIN_PHOTOGRAPHS",
     "load_public_pool", "random_patches", "sift_keypoint_count",
+    "build_pool", "load_pool", "dog_keypoint_count", "fast_keep",
     "list_image_files", "read_image", "to_nchw_uint8", "convert_channels",
     "safe_load_pickle", "UntrustedPickleError",
     "download", "download_cifar10", "download_cifar100", "download_mnist", "download_fashion_mnist",
