@@ -75,3 +75,50 @@ def test_large_non_uint8_is_refused_not_loaded(tmp_path, monkeypatch):
         load_arrays(tmp_path / "f.npy")
     np.save(tmp_path / "small.npy", np.zeros((1, 4, 4), np.float32))     # small ones are still converted
     assert load_arrays(tmp_path / "small.npy").images.shape == (1, 1, 4, 4)
+
+
+# -- the uint8 cache -------------------------------------------------------------------------------
+def test_cache_of_a_dataset_round_trips_memory_mapped(tmp_path):
+    from instahide.data import write_uint8_cache
+
+    pytest.importorskip("sklearn")
+    ds = load_dataset("digits")
+    path = write_uint8_cache(ds, tmp_path / "digits.npy")
+    back = load_arrays(path)
+    assert isinstance(back.images, np.memmap) and np.load(path, mmap_mode="r").shape == (len(ds), 8, 8, 1)
+    np.testing.assert_array_equal(back.images, ds.images)
+    np.testing.assert_array_equal(back.labels, ds.labels)
+    assert (back.mean, back.std, back.classes, back.name) == (ds.mean, ds.std, ds.classes, ds.name)
+
+
+def test_cache_of_an_image_folder_streams_and_matches_the_folder_loader(tmp_path):
+    from PIL import Image
+
+    from instahide.data import load_image_folder, write_uint8_cache
+
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "photos" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 256, (10 + i, 12, 3), dtype=np.uint8)).save(tmp_path / "photos" / cls / f"{i}.png")
+    path = write_uint8_cache(tmp_path / "photos", tmp_path / "c" / "photos.npy", size=(8, 8))
+    ref, back = load_image_folder(tmp_path / "photos", size=(8, 8)), load_arrays(path)
+    np.testing.assert_array_equal(back.images, ref.images)
+    assert back.labels.tolist() == ref.labels.tolist() and back.classes == ["cats", "dogs"]
+    with pytest.raises(ValueError, match="pass size=\\(H, W\\)"):
+        write_uint8_cache(tmp_path / "photos", tmp_path / "d.npy")
+
+
+def test_cached_dataset_is_reused_only_for_the_same_source(tmp_path, monkeypatch):
+    from instahide.data import cache
+
+    pytest.importorskip("sklearn")
+    calls = []
+    real = cache.load_dataset
+    monkeypatch.setattr(cache, "load_dataset", lambda *a, **k: calls.append(a) or real(*a, **k))
+    first = cache.cached_dataset("digits", None, tmp_path / "d.npy")
+    again = cache.cached_dataset("digits", None, tmp_path / "d.npy")
+    assert len(calls) == 1 and isinstance(again.images, np.memmap)
+    np.testing.assert_array_equal(first.images, again.images)
+    test = cache.cached_dataset("digits", None, tmp_path / "d.npy", split="test")    # another split: rebuilt
+    assert len(calls) == 2 and len(test) != len(first)

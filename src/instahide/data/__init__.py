@@ -9,7 +9,8 @@ Example: ``from instahide.data import load_dataset; ds = load_dataset("digits")`
 from __future__ import annotations
 
 from ._safe_pickle import UntrustedPickleError, safe_load_pickle
-from .arrays import convert_channels, load_arrays, to_nchw_uint8
+from .arrays import convert_channels, load_arrays, open_npy, to_nchw_uint8
+from .cache import cached_dataset, write_uint8_cache
 from .builtin import BUILTIN_PHOTOGRAPHS, DIGITS_MEAN, DIGITS_STD, builtin_photographs, load_digits
 from .cifar import load_cifar10, load_cifar100
 from .dataset import (
@@ -47,10 +48,10 @@ __all__ = [
     "MNIST_MEAN", "MNIST_STD", "FASHION_MNIST_MEAN", "FASHION_MNIST_STD", "DIGITS_MEAN", "DIGITS_STD",
     "load_dataset", "DATASETS",
     "load_cifar10", "load_cifar100", "load_mnist", "load_image_folder", "load_arrays",
-    "load_digits", "builtin_photographs", "BUILTIN_PHOTOGRAPHS",
+    "load_digits", "builtin_photographs", "BUILTIN_PHOTOGRAPHS", "write_uint8_cache", "cached_dataset",
     "load_public_pool", "random_patches", "sift_keypoint_count",
     "build_pool", "load_pool", "dog_keypoint_count", "fast_keep",
-    "list_image_files", "read_image", "to_nchw_uint8", "convert_channels",
+    "list_image_files", "read_image", "to_nchw_uint8", "convert_channels", "open_npy",
     "safe_load_pickle", "UntrustedPickleError",
     "download", "download_cifar10", "download_cifar100", "download_mnist", "download_fashion_mnist",
     "DownloadError", "ChecksumError",
