@@ -25,7 +25,7 @@ from .config import FedConfig
 from .partition import dirichlet_partition, iid_partition
 
 __all__ = ["PartyData", "load_party", "partition_indices", "build_global_model", "party_key_generator",
-           "local_train", "local_evaluate", "clear_cache"]
+           "local_train", "local_evaluate", "clear_cache", "warm_up"]
 
 
 @dataclass
@@ -185,3 +185,11 @@ def local_evaluate(state_dict: dict, party: PartyData, cfg: FedConfig) -> dict:
         return {"num-examples": 0, "eval-acc": 0.0, "eval-loss": 0.0}
     ev = evaluate(model, party.x_test, party.y_test)
     return {"num-examples": int(len(party.x_test)), "eval-acc": ev["accuracy"], "eval-loss": ev["loss"]}
+
+
+def warm_up() -> None:
+    """One tiny encryption, so that a long-running party process (``python -m instahide.federated.node``)
+    compiles the encryption kernel before its first round instead of during it (about 9 s on a busy
+    2-core CPU)."""
+    x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    encrypt(x, torch.arange(8) % 2, k=4, num_classes=2, generator=KeyGenerator.from_seed("instahide/warm-up"))

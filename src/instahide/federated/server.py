@@ -20,12 +20,15 @@ from ..train import evaluate, load_weights, pick_subset
 from ..train.engine import CHECKPOINT, RunFolder, summary
 from .config import FedConfig
 from .local import build_global_model, party_arch
+from .node import poll_from_env, shorten_object_pull_backoff
 
 __all__ = ["make_strategy", "run_server", "make_server_app", "app", "load_server_checkpoint",
-           "load_test_data", "CHECKPOINT", "ROUNDS", "FORMAT"]
+           "load_test_data", "send_and_receive", "CHECKPOINT", "ROUNDS", "FORMAT", "POLL_INTERVAL"]
 
 ROUNDS = "rounds.jsonl"
 FORMAT = "instahide-federated-checkpoint/2"
+POLL_INTERVAL = 0.2  # seconds between the server's polls for replies (Flower's deployed grid waits 3 s);
+                     # INSTAHIDE_FLOWER_POLL sets it in a deployed ServerApp
 
 
 def make_strategy(cfg: FedConfig):
@@ -67,7 +70,29 @@ def load_server_checkpoint(path) -> dict:
     return load_torch_checkpoint(path, FORMAT, "federated checkpoint")
 
 
-def run_server(grid, cfg: FedConfig, *, log=print) -> dict:
+def send_and_receive(grid, messages, *, timeout: float | None, poll_interval: float = POLL_INTERVAL) -> list:
+    """``grid.send_and_receive`` with a shorter wait between polls: push ``messages``, then pull until
+    every one has a reply or ``timeout`` seconds have passed (the replies that came, in arrival order).
+
+    Flower 1.42's deployed grid (``HttpGrid``) sleeps 3 s between polls, which alone costs up to 3 s a
+    round; a poll is one small request to the SuperLink on the ServerApp's own machine."""
+    messages = list(messages)
+    if not messages:
+        return []
+    pending = {i for i in grid.push_messages(messages) if i is not None}  # None: not pushed (a failure)
+    end = None if timeout is None else time.monotonic() + timeout
+    replies: list = []
+    while pending:
+        got = list(grid.pull_messages(pending))
+        replies.extend(got)
+        pending.difference_update(r.metadata.reply_to_message_id for r in got)
+        if not pending or (end is not None and time.monotonic() >= end):
+            break
+        time.sleep(poll_interval if end is None else max(0.0, min(poll_interval, end - time.monotonic())))
+    return replies
+
+
+def run_server(grid, cfg: FedConfig, *, log=print, poll_interval: float = POLL_INTERVAL) -> dict:
     """Run ``cfg.rounds`` rounds of federated training over ``grid``; returns the final summary.
 
     Args:
@@ -76,6 +101,7 @@ def run_server(grid, cfg: FedConfig, *, log=print) -> dict:
         cfg: the configuration (``cfg.resume`` continues ``cfg.out/checkpoint.pt``; a larger ``rounds``
             extends a finished run).
         log: where progress lines go (``None``: nowhere).
+        poll_interval: seconds between polls for a round's replies (:func:`send_and_receive`).
     """
     import flwr
     from flwr.app import ArrayRecord, ConfigRecord
@@ -101,7 +127,7 @@ def run_server(grid, cfg: FedConfig, *, log=print) -> dict:
     for rnd in range(start + 1, cfg.rounds + 1):
         t0 = time.perf_counter()
         messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(dict(run_config)), grid))
-        replies = list(grid.send_and_receive(messages, timeout=cfg.timeout))
+        replies = send_and_receive(grid, messages, timeout=cfg.timeout, poll_interval=poll_interval)
         ok = [r for r in replies if not r.has_error()]
         failed = [r for r in replies if r.has_error()]
         for r in failed:
@@ -113,8 +139,8 @@ def run_server(grid, cfg: FedConfig, *, log=print) -> dict:
         t_train = time.perf_counter() - t0
         eval_metrics = None
         if cfg.fraction_evaluate > 0:
-            ev_replies = list(grid.send_and_receive(
-                strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(run_config)), grid), timeout=cfg.timeout))
+            ev_messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(run_config)), grid)
+            ev_replies = send_and_receive(grid, ev_messages, timeout=cfg.timeout, poll_interval=poll_interval)
             eval_metrics = strategy.aggregate_evaluate(rnd, ev_replies)
         load_weights(model, arrays.to_torch_state_dict(), f"aggregated weights of round {rnd}")
         ev = evaluate(model, x_test, y_test)
@@ -149,7 +175,11 @@ def make_server_app(cfg: FedConfig | None = None):
 
     @server.main()
     def main(grid, context) -> None:
-        run_server(grid, cfg if cfg is not None else FedConfig.from_run_config(context.run_config))
+        poll = poll_from_env()  # deployed with INSTAHIDE_FLOWER_POLL: poll replies, and retry arrays, quickly
+        if poll is not None:
+            shorten_object_pull_backoff(poll)
+        run_server(grid, cfg if cfg is not None else FedConfig.from_run_config(context.run_config),
+                   poll_interval=poll or POLL_INTERVAL)
 
     return server
 

@@ -52,6 +52,8 @@ class InProcessGrid(Grid):
                                                                               "num-partitions": num_nodes},
                                         state=RecordDict(), run_config={}) for i in range(num_nodes)}
         self._run = None
+        self._pending: dict = {}
+        self._count = 0
         _set_task_identity()
         self.sent: list = []        # every (message, reply) pair, for inspection
 
@@ -70,11 +72,18 @@ class InProcessGrid(Grid):
         return [n for n in self.contexts if n - 1 not in self.offline]
 
     def push_messages(self, messages):
-        self._pending = list(messages)
-        return [str(i) for i in range(len(self._pending))]
+        """Queue ``messages``; each gets a message id (what a reply's ``reply_to_message_id`` names)."""
+        ids = []
+        for msg in messages:
+            self._count += 1
+            msg.metadata.__dict__["_message_id"] = f"inprocess-{self._count}"  # as Flower's grids set it
+            self._pending[msg.metadata.message_id] = msg
+            ids.append(msg.metadata.message_id)
+        return ids
 
     def pull_messages(self, message_ids):
-        return [self._deliver(self._pending[int(i)]) for i in message_ids]
+        """Deliver the queued messages named in ``message_ids`` (each once) and return their replies."""
+        return [self._deliver(self._pending.pop(i)) for i in list(message_ids) if i in self._pending]
 
     def _deliver(self, msg):
         try:
