@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -32,17 +30,10 @@ from instahide.data.flatness import FAST_THRESHOLD, SIFT_THRESHOLD, agreement, d
 from instahide.data.folders import list_image_files  # noqa: E402
 from instahide.data.public import PhotoFiles  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from encrypt import machine  # noqa: E402  (CPU model, cores, load)
+
 SHARED = ROOT.parent / "shared" / "data"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -96,16 +87,17 @@ def main() -> None:
     print(f"Pearson correlation of the two keypoint counts: {np.corrcoef(fast, sift)[0, 1]:.3f}")
     result = {
         "command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/flatness_filter.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__,
-                    "threads": torch.get_num_threads(), "note": "shared machine: other jobs ran at the same time"},
+        "machine": {**machine(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "note": "shared machine: other jobs ran at the same time"},
         "date": time.strftime("%Y-%m-%d"), "fast_threshold": FAST_THRESHOLD, "sift_threshold": SIFT_THRESHOLD,
         "rows": rows, "all": {**total, "sift_ms": 1e3 * t_sift / n_all, "fast_ms": 1e3 * t_fast / n_all,
                               "speedup": t_sift / t_fast},
         "kappa_by_threshold": thresholds, "count_correlation": float(np.corrcoef(fast, sift)[0, 1]),
     }
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    print(f"machine: {result['machine']['cpu']}, {os.cpu_count()} cores, torch {torch.__version__}, one thread; "
-          f"wrote {args.out}")
+    m = result["machine"]
+    print(f"machine: {m['cpu_model']}, {m['cpu_count']} cores, load {m['loadavg_1min']}, torch {torch.__version__}, "
+          f"one thread; wrote {args.out}")
 
 
 if __name__ == "__main__":

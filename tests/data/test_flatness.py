@@ -63,7 +63,7 @@ def test_scale_space_matches_scikit_image_sift():
     """The composed matrices give SIFT's own Gaussian scale space (upsampling, blurs, subsampling)."""
     feature = pytest.importorskip("skimage.feature")
     patch = _textured(1, 3)[0]
-    gray = flatness._luminance(patch[None])[0, 0].double()
+    gray = flatness._luminance(torch.from_numpy(patch[None]))[0, 0].double()
     sift = feature.SIFT()
     sift._set_number_of_octaves(gray.shape)
     reference = sift._create_scalespace(gray.numpy())  # per octave (h, w, scales)

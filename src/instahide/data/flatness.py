@@ -48,16 +48,22 @@ _C_DOG, _C_EDGE, _MIN_OCTAVE_SIZE = 0.04 / 3, 10.0, 12
 FILTERS = ("fast", "sift", "none")
 
 
-def _luminance(patches) -> torch.Tensor:
-    """``(N, C, H, W)`` uint8 (numpy or torch; C = 1, 3 or 4) -> ``(N, 1, H, W)`` float32 in [0, 1],
-    with Pillow's fixed-point luminance (:func:`instahide.data.arrays.convert_channels`)."""
-    x = torch.as_tensor(np.asarray(patches) if not isinstance(patches, torch.Tensor) else patches)
+def _check(patches) -> torch.Tensor:
+    """``(N, C, H, W)`` uint8 patches (numpy or torch; C = 1, 3 or 4) as a tensor, or a clear error."""
+    x = patches if isinstance(patches, torch.Tensor) else torch.as_tensor(np.asarray(patches))
     if x.dtype != torch.uint8 or x.ndim != 4:
         raise TypeError(f"patches must be (N, C, H, W) uint8, got {tuple(x.shape)} {x.dtype}")
-    c = x.shape[1]
-    if c not in (1, 3, 4):
-        raise ValueError(f"patches must have 1, 3 or 4 channels (N, C, H, W), got C={c} in shape {tuple(x.shape)}")
-    if c == 1:
+    if x.shape[1] not in (1, 3, 4):
+        raise ValueError(f"patches must have 1, 3 or 4 channels (N, C, H, W), got C={x.shape[1]} in shape {tuple(x.shape)}")
+    if min(x.shape[-2:]) < 8:
+        raise ValueError(f"patches must be at least 8x8 pixels, got {tuple(x.shape[-2:])}")
+    return x
+
+
+def _luminance(x: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` uint8 -> ``(N, 1, H, W)`` float32 in [0, 1], with Pillow's fixed-point
+    luminance (:func:`instahide.data.arrays.convert_channels`)."""
+    if x.shape[1] == 1:
         y = x.to(torch.float32)
     else:
         r, g, b = (x[:, i:i + 1].to(torch.int32) for i in range(3))  # 255 * 65536 fits
@@ -177,13 +183,11 @@ def dog_keypoint_count(patches, *, contrast: float = _C_DOG, edge: float = _C_ED
 
     Example: ``dog_keypoint_count(patches) > FAST_THRESHOLD``
     """
-    gray = _luminance(patches)
-    if min(gray.shape[-2:]) < 8:
-        raise ValueError(f"patches must be at least 8x8 pixels, got {tuple(gray.shape[-2:])}")
-    out = torch.empty(len(gray), dtype=torch.int64)
+    x = _check(patches)
+    out = torch.empty(len(x), dtype=torch.int64)
     with torch.no_grad():
-        for i in range(0, len(gray), batch):
-            out[i:i + batch] = _count_batch(gray[i:i + batch], contrast, edge)
+        for i in range(0, len(x), batch):  # luminance per batch: memory stays at one batch's
+            out[i:i + batch] = _count_batch(_luminance(x[i:i + batch]), contrast, edge)
     return out
 
 
