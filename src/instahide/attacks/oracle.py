@@ -4,7 +4,8 @@ and coefficients, a yardstick that bounds the Carlini et al. family.
 Unmasked, or ``pixel_range="unit"`` (``|e|`` IS the mixture): one least-squares solve. Masked centred
 pixels (``"pm1"``, any centred scaling): phase retrieval: a per-position Gram fit (signs from its
 leading eigenvector), sign alignment across neighbouring positions (:func:`align_signs`), then
-alternating soft signs and least squares (:func:`_refine`). One global sign stays unknown; evaluation
+alternating soft signs and least squares (:func:`_refine`), then likelihood-selected propagation of
+the per-position solutions between neighbouring positions (:func:`_propagate`). One global sign stays unknown; evaluation
 mode (``evaluate_with=``) picks it with the truth and says so. Public slots: ``public_model="mean"``
 (their sum is ``(public coefficients) * mu``), ``"solve"`` (every distinct public image an unknown)
 or ``"none"``; the public images' per-position variance is fitted, or given (``public_variance=``:
@@ -170,6 +171,82 @@ def _refine(a: np.ndarray, mag: np.ndarray, z: np.ndarray, noise: np.ndarray, n_
     return z
 
 
+def position_nll(a: np.ndarray, mag: np.ndarray, z: np.ndarray, noise) -> np.ndarray:
+    """``(d,)`` negative log-likelihood of every position's solution ``z[:, p]`` (``z (u, d)``): the
+    magnitudes ``mag (N, d)`` as folded normals of mean ``A z`` and variance ``noise`` (``(N, d)`` or
+    broadcastable), up to terms that do not depend on ``z`` (so only differences mean anything):
+    ``sum_r m^2 / (2 s^2) - log cosh(|e| m / s^2)``. Invariant to ``z -> -z`` at any position, as
+    ``|e|`` is. Works in the dtype of its inputs."""
+    m = a @ z
+    u = np.abs(mag * m / noise)
+    return (m * m / (2 * noise) - u - np.log1p(np.exp(-2 * u))).sum(0)
+
+
+def _shifted(z: np.ndarray, shape: tuple[int, int, int], axis: int, step: int) -> np.ndarray:
+    """``z (u, d)`` with every position given the solution of its neighbour ``step`` away along
+    ``axis`` of the ``(C, H, W)`` image (wrapping at the border: only a candidate, never kept unless
+    it fits better)."""
+    return np.roll(z.reshape(z.shape[0], *shape), step, axis=axis + 1).reshape(z.shape)
+
+
+def _propagate(a: np.ndarray, mag: np.ndarray, z: np.ndarray, noise, shape: tuple[int, int, int],
+               solve: np.ndarray, *, sweeps: int, steps: int = 4, random_starts: int = 0, seed: int = 0,
+               tol: float = 0.002) -> tuple[np.ndarray, list[int]]:
+    """Likelihood-selected propagation of per-position solutions.
+
+    The soft-sign / least-squares iteration (:func:`_refine`) is a local method: at many positions it
+    stops in a solution whose likelihood is far below that of the true images. Measured on the attack
+    protocol's draws (docs/attacks_protocol.md): started from the truth, the same iteration stays at
+    Max_SSIM 0.73-0.78 where it reaches 0.43-0.50 from the Gram start, and the truth's solution fits
+    the magnitudes better at 91% of the positions. Neighbouring positions of natural images have
+    nearly the same solution, so a good solution found at one position is a good start for its
+    neighbours. Every sweep tries, at every position at once, the solutions of the four neighbouring
+    pixels and of the other channels (and ``random_starts`` re-signed copies of the current one), each
+    refined by ``steps`` iterations at that position alone, and keeps a candidate where its
+    :func:`position_nll` is lower. Stops after ``sweeps`` or when fewer than ``tol`` of the positions
+    changed. No position ends with a worse likelihood. Float32 inside (the choices agreed with float64
+    on the draws measured). Returns ``(z (u, d) float64, positions changed per sweep)``; deterministic
+    for a given ``seed``.
+    """
+    f32 = np.float32
+    a32, solve32, mag32 = a.astype(f32), solve.astype(f32), mag.astype(f32)
+    noise = np.broadcast_to(np.asarray(noise, np.float64), mag.shape)
+    w32, half32 = (mag / noise).astype(f32), (0.5 / noise).astype(f32)
+    rng = np.random.default_rng(seed)
+
+    def nll(cand):
+        m = a32 @ cand
+        u = np.abs(w32 * m)
+        return (half32 * m * m - u - np.log1p(np.exp(-2 * u))).sum(0, dtype=np.float64)
+
+    def refine(cand):
+        for _ in range(steps):
+            cand = solve32 @ (np.tanh(w32 * (a32 @ cand)) * mag32)
+        return cand
+
+    z = z.astype(f32)
+    best = nll(z)
+    moves = [(1, 1), (1, -1), (2, 1), (2, -1)] + [(0, s) for s in range(1, shape[0])]
+    changed = []
+    for _ in range(sweeps):
+        n_changed = 0
+        for i in range(len(moves) + random_starts):
+            if i < len(moves):
+                cand = _shifted(z, shape, *moves[i])
+            else:
+                cand = z * rng.choice(np.array([-1.0, 1.0], f32), size=z.shape)
+            cand = refine(cand)
+            score = nll(cand)
+            better = score < best - 1e-7 * np.abs(best)
+            z = np.where(better[None, :], cand, z)
+            best = np.where(better, score, best)
+            n_changed += int(better.sum())
+        changed.append(n_changed)
+        if n_changed < tol * z.shape[1]:
+            break
+    return z.astype(np.float64), changed
+
+
 def _neighbour_pairs(c: int, h: int, w: int, offsets=(1, 2, 4)) -> tuple[np.ndarray, np.ndarray]:
     """Index pairs of value positions ``o`` pixels apart (rows and columns, for each offset ``o``)
     and of neighbouring channels, in a ``(C, H, W)`` flattening."""
@@ -238,6 +315,7 @@ def oracle_decode(
     pixel_range: str = "pm1",
     public_model: str = "mean",
     iterations: int = 150,
+    propagate: int = 12,
     spatial: bool = True,
     align: bool = True,
     smooth: float = 0.0,
@@ -261,6 +339,9 @@ def oracle_decode(
         iterations, spatial, align, smooth (masked ``pm1`` only): alternating sign / least-squares
             steps (0 = the Gram step alone); coupling each row's signs across neighbouring positions;
             sign synchronisation across positions; a light smoothing in ``[0, 1)`` of the result.
+        propagate: masked ``pm1`` only: sweeps of likelihood-selected propagation after those steps
+            (:func:`_propagate`: every position tries its neighbours' solutions and keeps what fits
+            its magnitudes better); 0 = none (the solver before it was added).
         ridge: ridge weight on the public unknowns (relative to the mean squared column norm).
         public_variance: masked ``pm1`` with public slots: the variance of a public image at every
             position, ``(C, H, W)`` or a number (e.g. from an attacker's own pool), instead of fitting it.
@@ -310,9 +391,12 @@ def oracle_decode(
         noise = 1e-3 * np.mean(mag ** 2) + (0.0 if q is None else q[:, None] * var[None, :])
         if iterations:
             z = _refine(a, mag, z, noise, n_priv, shape, iterations, spatial, align, ridge)
+        swept = []
+        if propagate:
+            z, swept = _propagate(a, mag, z, noise, shape, _ls_operator(a, ridge, n_priv), sweeps=propagate)
         if align:
             z = z * align_signs(z[:n_priv], shape)[None, :]
-        method, info = "phase-retrieval", {"public_variance_mean": float(var.mean())}
+        method, info = "phase-retrieval", {"public_variance_mean": float(var.mean()), "propagation_changed": swept}
     recovered = z[:n_priv].reshape(n_private, *shape)
     public_mean = z[n_priv].reshape(shape) if has_mean else None
     if method == "phase-retrieval" and smooth:

@@ -175,7 +175,7 @@ def _reconstruct(enc, mag, assignment, coefs, label, cluster_class, *, m, k, num
             info["public_variance_level"] = float(np.mean(var))
         rec, pmean = R.reconstruct_oracle(enc, assignment, coefs, label, k=k, num_private=num_private, n_clusters=m,
                                           pixel_range=pixel_range, iterations=config.oracle_iterations,
-                                          **(public_prior or {}))
+                                          propagate=config.propagate_sweeps, **(public_prior or {}))
         info["oracle_fit_loss"] = R.fit_loss(mag, rec, pmean, assignment, coefs, pub)
     if config.reconstruction in ("gd", "oracle+gd"):
         start = config.reconstruction == "oracle+gd"

@@ -36,6 +36,7 @@ class CarliniConfig:
     reconstruction: str = "oracle"      # "oracle", "gd" (Carlini's descent) or "oracle+gd"
     gd_steps: int = 1000                # gradient-descent steps
     oracle_iterations: int = 150        # sign / least-squares steps of the oracle solver
+    propagate_sweeps: int = 12          # then sweeps of likelihood-selected propagation (oracle.py; 0: none)
     public_prior: bool = True           # oracle: public variance of the attacker's pool, shares' squares of the law
     public_variance: str = "pool"       # "pool": the attacker's pool's, per position; "likelihood": the level
                                         # chosen on the encryptions (docs/attacks_protocol.md: no gain measured)
@@ -58,7 +59,7 @@ class CarliniConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of {allowed}")
         for name in ("train_steps", "batch_images", "batch_epochs", "width_mult", "depth", "refine_rounds",
-                     "fit_rounds", "gd_steps", "oracle_iterations", "variance_iterations", "sign_steps", "colour_steps", "colour_challenges",
+                     "fit_rounds", "gd_steps", "oracle_iterations", "propagate_sweeps", "variance_iterations", "sign_steps", "colour_steps", "colour_challenges",
                      "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -74,14 +74,16 @@ def _compact(assignment: np.ndarray, m: int):
 
 def reconstruct_oracle(encryption: np.ndarray, assignment: np.ndarray, coefficients: np.ndarray, label: np.ndarray,
                        *, k: int, num_private: int, n_clusters: int, pixel_range: str = "pm1", iterations: int = 150,
-                       square_ratio: float | None = None, public_variance=None):
+                       square_ratio: float | None = None, public_variance=None, propagate: int = 12):
     """Oracle solver on the ESTIMATED keys (public shares: :func:`estimated_keys`; ``public_variance``
-    ``(C, H, W)``: the attacker's own pool's, given to the solver). Returns ``(recovered (m, C, H, W),
+    ``(C, H, W)``: the attacker's own pool's, given to the solver; ``propagate``: the solver's
+    propagation sweeps). Returns ``(recovered (m, C, H, W),
     public_mean or None)``; clusters no row uses come back as zeros. No ground truth, no evaluation mode."""
     a, used = _compact(assignment, n_clusters)
     idx, lam = estimated_keys(a, coefficients, label, k, num_private, square_ratio)
     res = oracle_decode(encryption, idx, lam, num_private, len(used), masked=True, pixel_range=pixel_range,
-                        iterations=iterations, public_variance=public_variance if k > num_private else None)
+                        iterations=iterations, propagate=propagate,
+                        public_variance=public_variance if k > num_private else None)
     out = np.zeros((n_clusters, *encryption.shape[1:]), dtype=np.float32)
     out[used] = res.recovered
     return out, res.public_mean
@@ -126,7 +128,7 @@ def likelihood_variance(encryption: np.ndarray, assignment: np.ndarray, coeffici
     for g in grid:
         rec, pmean = reconstruct_oracle(encryption, assignment, coefficients, label, k=k, num_private=num_private,
                                         n_clusters=n_clusters, iterations=iterations, square_ratio=square_ratio,
-                                        public_variance=g * base)
+                                        public_variance=g * base, propagate=0)  # short tries, as measured
         scores[float(g)] = folded_nll(np.abs(encryption), rec, pmean, assignment, coefficients, pub, g * base,
                                       square_ratio, trim=trim)
     best = min(scores, key=scores.get)
