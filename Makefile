@@ -10,7 +10,7 @@ export PIP_CONSTRAINT := $(abspath constraints.txt)
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt "torch==2.13.0"
-	$(PY) -m pip install -q -c constraints.txt -e ".[data,plot,audit,federated,fast,test]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[data,plot,audit,federated,fast,test,dp]"
 	touch $@
 
 install: $(VENV)/.installed

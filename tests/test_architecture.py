@@ -28,6 +28,7 @@ LAYERS = {
     "attacks": 3, "federated": 3, "distributed": 3,
     "report": 4,
     "audit": 5,
+    "compare": 5.5,  # between the audit and the command line: uses train, attacks and audit
     "cli": 6, "__main__": 7,
 }
 # Modules that import an optional dependency (flwr) at their top: imported inside the functions that

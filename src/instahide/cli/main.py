@@ -8,6 +8,7 @@ from .. import __version__
 from ..data import DATASETS
 from . import attack_cmd, audit_cmd, challenge_cmd, demo_cmd, encrypt_cmd, federated_cmd, shared_cmd, show_cmd, train_cmd
 from ._common import CLIError
+from . import compare_cmd
 from . import pool_cmd
 
 DESCRIPTION = """\
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     challenge_cmd.add_parser(sub)
     attack_cmd.add_parser(sub)
     audit_cmd.add_parser(sub)
+    compare_cmd.add_parser(sub)
     pool_cmd.add_parser(sub)
     p = sub.add_parser("datasets", help="list the datasets instahide reads")
     p.set_defaults(func=_datasets)
