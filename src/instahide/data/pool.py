@@ -445,6 +445,7 @@ def _assemble(out: Path, parts: Path, spec: dict, plan: _Plan, last: int, done: 
     sums = np.zeros(c, dtype=np.int64)
     squares = np.zeros(c, dtype=np.int64)
     examined = 0
+    pool_sidecar(out).unlink(missing_ok=True)  # a kill before the new sidecar: no stale pair is left
     with atomic_open(out) as fh:
         np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False, "shape": shape})
         written = 0
