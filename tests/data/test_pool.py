@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from instahide.cli.main import main
-from instahide.data import load_arrays
+from instahide.data import dog_keypoint_count, load_arrays, sift_keypoint_count
 from instahide.data.pool import _permute, build_pool, load_pool, pool_sidecar
 
 N_PHOTOS, PH, PW, SIZE = 6, 20, 24, 16  # each photo has 5 x 9 = 45 crop positions of 16x16
@@ -62,6 +62,18 @@ def test_pool_is_distinct_crops_spread_over_every_photo(photos, tmp_path):
     # the encrypt command's loader reads the same file and the statistics beside it
     ds = load_arrays(tmp_path / "pool.npy", labels_key=None)
     assert ds.images.shape == (60, 3, SIZE, SIZE) and ds.mean == pytest.approx(tuple(meta["mean"]))
+
+
+def test_filters_keep_only_passing_patches(photos, tmp_path):
+    src, _ = photos
+    _build(src, tmp_path / "fast.npy", count=40, filter="fast", threshold=3)
+    fast = np.ascontiguousarray(load_pool(tmp_path / "fast.npy")[0].transpose(0, 3, 1, 2))
+    assert (dog_keypoint_count(fast) > 3).all()
+    pytest.importorskip("skimage")
+    meta = _build(src, tmp_path / "sift.npy", count=12, filter="sift", threshold=2)
+    assert meta["filter"]["name"] == "sift" and meta["filter"]["threshold"] == 2
+    sift = load_pool(tmp_path / "sift.npy")[0].transpose(0, 3, 1, 2)
+    assert all(sift_keypoint_count(p) > 2 for p in sift)
 
 
 def test_every_position_once_when_the_pool_takes_them_all(photos, tmp_path):
