@@ -49,6 +49,7 @@ POOL_VERSION = 1  # the sidecar's "version": bump when the file format or the sa
 SHARD_SIZE = 32768  # candidates per shard: 100 MB of 32x32 RGB patches per worker; a photograph
 # visited several times in one shard is decoded once
 _BUILD_FORMAT = "instahide-pool-build/1"
+_VALUES = np.arange(256, dtype=np.int64)
 
 
 # -- the sources: photographs as a catalogue of (source, item, height, width) ----------------------
@@ -454,9 +455,10 @@ def _assemble(out: Path, parts: Path, spec: dict, plan: _Plan, last: int, done: 
             p = data["patches"][: count - written]
             examined += int(data["examined"][0])
             fh.write(np.ascontiguousarray(p).tobytes())
-            flat = p.reshape(-1, c).astype(np.int64)
-            sums += flat.sum(axis=0)
-            squares += (flat * flat).sum(axis=0)
+            for ch in range(c):  # exact integer sums from a histogram: no int64 copy of the shard
+                hist = np.bincount(p[..., ch].ravel(), minlength=256).astype(np.int64)
+                sums[ch] += hist @ _VALUES
+                squares[ch] += hist @ _VALUES ** 2
             written += len(p)
     pixels = count * h * w
     mean = sums / pixels / 255.0
