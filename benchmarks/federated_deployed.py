@@ -1,11 +1,12 @@
 """Federated rounds in process vs deployed (a SuperLink, N SuperNodes and `flwr run` on loopback), side by side.
 
 Runs the example Flower app's configuration (examples/flower_app/pyproject.toml: digits, 2 parties,
-InstaHide k=4, 1 local epoch) for --rounds rounds
+InstaHide k=4, 1 local epoch, the model packed into one array) for --rounds rounds
 
 - in process: ``run_federated(cfg, backend="inprocess")`` (the parties one after another in this process),
 - deployed, warm nodes: ``LocalFederation(warm=True)`` (``python -m instahide.federated.node``: one
   long-running ClientApp process per node, polls every --poll-interval s),
+- deployed, warm nodes, one array per tensor on the wire (only with --also-unpacked: ``pack-weights=false``),
 - deployed, stock nodes (only with --stock-rounds N > 0): ``flower-supernode`` with its default
   ``--isolation subprocess`` (one ``flwr-clientapp`` process per message),
 
@@ -16,7 +17,8 @@ data), the ratio deployed / in process, and the machine. Timings on a shared mac
 ratio of runs made side by side is what to read.
 
   .venv/bin/python benchmarks/federated_deployed.py                                  # 6 rounds, 2 repeats
-  .venv/bin/python benchmarks/federated_deployed.py --stock-rounds 3 --out docs/bench_federated_deployed_cpu.json
+  .venv/bin/python benchmarks/federated_deployed.py --also-unpacked --stock-rounds 3 \
+      --out docs/bench_federated_deployed_cpu.json
   .venv/bin/python benchmarks/federated_deployed.py --local-epochs 5                # more compute per round
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
@@ -104,12 +107,15 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=2, help="in-process / warm-deployed pairs (default 2)")
     ap.add_argument("--stock-rounds", type=int, default=0,
                     help="also run the stock flower-supernode for this many rounds (default 0: skip)")
+    ap.add_argument("--also-unpacked", action="store_true",
+                    help="also one warm deployed run with pack-weights=false (one array per tensor on the wire)")
     ap.add_argument("--local-epochs", type=int, default=None, help="override the app's local-epochs")
     ap.add_argument("--poll-interval", type=float, default=0.1, help="warm nodes' poll interval (default 0.1 s)")
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds allowed per deployed run")
     ap.add_argument("--out", default=None,
                     help="write the results as JSON here (e.g. docs/bench_federated_deployed_cpu.json)")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a killed benchmark stops its deployment
     if args.rounds < 2:
         ap.error("--rounds must be >= 2 (round 1 is reported apart)")
 
@@ -138,6 +144,14 @@ def main(argv=None) -> None:
                 print(f"  {kind:14s} repeat {rep}: round 1 {res['round1_s']:6.2f} s, rounds 2-{args.rounds} "
                       f"median {res['steady_median_s']:5.2f} s (mean {res['steady_mean_s']:5.2f}), "
                       f"wall {res['wall_s']:6.1f} s", flush=True)
+        if args.also_unpacked:
+            out = tmp / "deployed-warm-unpacked"
+            res = run_deployed({**overrides, "pack-weights": False}, out, warm=True, poll=args.poll_interval,
+                               parties=parties, timeout=args.timeout)
+            res.update(kind="deployed-warm-unpacked", repeat=0)
+            runs.append(res)
+            print(f"  {'warm unpacked':14s}         : round 1 {res['round1_s']:6.2f} s, rounds 2-{args.rounds} "
+                  f"median {res['steady_median_s']:5.2f} s, wall {res['wall_s']:6.1f} s", flush=True)
         if args.stock_rounds:
             out = tmp / "deployed-stock"
             res = run_deployed({**overrides, "rounds": args.stock_rounds}, out, warm=False,
@@ -154,6 +168,10 @@ def main(argv=None) -> None:
     summary = {"inprocess_median_s": statistics.median(inproc), "deployed_warm_median_s": statistics.median(warm),
                "ratio_warm_over_inprocess": statistics.median(warm) / statistics.median(inproc),
                "ratio_of_means": statistics.fmean(warm) / statistics.fmean(inproc)}
+    if args.also_unpacked:
+        unpacked = pooled("deployed-warm-unpacked")
+        summary["deployed_warm_unpacked_median_s"] = statistics.median(unpacked)
+        summary["ratio_warm_unpacked_over_inprocess"] = statistics.median(unpacked) / statistics.median(inproc)
     if args.stock_rounds:
         stock = pooled("deployed-stock")
         summary["deployed_stock_median_s"] = statistics.median(stock)
@@ -161,6 +179,9 @@ def main(argv=None) -> None:
     print(f"steady-state seconds per round (rounds 2-{args.rounds}, pooled over repeats, median): "
           f"in process {summary['inprocess_median_s']:.2f}, deployed warm {summary['deployed_warm_median_s']:.2f} "
           f"-> ratio {summary['ratio_warm_over_inprocess']:.2f}x (ratio of means {summary['ratio_of_means']:.2f}x)")
+    if args.also_unpacked:
+        print(f"deployed warm, one array per tensor: {summary['deployed_warm_unpacked_median_s']:.2f} s per round "
+              f"-> {summary['ratio_warm_unpacked_over_inprocess']:.2f}x in process")
     if args.stock_rounds:
         print(f"deployed stock (one flwr-clientapp per message): {summary['deployed_stock_median_s']:.2f} s per round "
               f"-> {summary['ratio_stock_over_inprocess']:.1f}x in process")

@@ -1,6 +1,7 @@
 """Federated deployment as a tested path: a real SuperLink and two SuperNodes on loopback (free ports, a
 temporary FLWR_HOME), ``flwr run`` on the example app for 2 rounds on the built-in digits, and the run
-folder the ServerApp wrote checked against a recomputation from its checkpoint.
+folder the ServerApp wrote checked against a recomputation from its checkpoint. Also the packed wire
+format the example app uses (``pack-weights``: the model as one array), against the unpacked one.
 
 Every process is started by :class:`instahide.federated.deploy.LocalFederation` in its own process
 group and killed when the ``with`` block ends, whatever happened; every wait has a deadline, so a
@@ -11,13 +12,18 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.slow
 flwr = pytest.importorskip("flwr", reason="needs the federated extra (flwr): pip install 'instahide[federated]'")
 pytest.importorskip("sklearn", reason="the built-in digits dataset needs scikit-learn")
 
-from instahide.federated import FedConfig, build_global_model  # noqa: E402
+import torch  # noqa: E402
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict  # noqa: E402
+
+from instahide.federated import FedConfig, build_global_model, run_federated  # noqa: E402
+from instahide.federated.client import handle_train  # noqa: E402
 from instahide.federated.deploy import EXAMPLE_APP, LocalFederation, toml_value  # noqa: E402
+from instahide.federated.local import PACKED, pack_state, unpack_state  # noqa: E402
 from instahide.federated.server import load_server_checkpoint, load_test_data  # noqa: E402
+from instahide.federated.simulation import _set_task_identity  # noqa: E402
 from instahide.train import evaluate, load_weights  # noqa: E402
 
 BUDGET_S = 240  # hard limit for the whole test, start-up included: a failure instead of a hang (it took 71 s
@@ -28,6 +34,7 @@ def _rows(out):
     return [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_flwr_run_with_a_superlink_and_two_warm_supernodes(tmp_path):
     t0 = time.monotonic()
     out = tmp_path / "run"
@@ -46,6 +53,7 @@ def test_flwr_run_with_a_superlink_and_two_warm_supernodes(tmp_path):
     assert final["versions"]["flwr"] == flwr.__version__
     cfg = FedConfig.from_dict(final["config"])
     assert (cfg.dataset, cfg.num_parties, cfg.scheme.mode, cfg.scheme.k) == ("digits", 2, "instahide", 4)
+    assert cfg.pack_weights  # the example app sends the model as one array
     assert cfg.research_seed is None and final["keys"] == "os-entropy (per party)"
 
     # the reported accuracy is the checkpoint's global model on the clean test set, recomputed here
@@ -63,6 +71,7 @@ def test_flwr_run_with_a_superlink_and_two_warm_supernodes(tmp_path):
         assert len({pid for _, pid in served}) == 1
 
 
+@pytest.mark.slow
 def test_stop_kills_every_process_even_when_the_run_fails(tmp_path):
     """A run refused by the SuperLink (a key the app does not have) raises, and nothing survives stop()
     (a stock flower-supernode here: its flower-superexec child must go too)."""
@@ -70,10 +79,24 @@ def test_stop_kills_every_process_even_when_the_run_fails(tmp_path):
     with pytest.raises(RuntimeError, match="flwr run exited"):
         with fed:
             pids = [p.pid for _, p, _ in fed.procs]
+            end = time.monotonic() + 30  # the SuperLink's and the node's flower-superexec, in sessions of their own
+            while len(below := [d for d in fed.descendants() if "superexec" in _cmdline(d[0])]) < 2:
+                assert time.monotonic() < end, f"no flower-superexec below {pids}"
+                time.sleep(0.2)
             fed.run(EXAMPLE_APP, {"no-such-key": 1, "out": str(tmp_path / "run")}, timeout=60)
     assert fed.procs == []
     assert _live_members(set(pids)) == []
+    assert [pid for pid, _ in below if _cmdline(pid)] == []   # gone (or a zombie: no command line)
     assert not (tmp_path / "run").exists()
+
+
+def _cmdline(pid) -> str:
+    from pathlib import Path
+
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
 
 
 def _live_members(groups: set) -> list:
@@ -96,3 +119,58 @@ def test_toml_values():
     assert [toml_value(v) for v in (True, 3, 0.5, 'a "b"')] == ["true", "3", "0.5", '"a \\"b\\""']
     with pytest.raises(TypeError, match="None"):
         toml_value(None)
+
+
+TINY = dict(num_parties=2, subset=400, test_subset=200, width=0.5, batch_size=32, research_seed=0)
+
+
+def test_pack_unpack_round_trip_and_errors():
+    model = build_global_model(FedConfig.make(**TINY), 1, 10)
+    model(torch.randn(4, 1, 8, 8))  # BatchNorm statistics and num_batches_tracked move off their defaults
+    state = model.state_dict()
+    flat = pack_state(state)
+    assert flat.shape == (sum(v.numel() for v in state.values()),) and flat.dtype == torch.float32
+    back = unpack_state(flat, state)
+    assert list(back) == list(state)
+    assert all(back[k].dtype == state[k].dtype and torch.equal(back[k], state[k]) for k in state)
+    with pytest.raises(ValueError, match="hold 3 values, the model has"):
+        unpack_state(torch.zeros(3), state)
+    with pytest.raises(TypeError, match="float64"):
+        pack_state({"w": torch.zeros(2, dtype=torch.float64)})
+    with pytest.raises(ValueError, match="2\\*\\*24"):
+        pack_state({"n": torch.tensor(2 ** 25)})
+
+
+def test_packed_reply_is_one_array_and_scalars():
+    cfg = FedConfig.make(**TINY, pack_weights=True)
+    state = build_global_model(cfg, 1, 10).state_dict()
+    _set_task_identity()
+    conf = dict(cfg.to_run_config(), **{"server-round": 1})
+    msg = Message(content=RecordDict({"arrays": ArrayRecord({PACKED: pack_state(state)}),
+                                      "config": ConfigRecord(conf)}), dst_node_id=1, message_type="train")
+    ctx = Context(run_id=1, node_id=1, node_config={"partition-id": 0, "num-partitions": 2}, state=RecordDict(),
+                  run_config={})
+    reply = handle_train(msg, ctx)
+    assert not reply.has_error() and set(reply.content.keys()) == {"arrays", "metrics"}
+    assert not reply.content.config_records and list(reply.content.array_records) == ["arrays"]
+    arrays = reply.content["arrays"]
+    assert list(arrays.keys()) == [PACKED] and tuple(arrays[PACKED].shape) == (len(pack_state(state)),)
+    new = unpack_state(arrays.to_torch_state_dict()[PACKED], state)
+    assert any(not torch.equal(new[k], state[k]) for k in state)
+    assert set(reply.content["metrics"]) <= {"num-examples", "train-loss", "train-acc", "encrypt-seconds",
+                                             "train-seconds"}
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedmedian"])
+def test_packed_weights_train_the_same_federation(tmp_path, strategy):
+    """Same research seed, same keys: packing the model into one array changes only how it travels."""
+    runs = {}
+    for pack in (False, True):
+        cfg = FedConfig.make(**TINY, rounds=2, strategy=strategy, pack_weights=pack, out=str(tmp_path / f"{pack}"))
+        runs[pack] = run_federated(cfg, backend="inprocess", log=None)
+    a = load_server_checkpoint(tmp_path / "False" / "checkpoint.pt")["model"]
+    b = load_server_checkpoint(tmp_path / "True" / "checkpoint.pt")["model"]
+    assert list(a) == list(b)
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    assert [r["test_acc"] for r in runs[True]["history"]] == pytest.approx(
+        [r["test_acc"] for r in runs[False]["history"]], abs=1e-6)

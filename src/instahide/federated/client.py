@@ -22,7 +22,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from .config import FedConfig
-from .local import load_party, local_evaluate, local_train
+from .local import PACKED, load_party, local_evaluate, local_train, pack_state, state_template, unpack_state
 
 __all__ = ["make_client_app", "app", "config_from_message", "handle_train", "handle_evaluate"]
 
@@ -62,17 +62,27 @@ def handle_train(msg: Message, context: Context, default: FedConfig | None = Non
     if (server_round, party.partition_id) in cfg.drops():
         raise RuntimeError(f"simulated dropout of partition {party.partition_id} in round {server_round} "
                            f"(drop={cfg.drop!r})")
-    state = msg.content["arrays"].to_torch_state_dict()
+    state, packed = _weights(msg, cfg, party)
     new_state, metrics = local_train(state, party, cfg, server_round=server_round,
                                      proximal_mu=conf.get("proximal-mu"))
-    content = RecordDict({"arrays": ArrayRecord(new_state), "metrics": MetricRecord(metrics)})
+    arrays = ArrayRecord({PACKED: pack_state(new_state)}) if packed else ArrayRecord(new_state)
+    content = RecordDict({"arrays": arrays, "metrics": MetricRecord(metrics)})
     return Message(content=content, reply_to=msg)
+
+
+def _weights(msg: Message, cfg: FedConfig, party) -> tuple[dict, bool]:
+    """The global weights of ``msg`` as a state_dict, and whether they came packed (one array named
+    ``"packed"``: FedConfig.pack_weights), in which case the reply goes back packed too."""
+    state = msg.content["arrays"].to_torch_state_dict()
+    if list(state) != [PACKED]:
+        return state, False
+    return unpack_state(state[PACKED], state_template(cfg, party.shape[0], party.num_classes)), True
 
 
 def handle_evaluate(msg: Message, context: Context, default: FedConfig | None = None) -> Message:
     """The evaluate handler's logic: clean accuracy of the global weights on the party's test shard."""
     cfg, party = _party(msg, context, default)
-    metrics = local_evaluate(msg.content["arrays"].to_torch_state_dict(), party, cfg)
+    metrics = local_evaluate(_weights(msg, cfg, party)[0], party, cfg)
     return Message(content=RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -62,6 +62,9 @@ class FedConfig(Config):
     fraction_evaluate: float = 0.0       # fraction of nodes that also evaluate on their shard of the test set
                                          # (0: central evaluation only)
     timeout: float = 3600.0              # seconds to wait for the replies of one round
+    pack_weights: bool = False           # send the model as ONE float32 array ("packed", the state_dict's
+                                         # tensors flattened in order) instead of one array per tensor:
+                                         # deployed, Flower moves every array as its own request (6 hops)
     # -- run ---------------------------------------------------------------------------------------
     research_seed: int | None = None     # REPRODUCIBLE RESEARCH ONLY: seeds the initial model, order,
                                          # augmentation AND every party's keys (anyone who knows it can

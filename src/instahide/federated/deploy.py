@@ -4,7 +4,9 @@ What the deployed test and ``benchmarks/federated_deployed.py`` start, and a way
 path without editing any Flower configuration: every process is a child of the caller, in its own
 process group, on free loopback ports chosen at start, with ``FLWR_HOME`` a folder of the caller's
 choosing (the SuperLink connection ``local`` is written there); :meth:`LocalFederation.stop` (also on
-leaving the ``with`` block, whatever happened) terminates every group, then kills what is left.
+leaving the ``with`` block, whatever happened) terminates every group and every descendant (Flower's
+``flower-superexec`` starts a session of its own), then kills what is left. On Linux the processes
+also get SIGKILL when the thread that started them dies, so a killed caller leaves nothing behind.
 
 Two kinds of node (``warm``):
 
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from .node import POLL_ENV
 
-__all__ = ["LocalFederation", "free_port", "toml_value", "EXAMPLE_APP", "FLOWER_COMMANDS"]
+__all__ = ["LocalFederation", "descendants", "free_port", "toml_value", "EXAMPLE_APP", "FLOWER_COMMANDS"]
 
 EXAMPLE_APP = Path(__file__).resolve().parents[3] / "examples" / "flower_app"
 FLOWER_COMMANDS = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr", "flwr-clientapp",
@@ -129,7 +131,8 @@ class LocalFederation:
         log = self.logs / f"{name}.log"
         with open(log, "ab") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    env=self.env, cwd=self.home, start_new_session=True)
+                                    env=self.env, cwd=self.home, start_new_session=True,
+                                    preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.procs.append((name, proc, log))
         return proc
 
@@ -189,18 +192,30 @@ class LocalFederation:
             raise RuntimeError(f"flwr run exited with code {proc.returncode}:\n{out[-4000:]}")
         return out
 
+    def descendants(self) -> list[tuple[int, int]]:
+        """``(pid, start time)`` of every live process below the ones started here (Flower's
+        ``flower-superexec`` starts a session of its own, so a process group does not hold them all)."""
+        return descendants([proc.pid for _, proc, _ in self.procs])
+
     def stop(self, grace: float = 5.0) -> None:
-        """SIGTERM every process group started here, then SIGKILL whatever is left after ``grace`` s."""
+        """SIGTERM every process group started here and every descendant, then SIGKILL whatever is left
+        after ``grace`` seconds."""
+        below = self.descendants()
         for _, proc, _ in self.procs:
             _signal_group(proc, signal.SIGTERM)
+        _signal_each(below, signal.SIGTERM)
         end = time.monotonic() + grace
         for _, proc, _ in self.procs:
             try:
                 proc.wait(timeout=max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
-        for _, proc, _ in self.procs:  # the group too: children (superexec, app processes) may outlive it
+        while any(_alive(pid, start) for pid, start in below) and time.monotonic() < end:
+            time.sleep(0.1)
+        for _, proc, _ in self.procs:
             _signal_group(proc, signal.SIGKILL)
+        _signal_each(below, signal.SIGKILL)
+        for _, proc, _ in self.procs:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover
@@ -212,6 +227,54 @@ class LocalFederation:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _proc_stat(pid) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (state, ppid, pgrp, ...), or None."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def descendants(pids) -> list[tuple[int, int]]:
+    """``(pid, start time)`` of every process below ``pids`` (from /proc; empty where there is none)."""
+    children: dict[int, list[tuple[int, int]]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        fields = _proc_stat(entry.name)
+        if fields and fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append((int(entry.name), int(fields[19])))
+    out, todo = [], list(pids)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child[0])
+    return out
+
+
+def _alive(pid: int, start: int) -> bool:
+    fields = _proc_stat(pid)
+    return fields is not None and fields[0] != "Z" and int(fields[19]) == start  # same process, not a reuse
+
+
+def _signal_each(procs, sig) -> None:
+    for pid, start in procs:
+        if _alive(pid, start):
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Linux: SIGKILL this process when the process that started it dies (a killed test or benchmark
+    leaves no deployment behind)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _signal_group(proc: subprocess.Popen, sig) -> None:

@@ -25,7 +25,10 @@ from .config import FedConfig
 from .partition import dirichlet_partition, iid_partition
 
 __all__ = ["PartyData", "load_party", "partition_indices", "build_global_model", "party_key_generator",
-           "local_train", "local_evaluate", "clear_cache", "warm_up"]
+           "local_train", "local_evaluate", "clear_cache", "warm_up", "pack_state", "unpack_state",
+           "state_template", "PACKED"]
+
+PACKED = "packed"  # the one key of a packed ArrayRecord (FedConfig.pack_weights)
 
 
 @dataclass
@@ -193,3 +196,49 @@ def warm_up() -> None:
     2-core CPU)."""
     x = torch.randn(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     encrypt(x, torch.arange(8) % 2, k=4, num_classes=2, generator=KeyGenerator.from_seed("instahide/warm-up"))
+
+
+def pack_state(state_dict: dict) -> torch.Tensor:
+    """The tensors of ``state_dict``, in order, flattened and cast to float32 into one 1-D tensor
+    ``(sum of numel,)``: the model as ONE array on the wire (:attr:`FedConfig.pack_weights`).
+
+    Every entry must be float32 or an integer tensor below 2**24 in magnitude (BatchNorm's
+    ``num_batches_tracked``), which float32 holds exactly; anything else is refused."""
+    parts = []
+    for name, t in state_dict.items():
+        t = t.detach()
+        if t.is_floating_point() and t.dtype != torch.float32:
+            raise TypeError(f"pack_state: {name} is {t.dtype}; only float32 (and small integer) tensors are packed")
+        if not t.is_floating_point() and t.numel() and int(t.abs().max()) >= 2 ** 24:
+            raise ValueError(f"pack_state: integer tensor {name} holds values >= 2**24, which float32 rounds")
+        parts.append(t.reshape(-1).to(torch.float32))
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def unpack_state(flat: torch.Tensor, template: dict) -> dict:
+    """Inverse of :func:`pack_state`: ``flat`` ``(sum of numel,)`` cut into ``template``'s names, shapes
+    and dtypes (integers rounded back); a length that does not match is an error naming both."""
+    flat = torch.as_tensor(flat).reshape(-1)
+    total = sum(t.numel() for t in template.values())
+    if flat.numel() != total:
+        raise ValueError(f"packed weights hold {flat.numel()} values, the model has {total}")
+    out, i = {}, 0
+    for name, t in template.items():
+        piece = flat[i:i + t.numel()].reshape(t.shape)
+        out[name] = piece.round().to(t.dtype) if not t.is_floating_point() else piece.to(t.dtype).clone()
+        i += t.numel()
+    return out
+
+
+_TEMPLATES: dict[tuple, dict] = {}
+
+
+def state_template(cfg: FedConfig, in_channels: int, num_classes: int) -> dict:
+    """Names, shapes and dtypes of the model's ``state_dict`` (zero tensors), cached per architecture:
+    what :func:`unpack_state` cuts packed weights into."""
+    arch = party_arch(cfg, in_channels, num_classes)
+    key = (*sorted(arch.items()), cfg.width)
+    if key not in _TEMPLATES:
+        model = build_arch(arch, cfg.width)
+        _TEMPLATES[key] = {k: torch.zeros_like(v) for k, v in model.state_dict().items()}
+    return _TEMPLATES[key]

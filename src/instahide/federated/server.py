@@ -19,7 +19,7 @@ from ..data import load_dataset
 from ..train import evaluate, load_weights, pick_subset
 from ..train.engine import CHECKPOINT, RunFolder, summary
 from .config import FedConfig
-from .local import build_global_model, party_arch
+from .local import PACKED, build_global_model, pack_state, party_arch, unpack_state
 from .node import poll_from_env, shorten_object_pull_backoff
 
 __all__ = ["make_strategy", "run_server", "make_server_app", "app", "load_server_checkpoint",
@@ -121,7 +121,16 @@ def run_server(grid, cfg: FedConfig, *, log=print, poll_interval: float = POLL_I
         history, start = list(state["history"]), int(state["round"])
         log(f"resuming {run.checkpoint} after round {start} of {cfg.rounds}")
     strategy = make_strategy(cfg)
-    arrays = ArrayRecord(model.state_dict())
+    template = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    def to_record(state: dict):  # one array per tensor, or all in one (cfg.pack_weights)
+        return ArrayRecord({PACKED: pack_state(state)}) if cfg.pack_weights else ArrayRecord(state)
+
+    def from_record(record) -> dict:
+        state = record.to_torch_state_dict()
+        return unpack_state(state[PACKED], template) if list(state) == [PACKED] else state
+
+    arrays = to_record(model.state_dict())
     run_config = cfg.to_run_config()
     t_run = time.perf_counter()
     for rnd in range(start + 1, cfg.rounds + 1):
@@ -142,7 +151,7 @@ def run_server(grid, cfg: FedConfig, *, log=print, poll_interval: float = POLL_I
             ev_messages = strategy.configure_evaluate(rnd, arrays, ConfigRecord(dict(run_config)), grid)
             ev_replies = send_and_receive(grid, ev_messages, timeout=cfg.timeout, poll_interval=poll_interval)
             eval_metrics = strategy.aggregate_evaluate(rnd, ev_replies)
-        load_weights(model, arrays.to_torch_state_dict(), f"aggregated weights of round {rnd}")
+        load_weights(model, from_record(arrays), f"aggregated weights of round {rnd}")
         ev = evaluate(model, x_test, y_test)
         rec = {"round": rnd, "test_acc": ev["accuracy"], "test_loss": ev["loss"], "updated": updated,
                "replies": len(ok), "failures": len(failed) + max(0, len(messages) - len(replies)),
