@@ -224,3 +224,9 @@ def test_command_line(photos, tmp_path, capsys):
     assert main(args) == 2
     assert "exists; pass force=True (--force)" in capsys.readouterr().err
     assert main(args + ["--force", "--research-seed", "4"]) == 0
+    capsys.readouterr()
+    for wrong in (["--forc"], ["--bogus"]):  # options exact; the error shows this command's usage
+        with pytest.raises(SystemExit) as e:
+            main(args + wrong)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("usage: instahide pool build ") and "unrecognized arguments" in err
