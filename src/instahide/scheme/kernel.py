@@ -260,6 +260,11 @@ def _compile() -> dict:
                     buf[c * plane + q] = lut[c, src[q * channels + c]]
         return buf
 
+    # The kernel reaches its helpers as module globals, not closure variables: numba's cache key hashes a
+    # closure's variables, and a dispatcher pickles with a per-process id, so a closure over them missed
+    # the on-disk cache in every process (a full compile, 10-30 s, at each start).
+    globals().update(_nb_mix=mix, _nb_fetch=fetch, _nb_stream8=stream8, _nb_store_fence=store_fence)
+
     @njit(nogil=True, boundscheck=False, cache=True)
     def kernel(x, xu, xk, xl, pub, pu, pk, pl, idx, lam, p, bits, masked, stream, out, flags, start, stop):
         d = out.shape[1]
@@ -271,20 +276,20 @@ def _compile() -> dict:
             j = 0
             while j < k:  # up to four partner rows stream through one pass
                 g = min(4, k - j)
-                a = fetch(idx[i, j], x, xu, xk, xl, bufs[0]) if j < p else fetch(idx[i, j], pub, pu, pk, pl, bufs[0])
+                a = _nb_fetch(idx[i, j], x, xu, xk, xl, bufs[0]) if j < p else _nb_fetch(idx[i, j], pub, pu, pk, pl, bufs[0])
                 b = a
                 if g >= 2:
-                    b = (fetch(idx[i, j + 1], x, xu, xk, xl, bufs[1]) if j + 1 < p
-                         else fetch(idx[i, j + 1], pub, pu, pk, pl, bufs[1]))
+                    b = (_nb_fetch(idx[i, j + 1], x, xu, xk, xl, bufs[1]) if j + 1 < p
+                         else _nb_fetch(idx[i, j + 1], pub, pu, pk, pl, bufs[1]))
                 c = a
                 if g >= 3:
-                    c = (fetch(idx[i, j + 2], x, xu, xk, xl, bufs[2]) if j + 2 < p
-                         else fetch(idx[i, j + 2], pub, pu, pk, pl, bufs[2]))
+                    c = (_nb_fetch(idx[i, j + 2], x, xu, xk, xl, bufs[2]) if j + 2 < p
+                         else _nb_fetch(idx[i, j + 2], pub, pu, pk, pl, bufs[2]))
                 e = a
                 if g >= 4:
-                    e = (fetch(idx[i, j + 3], x, xu, xk, xl, bufs[3]) if j + 3 < p
-                         else fetch(idx[i, j + 3], pub, pu, pk, pl, bufs[3]))
-                mix(acc, j == 0, g, a, lam[i, j], b, lam[i, min(j + 1, k - 1)], c, lam[i, min(j + 2, k - 1)],
+                    e = (_nb_fetch(idx[i, j + 3], x, xu, xk, xl, bufs[3]) if j + 3 < p
+                         else _nb_fetch(idx[i, j + 3], pub, pu, pk, pl, bufs[3]))
+                _nb_mix(acc, j == 0, g, a, lam[i, j], b, lam[i, min(j + 1, k - 1)], c, lam[i, min(j + 2, k - 1)],
                     e, lam[i, min(j + 3, k - 1)])
                 j += g
             top = np.uint32(0)  # the largest exponent field: all ones = NaN or Inf somewhere in the row
@@ -301,12 +306,12 @@ def _compile() -> dict:
             row = out[i].view(np.uint32)
             if stream:  # the caller checked: d % 8 == 0 and every row 32-byte aligned
                 for q in range(d >> 3):
-                    stream8(row, 8 * q, accu, 8 * q)
+                    _nb_stream8(row, 8 * q, accu, 8 * q)
             else:
                 for v in range(d):
                     row[v] = accu[v]
         if stream:
-            store_fence()
+            _nb_store_fence()
 
     @njit(nogil=True, cache=True)
     def coefficients(words, k, upper, dom, num_private, own_min, out, filled):
