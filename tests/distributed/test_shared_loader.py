@@ -1,9 +1,10 @@
 """train-shared reading encryption folders batch by batch in DataLoader workers: the same training."""
 from __future__ import annotations
 
-import importlib.util
 import json
+import runpy
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,12 +14,7 @@ from instahide.distributed import SharedConfig, load_encrypted, load_shared_chec
 from instahide.train.loader import FolderBatches, batch_loader
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*derive from a seed")
-torch.set_num_threads(1)
-
-_spec = importlib.util.spec_from_file_location("_reference", Path(__file__).with_name("_reference.py"))
-reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(reference)
-
+reference = SimpleNamespace(**runpy.run_path(str(Path(__file__).with_name("_reference.py"))))
 FAST = dict(test_dataset="digits", batch_size=64, lr=0.05, progress=False)
 
 

@@ -191,3 +191,25 @@ def test_train_cli_takes_workers_and_the_library_refuses_mismatches(tmp_path, ca
         train(cfg, data=load_train_data(cfg, "cpu"), workers=2)
     with pytest.raises(ValueError, match="legacy keys .* cannot be drawn batch by batch"):
         train(TrainConfig.make(**FAST, legacy=True, out=str(tmp_path / "f")), workers=1)
+
+
+def test_a_memory_mapped_224_set_trains_streamed_with_resnet10_224(tmp_path):
+    from instahide.data import load_dataset
+    from instahide.train import TrainConfig, train
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        arr = np.lib.format.open_memmap(tmp_path / f"{split}.npy", mode="w+", dtype=np.uint8, shape=(n, 224, 224, 3))
+        arr[:] = rng.integers(0, 256, arr.shape, dtype=np.uint8)
+        arr.flush()
+        np.save(tmp_path / f"{split}.labels.npy", rng.integers(0, 10, n))
+    assert is_memory_mapped(load_dataset("arrays", root=tmp_path, split="train").images)
+    cfg = TrainConfig.make(dataset="arrays", root=str(tmp_path), model="resnet10_224", width=0.125, epochs=1,
+                           batch_size=8, research_seed=0, progress=False, out=str(tmp_path / "run"))
+    final = train(cfg, workers=1)
+    assert final["workers"] == 1 and final["model"] == "resnet10_224" and final["train_images"] == 24
+    assert np.isfinite(final["history"][0]["train_loss"]) and final["test_images"] == 8
+    # the in-memory path takes the channels-last map too (its encryption buffer is contiguous)
+    cfg.out = str(tmp_path / "whole")
+    whole = train(cfg, workers=0)
+    assert whole["workers"] == 0 and np.isfinite(whole["history"][0]["train_loss"])

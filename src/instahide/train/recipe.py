@@ -126,8 +126,11 @@ def load_train_data(cfg: TrainConfig, device) -> TrainData:
 
 
 def _in_memory(scheme, train_ds, test_ds, device) -> TrainData:
+    # contiguous (a no-op for arrays in memory): a memory-mapped NHWC view gives channels-last strides
     x, y = train_ds.to_tensor(device=device)
+    x = x.contiguous()
     xt, yt = test_ds.to_tensor(device=device)
+    xt = xt.contiguous()
     pool = _public_pool(scheme, train_ds.shape)
     public = None if pool is None else pool.to_tensor(device=device)[0]
     _check_slots(scheme, len(x))
@@ -328,7 +331,8 @@ def _train(cfg: TrainConfig, info: DistInfo, resume: bool, data, on_epoch_end, w
     smooth = (lambda ys: 0.9 * ys + 0.1 * ys.sum(1, keepdim=True) / data.num_classes) if short else (lambda ys: ys)
     if not stream:
         onehot = F.one_hot(data.y_train, data.num_classes).float()
-        buffer = torch.empty_like(data.x_train) if cfg.scheme.mode != "vanilla" else None
+        buffer = torch.empty_like(data.x_train, memory_format=torch.contiguous_format) \
+            if cfg.scheme.mode != "vanilla" else None
     t_run = time.perf_counter()
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
