@@ -118,3 +118,14 @@ def test_bad_stores_are_refused():
         Uint8Images(np.zeros((2, 1, 4, 4), np.uint8), (0,), (0,))
     with pytest.raises(TypeError, match=r"Uint8Images\(x, mean, std\)"):
         encrypt(torch.zeros(4, 1, 2, 2, dtype=torch.uint8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_store_gathering_onto_cuda_equals_the_cuda_tensor(tmp_path):
+    u8, (mm, _) = _files(tmp_path, n=80)
+    ds = ImageDataset(np.ascontiguousarray(u8), None, None, "x", CIFAR10_MEAN, CIFAR10_STD)
+    x = ds.to_tensor(device="cuda")[0]
+    st = Uint8Images(mm, CIFAR10_MEAN, CIFAR10_STD, device="cuda")
+    ref = encrypt(x, k=4, seed=1).images
+    got = encrypt(st, k=4, seed=1).images
+    assert got.device.type == "cuda" and torch.equal(got, ref)
