@@ -67,10 +67,12 @@ def _progress(stream):
             return
         last[0] = now
         rate = state["kept"] / state["examined"] if state["examined"] else 0
-        speed = state["examined"] / state["elapsed_s"] if state["elapsed_s"] > 0 else 0
+        new = state["examined"] - state["resumed_examined"]  # this run's, not a resumed run's
+        speed = new / state["elapsed_s"] if state["elapsed_s"] > 0 else 0
         line = (f"pool: {min(state['kept'], state['count']):,} / {state['count']:,} patches kept "
                 f"({state['examined']:,} candidates, keep rate {rate:.2f}, {state['shards']} shards, "
-                f"{speed:,.0f} candidates/s, {state['elapsed_s']:.0f} s)")
+                f"{speed:,.0f} candidates/s, {state['elapsed_s']:.0f} s"
+                + (f", {state['resumed_shards']} shards from before" if state["resumed_shards"] else "") + ")")
         print(("\r" + line) if tty else line, end="" if tty else "\n", file=stream, flush=True)
 
     return show

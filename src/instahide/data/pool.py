@@ -277,7 +277,8 @@ def build_pool(
     the pool depends on it and on the parameters, not on ``workers`` or on interruptions.
     ``resume``: continue from ``<out>.parts/`` (refused if it was started with other parameters);
     without it an existing ``<out>.parts/`` is refused. ``force``: replace an existing pool.
-    ``progress``: called after every shard with a dict (kept, examined, count, shards, elapsed_s).
+    ``progress``: called after every shard with a dict (kept, examined, count, shards, elapsed_s, and
+    resumed_shards / resumed_examined: what an earlier run had done).
 
     Example: ``build_pool("builtin", "pool.npy", 10_000, workers=2)``
     """
@@ -318,6 +319,7 @@ def build_pool(
     done = _existing_shards(parts, spec, n_shards)
     state = {"kept": sum(k for k, _ in done.values()), "examined": sum(e for _, e in done.values()),
              "count": int(count), "shards": len(done), "started": time.monotonic(), "resumed_shards": len(done)}
+    state["resumed_examined"] = state["examined"]
 
     def record(b: int, kept: int, examined: int) -> None:
         done[b] = (kept, examined)
