@@ -213,3 +213,14 @@ def test_a_memory_mapped_224_set_trains_streamed_with_resnet10_224(tmp_path):
     cfg.out = str(tmp_path / "whole")
     whole = train(cfg, workers=0)
     assert whole["workers"] == 0 and np.isfinite(whole["history"][0]["train_loss"])
+
+
+def test_epoch_key_roots_differ_by_epoch_and_rank_and_repeat_in_any_process():
+    from instahide.train import TrainConfig
+    from instahide.train.recipe import _epoch_keys
+
+    cfg = TrainConfig.make(research_seed=5)
+    draw = lambda *where: bytes(_epoch_keys(cfg, *where)().spawn(0).random_bytes(32))  # noqa: E731
+    roots = {draw(0, 0, 1), draw(1, 0, 1), draw(0, 0, 2), draw(0, 1, 2)}
+    assert len(roots) == 4 and draw(0, 1, 2) == draw(0, 1, 2)
+    assert _epoch_keys(TrainConfig.make(), 0) == KeyGenerator.from_entropy
