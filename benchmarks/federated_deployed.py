@@ -29,7 +29,6 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,23 +37,19 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # for encrypt.machine
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 
 def machine() -> dict:
-    """CPU model (lscpu), cores, load average, Python, torch and flwr versions."""
-    model = platform.processor() or "?"
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        model = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, StopIteration, subprocess.SubprocessError):
-        pass
+    """benchmarks/encrypt.py's machine (CPU model, cores, load) with the Python, torch and flwr versions."""
     import flwr
     import torch
+    from encrypt import machine as cpu
 
-    return {"cpu_model": model, "cpu_count": os.cpu_count(), "loadavg": os.getloadavg(),
-            "python": platform.python_version(), "torch": torch.__version__, "flwr": flwr.__version__}
+    return {**cpu(), "loadavg": os.getloadavg(), "python": platform.python_version(), "torch": torch.__version__,
+            "flwr": flwr.__version__}
 
 
 def app_config() -> dict:

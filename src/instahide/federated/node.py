@@ -3,7 +3,8 @@
 Flower 1.42's ``flower-supernode`` (default ``--isolation subprocess``) starts ``flower-superexec``,
 which starts a fresh ``flwr-clientapp`` process for EVERY message; that process handles the one
 message and exits (``flwr.supernode.runtime.run_clientapp``), so every round re-imports Flower, torch
-and instahide and reloads the party's data (3-5 s of a round on a 2-core machine). With
+and instahide, reloads the party's data and recompiles the encryption kernel (a round cost 31 times one
+in process here; docs/federated.md, "Deployed"). With
 ``--isolation process`` the SuperNode leaves launching to a separate process that polls its Runtime
 API for tasks; this module is that process, and it does not exit between tasks:
 
@@ -19,9 +20,11 @@ API for tasks; this module is that process, and it does not exit between tasks:
    waits between polls of the SuperLink and of its reply store capped at ``--poll-interval`` seconds
    (Flower waits 3 s between polls of the SuperLink when idle, which alone would cost up to 3 s per
    round); the cap replaces the module attribute ``time`` of ``flwr.supernode.start_client_internal``
-   and is skipped, with a warning, where that module has no such attribute.
+   and is skipped, with a warning, where that module has no such attribute;
+3. in both, a retry of an array that has not arrived yet after ``--poll-interval`` seconds instead of
+   Flower's 1 s, then 2 s (:func:`shorten_object_pull_backoff`).
 
-Both use Flower's own message, context and heartbeat functions (``pull_task_input``, ``push_message``,
+The worker uses Flower's own message, context and heartbeat functions (``pull_task_input``, ``push_message``,
 ``push_task_output`` of ``flwr.supernode.runtime.run_clientapp``), so what travels, and what the
 SuperNode checks, is what ``flwr-clientapp`` sends. Pinned to flwr 1.42 (the ``federated`` extra).
 
