@@ -77,3 +77,12 @@ def test_lira_needs_four_models_and_says_so(tmp_path):
     assert row["gradinv_ssim"] == "n/a" and "skipped" in row["gradinv_note"]
     saved = json.loads((tmp_path / "c" / "config.json").read_text())
     assert saved["models"] == 2
+
+
+def test_a_device_that_is_not_there_is_refused_before_anything_is_written(tmp_path, capsys):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["compare", "--device", "cuda", "--methods", "vanilla", "--out", str(tmp_path / "c")]) == 2
+    assert "CUDA" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()

@@ -96,16 +96,18 @@ def _spread(r: torch.Tensor, sides) -> float:
     return max((ss / dof) ** 0.5, 1e-6) if dof else float("nan")
 
 
-def _first(mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-    """``mask`` ``(R, N)`` keeping, per column, only its first ``count[n]`` True entries."""
-    return mask & (torch.cumsum(mask.long(), 0) <= count[None, :])
+def _pick(mask: torch.Tensor, count: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``mask`` ``(R, N)`` keeping, per column, ``count[n]`` of its True entries drawn at random."""
+    keys = torch.rand(mask.shape, generator=generator, dtype=torch.float64).masked_fill(~mask, float("inf"))
+    rank = keys.argsort(0).argsort(0)
+    return mask & (rank < count[None, :])
 
 
 def _mean(r: torch.Tensor, used: torch.Tensor) -> torch.Tensor:
     return torch.where(used, r, 0.0).sum(0) / used.sum(0).clamp_min(1)
 
 
-def lira_scores(target_phi, reference_phi, reference_member) -> tuple[torch.Tensor, str]:
+def lira_scores(target_phi, reference_phi, reference_member, *, seed: int = 0) -> tuple[torch.Tensor, str]:
     """LiRA's per-example scores (module docstring) and which variant gave them.
 
     Args:
@@ -118,11 +120,13 @@ def lira_scores(target_phi, reference_phi, reference_member) -> tuple[torch.Tens
         ``(scores (N,), variant)``. ``"online"`` when every candidate has IN and OUT references: the
         Gaussian likelihood ratio with ONE global variance (pooled over candidates and both sides,
         the paper's fixed-variance variant for few references), each candidate's two means taken from
-        the SAME number of references (its first ``min(#IN, #OUT)`` of each, in reference order:
-        with few references, unequal counts would bias the ratio, since a mean of fewer models lies
-        farther from a fresh draw and that side would look less likely even where membership
-        changes nothing). ``"offline"`` when some candidate has no IN reference:
-        ``(phi - mu_out) / s_out`` for all candidates, so that the scores stay comparable.
+        the SAME number of references, ``min(#IN, #OUT)`` of each drawn at random (``seed``): with
+        few references, unequal counts would bias the ratio (a mean of fewer models lies farther
+        from a fresh draw, so that side would look less likely even where membership changes
+        nothing), and a fixed choice (say the first) would pair the target with the same references
+        for one side more often, whose overall confidence then shifts that side's scores.
+        ``"offline"`` when some candidate has no IN reference: ``(phi - mu_out) / s_out`` for all
+        candidates, so that the scores stay comparable.
     """
     t = torch.as_tensor(np.asarray(target_phi), dtype=torch.float64).flatten()
     r = torch.as_tensor(np.asarray(reference_phi), dtype=torch.float64)
@@ -140,7 +144,8 @@ def lira_scores(target_phi, reference_phi, reference_member) -> tuple[torch.Tens
         s_out = _spread(r, [~m])
         return (t - _mean(r, ~m)) / (s_out if math.isfinite(s_out) else 1.0), "offline"
     count = torch.minimum(n_in, n_out)
-    mu_in, mu_out = _mean(r, _first(m, count)), _mean(r, _first(~m, count))
+    gen = torch.Generator().manual_seed(int(seed))
+    mu_in, mu_out = _mean(r, _pick(m, count, gen)), _mean(r, _pick(~m, count, gen))
     s = _spread(r, [m, ~m])
     s = s if math.isfinite(s) else 1.0  # one global variance: it scales every score alike (ranks unchanged)
     return (((t - mu_out) / s) ** 2 - ((t - mu_in) / s) ** 2) / 2, "online"

@@ -122,6 +122,8 @@ class CompareConfig(Config):
     # -- run ------------------------------------------------------------------------------------------
     seed: int = 0                        # research seed: splits, initialisation, order, keys (reproducible)
     threads: int | None = None           # torch threads (None: torch's default)
+    device: str = "auto"                 # where the models train: auto (cuda if available, else cpu), cpu, cuda
+                                         # (the gradient inversion runs on the CPU; Carlini's attack on this device)
     out: str = "runs/compare"            # output folder: results.csv, frontier.png, report.md, work/
 
     def method_list(self) -> list[Method]:

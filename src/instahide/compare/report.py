@@ -190,9 +190,11 @@ assumptions.
 - (b) challenge: {cfg.challenge_images} test images x T = {cfg.challenge_T}, attacks
   {', '.join(cfg.challenge_attacks)} where they apply, fusion trained at most {cfg.fusion_time:g} s,
   Carlini preset {cfg.carlini_preset}; the attacker's own images are the train split.
-- machine: {environment['cpu']}, {environment['threads']} torch threads, torch {environment['torch']},
+- machine: {environment['cpu']}, {environment['threads']} torch threads, models on {environment.get('device')},
+  torch {environment['torch']},
   instahide {environment['instahide']}; wall time {seconds:.0f} s ({seconds / 60:.1f} min) for the rows
-  below, on a machine that may have been shared (timings are noisy).
+  below{' in this resumed run (what was done before was reused)' if environment.get('resumed') else ''},
+  on a machine that may have been shared (timings are noisy).
 
 ## Results ({methods})
 

@@ -34,6 +34,7 @@ from ..attacks.membership import lira_scores, membership_attack
 from ..data import load_dataset, load_public_pool
 from ..scheme import KeyGenerator, encrypt
 from ..train import TrainConfig, load_train_data
+from ..train.ddp import resolve_device
 from ..train.engine import versions
 from .config import CompareConfig, Method
 from .report import NA, write_outputs
@@ -42,7 +43,7 @@ from .training import member_splits, train_member_model
 
 __all__ = ["CompareResult", "run_compare", "membership_measures", "RUN_ONLY"]
 
-RUN_ONLY = ("out", "threads")  # options that may differ on resume (where and how fast it runs)
+RUN_ONLY = ("out", "threads", "device")  # options that may differ on resume (where and how fast it runs)
 
 
 @dataclass
@@ -117,13 +118,13 @@ def _prepare_out(cfg: CompareConfig, resume: bool, force: bool) -> Path:
     return out
 
 
-def _load_pool(cfg: CompareConfig, methods: list[Method]):
+def _load_pool(cfg: CompareConfig, methods: list[Method], device):
     """The pool (train split) and test set, normalised, with the public pool when a row needs it."""
     cross = next((m for m in methods if m.cross), None)
     scheme = cross.scheme(cfg.public) if cross is not None else methods[0].scheme(cfg.public)
     tcfg = TrainConfig(dataset=cfg.dataset, root=cfg.root, subset=cfg.subset, test_subset=cfg.test_subset,
                        scheme=scheme)
-    return load_train_data(tcfg, "cpu"), scheme
+    return load_train_data(tcfg, device), scheme
 
 
 def _model_record(cfg, method, data, member, m, delta, work: Path, log) -> dict:
@@ -158,12 +159,13 @@ def run_compare(cfg: CompareConfig, *, resume: bool = False, force: bool = False
     """Run the comparison described by ``cfg`` into ``cfg.out`` (module docstring)."""
     cfg.validate()
     methods = cfg.method_list()
+    device = resolve_device(cfg.device)
     out = _prepare_out(cfg, resume, force)
     work = out / "work"
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
-    data, _ = _load_pool(cfg, methods)
+    data, _ = _load_pool(cfg, methods, device)
     n_pool = len(data.x_train)
     member = member_splits(n_pool, cfg.models, cfg.seed)
     delta = cfg.delta if cfg.delta is not None else 1.0 / int(member.sum(1).max())
@@ -185,8 +187,8 @@ def run_compare(cfg: CompareConfig, *, resume: bool = False, force: bool = False
     if any(m.encodes for m in methods):  # compile the fast encryption kernel (if any) before timing epochs
         encrypt(data.x_train[:8], data.y_train[:8], k=2, num_classes=data.num_classes,
                 generator=KeyGenerator.from_seed(0))
-    environment = {"cpu": cpu_name(), "threads": torch.get_num_threads(), **versions(),
-                   "opacus": _opacus_version()}
+    environment = {"cpu": cpu_name(), "threads": torch.get_num_threads(), "device": str(device), **versions(),
+                   "opacus": _opacus_version(), "resumed": resume}
     rows, handed_cache = [], {}
     paths: dict = {}
     for method in methods:
@@ -214,7 +216,8 @@ def run_compare(cfg: CompareConfig, *, resume: bool = False, force: bool = False
                     f"T = {cfg.challenge_T}) ...")
                 handed_cache[enc.name] = _cached(
                     work / "challenge" / f"{enc.name}.json",
-                    lambda: handed_over_threat(cfg, enc, work / "challenge" / enc.name, resume=True, log=log))
+                    lambda: handed_over_threat(cfg, enc, work / "challenge" / enc.name, resume=True, log=log,
+                                               device=str(device)))
             handed = handed_cache[enc.name]
             if handed.get("median") is not None:
                 log(f"{method.name}: challenge: best over attacks, median image SSIM {handed['median']:.3f} "

@@ -127,7 +127,8 @@ def gradient_threat(cfg: CompareConfig, method: Method, images, labels, public, 
     return {"value": float(per.mean()), "per_image": per.tolist(), "summary": res["summary"], "how": how}
 
 
-def handed_over_threat(cfg: CompareConfig, method: Method, folder: Path, *, resume: bool = True, log=None) -> dict:
+def handed_over_threat(cfg: CompareConfig, method: Method, folder: Path, *, resume: bool = True, log=None,
+                       device: str = "cpu") -> dict:
     """Threat (b) for one encoding: the audit of a challenge of ``method``'s scheme in ``folder``;
     returns the best recovery over the attacks that used no secret, per image (its spread), and the
     control (every row the attacker's mean image) for scale."""
@@ -138,7 +139,7 @@ def handed_over_threat(cfg: CompareConfig, method: Method, folder: Path, *, resu
     scheme = method.scheme(cfg.public)
     acfg = AuditConfig(dataset=cfg.dataset, root=cfg.root, split="test", n_private=cfg.challenge_images,
                        scheme=scheme, T=cfg.challenge_T, research_seed=cfg.seed, attacks=attacks,
-                       carlini={"preset": cfg.carlini_preset},
+                       carlini={"preset": cfg.carlini_preset, "device": device},
                        fusion={"steps": FUSION_STEPS, "time_s": cfg.fusion_time or None})
     say = log or (lambda msg: None)
     result = run_audit(acfg, folder, resume=resume, formats=("md",), log=lambda msg: say(f"  {msg}"))
