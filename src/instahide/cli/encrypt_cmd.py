@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -152,10 +153,14 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None, shard=None, 
     chunk = n if kw["legacy"] else chunk_rows(c * h * w, n)
     buf = torch.empty((chunk, c, h, w)) if chunk < n or shard is not None else None
     t0 = time.perf_counter()
+    digests: dict = {}
     try:
         with atomic_open(tmp / ENCRYPTION) as fe, \
                 atomic_open(tmp / LABEL) if labelled else contextlib.nullcontext() as fl:
+            fe = digests[ENCRYPTION] = _Hashing(fe)  # the checksums meta.json records, taken as the bytes go out
             enc_rows = _npy_writer(fe, (rows, h, w, c))
+            if labelled:
+                fl = digests[LABEL] = _Hashing(fl)
             lab_rows = _npy_writer(fl, (rows, num_classes)) if labelled else None
             for epoch in range(args.epochs):
                 for s in range(0, n, chunk):
@@ -198,7 +203,7 @@ def _encrypt_into(tmp: Path, args, kw: dict, key_path: Path | None, shard=None, 
         key.meta.update(epochs=args.epochs, row_order=meta["row_order"], key_id=key_id, research_seed=seed)
         key.save(key_path)  # mode 0600; output_set moves it to --key-out together with the folder
         meta["keys"]["key_id"] = key_id
-    write_meta(tmp, meta)  # last: the sizes and checksums of the arrays above
+    write_meta(tmp, meta, digests={name: (h.bytes, h.hexdigest()) for name, h in digests.items()})  # last
     return (f"wrote {out / ENCRYPTION} {(rows, h, w, c)}, "
             + (f"{out / LABEL} {(rows, num_classes)}" if labelled else "no label.npy (unlabelled images)")
             + f" in {seconds:.1f} s" + (f"; keys in {args.key_out}" if key_path is not None else "; no key written"))
@@ -298,6 +303,21 @@ CHUNK_BYTES = 32 << 20  # float32 output per chunk of rows (and about as much ga
 def chunk_rows(values_per_image: int, n: int) -> int:
     """Rows per chunk: :data:`CHUNK_BYTES` of float32 output, at least 64 rows, at most ``n``."""
     return max(1, min(n, max(64, CHUNK_BYTES // (4 * values_per_image))))
+
+
+class _Hashing:
+    """A file object's ``write`` that also feeds SHA-256 and counts the bytes."""
+
+    def __init__(self, fh):
+        self.fh, self.sha, self.bytes = fh, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.sha.update(data)
+        self.bytes += memoryview(data).nbytes
+        return self.fh.write(data)
+
+    def hexdigest(self) -> str:
+        return self.sha.hexdigest()
 
 
 def _npy_writer(fh, shape):

@@ -256,13 +256,23 @@ def find_key_files(folder: Path) -> list[Path]:
     return found
 
 
-def write_meta(folder: str | os.PathLike, meta: dict) -> dict:
+def write_meta(folder: str | os.PathLike, meta: dict, *, digests: dict | None = None) -> dict:
     """Write ``folder/meta.json`` (atomically; call it after the arrays): ``meta`` plus ``"files"``,
     the size and SHA-256 of ``encryption.npy`` and (if present) ``label.npy``, which
-    :func:`load_encrypted` verifies. Returns what was written."""
+    :func:`load_encrypted` verifies. ``digests``: ``{name: (bytes, sha256 hex)}`` taken while the
+    file was written (so a large file is not read back); a size that differs from the file's is an
+    error. Returns what was written."""
     folder = Path(folder)
-    meta = dict(meta, files={name: {"bytes": (folder / name).stat().st_size, "sha256": sha256_file(folder / name)}
-                             for name in (ENCRYPTION, LABEL) if (folder / name).exists()})
+    digests = digests or {}
+    files = {}
+    for name in (ENCRYPTION, LABEL):
+        if not (folder / name).exists():
+            continue
+        size = (folder / name).stat().st_size
+        if name in digests and digests[name][0] != size:
+            raise ValueError(f"{folder / name} holds {size} bytes, {digests[name][0]} were written")
+        files[name] = {"bytes": size, "sha256": digests[name][1] if name in digests else sha256_file(folder / name)}
+    meta = dict(meta, files=files)
     atomic_write_text(folder / META, json.dumps(meta, indent=2, default=str) + "\n")
     return meta
 
