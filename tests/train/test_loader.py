@@ -224,3 +224,28 @@ def test_epoch_key_roots_differ_by_epoch_and_rank_and_repeat_in_any_process():
     roots = {draw(0, 0, 1), draw(1, 0, 1), draw(0, 0, 2), draw(0, 1, 2)}
     assert len(roots) == 4 and draw(0, 1, 2) == draw(0, 1, 2)
     assert _epoch_keys(TrainConfig.make(), 0) == KeyGenerator.from_entropy
+
+
+def test_seeded_augmentation_is_the_same_in_any_worker_and_spares_the_public_pool(nhwc_map):
+    from instahide.data.augment import Augment
+
+    view, y = nhwc_map
+    pool = np.random.default_rng(2).integers(0, 256, (30, 3, 6, 5), dtype=np.uint8)
+    batches = list(torch.arange(40).split(10))
+    scheme = dict(k=6, upper=0.65, mode="mixup", num_private=2, dom=0.3)
+
+    def epoch(workers, augment, seed=7):
+        ds = EncryptedBatches(PixelSource(view, MEAN, STD), y, batches, 10, scheme=scheme, augment=augment,
+                              augment_seed=seed, keys=lambda: KeyGenerator.from_seed("aug"),
+                              public=PixelSource(pool, MEAN, STD))
+        return [x for x, _ in batch_loader(ds, workers)]
+
+    crop = Augment(padding=2, flip=True)
+    same = epoch(0, crop), epoch(2, crop)
+    assert all(torch.equal(a, b) for a, b in zip(*same))
+    assert not all(torch.equal(a, b) for a, b in zip(same[0], epoch(0, None)))
+    # augmenting only the private images: an augmentation that zeroes them leaves the public part
+    zero = lambda x, generator=None: torch.zeros_like(x)  # noqa: E731
+    ref = encrypt(torch.zeros(40, 3, 6, 5), y, **scheme, public=in_memory(pool), num_classes=10,
+                  rows=batches[1].numpy(), generator=KeyGenerator.from_seed("aug").spawn(1))
+    assert torch.equal(epoch(0, zero)[1], ref.images)

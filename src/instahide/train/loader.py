@@ -195,8 +195,9 @@ def encrypt_rows(private: PixelSource, labels, rows, *, k: int, upper: float, mo
         num_classes: width of the soft labels.
         generator: where the keys come from (one :func:`~instahide.scheme.sample_key` call, with the
             arguments :func:`~instahide.encrypt` uses: the same generator gives the same key).
-        augment: optional ``f(x, generator=...)`` applied to the gathered rows before mixing (every
-            image of a chunk gets its own draw).
+        augment: optional ``f(x, generator=...)`` applied to the gathered private rows before mixing
+            (every image of a chunk gets its own draw; the public pool, as in the in-memory path, is not
+            augmented).
         augment_generator: the augmentation's torch generator (None: torch's global one).
         fused: the mixing path of :func:`~instahide.scheme.apply_key`.
         chunk_bytes: bound on the float32 rows gathered at once.
@@ -228,7 +229,7 @@ def encrypt_rows(private: PixelSource, labels, rows, *, k: int, upper: float, mo
         cols.append(x_idx)
         pub = None
         if cross:
-            pub, p_idx = _gathered(public, idx[s:e, num_private:], augment, augment_generator)
+            pub, p_idx = _gathered(public, idx[s:e, num_private:], None, None)  # the pool is not augmented
             cols.append(p_idx)
         sub = replace(sub, indices=torch.from_numpy(np.concatenate(cols, axis=1)))
         apply_key(x, sub, public=pub, out=out[s:e], fused=fused)
