@@ -124,7 +124,7 @@ def _load_pool(cfg: CompareConfig, methods: list[Method], device):
     scheme = cross.scheme(cfg.public) if cross is not None else methods[0].scheme(cfg.public)
     tcfg = TrainConfig(dataset=cfg.dataset, root=cfg.root, subset=cfg.subset, test_subset=cfg.test_subset,
                        scheme=scheme)
-    return load_train_data(tcfg, device), scheme
+    return load_train_data(tcfg, device)
 
 
 def _model_record(cfg, method, data, member, m, delta, work: Path, log) -> dict:
@@ -165,7 +165,7 @@ def run_compare(cfg: CompareConfig, *, resume: bool = False, force: bool = False
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
-    data, _ = _load_pool(cfg, methods, device)
+    data = _load_pool(cfg, methods, device)
     n_pool = len(data.x_train)
     member = member_splits(n_pool, cfg.models, cfg.seed)
     delta = cfg.delta if cfg.delta is not None else 1.0 / int(member.sum(1).max())
