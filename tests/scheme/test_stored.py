@@ -129,3 +129,19 @@ def test_a_store_gathering_onto_cuda_equals_the_cuda_tensor(tmp_path):
     ref = encrypt(x, k=4, seed=1).images
     got = encrypt(st, k=4, seed=1).images
     assert got.device.type == "cuda" and torch.equal(got, ref)
+
+
+def test_gathers_from_a_store_are_bounded_and_exact(tmp_path, monkeypatch):
+    """The torch path and the centring check gather a store's rows a few at a time (large images:
+    256 k rows of 224 x 224 would be 0.6 GB at once); the sums are those of one gather."""
+    module = __import__("importlib").import_module("instahide.scheme.encrypt")
+
+    u8, (mm, _) = _files(tmp_path, n=60)
+    st, x = Uint8Images(mm, CIFAR10_MEAN, CIFAR10_STD), _in_memory(u8, CIFAR10_MEAN, CIFAR10_STD)
+    sizes = []
+    real = st.rows
+    monkeypatch.setattr(st, "rows", lambda idx: sizes.append(len(idx)) or real(idx))
+    monkeypatch.setattr(module, "GATHER_BYTES", 4 * 4 * 189 * 3)     # 3 output rows of k=4 per gather
+    ref = encrypt(x, k=4, seed=8, fused=False).images
+    assert torch.equal(encrypt(st, k=4, seed=8, fused=False).images, ref)
+    assert sizes and max(sizes) <= 12

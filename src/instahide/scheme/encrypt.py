@@ -34,6 +34,8 @@ CENTRED_MIN_NEGATIVE = CENTRED_MIN_SHARE  # its former name
 # Widest soft labels: (N, num_classes) float32 is allocated for every encryption (10**6 classes is
 # 4 MB per row); label values or num_classes beyond it are a mistake, not a dataset.
 MAX_CLASSES = 10 ** 6
+# Float32 rows gathered at once from a uint8 store on the torch path and in the centring check.
+GATHER_BYTES = 16 << 20
 
 
 class UncentredInputError(ValueError):
@@ -306,9 +308,13 @@ def _weighted_sum(src, idx: torch.Tensor, lam: torch.Tensor, d: int) -> torch.Te
     if not isinstance(src, Uint8Images):
         return F.embedding_bag(idx, src, per_sample_weights=lam, mode="sum")
     m, j = idx.shape
-    rows = src.rows(idx.reshape(-1)).reshape(m * j, d)
-    return F.embedding_bag(torch.arange(m * j, device=rows.device).view(m, j), rows, per_sample_weights=lam,
-                           mode="sum")
+    step = max(1, GATHER_BYTES // (4 * j * d))  # output rows per gather: bounded memory for any image size
+    out = []
+    for s in range(0, m, step):
+        rows = src.rows(idx[s:s + step].reshape(-1)).reshape(-1, d)
+        bags = torch.arange(rows.shape[0], device=rows.device).view(-1, j)
+        out.append(F.embedding_bag(bags, rows, per_sample_weights=lam[s:s + step], mode="sum"))
+    return out[0] if len(out) == 1 else torch.cat(out)
 
 
 def _overlaps(a: torch.Tensor, b: torch.Tensor) -> bool:
