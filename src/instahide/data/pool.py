@@ -284,8 +284,10 @@ def build_pool(
     """
     sources = [str(sources)] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
     size = (int(size), int(size)) if np.ndim(size) == 0 else tuple(int(s) for s in size)
-    threshold = {"fast": FAST_THRESHOLD, "sift": SIFT_THRESHOLD, "none": None}.get(filter, threshold) \
-        if threshold is None else int(threshold)
+    if threshold is None:  # the filter's calibrated default (none for "none")
+        threshold = {"fast": FAST_THRESHOLD, "sift": SIFT_THRESHOLD}.get(filter)
+    else:
+        threshold = int(threshold)
     _check_args(sources, count, size, filter, resize, channels, shard_size, workers)
     out = Path(out).expanduser()
     if out.suffix != ".npy":
