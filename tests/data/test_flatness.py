@@ -90,8 +90,8 @@ def test_agreement_matches_its_definition():
 
 def test_agrees_with_sift_on_real_photographs(shared_data):
     """On 300 random patches of ImageNet photographs and Tiny-ImageNet images the fast filter's keep/drop
-    decisions agree with SIFT's (> 10 keypoints) with Cohen's kappa above 0.6 (measured 0.77-0.85 on
-    4,000 patches, docs/pools.md)."""
+    decisions agree with SIFT's (> 10 keypoints) with Cohen's kappa above 0.6 (measured 0.83 over 5,000
+    patches, 0.77-0.87 by source: docs/pools.md)."""
     pytest.importorskip("skimage")
     from instahide.data import random_patches
     from instahide.data.folders import list_image_files
