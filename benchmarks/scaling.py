@@ -193,7 +193,8 @@ def targets(work: Path, keep: bool) -> dict:
 
 
 # -- the sweep -----------------------------------------------------------------------------------
-def sweep(work: Path, grid32, grid224, mem_limit: float, ranks2: bool, keep: bool, json_path) -> dict:
+def sweep(work: Path, grid32, grid224, mem_limit: float, ranks2: bool, keep: bool, json_path,
+          only=("m1", "m2", "floor", "mem")) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     results = {"machine": machine(), "runs": []}
     try:
@@ -208,7 +209,11 @@ def sweep(work: Path, grid32, grid224, mem_limit: float, ranks2: bool, keep: boo
                 if 2 * out_bytes + n * size * size * 3 <= mem_limit:
                     methods.append(("mem", [PY, "-c", IN_MEMORY, str(src), str(work / "mem.npy")]))
                 for name, argv in methods:
+                    if name not in only:
+                        continue
+                    started = time.strftime("%H:%M:%S", time.gmtime())
                     r = measured(argv)
+                    r["started_utc"] = started
                     r.update(method=name, size=size, n=n)
                     results["runs"].append(r)
                     print(json.dumps({k: r[k] for k in ("method", "size", "n", "rc", "seconds", "peak_rss_anon_bytes")}),
@@ -223,6 +228,21 @@ def sweep(work: Path, grid32, grid224, mem_limit: float, ranks2: bool, keep: boo
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     return results
+
+
+def table(results: dict) -> str:
+    """The sweep as a markdown table: per size and N, each method's seconds and peak RssAnon, and the
+    ratio of the memory-mapped encryption to the streaming floor."""
+    rows = ["| images | N | m1: mmap, 1 rank | m2: mmap, 2 ranks | mem: in memory | floor | m1 / floor |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
+    keys = sorted({(r["size"], r["n"]) for r in results["runs"]})
+    for size, n in keys:
+        got = {r["method"]: r for r in results["runs"] if (r["size"], r["n"]) == (size, n) and r["rc"] == 0}
+        cell = [f"{got[m]['seconds']:.0f} s, {got[m]['peak_rss_anon_bytes'] / 2 ** 30:.2f} GiB" if m in got else "-"
+                for m in ("m1", "m2", "mem", "floor")]
+        ratio = f"{got['m1']['seconds'] / got['floor']['seconds']:.2f}" if "m1" in got and "floor" in got else "-"
+        rows.append(f"| {size}x{size}x3 | {n:,} | " + " | ".join(cell) + f" | {ratio} |")
+    return "\n".join(rows)
 
 
 def plot(results: dict, path: Path) -> None:
@@ -258,7 +278,7 @@ def plot(results: dict, path: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["targets", "sweep", "plot"])
+    ap.add_argument("what", choices=["targets", "sweep", "plot", "table"])
     ap.add_argument("--work", default="/tmp/instahide-scaling", help="scratch folder for inputs and outputs")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--plot", default=None, help="(sweep, plot) write the figure here")
@@ -268,16 +288,19 @@ def main() -> None:
                     help="skip the in-memory path where input + 2 outputs exceed this many bytes")
     ap.add_argument("--no-ranks2", action="store_true", help="skip the two-rank runs")
     ap.add_argument("--keep", action="store_true", help="keep the generated inputs")
+    ap.add_argument("--methods", default="m1,m2,floor,mem", help="(sweep) which of m1, m2, floor, mem to run")
     args = ap.parse_args()
     work = Path(args.work)
     if args.what == "targets":
         results = targets(work, args.keep)
     elif args.what == "sweep":
         results = sweep(work, [int(v) for v in args.n32.split(",") if v], [int(v) for v in args.n224.split(",") if v],
-                        args.mem_limit, not args.no_ranks2, args.keep, args.json)
+                        args.mem_limit, not args.no_ranks2, args.keep, args.json, tuple(args.methods.split(",")))
     else:
         results = json.loads(Path(args.json).read_text())
-    if args.json and args.what != "plot":
+        if args.what == "table":
+            print(table(results))
+    if args.json and args.what in ("targets", "sweep"):
         Path(args.json).write_text(json.dumps(results, indent=1))
     if args.plot:
         plot(results, Path(args.plot))
