@@ -102,3 +102,13 @@ def test_legacy_keys_are_refused_under_torchrun(tmp_path, monkeypatch, capsys):
     assert main(["encrypt", "--out", str(tmp_path / "enc"), "--legacy", "--subset", "20"]) == 2
     assert "--legacy keys (one Mersenne-Twister stream from the seed) would repeat on every rank" in capsys.readouterr().err
     assert not (tmp_path / "enc").exists()
+
+
+@pytest.mark.slow
+def test_a_second_run_without_force_is_refused_and_changes_nothing(sharded):
+    tmp, _, out, _ = sharded
+    before = (out / "manifest.json").read_bytes()
+    proc = _torchrun("--dataset", "arrays", "--root", str(tmp / "private.npy"), "--out", str(out), "--progress", "false")
+    assert proc.returncode != 0 and "refusing to overwrite" in proc.stderr
+    assert (out / "manifest.json").read_bytes() == before
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "rank-00000", "rank-00001"]
