@@ -34,6 +34,9 @@ spread (mean, standard deviation, minimum, worst ratio to the oracle) per pool s
   # DIAGNOSTIC: the solver alone, on the TRUE private keys, sign rules side by side (own output file):
   OMP_NUM_THREADS=2 .venv/bin/python experiments/attack_draws.py --true-key-checks --draw-ids 0 2 4 6 --pools imagenet \
       --out experiments/results/attack_draws_truekeys.jsonl --tag true-keys
+  # DIAGNOSTIC: where the oracle's solver loses (signs known, starts, propagation), on the TRUE keys:
+  OMP_NUM_THREADS=2 .venv/bin/python experiments/attack_draws.py --solver-checks --draw-ids 0 3 --pools imagenet builtin \
+      --out experiments/results/attack_draws_solver.jsonl --tag solver
   # the table:
   .venv/bin/python experiments/attack_draws.py --summary experiments/results/attack_draws.jsonl
 """
@@ -88,11 +91,11 @@ def make_draw(draw: int, pool_name: str, test, *, n: int, T: int, k: int, settin
     return enc[perm], lab[perm], truth, sel
 
 
-def oracle_score(enc, truth) -> dict:
+def oracle_score(enc, truth, **kw) -> dict:
     """The oracle on the TRUE keys, the global sign by the truth (evaluation mode)."""
     t0 = time.perf_counter()
     o = oracle_decode(enc, truth.indices, truth.coefficients, truth.num_private, truth.n,
-                      evaluate_with=truth.private)
+                      evaluate_with=truth.private, **kw)
     sc = score(o.decryption, truth)
     return {"Max_SSIM": sc.max_ssim, "Mean_SSIM": sc.mean_ssim, "seconds": time.perf_counter() - t0}
 
@@ -152,6 +155,51 @@ def true_key_checks(args, test, out: Path, rev: str) -> None:
                   flush=True)
 
 
+def solver_checks(args, test, out: Path, rev: str) -> None:
+    """DIAGNOSTIC (reads the truth): where the oracle's solver loses, per draw, all on the TRUE keys:
+    the plain least squares with the mask's signs known (what the signs cost), the soft-sign / least-
+    squares iteration from its Gram start and from the true images (what its local optima cost), the
+    share of positions where the truth's solution fits the magnitudes better (whether the likelihood
+    can tell), and the oracle with and without the propagation sweeps."""
+    from instahide.attacks import oracle as O
+
+    for pool_name in args.pools:
+        for draw in (args.draw_ids or list(range(args.draws))):
+            enc, lab, truth, _ = make_draw(draw, pool_name, test, n=args.n, T=args.T, k=args.k, setting="cross",
+                                           pool_size=args.pool)
+            n, shape = truth.n, enc.shape[1:]
+            idx, lam = truth.indices, truth.coefficients.astype(np.float64)
+            a, n_priv = O.design_matrix(idx, lam, truth.num_private, n, "mean")
+            y = enc.reshape(len(enc), -1).astype(np.float64)
+            mag = np.abs(y)
+            bits = np.unpackbits(truth.mask_bits, axis=1, bitorder="little")[:, :y.shape[1]]
+            q = (lam[:, truth.num_private:] ** 2).sum(1)
+            z0, var = O._gram_init(a, mag ** 2, q, 1e-3)
+            noise = 1e-3 * np.mean(mag ** 2) + q[:, None] * var[None, :]
+
+            def max_ssim(z):
+                z = z * O.align_signs(z[:n_priv], shape)[None, :]
+                rec = z[:n].reshape(n, *shape).astype(np.float32)[idx[:, 0]]
+                return max(score(rec, truth).max_ssim, score(-rec, truth).max_ssim)
+
+            known = O.oracle_decode((y * (1.0 - 2.0 * bits)).reshape(enc.shape), idx, lam, truth.num_private, n, masked=False)
+            start = np.vstack([truth.private.reshape(n, -1), np.zeros((1, y.shape[1]))]).astype(np.float64)
+            from_gram = O._refine(a, mag, z0, noise, n_priv, shape, 150, True, True, 1e-3)
+            from_truth = O._refine(a, mag, start, noise, n_priv, shape, 30, False, True, 1e-3)
+            better = O.position_nll(a, mag, from_truth, noise) < O.position_nll(a, mag, from_gram, noise)
+            row = {"tag": args.tag, "diagnostic": "solver on the true keys", "draw": draw, "pool_source": pool_name,
+                   "n": args.n, "T": args.T, "k": args.k,
+                   "signs_known_least_squares": score(known.decryption, truth).max_ssim,
+                   "iteration_from_gram": max_ssim(from_gram), "iteration_from_truth": max_ssim(from_truth),
+                   "truth_fits_better_share": float(better.mean()),
+                   "oracle_no_propagation": oracle_score(enc, truth, propagate=0)["Max_SSIM"],
+                   "oracle": oracle_score(enc, truth)["Max_SSIM"], "commit": rev,
+                   "date": time.strftime("%Y-%m-%d %H:%M")}
+            with out.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(" ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()), flush=True)
+
+
 def attacker_pool(kind: str, pool_name: str, size: int):
     src = POOLS[pool_name] if kind == "same" else "builtin"
     return (load_public_pool(src, n=size, size=(32, 32), channels=3, seed=1).images,
@@ -173,6 +221,9 @@ def run(args) -> None:
     rev = commit()
     if args.true_key_checks:
         true_key_checks(args, test, out, rev)
+        return
+    if args.solver_checks:
+        solver_checks(args, test, out, rev)
         return
     for pool_name in args.pools:
         a_pub, a_desc = attacker_pool(args.attacker_public, pool_name, args.pool) if args.setting == "cross" else (None, None)
@@ -299,6 +350,8 @@ def main() -> None:
     p.add_argument("--no-oracle", action="store_true")
     p.add_argument("--true-key-checks", action="store_true",
                    help="DIAGNOSTIC: the solver on the TRUE private keys (sign rules side by side) instead of the attack")
+    p.add_argument("--solver-checks", action="store_true",
+                   help="DIAGNOSTIC: where the oracle's solver loses, on the TRUE keys (signs known, starts, propagation)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", default=str(ROOT / "experiments" / "results" / "attack_draws.jsonl"))
     p.add_argument("--net-dir", default=str(ROOT / "experiments" / "results" / "attack_draws_nets"))
