@@ -36,7 +36,8 @@ class CarliniConfig:
     reconstruction: str = "oracle"      # "oracle", "gd" (Carlini's descent) or "oracle+gd"
     gd_steps: int = 1000                # gradient-descent steps
     oracle_iterations: int = 150        # sign / least-squares steps of the oracle solver
-    propagate_sweeps: int = 12          # then sweeps of likelihood-selected propagation (oracle.py; 0: none)
+    propagate_sweeps: int | None = None  # then sweeps of likelihood-selected propagation (oracle.py; 0: none;
+                                         # None: the oracle's default, 12 on images of 16 x 16 pixels or more)
     public_prior: bool = True           # oracle: public variance of the attacker's pool, shares' squares of the law
     public_variance: str = "pool"       # "pool": the attacker's pool's, per position; "likelihood": the level
                                         # chosen on the encryptions (docs/attacks_protocol.md: no gain measured)
@@ -59,11 +60,14 @@ class CarliniConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; expected one of {allowed}")
         for name in ("train_steps", "batch_images", "batch_epochs", "width_mult", "depth", "refine_rounds",
-                     "fit_rounds", "gd_steps", "oracle_iterations", "propagate_sweeps", "variance_iterations", "sign_steps", "colour_steps", "colour_challenges",
+                     "fit_rounds", "gd_steps", "oracle_iterations", "variance_iterations", "sign_steps", "colour_steps", "colour_challenges",
                      "seed"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        sweeps = self.propagate_sweeps
+        if sweeps is not None and (isinstance(sweeps, bool) or not isinstance(sweeps, int) or sweeps < 0):
+            raise ValueError(f"propagate_sweeps must be None or an integer >= 0, got {sweeps!r}")
         grid = tuple(self.variance_grid)
         if not grid or not all(isinstance(g, (int, float)) and not isinstance(g, bool) and 0 < g < float("inf")
                                for g in grid):

@@ -74,7 +74,7 @@ def _compact(assignment: np.ndarray, m: int):
 
 def reconstruct_oracle(encryption: np.ndarray, assignment: np.ndarray, coefficients: np.ndarray, label: np.ndarray,
                        *, k: int, num_private: int, n_clusters: int, pixel_range: str = "pm1", iterations: int = 150,
-                       square_ratio: float | None = None, public_variance=None, propagate: int = 12):
+                       square_ratio: float | None = None, public_variance=None, propagate: int | None = None):
     """Oracle solver on the ESTIMATED keys (public shares: :func:`estimated_keys`; ``public_variance``
     ``(C, H, W)``: the attacker's own pool's, given to the solver; ``propagate``: the solver's
     propagation sweeps). Returns ``(recovered (m, C, H, W),
