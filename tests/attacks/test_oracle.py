@@ -287,3 +287,10 @@ def test_propagation_default_is_off_on_small_images_and_can_be_forced(private_im
     forced = decode(ch, propagate=3)
     assert forced.info["propagation_changed"]
     assert forced.recovered.shape == off.recovered.shape and np.isfinite(forced.recovered).all()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "12"])
+def test_propagate_must_be_a_count(private_images, bad):
+    ch = challenge(private_images, "digits", n=6, epochs=4, k=4)
+    with pytest.raises(ValueError, match="propagate must be None or an integer >= 0"):
+        decode(ch, propagate=bad)
