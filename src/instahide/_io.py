@@ -232,7 +232,12 @@ def _make_parents(path: Path, mode: int) -> list[Path]:
     created = []
     for parent in reversed([path.parent, *path.parent.parents]):
         if not parent.exists():
-            parent.mkdir(mode)  # NotADirectoryError/PermissionError name the culprit
+            try:
+                parent.mkdir(mode)  # NotADirectoryError/PermissionError name the culprit
+            except FileExistsError:  # another process (e.g. another torchrun rank) made it meanwhile
+                if not parent.is_dir():
+                    raise
+                continue  # not ours: never removed by our clean-up
             created.append(parent)
     return created
 

@@ -684,3 +684,34 @@ def test_a_sweep_acts_only_on_what_a_dead_run_of_this_user_can_have_written(tmp_
     _io.sweep(tmp_path)
     assert (victim / "data").read_text() == "keep" and planted.exists()
     assert not stale.exists() and alive.exists() and other_host.exists()
+
+
+def test_a_parent_folder_made_by_another_process_meanwhile_is_not_an_error(tmp_path, monkeypatch):
+    """Two torchrun ranks writing their key files into one new folder race to create it: the one that
+    loses sees FileExistsError from mkdir. That folder is used, and not counted as its own (a failed
+    run must not remove a folder another process made)."""
+    from pathlib import Path
+
+    from instahide import _io
+
+    target = tmp_path / "secret" / "inner" / "k.npz"
+    real_mkdir = Path.mkdir
+
+    def racing_mkdir(self, *args, **kwargs):
+        if self == tmp_path / "secret":
+            real_mkdir(self, *args, **kwargs)  # the other rank was faster
+            raise FileExistsError(17, "File exists", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    created = _io._make_parents(target, 0o700)
+    assert created == [tmp_path / "secret" / "inner"]
+    assert (tmp_path / "secret" / "inner").is_dir()
+
+    def racing_file(self, *args, **kwargs):  # the other process made a FILE of that name
+        self.write_text("x")
+        raise FileExistsError(17, "File exists", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", racing_file)
+    with pytest.raises(FileExistsError):  # a file in the way is still an error
+        _io._make_parents(tmp_path / "other" / "k.npz", 0o700)
