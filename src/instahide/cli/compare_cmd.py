@@ -26,8 +26,8 @@ The numbers are those of the attacks run here at this scale; none of them shows 
 hides anything from other attacks.
 
 examples:
-  instahide compare --threads 1 --out runs/compare      # built-in digits (docs/compare.md: 23.5 min measured
-                                                        # on 2 cores shared with other jobs)
+  instahide compare --threads 1 --out runs/compare      # built-in digits (docs/compare.md: 4 min on a quiet
+                                                        # 2-core machine, 23.5 min on one shared with other jobs)
   instahide compare --methods vanilla instahide-k4 dp-eps3 --models 4 --epochs 5 --out runs/quick
   instahide compare --dataset cifar10 --root data/cifar-10-batches-py --subset 10000 --test-subset 2000 \\
       --width 0.5 --epochs 8 --batch-size 128 --lr 0.1 --gradinv-images 4 --challenge-T 50 \\
