@@ -257,7 +257,7 @@ def test_propagation_spreads_a_good_solution_and_never_lowers_the_likelihood(pri
 def test_propagation_improves_the_decoder_on_a_cross_dataset_challenge(private_images):
     """The whole decoder with and without propagation on one cross-dataset challenge: the solution
     with it explains the magnitudes better (lower total negative log-likelihood under the solver's
-    own noise model) and recovers the images at least as well (skimage SSIM, margin for rounding)."""
+    own noise model) and recovers the images better (skimage SSIM)."""
     from instahide.attacks.oracle import position_nll
 
     ch = challenge(private_images, "cifar10", n=10, epochs=30, k=6, num_private=2, pool=1000)
@@ -270,8 +270,10 @@ def test_propagation_improves_the_decoder_on_a_cross_dataset_challenge(private_i
         z = np.vstack([res.recovered.reshape(10, -1), res.public_mean.reshape(1, -1)]).astype(np.float64)
         return position_nll(a, mag, z, noise).sum()
 
+    # measured over challenge seeds 0-2 with 1 and 2 threads: NLL lower by 1.8-8%, SSIM +0.15 to +0.50
     assert total_nll(prop) < total_nll(plain)
     assert max_ssim(prop.decryption, ch) > max_ssim(plain.decryption, ch) - 0.02
+    assert max_ssim(prop.decryption, ch) > max_ssim(plain.decryption, ch) + 0.05
 
 
 def test_propagation_default_is_off_on_small_images_and_can_be_forced(private_images):

@@ -29,7 +29,8 @@ PIXEL_RANGES = ("pm1", "unit")
 # The propagation's default: sweeps, on images whose shorter side has at least PROPAGATE_MIN_SIDE pixels.
 # Measured: CIFAR-10 (32 x 32) +0.16 mean Max_SSIM for the attack on ImageNet-photograph pools
 # (docs/attacks_protocol.md); on the 8 x 8 digits the likelihood's better solutions score LOWER SSIM
-# (0.42 against 0.61 on one challenge; even the truth-started iteration gave 0.34), so off there.
+# (the oracle: mean Max_SSIM 0.454 -> 0.391 over 4 challenges, 3 of them lower;
+# experiments/propagation_digits.py), so off there.
 PROPAGATE_SWEEPS = 12
 PROPAGATE_MIN_SIDE = 16
 PUBLIC_MODELS = ("mean", "solve", "none")
